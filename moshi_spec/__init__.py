@@ -1,0 +1,8 @@
+"""Framework-neutral description of a Moshi LM: config dataclasses, presets and delays.
+
+Imports neither torch nor jax, so every implementation (and a TPU user with only jax) can depend on it.
+"""
+
+from moshi_spec.config import ACTIVATIONS, ROPE_LAYOUTS, LMConfig, TransformerConfig
+
+__all__ = ["ACTIVATIONS", "ROPE_LAYOUTS", "LMConfig", "TransformerConfig"]
