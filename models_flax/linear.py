@@ -1,0 +1,114 @@
+"""FlexibleLinear: one weight matrix per codebook, selected per position; and the plain Linear beside it."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from models_flax.checks import check_dtype, check_input, concrete
+
+
+def select_weights(kernel: jax.Array, seq_len: int, layer_idx: object) -> jax.Array:
+    """Returns the (S', in, out) kernels applied to the S positions of the input (S' == S, or S' == L when S == 1).
+
+    layer_idx modes:
+        None: position i uses kernel[i]; S must equal num_layers.
+        Python int or 0-d integer array: one kernel for all positions.
+        1-D integer array of length S: position i uses kernel[idx[i]].
+        1-D integer array of length L with S == 1: the one input goes through L matrices (L outputs).
+    """
+    num_layers = kernel.shape[0]
+    if layer_idx is None:
+        if seq_len != num_layers:
+            raise ValueError(
+                f"FlexibleLinear: layer_idx=None needs sequence length S == num_layers ({num_layers}), got S={seq_len}; "
+                "pass layer_idx to select weights explicitly"
+            )
+        return kernel
+    if isinstance(layer_idx, bool) or not (isinstance(layer_idx, int) or hasattr(layer_idx, "dtype")):
+        raise TypeError(f"FlexibleLinear: layer_idx must be None, an int or an integer array, got {layer_idx!r}")
+    idx = jnp.asarray(layer_idx)
+    if not jnp.issubdtype(idx.dtype, jnp.integer):
+        raise TypeError(f"FlexibleLinear: layer_idx must be integer, got dtype {idx.dtype}")
+    if idx.ndim > 1:
+        raise ValueError(f"FlexibleLinear: layer_idx must be 0-d or 1-D, got shape {tuple(idx.shape)}")
+    value = concrete(layer_idx)
+    if value is not None and value.size and (value.min() < 0 or value.max() >= num_layers):
+        raise ValueError(
+            f"FlexibleLinear: layer_idx out of range [0, {num_layers}): min {int(value.min())}, max {int(value.max())}"
+        )
+    if idx.ndim == 0:
+        return kernel[idx][None]
+    if idx.shape[0] != seq_len and seq_len != 1:
+        raise ValueError(
+            f"FlexibleLinear: 1-D layer_idx of length {idx.shape[0]} needs S == {idx.shape[0]} or S == 1, got S={seq_len}"
+        )
+    return kernel[idx]
+
+
+class FlexibleLinear(nnx.Module):
+    """kernel (L, in, out); `__call__(x (B, S, in), *, layer_idx)` -> (B, S', out)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        num_layers: int,
+        *,
+        dtype: object = jnp.float32,
+        param_dtype: object = jnp.float32,
+        precision: jax.lax.PrecisionLike = None,
+        rngs: nnx.Rngs,
+    ):
+        self.in_features, self.out_features, self.num_layers = in_features, out_features, num_layers
+        self.dtype = check_dtype("FlexibleLinear", dtype)
+        self.precision = precision
+        init = jax.random.normal(rngs.params(), (num_layers, in_features, out_features), jnp.float32)
+        self.kernel = nnx.Param(init.astype(check_dtype("FlexibleLinear", param_dtype)))
+
+    def __call__(self, x: jax.Array, *, layer_idx: object = None) -> jax.Array:
+        check_input("FlexibleLinear", x, rank=3, last=self.in_features, dtype=self.dtype)
+        w = select_weights(self.kernel[...].astype(self.dtype), x.shape[1], layer_idx)
+        if w.shape[0] == 1:  # one kernel for every position (int / 0-d index, or num_layers == 1)
+            y = jnp.einsum("bsi,io->bso", x, w[0], precision=self.precision, preferred_element_type=jnp.float32)
+        else:  # an S == 1 input broadcasts over the S' = L kernels
+            x = jnp.broadcast_to(x, (x.shape[0], w.shape[0], x.shape[2]))
+            y = jnp.einsum("bsi,sio->bso", x, w, precision=self.precision, preferred_element_type=jnp.float32)
+        return y.astype(self.dtype)
+
+
+class Linear(nnx.Module):
+    """Bias-free linear, kernel (in, out); takes layer_idx only as None so callers treat both kinds alike."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        dtype: object = jnp.float32,
+        param_dtype: object = jnp.float32,
+        precision: jax.lax.PrecisionLike = None,
+        rngs: nnx.Rngs,
+    ):
+        self.in_features, self.out_features = in_features, out_features
+        self.dtype = check_dtype("Linear", dtype)
+        self.precision = precision
+        scale = in_features**-0.5
+        init = scale * jax.random.normal(rngs.params(), (in_features, out_features), jnp.float32)
+        self.kernel = nnx.Param(init.astype(check_dtype("Linear", param_dtype)))
+
+    def __call__(self, x: jax.Array, *, layer_idx: object = None) -> jax.Array:
+        if layer_idx is not None:
+            raise ValueError("Linear: layer_idx given to a layer with a single weight set (not flexible)")
+        check_input("Linear", x, rank=max(x.ndim, 2), last=self.in_features, dtype=self.dtype)
+        kernel = self.kernel[...].astype(self.dtype)
+        y = jnp.einsum("...i,io->...o", x, kernel, precision=self.precision, preferred_element_type=jnp.float32)
+        return y.astype(self.dtype)
+
+
+def make_linear(in_features: int, out_features: int, weight_sets: int, *, flexible: bool, **kwargs) -> nnx.Module:
+    """A FlexibleLinear with weight_sets kernels when flexible, else a plain Linear."""
+    if flexible:
+        return FlexibleLinear(in_features, out_features, weight_sets, **kwargs)
+    return Linear(in_features, out_features, **kwargs)

@@ -1,0 +1,28 @@
+"""GatingMLP: fc1 -> (act(gate) * value) -> fc2; the first half of fc1's output is the gate (HF fc1/fc2, kyutai
+linear_in/linear_out)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models_ref.activations import get_activation
+from models_ref.linear import make_linear
+from moshi_spec import TransformerConfig
+
+
+class GatingMLP(nn.Module):
+    """fc1 (ffn_dim, D), fc2 (D, ffn_dim / 2); one weight set per codebook when cfg.flexible."""
+
+    def __init__(self, cfg: TransformerConfig, *, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.activation_name = cfg.activation
+        self.activation = get_activation(cfg.activation)
+        self.hidden = cfg.hidden
+        self.fc1 = make_linear(cfg.dim, cfg.ffn_dim, cfg.weight_sets, flexible=cfg.flexible, dtype=dtype)
+        self.fc2 = make_linear(cfg.hidden, cfg.dim, cfg.weight_sets, flexible=cfg.flexible, dtype=dtype)
+
+    def forward(self, x: torch.Tensor, *, layer_idx: object = None) -> torch.Tensor:
+        h = self.fc1(x, layer_idx=layer_idx)
+        gate, value = h[..., : self.hidden], h[..., self.hidden :]
+        return self.fc2(self.activation(gate) * value, layer_idx=layer_idx)
