@@ -1,0 +1,1 @@
+"""Parity harness: one comparison entry point, one tolerance table, and the layer-by-layer test suite."""
