@@ -1,0 +1,137 @@
+"""The named transforms that converter tables refer to, in one dict (`TRANSFORMS`).
+
+Every transform has one signature: `(inputs, cfg) -> outputs`, where `inputs` holds one list of arrays per source
+key template of the rule (a template with `{c}` gathers its keys in codebook order; one without gives a one-element
+list) and `outputs` one list per target template. Elementwise transforms are lifted with `_each`. Transforms only move
+bits (reshape, transpose, slice, stack, concatenate); they never cast.
+
+Rope layouts (per head, on the output rows of q and k, weight in torch layout (..., out, in)):
+    half        rows (i, i + hd/2) form a rotary pair (HF `rotate_half`)
+    interleaved rows (2i, 2i + 1) form a rotary pair (kyutai)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from moshi_spec.config import TransformerConfig
+
+Arrays = list[list[np.ndarray]]
+Transform = Callable[[Arrays, TransformerConfig], Arrays]
+
+
+def _heads_rows(w: np.ndarray, heads: int) -> tuple[tuple[int, ...], int, int]:
+    *lead, out, inp = w.shape
+    if out % heads or (out // heads) % 2:
+        raise ValueError(f"rope permutation: {out} rows do not split into {heads} heads of even size")
+    return tuple(lead), out // heads, inp
+
+
+def interleaved_to_half(w: np.ndarray, heads: int) -> np.ndarray:
+    """Reorders each head's rows from pairs (2i, 2i+1) to pairs (i, i+hd/2): row 2i -> i, row 2i+1 -> hd/2 + i."""
+    lead, hd, inp = _heads_rows(w, heads)
+    return w.reshape(*lead, heads, hd // 2, 2, inp).swapaxes(-3, -2).reshape(w.shape)
+
+
+def half_to_interleaved(w: np.ndarray, heads: int) -> np.ndarray:
+    """Inverse of `interleaved_to_half`."""
+    lead, hd, inp = _heads_rows(w, heads)
+    return w.reshape(*lead, heads, 2, hd // 2, inp).swapaxes(-3, -2).reshape(w.shape)
+
+
+def _each(fn: Callable[[np.ndarray, TransformerConfig], np.ndarray]) -> Transform:
+    """Lifts a one-array function to a transform of one source template onto one target template."""
+
+    def transform(inputs: Arrays, cfg: TransformerConfig) -> Arrays:
+        (xs,) = inputs
+        return [[fn(x, cfg) for x in xs]]
+
+    transform.__doc__ = fn.__doc__
+    return transform
+
+
+def _ref_interleaved(cfg: TransformerConfig) -> bool:
+    """Whether ref/flax weights use the interleaved rope layout (HF always uses half)."""
+    return cfg.rope and cfg.rope_layout == "interleaved"
+
+
+def _stack(xs: list[np.ndarray], cfg: TransformerConfig) -> np.ndarray:
+    """W per-codebook arrays -> (W, ...) when cfg.flexible; the single array otherwise."""
+    if cfg.flexible:
+        return np.stack(xs)
+    if len(xs) != 1:
+        raise ValueError(f"a non-flexible config has one weight set, got {len(xs)}")
+    return xs[0]
+
+
+def _unstack(x: np.ndarray, cfg: TransformerConfig) -> list[np.ndarray]:
+    return list(x) if cfg.flexible else [x]
+
+
+def _unfuse_qkv(inputs: Arrays, cfg: TransformerConfig) -> Arrays:
+    """kyutai `in_projs.{c}` rows [q; k; v] (interleaved rope) -> HF q, k, v (half rope), stacked over codebooks."""
+    (fused,) = inputs
+    Q, KV = cfg.q_dim, cfg.kv_dim
+    qs, ks, vs = [], [], []
+    for w in fused:
+        q, k, v = w[:Q], w[Q : Q + KV], w[Q + KV :]
+        if cfg.rope:  # kyutai's rope is always interleaved; the depth transformer has none
+            q, k = interleaved_to_half(q, cfg.num_heads), interleaved_to_half(k, cfg.num_kv_heads)
+        qs.append(q), ks.append(k), vs.append(v)
+    return [[_stack(qs, cfg)], [_stack(ks, cfg)], [_stack(vs, cfg)]]
+
+
+def _fuse_qkv(inputs: Arrays, cfg: TransformerConfig) -> Arrays:
+    """Inverse of `_unfuse_qkv`."""
+    (q,), (k,), (v,) = inputs
+    fused = []
+    for qc, kc, vc in zip(_unstack(q, cfg), _unstack(k, cfg), _unstack(v, cfg), strict=True):
+        if cfg.rope:
+            qc, kc = half_to_interleaved(qc, cfg.num_heads), half_to_interleaved(kc, cfg.num_kv_heads)
+        fused.append(np.concatenate([qc, kc, vc], axis=0))
+    return [fused]
+
+
+def _split_steps(inputs: Arrays, cfg: TransformerConfig) -> Arrays:
+    """kyutai legacy fused (W * rows, in), step-major (codebook c at rows c*rows:(c+1)*rows) -> W arrays."""
+    ((w,),) = inputs
+    if w.shape[0] % cfg.weight_sets:
+        raise ValueError(f"legacy fused weight of {w.shape[0]} rows does not split into {cfg.weight_sets} codebooks")
+    return [list(w.reshape(cfg.weight_sets, -1, *w.shape[1:]))]
+
+
+def _q_half_to_layout(w: np.ndarray, cfg: TransformerConfig) -> np.ndarray:
+    return half_to_interleaved(w, cfg.num_heads) if _ref_interleaved(cfg) else w
+
+
+def _k_half_to_layout(w: np.ndarray, cfg: TransformerConfig) -> np.ndarray:
+    return half_to_interleaved(w, cfg.num_kv_heads) if _ref_interleaved(cfg) else w
+
+
+def _q_layout_to_half(w: np.ndarray, cfg: TransformerConfig) -> np.ndarray:
+    return interleaved_to_half(w, cfg.num_heads) if _ref_interleaved(cfg) else w
+
+
+def _k_layout_to_half(w: np.ndarray, cfg: TransformerConfig) -> np.ndarray:
+    return interleaved_to_half(w, cfg.num_kv_heads) if _ref_interleaved(cfg) else w
+
+
+TRANSFORMS: dict[str, Transform] = {
+    "identity": _each(lambda x, cfg: x),
+    "transpose": _each(lambda x, cfg: x.swapaxes(-1, -2)),  # torch (..., out, in) <-> flax (..., in, out)
+    "alpha_to_weight": _each(lambda x, cfg: x.reshape(x.shape[-1])),  # kyutai (1, 1, D) -> (D,)
+    "weight_to_alpha": _each(lambda x, cfg: x.reshape(1, 1, x.shape[-1])),
+    # HF half layout <-> cfg.rope_layout (a no-op unless rope is on and the layout interleaved).
+    "q_half_to_layout": _each(_q_half_to_layout),
+    "k_half_to_layout": _each(_k_half_to_layout),
+    "q_layout_to_half": _each(_q_layout_to_half),
+    "k_layout_to_half": _each(_k_layout_to_half),
+    # kyutai per-codebook ModuleLists <-> HF stacked (W, ...) weights.
+    "stack": lambda inputs, cfg: [[_stack(inputs[0], cfg)]],
+    "unstack": lambda inputs, cfg: [_unstack(inputs[0][0], cfg)],
+    "unfuse_qkv": _unfuse_qkv,
+    "fuse_qkv": _fuse_qkv,
+    "split_steps": _split_steps,
+}
