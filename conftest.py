@@ -1,0 +1,95 @@
+"""Root conftest: hypothesis profiles, the jax platform, and the report header.
+
+Hypothesis profiles, selected by hypothesis' own `--hypothesis-profile NAME`, else `$HYPOTHESIS_PROFILE`, else "ci":
+    dev      10 examples, random, local example database: quick local iteration.
+    ci       15 examples, derandomized (the same examples every run), no database, print_blob.
+    nightly  200 examples, random, no database, print_blob: the accelerator job.
+None has a deadline (a first example pays for jit compilation) and all suppress the too_slow and data_too_large health
+checks, for the same reason.
+
+`--platform {cpu,gpu,cuda,rocm,tpu,auto}` (a comma-separated list is allowed, as for JAX_PLATFORMS) picks the jax
+backend: it sets `JAX_PLATFORMS` before any test module imports jax, and `jax_platforms` if jax is already imported.
+Default: `$JAX_PLATFORMS`, else cpu; "auto" (or an empty `$JAX_PLATFORMS`) lets jax choose. xdist workers inherit it.
+The nightly job runs `JAX_PLATFORMS=gpu` or `--platform tpu`; nothing here forces CPU behind its back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from reports import records
+
+pytest_plugins = ["pytester", "reports.plugin"]  # reports.plugin is also in pyproject addopts; loading twice is a no-op
+
+os.environ.setdefault("JAX_ENABLE_X64", "0")  # parity is fp32/bf16; x64 would silently widen the reference
+
+_COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("dev", max_examples=10, print_blob=True, **_COMMON)
+settings.register_profile("ci", max_examples=15, derandomize=True, database=None, print_blob=True, **_COMMON)
+settings.register_profile("nightly", max_examples=200, database=None, print_blob=True, **_COMMON)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or "ci")
+
+PLATFORMS = ("cpu", "gpu", "cuda", "rocm", "tpu")
+
+
+def _platform(value: str) -> str:
+    value = value.strip().lower()
+    if value in ("", "auto"):
+        return "auto"
+    unknown = [p for p in value.split(",") if p not in PLATFORMS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown jax platform(s) {unknown}; use 'auto' or a comma-separated list of {PLATFORMS}"
+        )
+    return value
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    default = os.environ.get("JAX_PLATFORMS")
+    try:
+        default = "cpu" if default is None else _platform(default)
+    except argparse.ArgumentTypeError as e:
+        raise pytest.UsageError(f"JAX_PLATFORMS={os.environ['JAX_PLATFORMS']!r}: {e}") from None
+    parser.addoption(
+        "--platform",
+        type=_platform,
+        default=default,
+        metavar="{auto,cpu,gpu,cuda,rocm,tpu}",
+        help="jax backend for the run; sets JAX_PLATFORMS (default: $JAX_PLATFORMS, else cpu; auto: jax chooses)",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    platform = config.getoption("platform")
+    if platform == "auto":
+        os.environ.pop("JAX_PLATFORMS", None)
+    else:
+        os.environ["JAX_PLATFORMS"] = platform
+    jax = sys.modules.get("jax")
+    if jax is None:
+        return
+    # A conftest or plugin imported jax before this hook: its config read JAX_PLATFORMS then, so set it directly,
+    # which works as long as no backend has started.
+    from jax._src import xla_bridge
+
+    if xla_bridge.backends_are_initialized():
+        raise pytest.UsageError(
+            f"--platform {platform}: jax backends were initialized (on {jax.default_backend()}) before "
+            "pytest_configure; move the jax call that starts them out of import time"
+        )
+    jax.config.update("jax_platforms", None if platform == "auto" else platform)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    versions = ", ".join(f"{name} {version}" for name, version in records.versions().items() if version)
+    return [
+        f"moshi-parity: hypothesis profile {records.hypothesis_profile()!r}, platform {config.getoption('platform')!r}"
+        f" (JAX_PLATFORMS={os.environ.get('JAX_PLATFORMS', '')!r}), JAX_ENABLE_X64={os.environ['JAX_ENABLE_X64']}",
+        f"moshi-parity versions: {versions}",
+    ]
