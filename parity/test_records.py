@@ -1,0 +1,325 @@
+"""The records plugin: each emit() becomes exactly one valid JSON line, with or without xdist; nothing is lost silently.
+
+The end-to-end tests run pytest in a subprocess (pytester) on small generated test files that import neither torch nor
+jax. Every generated emit also appends "<worker> <uid>" to a ledger file, so the records file is checked against what
+was actually emitted, by which process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from reports import records
+
+REPO = Path(__file__).resolve().parents[1]
+
+HELPER = """
+import os
+import pathlib
+import uuid
+
+from reports.records import emit
+
+LEDGER = pathlib.Path(__file__).with_name("ledger.txt")
+
+
+def _emit(verdict="pass", **fields):
+    uid = uuid.uuid4().hex
+    emit(
+        {
+            "component": "rmsnorm",
+            "pair": {"reference": "hf", "candidate": "flax"},
+            "verdict": verdict,
+            "failures": [] if verdict == "pass" else ["max_abs 1.0e+00 > 1e-06"],
+            "metrics": {"max_abs": 0.0, "max_abs_index": [0, 1], "mae": 0.0, "max_rel": 0.0},
+            "tolerance": {"atol": 1e-6, "rtol": 0.0, "mae": 1e-7},
+            "dtypes": {"reference": "float32", "candidate": "float32", "expected": "float32"},
+            "uid": uid,
+            **fields,
+        }
+    )
+    with LEDGER.open("a") as f:
+        f.write(f"{os.environ.get('PYTEST_XDIST_WORKER', 'master')} {uid}\\n")
+"""
+
+SUITE = """
+import pytest
+from hypothesis import given, settings, strategies as st
+
+
+@pytest.fixture
+def phases():
+    _emit(phase="setup")
+    yield
+    _emit(phase="teardown")
+
+
+def test_setup_call_teardown(phases):
+    _emit(phase="call")
+
+
+def test_fails():
+    _emit("fail")
+    assert False, "a parity failure"
+
+
+def test_negative_control():
+    _emit("fail", control="rope_halves_swapped")
+
+
+def test_expected_divergence():
+    _emit("expected_divergence", expected_divergence="upstream kyutai clamps, hf does not")
+
+
+@settings(max_examples=7, derandomize=True, database=None)
+@given(st.integers(0, 10**6))
+def test_hypothesis(x):
+    _emit(config={"x": x})
+
+
+@pytest.mark.parametrize("n", range(6))
+def test_many(n):
+    for _ in range(n % 3 + 1):
+        _emit(layer=n)
+"""
+
+
+@pytest.fixture
+def run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
+    """Runs pytest with reports.plugin in a subprocess; returns (result, records path)."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    for var in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID", "PYTEST_ADDOPTS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv("MOSHI_PARITY_RECORDS", raising=False)
+    monkeypatch.delenv("HYPOTHESIS_PROFILE", raising=False)
+    path = pytester.path / "out" / "records.jsonl"
+
+    def go(source: str, *args: str, records_arg: bool = True) -> pytest.RunResult:
+        pytester.makepyfile(test_generated=HELPER + source)
+        extra = ("--records", str(path)) if records_arg else ()
+        return pytester.runpytest_subprocess("-p", "reports.plugin", *extra, *args, timeout=120)
+
+    return go, path
+
+
+def _ledger(pytester: pytest.Pytester) -> list[tuple[str, str]]:
+    lines = (pytester.path / "ledger.txt").read_text().splitlines()
+    return sorted(tuple(line.split()) for line in lines)  # type: ignore[misc]
+
+
+def _load_valid(path: Path) -> list[dict]:
+    lines = path.read_text().splitlines()
+    recs = [json.loads(line) for line in lines]  # every line parses on its own
+    assert len(recs) == len(lines)
+    problems = {i: records.validate(r) for i, r in enumerate(recs) if records.validate(r)}
+    assert not problems
+    return recs
+
+
+@pytest.mark.parametrize("workers", ["2", "0"])
+def test_one_line_per_emit(run, pytester: pytest.Pytester, workers: str) -> None:
+    go, path = run
+    result = go(SUITE, "-n", workers)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    recs = _load_valid(path)
+    ledger = _ledger(pytester)
+    assert sorted((r["worker"], r["uid"]) for r in recs) == ledger  # same emits, attributed to the emitting process
+    assert len(recs) == 25
+
+    def of(test: str) -> list[dict]:
+        return [r for r in recs if r["node_id"] == f"test_generated.py::{test}"]
+
+    assert sorted(r["phase"] for r in of("test_setup_call_teardown")) == ["call", "setup", "teardown"]
+    assert [r["verdict"] for r in of("test_fails")] == ["fail"]
+    hyp = of("test_hypothesis")
+    assert len(hyp) == 7
+    assert all(r["hypothesis"]["reproduce"].startswith("@reproduce_failure(") for r in hyp)
+    assert all(r["hypothesis_profile"] for r in hyp)
+    assert {r["worker"] for r in recs} == ({"gw0", "gw1"} if workers == "2" else {"master"})
+
+    result.stdout.fnmatch_lines(
+        [f"parity records: 25 comparisons (22 pass, 1 fail, 1 negative controls, 1 expected divergences) -> {path}"]
+    )
+    meta = json.loads(records.meta_path(path).read_text())
+    assert meta["exitstatus"] == 1
+    assert meta["workers"] == (2 if workers == "2" else 0)
+    assert meta["counts"] == records.summarize(recs)
+    assert meta["crashed_workers"] == []
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def test_worker_crash_is_recorded(run) -> None:
+    go, path = run
+    source = """
+import os
+
+
+def test_before():
+    _emit()
+
+
+def test_crash():
+    _emit()
+    os._exit(1)
+
+
+def test_after():
+    _emit()
+"""
+    result = go(source, "-n", "2")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    recs = _load_valid(path)
+    crashes = [r for r in recs if r["verdict"] == "worker_crash"]
+    assert [r["node_id"] for r in crashes] == ["test_generated.py::test_crash"]
+    assert "crashed while running 'test_generated.py::test_crash'" in crashes[0]["failures"][0]
+    assert crashes[0]["worker"].startswith("gw")
+    passed = {r["node_id"] for r in recs if r["verdict"] == "pass"}
+    assert passed == {"test_generated.py::test_before", "test_generated.py::test_after"}
+    result.stdout.fnmatch_lines(["parity records: 2 comparisons (2 pass, *), 1 worker crash -> *"])
+    assert json.loads(records.meta_path(path).read_text())["crashed_workers"] == [crashes[0]["worker"]]
+
+
+def test_crashed_run_leaves_the_previous_file(run, pytester: pytest.Pytester) -> None:
+    go, path = run
+    path.parent.mkdir(parents=True)
+    path.write_text("previous run\n")
+    source = """
+import os
+
+
+def test_first():
+    _emit()
+
+
+def test_controller_dies():
+    os._exit(3)
+"""
+    result = go(source, "-n", "0")
+    assert result.ret == 3
+    assert path.read_text() == "previous run\n"
+    [partial] = path.parent.glob(".records.jsonl.*.tmp")
+    assert len(partial.read_text().splitlines()) == 1  # written and flushed as the report arrived
+    assert not records.meta_path(path).exists()
+
+
+def test_env_path_and_no_records(run, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    go, path = run
+    env_path = pytester.path / "from_env.jsonl"
+    monkeypatch.setenv("MOSHI_PARITY_RECORDS", str(env_path))
+    source = "def test_one():\n    _emit()\n"
+    assert go(source, "-n", "0", records_arg=False).ret == 0
+    assert len(_load_valid(env_path)) == 1
+    env_path.unlink()
+    assert go(source, "-n", "0", "--no-records", records_arg=False).ret == 0
+    assert not env_path.exists() and not path.exists()
+
+
+# emit() and validate() in this process, with a stand-in item so nothing reaches this session's own records file.
+
+
+def _record(**fields) -> dict:
+    return {
+        "component": "attention",
+        "pair": {"reference": "hf", "candidate": "flax"},
+        "verdict": "pass",
+        "metrics": {"max_abs": 0.0, "max_abs_index": (0, 1), "mae": 0.0, "max_rel": 0.0},
+        "tolerance": {"atol": 1e-6},
+        "dtypes": {"reference": "float32", "candidate": "float32", "expected": "float32"},
+        **fields,
+    }
+
+
+@pytest.fixture
+def item(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
+    config = SimpleNamespace(workerinput={"workerid": "gw7"})
+    fake = SimpleNamespace(nodeid="x.py::t", user_properties=[], config=config)
+    monkeypatch.setattr(records, "_current_item", fake)
+    return fake
+
+
+def test_emit_attaches_a_complete_json_record(item: SimpleNamespace) -> None:
+    source = _record(layer=np.int64(3), metrics={**_record()["metrics"], "kl": np.float32(math.inf), "mae": math.nan})
+    before = json.dumps(source, default=repr)
+    records.emit(source)
+    assert json.dumps(source, default=repr) == before  # the caller's dict is not modified
+    [(key, rec)] = item.user_properties
+    assert key == records.RECORD_KEY
+    assert records.validate(rec) == []
+    assert list(rec)[: len(records.RECORD_FIELDS)] == list(records.RECORD_FIELDS)
+    assert (rec["node_id"], rec["worker"], rec["layer"]) == ("x.py::t", "gw7", 3)
+    assert rec["metrics"]["max_abs_index"] == [0, 1]
+    assert (rec["metrics"]["kl"], rec["metrics"]["mae"]) == ("Infinity", "NaN")
+    assert rec["failures"] == [] and rec["hypothesis"] is None
+    assert set(rec["versions"]) >= {"torch", "transformers", "moshi", "jax", "flax", "numpy", "hypothesis"}
+    json.loads(json.dumps(rec, allow_nan=False))
+
+
+def test_emit_without_an_item_goes_to_unattached(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(records, "_current_item", None)
+    monkeypatch.setattr(records, "UNATTACHED", [])
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    records.emit(_record())
+    [rec] = records.UNATTACHED
+    assert (rec["node_id"], rec["worker"]) == (None, "master")
+
+
+@pytest.mark.parametrize(
+    ("fields", "error", "match"),
+    [
+        ({"worker": "gw0"}, ValueError, "emit\\(\\) fills"),
+        ({"config": {1: "a"}}, TypeError, "record.config: key 1"),
+        ({"config": {"f": object()}}, TypeError, "record.config.f: object"),
+        ({"verdict": "ok"}, ValueError, "verdict must be one of"),
+        ({"verdict": "fail"}, ValueError, "needs at least one failure"),
+        ({"stage": "teacher-forced"}, ValueError, "stage must be"),
+        ({"pair": ["hf", "flax"]}, ValueError, "pair must be"),
+        ({"metrics": {"max_abs": 1.0}}, ValueError, "metrics must be"),
+        ({"inputs": {"x": [2, -1]}}, ValueError, "inputs must be"),
+    ],
+)
+def test_emit_rejects_bad_records(item: SimpleNamespace, fields: dict, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        records.emit(_record(**fields))
+    assert item.user_properties == []
+
+
+def test_emit_requires_the_comparison_fields(item: SimpleNamespace) -> None:
+    with pytest.raises(ValueError, match="lacks required fields \\['tolerance'\\]"):
+        records.emit({k: v for k, v in _record().items() if k != "tolerance"})
+
+
+def test_validate_lists_every_problem() -> None:
+    assert records.validate([]) == ["record is a list, not a dict"]
+    problems = records.validate({"verdict": "pass", "layer": -1})
+    assert "missing field 'node_id'" in problems
+    assert any(p.startswith("layer must be") for p in problems)
+    assert "a 'pass' record needs metrics and no failures" in problems
+
+
+def test_crash_record_and_summary() -> None:
+    crash = records.crash_record(node_id=None, worker="gw3", failures=["worker 'gw3' went down"])
+    assert records.validate(crash) == []
+    rows = [
+        {"verdict": "pass", "control": None},
+        {"verdict": "fail", "control": None},
+        {"verdict": "fail", "control": "c"},
+        {"verdict": "pass", "control": "c"},
+        {"verdict": "expected_divergence", "control": None},
+        crash,
+    ]
+    assert records.summarize(rows) == {
+        "total": 6,
+        "pass": 1,
+        "fail": 1,
+        "controls": 2,
+        "controls_passed": 1,
+        "expected_divergence": 1,
+        "worker_crash": 1,
+    }
