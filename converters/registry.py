@@ -76,6 +76,9 @@ class Pair:
     b_to_a: str = "identity"
     when: str | None = None
 
+    def __post_init__(self) -> None:
+        self.forward(), self.backward()  # validates templates, transforms and condition now, not at first use
+
     def forward(self, pa: str = "", pb: str = "") -> Rule:
         return Rule(_prefixed(pa, self.a), _prefixed(pb, self.b), self.a_to_b, self.when)
 
