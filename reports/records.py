@@ -85,7 +85,9 @@ class Record(TypedDict):
         inputs: input name -> shape.
         config: the config the implementations were built from.
         hypothesis: reproduction data. Inside a hypothesis test emit() adds "reproduce" (the `@reproduce_failure(...)`
-            decorator for the choices drawn so far) and "is_final"; the caller's keys win.
+            decorator for the choices drawn so far) and "is_final" (True only on hypothesis' final replay of a failing
+            example; a failing hypothesis test also emits one record per example tried while shrinking); the
+            caller's keys win.
 
     Filled by emit() (the caller must not pass them):
         schema, node_id (None when unattached), worker ("gw0".. or "master"), time (ISO 8601, UTC),
