@@ -11,7 +11,7 @@ from flax import nnx
 
 from models_flax.cache import KVCache
 from models_flax.checks import check_positions
-from models_flax.linear import make_linear
+from models_flax.linear import einsum, make_linear
 from models_flax.rope import RotaryEmbedding
 from moshi_spec import TransformerConfig
 
@@ -32,14 +32,10 @@ def dot_product_attention(
     batch, length, heads, head_dim = q.shape
     groups = heads // k.shape[2]
     qg = q.reshape(batch, length, k.shape[2], groups, head_dim)  # head h uses key/value head h // groups
-    scores = jnp.einsum(
-        "btkgd,bskd->bkgts", qg, k, precision=precision, preferred_element_type=jnp.float32
-    ) / jnp.float32(math.sqrt(head_dim))
+    scores = einsum("btkgd,bskd->bkgts", qg, k, precision=precision) / jnp.float32(math.sqrt(head_dim))
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1)
-    out = jnp.einsum(
-        "bkgts,bskd->btkgd", probs.astype(v.dtype), v, precision=precision, preferred_element_type=jnp.float32
-    )
+    out = einsum("bkgts,bskd->btkgd", probs.astype(v.dtype), v, precision=precision)
     return out.astype(q.dtype).reshape(batch, length, heads, head_dim)
 
 

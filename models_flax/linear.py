@@ -9,6 +9,14 @@ from flax import nnx
 from models_flax.checks import check_dtype, check_input, concrete
 
 
+def einsum(equation: str, a: jax.Array, b: jax.Array, *, precision: jax.lax.PrecisionLike) -> jax.Array:
+    """einsum with float32 accumulation (as torch's bf16 matmul). XLA:CPU has no bf16 x bf16 -> f32 dot thunk, so on
+    CPU the operands are upcast first: bf16 products are exact in float32, so the result is the same."""
+    if jax.default_backend() == "cpu":
+        a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+    return jnp.einsum(equation, a, b, precision=precision, preferred_element_type=jnp.float32)
+
+
 def select_weights(kernel: jax.Array, seq_len: int, layer_idx: object) -> jax.Array:
     """Returns the (S', in, out) kernels applied to the S positions of the input (S' == S, or S' == L when S == 1).
 
@@ -71,10 +79,10 @@ class FlexibleLinear(nnx.Module):
         check_input("FlexibleLinear", x, rank=3, last=self.in_features, dtype=self.dtype)
         w = select_weights(self.kernel[...].astype(self.dtype), x.shape[1], layer_idx)
         if w.shape[0] == 1:  # one kernel for every position (int / 0-d index, or num_layers == 1)
-            y = jnp.einsum("bsi,io->bso", x, w[0], precision=self.precision, preferred_element_type=jnp.float32)
+            y = einsum("bsi,io->bso", x, w[0], precision=self.precision)
         else:  # an S == 1 input broadcasts over the S' = L kernels
             x = jnp.broadcast_to(x, (x.shape[0], w.shape[0], x.shape[2]))
-            y = jnp.einsum("bsi,sio->bso", x, w, precision=self.precision, preferred_element_type=jnp.float32)
+            y = einsum("bsi,sio->bso", x, w, precision=self.precision)
         return y.astype(self.dtype)
 
 
@@ -103,7 +111,7 @@ class Linear(nnx.Module):
             raise ValueError("Linear: layer_idx given to a layer with a single weight set (not flexible)")
         check_input("Linear", x, rank=max(x.ndim, 2), last=self.in_features, dtype=self.dtype)
         kernel = self.kernel[...].astype(self.dtype)
-        y = jnp.einsum("...i,io->...o", x, kernel, precision=self.precision, preferred_element_type=jnp.float32)
+        y = einsum("...i,io->...o", x, kernel, precision=self.precision)
         return y.astype(self.dtype)
 
 

@@ -33,4 +33,6 @@ class GatingMLP(nnx.Module):
     def __call__(self, x: jax.Array, *, layer_idx: object = None) -> jax.Array:
         h = self.fc1(x, layer_idx=layer_idx)
         gate, value = h[..., : self.hidden], h[..., self.hidden :]
-        return self.fc2(self.activation(gate) * value, layer_idx=layer_idx)
+        # The activation is evaluated in float32 and rounded once, as torch does for bf16 tensors.
+        gated = self.activation(gate.astype(jnp.float32)).astype(gate.dtype) * value
+        return self.fc2(gated, layer_idx=layer_idx)

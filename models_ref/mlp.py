@@ -25,4 +25,6 @@ class GatingMLP(nn.Module):
     def forward(self, x: torch.Tensor, *, layer_idx: object = None) -> torch.Tensor:
         h = self.fc1(x, layer_idx=layer_idx)
         gate, value = h[..., : self.hidden], h[..., self.hidden :]
-        return self.fc2(self.activation(gate) * value, layer_idx=layer_idx)
+        # The activation is evaluated in float32 and rounded once (what torch does internally for bf16 tensors).
+        gated = self.activation(gate.float()).to(gate.dtype) * value
+        return self.fc2(gated, layer_idx=layer_idx)

@@ -34,7 +34,7 @@ def hf_config(cfg: TransformerConfig):
         hidden_act=cfg.activation,
         rms_norm_eps=cfg.norm_eps,
         num_codebooks=cfg.num_codebooks,
-        sliding_window=cfg.context,
+        sliding_window=cfg.context or 2**31 - 1,  # HF requires an int; our calls pass the mask explicitly
         rope_parameters={"rope_type": "default", "rope_theta": float(cfg.rope_theta)},
         vocab_size=32,
         audio_vocab_size=32,

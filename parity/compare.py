@@ -6,8 +6,12 @@
 2. dtype: reference and candidate both have `expected_dtype` (no silent upcast or downcast);
 3. finiteness: any NaN or Inf in either array fails, even where both hold the same NaN;
 4. metrics, in float64, against `parity.policy.tolerance_for(expected_dtype, component)`:
-   elementwise |cand - ref| <= atol + rtol * |ref|, mean abs diff <= mae, and for logits the mean KL divergence over the
-   last axis and the top-k agreement.
+   elementwise |cand - ref| <= atol * rms(ref) + rtol * |ref|, mean abs diff <= mae * rms(ref), and for logits the mean
+   KL divergence over the last axis and the top-k agreement.
+
+Absolute bounds are in units of the reference's RMS (1.0 for an all-zero reference): the suite draws inputs over four
+decades of magnitude, and a float32 rounding error is relative to the tensor's scale, while a porting bug (a wrong
+eps, a swapped gate, a mask off by one) moves elements by a sizeable fraction of it.
 
 Every call, pass or fail, emits exactly one record (builtin types only, JSON-serializable) through
 `reports.records.emit`, before `ParityError` is raised. `check_parity` is the non-raising core.
@@ -60,7 +64,7 @@ class Metrics:
         max_rel: max |cand - ref| / max(|ref|, REL_FLOOR * rms(ref)).
         kl: logits only: mean over positions of KL(softmax(ref) || softmax(cand)) along the last axis.
         topk_agreement: logits only: fraction of positions whose top-k index sets agree.
-        worst_excess: max over elements of |cand - ref| - (atol + rtol * |ref|); > 0 means the elementwise check fails.
+        worst_excess: max over elements of |cand - ref| - (atol * rms(ref) + rtol * |ref|); > 0: the check fails.
         worst_index: index of worst_excess (first occurrence).
         n_exceed: number of elements with a positive excess.
     """
@@ -74,6 +78,7 @@ class Metrics:
     worst_excess: float
     worst_index: tuple[int, ...]
     n_exceed: int
+    ref_rms: float  # the scale absolute bounds are expressed in (1.0 for an all-zero reference)
 
 
 def _index(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -96,8 +101,9 @@ def _metrics(ref: np.ndarray, cand: np.ndarray, tol: Tolerance, *, logits: bool)
     diff = np.abs(c - r)
     abs_ref = np.abs(r)
     rms = float(np.sqrt(np.mean(r * r)))
-    floor = REL_FLOOR * rms if rms > 0 else 1.0
-    excess = diff - (tol.atol + tol.rtol * abs_ref)
+    scale = rms if rms > 0 else 1.0
+    floor = REL_FLOOR * scale
+    excess = diff - (tol.atol * scale + tol.rtol * abs_ref)
     kl = agreement = None
     if logits:
         log_p, log_q = _log_softmax(r), _log_softmax(c)
@@ -116,6 +122,7 @@ def _metrics(ref: np.ndarray, cand: np.ndarray, tol: Tolerance, *, logits: bool)
         worst_excess=float(excess.flat[worst_flat]),
         worst_index=_index(worst_flat, r.shape),
         n_exceed=int(np.count_nonzero(excess > 0)),
+        ref_rms=scale,
     )
 
 
@@ -270,14 +277,14 @@ def _metric_failures(m: Metrics, ref: np.ndarray, cand: np.ndarray, tol: Toleran
     failures = []
     if m.n_exceed:
         r, c = float(ref[m.worst_index]), float(cand[m.worst_index])
-        bound = tol.atol + tol.rtol * abs(r)
+        bound = tol.atol * m.ref_rms + tol.rtol * abs(r)
         failures.append(
             f"max_abs {m.max_abs:.2e} at {m.max_abs_index}: {m.n_exceed} of {ref.size} elements exceed "
-            f"atol {tol.atol:g} + rtol {tol.rtol:g}*|ref|, worst at {m.worst_index} "
+            f"atol {tol.atol:g}*rms(ref) {m.ref_rms:.3g} + rtol {tol.rtol:g}*|ref|, worst at {m.worst_index} "
             f"|diff| {abs(c - r):.2e} > {bound:.2e} (ref {r:.6g}, cand {c:.6g})"
         )
-    if m.mae > tol.mae:
-        failures.append(f"mae {m.mae:.2e} > {tol.mae:g}")
+    if m.mae > tol.mae * m.ref_rms:
+        failures.append(f"mae {m.mae:.2e} > {tol.mae:g}*rms(ref) = {tol.mae * m.ref_rms:.2e}")
     if m.kl is not None and tol.kl is not None and m.kl > tol.kl:
         failures.append(f"kl {m.kl:.2e} > {tol.kl:g}")
     if m.topk_agreement is not None and tol.topk_agreement is not None and m.topk_agreement < tol.topk_agreement:

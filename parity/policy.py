@@ -20,7 +20,7 @@ class Tolerance:
     """Bounds one comparison must meet.
 
     Attributes:
-        atol: elementwise absolute bound: every element satisfies |cand - ref| <= atol + rtol * |ref|.
+        atol: elementwise bound in units of the reference RMS: |cand - ref| <= atol * rms(ref) + rtol * |ref|.
         rtol: elementwise relative bound (see atol).
         mae: bound on the mean absolute difference.
         kl: logits only: bound on mean KL(softmax(ref) || softmax(cand)) over the last axis.
@@ -58,15 +58,40 @@ class Tolerance:
         return self.kl is not None
 
 
-_PLACEHOLDER = "placeholder: to be measured"
-_FP32 = Tolerance(atol=1e-5, rtol=1e-5, mae=1e-6, why=_PLACEHOLDER)
-_BF16 = Tolerance(atol=2e-2, rtol=2e-2, mae=4e-3, why=_PLACEHOLDER)
+# Measured with `python bench/measure_tolerances.py --examples 25` (torch 2.13 CPU, jax 0.10.2 CPU, 2026-11-26): the worst
+# max|diff|/rms(ref) and MAE/rms(ref) over 25 drawn examples per (component, pair, dtype), pairs hf->ref, ref->flax,
+# hf->flax. Bounds are in units of rms(ref) (see parity.compare); rtol is 0 except where bf16 rounding is per element.
+_FP32_WHY = "fp32 measured worst max|d|/rms {m:.1e}, mae/rms {a:.1e} over all pairs; bound = ~5x the worst"
+_FP32_MEASURED = {
+    "flexible_linear": (9.2e-7, 1.0e-7),
+    "rmsnorm": (7.0e-7, 8.1e-8),
+    "gating_mlp": (2.0e-6, 3.1e-7),
+    "rope": (9.4e-7, 6.1e-8),
+    "attention": (1.1e-6, 1.7e-7),
+    "decoder_layer": (1.2e-6, 2.6e-7),
+}
+# bf16: our own layers (ref, flax) agree bit for bit on CPU, and with HF for linears, norms and the MLP; the bound there is
+# one bf16 rounding (2^-8 relative per element) so that another backend's rounding order still passes. HF's attention
+# computes q.k scores and p.v in bf16 (ours: f32 accumulation, as kyutai), so large saturated softmaxes diverge per
+# element: measured worst max|d|/rms 1.3e-1 (attention, hf->flax) and 3.5e-2 (decoder layer), MAE/rms <= 5.0e-3.
+_BF16_ROUNDING = Tolerance(
+    atol=8e-3, rtol=8e-3, mae=2e-3, why="bf16 measured 0 (bit-exact) for ref/flax/hf; bound = two bf16 roundings"
+)
+_BF16_ATTENTION = Tolerance(
+    atol=2.5e-1, rtol=0.0, mae=1e-2,
+    why="bf16 measured worst max|d|/rms 1.3e-1, mae/rms 5.0e-3 (HF bf16 scores); bound = 2x",
+)
 
 COMPONENTS = ("flexible_linear", "rmsnorm", "gating_mlp", "rope", "attention", "decoder_layer")
 
 POLICY: dict[tuple[str, str], Tolerance] = {
-    **{("float32", component): _FP32 for component in COMPONENTS},
-    **{("bfloat16", component): _BF16 for component in COMPONENTS},
+    **{
+        ("float32", c): Tolerance(atol=5e-6 if c != "gating_mlp" else 1e-5, rtol=0.0, mae=1.5e-6,
+                                  why=_FP32_WHY.format(m=m, a=a))
+        for c, (m, a) in _FP32_MEASURED.items()
+    },
+    **{("bfloat16", c): _BF16_ROUNDING for c in ("flexible_linear", "rmsnorm", "gating_mlp", "rope")},
+    **{("bfloat16", c): _BF16_ATTENTION for c in ("attention", "decoder_layer")},
 }
 
 

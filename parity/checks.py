@@ -1,0 +1,56 @@
+"""Glue shared by the test modules: run one implementation pair on one drawn case and compare through assert_parity."""
+
+from __future__ import annotations
+
+from parity import implementations
+from parity.compare import Metrics, assert_parity
+from parity.strategies import Case
+
+HF_MAX_OFFSET = 16
+"""Largest per-row position offset drawn for comparisons involving HF: HF computes rope frequencies as theta^(-2i/D),
+kyutai (and this port) as exp(-2i log(theta) / D); the float32 results differ by up to 6e-8, which at position p shifts
+the angle by p times that. test_rope's expected divergence measures it at large positions."""
+
+
+def compare_pair(
+    component: str,
+    pair: tuple[str, str],
+    case: Case,
+    *,
+    control: str | None = None,
+    expected_divergence: str | None = None,
+    mutate=None,
+) -> Metrics:
+    """Builds both implementations with shared weights, runs them on the case and asserts parity (one record).
+
+    mutate: an optional callable(Implementations) applied after building, for negative controls.
+    """
+    impls = implementations.build(component, case.cfg, case.dtype, impls=pair)
+    if mutate is not None:
+        mutate(impls)
+    reference, candidate = impls(pair[0], case), impls(pair[1], case)
+    inputs = {"x": tuple(case.x.shape), "positions": tuple(case.positions.shape)}
+    return assert_parity(
+        reference,
+        candidate,
+        component=component,
+        pair=pair,
+        expected_dtype=case.dtype,
+        config=case.cfg,
+        inputs=inputs,
+        control=control,
+        hypothesis=case.describe(),
+        expected_divergence=expected_divergence,
+    )
+
+
+def run_control(mutant, monkeypatch) -> None:
+    """Plants the mutant's bug and asserts that the comparison fails (the record names the control)."""
+    import pytest
+
+    from parity.compare import ParityError
+
+    if mutant.patch is not None:
+        mutant.patch(monkeypatch)
+    with pytest.raises(ParityError):
+        compare_pair(mutant.component, mutant.pair, mutant.case(), control=mutant.name, mutate=mutant.edit)

@@ -1,0 +1,122 @@
+"""The one strategies module: hypothesis draws layer configs and inputs for every parity test.
+
+Shapes come from small sets so that compiled code and upstream module construction stay cheap; values cover the
+regimes where porting bugs show: input magnitudes from tiny (eps dominates RMSNorm) to large, per-row position offsets
+(rope, masks), context windows shorter than the sequence, head_dim != dim / heads, grouped key/value heads, several
+codebooks and every FlexibleLinear layer_idx mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from hypothesis import strategies as st
+
+from moshi_spec import ACTIVATIONS, TransformerConfig
+
+DTYPES = ("float32", "bfloat16")
+LAYER_IDX_MODES = ("none", "int", "0d", "1d", "broadcast")
+MAGNITUDES = (1e-3, 1.0, 30.0)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One drawn example: a config, an input and how to call the layer."""
+
+    cfg: TransformerConfig
+    dtype: str
+    x: np.ndarray  # float32 values; each implementation casts them to `dtype` (identically: round to nearest even)
+    positions: np.ndarray  # (B, T) int64, offset per row + arange(T)
+    layer_idx: object  # None, int, or an int64 array (0-d or 1-D)
+    mode: str
+
+    def describe(self) -> dict:
+        """Builtin-typed summary for the record (the reproduction of this example)."""
+        idx = self.layer_idx.tolist() if isinstance(self.layer_idx, np.ndarray) else self.layer_idx
+        return {
+            "dtype": self.dtype,
+            "x_shape": list(self.x.shape),
+            "x_rms": float(np.sqrt(np.mean(np.square(self.x)))),
+            "offsets": self.positions[:, 0].tolist(),
+            "layer_idx_mode": self.mode,
+            "layer_idx": idx,
+        }
+
+
+@st.composite
+def configs(
+    draw: st.DrawFn,
+    *,
+    flexible: bool | None = None,
+    rope: bool | None = None,
+    kyutai: bool = False,
+    rope_layout: str | None = None,
+) -> TransformerConfig:
+    """A layer config. kyutai=True restricts to what kyutai can build (head_dim = dim / heads, eps 1e-8)."""
+    dim = draw(st.sampled_from((16, 32)))
+    num_heads = draw(st.sampled_from((2, 4)))
+    head_dim = None if kyutai else draw(st.sampled_from((None, 4, 8, 16)))
+    kv_heads = draw(st.sampled_from([h for h in (1, 2, num_heads) if num_heads % h == 0]))
+    flex = draw(st.booleans()) if flexible is None else flexible
+    return TransformerConfig(
+        dim=dim,
+        num_heads=num_heads,
+        num_layers=1,
+        ffn_dim=draw(st.sampled_from((32, 48, 64))),
+        head_dim_override=head_dim,
+        num_kv_heads_override=kv_heads,
+        activation=draw(st.sampled_from(ACTIVATIONS)),
+        norm_eps=1e-8 if kyutai else draw(st.sampled_from((1e-8, 1e-6, 1e-5))),
+        rope=draw(st.booleans()) if rope is None else rope,
+        rope_theta=draw(st.sampled_from((10_000.0, 500.0, 1e6))),
+        rope_layout=rope_layout or draw(st.sampled_from(("half", "interleaved"))),
+        context=draw(st.sampled_from((None, 1, 3, 8))),
+        num_codebooks=draw(st.sampled_from((2, 3, 4))) if flex else 1,  # HF builds plain linears at 1
+        flexible=flex,
+    )
+
+
+@st.composite
+def cases(
+    draw: st.DrawFn,
+    cfg_strategy: st.SearchStrategy[TransformerConfig],
+    *,
+    dtype: str | None = None,
+    max_offset: int = 4096,
+    zero_offsets: bool = False,
+    modes: tuple[str, ...] = LAYER_IDX_MODES,
+    width: str = "dim",
+) -> Case:
+    """A config plus an input (B, T, width) in float32, positions (B, T) and a layer_idx valid for the config.
+
+    For flexible configs the sequence length follows the layer_idx mode: None needs T == num_codebooks, broadcast T == 1.
+    max_offset bounds per-row position offsets (HF comparisons use small ones: HF's rope frequencies round differently,
+    see test_rope's expected divergence); zero_offsets pins them at 0 (kyutai outside streaming).
+    """
+    cfg = draw(cfg_strategy)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    batch = draw(st.sampled_from((1, 2, 3)))
+    mode = draw(st.sampled_from(modes)) if cfg.flexible else "none"
+    layers = cfg.num_codebooks
+    layer_idx: object = None
+    if not cfg.flexible or mode == "none":
+        length = layers if cfg.flexible else draw(st.sampled_from((1, 2, 5, 9)))
+    elif mode == "broadcast":
+        length = 1
+        layer_idx = rng.integers(0, layers, size=draw(st.integers(1, 4)))
+    else:
+        length = draw(st.sampled_from((1, 2, 5)))
+        if mode == "int":
+            layer_idx = int(rng.integers(0, layers))
+        elif mode == "0d":
+            layer_idx = np.asarray(rng.integers(0, layers))
+        else:
+            layer_idx = rng.integers(0, layers, size=length)
+    offsets = np.zeros(batch, np.int64) if zero_offsets else rng.integers(0, max_offset + 1, size=batch)
+    positions = offsets[:, None] + np.arange(length)[None]
+    magnitude = draw(st.sampled_from(MAGNITUDES))
+    features = {"dim": cfg.dim, "head": cfg.head_dim}[width]
+    shape = (batch, length, cfg.num_heads, features) if width == "head" else (batch, length, features)
+    x = (magnitude * rng.standard_normal(shape)).astype(np.float32)
+    return Case(cfg, dtype or draw(st.sampled_from(DTYPES)), x, positions.astype(np.int64), layer_idx, mode)
