@@ -185,7 +185,6 @@ MUTANTS: dict[str, list[Mutant]] = {
         Mutant("q_rope_permutation_missing", "attention",
                edit=lambda i: _set(_flax(i).q_proj, "kernel",
                                    _permute_heads_to_interleaved(_flax(i).q_proj.kernel[...], BASE.num_heads))),
-        Mutant("rope_offsets_ignored", "attention", patch=_rope_ignoring_offsets),
         Mutant("cache_slot_off_by_one", "attention", pair=("ref", "flax_cached"), patch=_cache_slot_off_by_one),
     ],
     "decoder_layer": [

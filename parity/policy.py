@@ -66,7 +66,7 @@ _FP32_MEASURED = {
     "flexible_linear": (9.2e-7, 1.0e-7),
     "rmsnorm": (7.0e-7, 8.1e-8),
     "gating_mlp": (2.0e-6, 3.1e-7),
-    "rope": (9.4e-7, 6.1e-8),
+    "rope": (1.3e-6, 1.0e-7),
     "attention": (1.1e-6, 1.7e-7),
     "decoder_layer": (1.2e-6, 2.6e-7),
 }
@@ -90,7 +90,12 @@ POLICY: dict[tuple[str, str], Tolerance] = {
                                   why=_FP32_WHY.format(m=m, a=a))
         for c, (m, a) in _FP32_MEASURED.items()
     },
-    **{("bfloat16", c): _BF16_ROUNDING for c in ("flexible_linear", "rmsnorm", "gating_mlp", "rope")},
+    **{("bfloat16", c): _BF16_ROUNDING for c in ("flexible_linear", "rmsnorm", "gating_mlp")},
+    ("bfloat16", "rope"): Tolerance(
+        atol=6e-2, rtol=0.0, mae=8e-3,
+        why="HF rotates in bf16 (cos, sin and each product rounded): measured hf->ref worst max|d|/rms 3.3e-2, "
+        "mae/rms 3.7e-3 over 40 examples (ref->flax 2.3e-4, 9.7e-7); bound = 2x",
+    ),
     **{("bfloat16", c): _BF16_ATTENTION for c in ("attention", "decoder_layer")},
 }
 

@@ -1,0 +1,34 @@
+"""DecoderLayer: pre-norm attention and MLP with residuals, temporal (rope) and depth (per-codebook) flavours."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from parity.checks import SHORT_OFFSET, compare_pair, run_control
+from parity.mutants import MUTANTS
+from parity.strategies import cases, configs
+
+MODES = ("none", "int", "0d", "1d")
+PAIRS = (("hf", "ref", SHORT_OFFSET), ("ref", "flax", SHORT_OFFSET), ("hf", "flax", SHORT_OFFSET))
+
+
+@pytest.mark.parametrize(("reference", "candidate", "max_offset"), PAIRS)
+@given(data=st.data())
+def test_parity(reference, candidate, max_offset, data):
+    case = data.draw(cases(configs(), modes=MODES, max_offset=max_offset))
+    compare_pair("decoder_layer", (reference, candidate), case)
+
+
+@given(case=cases(configs(kyutai=True), zero_offsets=True, modes=("none",)))
+def test_kyutai_to_hf(case):
+    compare_pair("decoder_layer", ("kyutai", "hf"), case)
+
+
+@given(case=cases(configs(), modes=MODES, max_offset=SHORT_OFFSET))
+def test_cache_step_equals_full(case):
+    compare_pair("decoder_layer", ("ref", "flax_cached"), case)
+
+
+@pytest.mark.parametrize("mutant", MUTANTS["decoder_layer"], ids=lambda m: m.name)
+def test_negative_control(mutant, monkeypatch):
+    run_control(mutant, monkeypatch)
