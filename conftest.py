@@ -94,6 +94,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"moshi-parity versions: {versions}",
     ]
 
+
 # kyutai wraps rope, norms and gating in a lazy torch.compile; on CPU that only costs compile time (and recompiles for
 # every new theta), so the suite runs kyutai's eager code, which is what the compiled graph computes.
 os.environ.setdefault("NO_TORCH_COMPILE", "1")

@@ -52,7 +52,9 @@ def main() -> None:
                     d = np.abs(c - r)
                     rel = d / np.maximum(np.abs(r), 1e-3 * rms)
                     worst = np.maximum(worst, [d.max() / rms, d.mean() / rms, rel.max()])
-                print(f"{component:16} {'->'.join(pair):12} {dtype:9} {worst[0]:11.2e} {worst[1]:10.2e} {worst[2]:9.2e}")
+                print(
+                    f"{component:16} {'->'.join(pair):12} {dtype:9} {worst[0]:11.2e} {worst[1]:10.2e} {worst[2]:9.2e}"
+                )
 
 
 if __name__ == "__main__":

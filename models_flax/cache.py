@@ -33,7 +33,8 @@ class KVCache:
         batch, length = positions.shape
         if k.shape[:1] != self.keys.shape[:1] or k.shape[2:] != self.keys.shape[2:] or k.dtype != self.keys.dtype:
             raise ValueError(
-                f"KVCache: keys {tuple(k.shape)} {k.dtype} do not fit the cache {tuple(self.keys.shape)} {self.keys.dtype}"
+                f"KVCache: keys {tuple(k.shape)} {k.dtype} do not fit the cache "
+                f"{tuple(self.keys.shape)} {self.keys.dtype}"
             )
         if length > self.capacity:
             raise ValueError(f"KVCache: {length} new positions exceed the capacity {self.capacity}")

@@ -30,7 +30,8 @@ def select_weights(kernel: jax.Array, seq_len: int, layer_idx: object) -> jax.Ar
     if layer_idx is None:
         if seq_len != num_layers:
             raise ValueError(
-                f"FlexibleLinear: layer_idx=None needs sequence length S == num_layers ({num_layers}), got S={seq_len}; "
+                f"FlexibleLinear: layer_idx=None needs sequence length S == num_layers ({num_layers}), "
+                f"got S={seq_len}; "
                 "pass layer_idx to select weights explicitly"
             )
         return kernel
@@ -50,7 +51,8 @@ def select_weights(kernel: jax.Array, seq_len: int, layer_idx: object) -> jax.Ar
         return kernel[idx][None]
     if idx.shape[0] != seq_len and seq_len != 1:
         raise ValueError(
-            f"FlexibleLinear: 1-D layer_idx of length {idx.shape[0]} needs S == {idx.shape[0]} or S == 1, got S={seq_len}"
+            f"FlexibleLinear: 1-D layer_idx of length {idx.shape[0]} needs S == {idx.shape[0]} or S == 1, "
+            f"got S={seq_len}"
         )
     return kernel[idx]
 

@@ -67,7 +67,9 @@ class Attention(nn.Module):
         k = self.k_proj(x, layer_idx=layer_idx).unflatten(-1, (cfg.num_kv_heads, cfg.head_dim))
         v = self.v_proj(x, layer_idx=layer_idx).unflatten(-1, (cfg.num_kv_heads, cfg.head_dim))
         if q.shape[1] != positions.shape[1]:
-            raise ValueError(f"Attention: layer_idx broadcast to {q.shape[1]} positions, positions has {positions.shape[1]}")
+            raise ValueError(
+                f"Attention: layer_idx broadcast to {q.shape[1]} positions, positions has {positions.shape[1]}"
+            )
         if self.rotary_emb is not None:
             q, k = self.rotary_emb(q, positions=positions), self.rotary_emb(k, positions=positions)
         if cache is not None:

@@ -31,9 +31,14 @@ class KVCache:
     def update(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> KVCache:
         """Writes (B, T, Hkv, D) keys/values at their positions' slots."""
         batch, length = positions.shape
-        if tuple(k.shape[:1]) != (self.keys.shape[0],) or k.shape[2:] != self.keys.shape[2:] or k.dtype != self.keys.dtype:
+        if (
+            tuple(k.shape[:1]) != (self.keys.shape[0],)
+            or k.shape[2:] != self.keys.shape[2:]
+            or k.dtype != self.keys.dtype
+        ):
             raise ValueError(
-                f"KVCache: keys {tuple(k.shape)} {k.dtype} do not fit the cache {tuple(self.keys.shape)} {self.keys.dtype}"
+                f"KVCache: keys {tuple(k.shape)} {k.dtype} do not fit the cache "
+                f"{tuple(self.keys.shape)} {self.keys.dtype}"
             )
         if length > self.capacity:
             raise ValueError(f"KVCache: {length} new positions exceed the capacity {self.capacity}")

@@ -9,7 +9,7 @@ from models_ref.checks import check_dtype, check_input
 
 
 def select_weights(weight: torch.Tensor, seq_len: int, layer_idx: object) -> torch.Tensor:
-    """Returns the (S', out, in) weights applied to the S positions of the input (S' == S, or S' == L broadcasting S == 1).
+    """Returns the (S', out, in) weights applied to the S input positions (S' == S, or S' == L broadcasting S == 1).
 
     layer_idx modes:
         None: position i uses weight[i]; S must equal num_layers.
@@ -21,7 +21,8 @@ def select_weights(weight: torch.Tensor, seq_len: int, layer_idx: object) -> tor
     if layer_idx is None:
         if seq_len != num_layers:
             raise ValueError(
-                f"FlexibleLinear: layer_idx=None needs sequence length S == num_layers ({num_layers}), got S={seq_len}; "
+                f"FlexibleLinear: layer_idx=None needs sequence length S == num_layers ({num_layers}), "
+                f"got S={seq_len}; "
                 "pass layer_idx to select weights explicitly"
             )
         return weight
@@ -40,7 +41,8 @@ def select_weights(weight: torch.Tensor, seq_len: int, layer_idx: object) -> tor
         return weight[idx.long()][None]
     if idx.shape[0] != seq_len and seq_len != 1:
         raise ValueError(
-            f"FlexibleLinear: 1-D layer_idx of length {idx.shape[0]} needs S == {idx.shape[0]} or S == 1, got S={seq_len}"
+            f"FlexibleLinear: 1-D layer_idx of length {idx.shape[0]} needs S == {idx.shape[0]} or S == 1, "
+            f"got S={seq_len}"
         )
     return weight[idx.long()]
 

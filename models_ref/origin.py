@@ -105,13 +105,25 @@ def build_kyutai(component: str, cfg: TransformerConfig, *, dtype: torch.dtype =
         module = rope.RotaryEmbedding(interleave=True, max_period=cfg.rope_theta)
     elif component == "attention":
         module = transformer.StreamingMultiheadAttention(
-            embed_dim=cfg.dim, num_heads=cfg.num_heads, causal=True, context=cfg.context, rope=rotary,
-            kv_repeat=kv_repeat, weights_per_step=weights_per_step,
+            embed_dim=cfg.dim,
+            num_heads=cfg.num_heads,
+            causal=True,
+            context=cfg.context,
+            rope=rotary,
+            kv_repeat=kv_repeat,
+            weights_per_step=weights_per_step,
         )
     elif component == "decoder_layer":
         module = transformer.StreamingTransformerLayer(
-            d_model=cfg.dim, num_heads=cfg.num_heads, dim_feedforward=kyutai_dim_feedforward(cfg), causal=True,
-            context=cfg.context, rope=rotary, norm="rms_norm_f32", gating=cfg.activation, kv_repeat=kv_repeat,
+            d_model=cfg.dim,
+            num_heads=cfg.num_heads,
+            dim_feedforward=kyutai_dim_feedforward(cfg),
+            causal=True,
+            context=cfg.context,
+            rope=rotary,
+            norm="rms_norm_f32",
+            gating=cfg.activation,
+            kv_repeat=kv_repeat,
             weights_per_step=weights_per_step,
         )
     else:

@@ -64,7 +64,10 @@ class TransformerConfig:
         need(self.activation in ACTIVATIONS, f"unknown activation {self.activation!r}; known: {ACTIVATIONS}")
         need(self.rope_layout in ROPE_LAYOUTS, f"unknown rope_layout {self.rope_layout!r}; known: {ROPE_LAYOUTS}")
         need(self.head_dim % 2 == 0 or not self.rope, f"rope needs an even head_dim, got {self.head_dim}")
-        need(self.num_heads % self.num_kv_heads == 0, f"num_heads {self.num_heads} not a multiple of num_kv_heads {self.num_kv_heads}")
+        need(
+            self.num_heads % self.num_kv_heads == 0,
+            f"num_heads {self.num_heads} not a multiple of num_kv_heads {self.num_kv_heads}",
+        )
         need(self.context is None or self.context > 0, f"context must be positive or None, got {self.context}")
         need(self.norm_eps >= 0, f"norm_eps must be >= 0, got {self.norm_eps}")
         need(not self.flexible or self.num_codebooks >= 1, "flexible layers need num_codebooks >= 1")
@@ -187,10 +190,18 @@ class LMConfig:
     def small(cls) -> LMConfig:
         """About 340M parameters with full vocabularies: the CPU benchmark preset."""
         return cls(
-            temporal=TransformerConfig(dim=1024, num_heads=8, num_layers=8, ffn_dim=int(1024 * 4.125 * 2 / 3) * 2, context=3000),
+            temporal=TransformerConfig(
+                dim=1024, num_heads=8, num_layers=8, ffn_dim=int(1024 * 4.125 * 2 / 3) * 2, context=3000
+            ),
             depth=TransformerConfig(
-                dim=512, num_heads=8, num_layers=4, ffn_dim=int(512 * 4.125 * 2 / 3) * 2, rope=False, num_codebooks=8,
-                flexible=True, context=8,
+                dim=512,
+                num_heads=8,
+                num_layers=4,
+                ffn_dim=int(512 * 4.125 * 2 / 3) * 2,
+                rope=False,
+                num_codebooks=8,
+                flexible=True,
+                context=8,
             ),
         )
 
@@ -200,7 +211,14 @@ class LMConfig:
         return cls(
             temporal=TransformerConfig(dim=4096, num_heads=32, num_layers=32, ffn_dim=22528, context=3000),
             depth=TransformerConfig(
-                dim=1024, num_heads=16, num_layers=6, ffn_dim=5632, rope=False, num_codebooks=8, flexible=True, context=8
+                dim=1024,
+                num_heads=16,
+                num_layers=6,
+                ffn_dim=5632,
+                rope=False,
+                num_codebooks=8,
+                flexible=True,
+                context=8,
             ),
         )
 

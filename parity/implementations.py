@@ -207,7 +207,9 @@ def run_cached(impls: Implementations, impl: str, case: Case) -> object:
     capacity = cfg.context or length
     outs = []
     if base == "ref":
-        cache = models_ref.KVCache.init(batch, capacity, cfg.num_kv_heads, cfg.head_dim, dtype=TORCH_DTYPES[impls.dtype])
+        cache = models_ref.KVCache.init(
+            batch, capacity, cfg.num_kv_heads, cfg.head_dim, dtype=TORCH_DTYPES[impls.dtype]
+        )
         x, positions = torch.from_numpy(case.x).to(TORCH_DTYPES[impls.dtype]), torch.from_numpy(case.positions)
         with torch.no_grad():
             for t in range(length):

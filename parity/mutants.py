@@ -147,52 +147,94 @@ def _flax(impls: Implementations):
 
 MUTANTS: dict[str, list[Mutant]] = {
     "flexible_linear": [
-        Mutant("codebooks_reversed", "flexible_linear", FLEX,
-               edit=lambda i: _set(_flax(i), "kernel", _flax(i).kernel[...][::-1])),
+        Mutant(
+            "codebooks_reversed",
+            "flexible_linear",
+            FLEX,
+            edit=lambda i: _set(_flax(i), "kernel", _flax(i).kernel[...][::-1]),
+        ),
         Mutant("layer_idx_ignored", "flexible_linear", FLEX, patch=_index_ignored, layer_idx=np.array([2, 1, 0, 1])),
     ],
     "rmsnorm": [
         Mutant("eps_1e-5_not_1e-8", "rmsnorm", magnitude=1e-3, edit=lambda i: _set(_flax(i), "eps", 1e-5)),
         Mutant("weight_ignored", "rmsnorm", edit=lambda i: _set(_flax(i), "weight", jnp.ones(BASE.dim))),
-        Mutant("ref_eps_1e-6", "rmsnorm", pair=("hf", "ref"), magnitude=1e-3,
-               edit=lambda i: setattr(i.modules["ref"], "eps", 1e-6)),
+        Mutant(
+            "ref_eps_1e-6",
+            "rmsnorm",
+            pair=("hf", "ref"),
+            magnitude=1e-3,
+            edit=lambda i: setattr(i.modules["ref"], "eps", 1e-6),
+        ),
     ],
     "gating_mlp": [
-        Mutant("gate_value_swapped", "gating_mlp",
-               edit=lambda i: _set(_flax(i).fc1, "kernel", _swap_halves(_flax(i).fc1.kernel[...]))),
-        Mutant("fc2_transposed", "gating_mlp",
-               edit=lambda i: _set(_flax(i).fc2, "kernel", _flax(i).fc2.kernel[...].T)),
-        Mutant("gelu_tanh_approximation", "gating_mlp", BASE.replace(activation="gelu"), patch=_gelu_tanh, magnitude=3.0),
+        Mutant(
+            "gate_value_swapped",
+            "gating_mlp",
+            edit=lambda i: _set(_flax(i).fc1, "kernel", _swap_halves(_flax(i).fc1.kernel[...])),
+        ),
+        Mutant("fc2_transposed", "gating_mlp", edit=lambda i: _set(_flax(i).fc2, "kernel", _flax(i).fc2.kernel[...].T)),
+        Mutant(
+            "gelu_tanh_approximation", "gating_mlp", BASE.replace(activation="gelu"), patch=_gelu_tanh, magnitude=3.0
+        ),
         Mutant("codebook_ignored", "gating_mlp", FLEX, patch=_index_ignored, layer_idx=np.array([2, 1, 0, 1])),
     ],
     "rope": [
         Mutant("layout_swapped", "rope", edit=lambda i: setattr(_flax(i), "layout", "interleaved")),
-        Mutant("theta_default_10000", "rope", BASE.replace(rope_theta=500.0),
-               edit=lambda i: setattr(_flax(i), "theta", 10_000.0)),
+        Mutant(
+            "theta_default_10000",
+            "rope",
+            BASE.replace(rope_theta=500.0),
+            edit=lambda i: setattr(_flax(i), "theta", 10_000.0),
+        ),
         Mutant("offsets_ignored", "rope", patch=_rope_ignoring_offsets),
-        Mutant("ref_layout_swapped", "rope", pair=("hf", "ref"), offsets=(0, 5),
-               edit=lambda i: setattr(i.modules["ref"], "layout", "interleaved")),
+        Mutant(
+            "ref_layout_swapped",
+            "rope",
+            pair=("hf", "ref"),
+            offsets=(0, 5),
+            edit=lambda i: setattr(i.modules["ref"], "layout", "interleaved"),
+        ),
     ],
     "attention": [
-        Mutant("mask_excludes_diagonal", "attention",
-               patch=partial(lambda mp: _patch_mask(mp, models_flax.attention, _mask_excluding_diagonal))),
-        Mutant("context_off_by_one", "attention",
-               patch=partial(lambda mp: _patch_mask(mp, models_flax.attention, _mask_context_plus_one))),
-        Mutant("ref_context_off_by_one", "attention", pair=("hf", "ref"), offsets=(0, 5),
-               patch=partial(lambda mp: _patch_mask(mp, models_ref.attention, _mask_context_plus_one))),
+        Mutant(
+            "mask_excludes_diagonal",
+            "attention",
+            patch=partial(lambda mp: _patch_mask(mp, models_flax.attention, _mask_excluding_diagonal)),
+        ),
+        Mutant(
+            "context_off_by_one",
+            "attention",
+            patch=partial(lambda mp: _patch_mask(mp, models_flax.attention, _mask_context_plus_one)),
+        ),
+        Mutant(
+            "ref_context_off_by_one",
+            "attention",
+            pair=("hf", "ref"),
+            offsets=(0, 5),
+            patch=partial(lambda mp: _patch_mask(mp, models_ref.attention, _mask_context_plus_one)),
+        ),
         Mutant("softmax_scale_missing", "attention", patch=_unscaled_attention),
         Mutant("kv_heads_tiled_not_repeated", "attention", patch=_tiled_kv_heads),
-        Mutant("q_rope_permutation_missing", "attention",
-               edit=lambda i: _set(_flax(i).q_proj, "kernel",
-                                   _permute_heads_to_interleaved(_flax(i).q_proj.kernel[...], BASE.num_heads))),
+        Mutant(
+            "q_rope_permutation_missing",
+            "attention",
+            edit=lambda i: _set(
+                _flax(i).q_proj, "kernel", _permute_heads_to_interleaved(_flax(i).q_proj.kernel[...], BASE.num_heads)
+            ),
+        ),
         Mutant("cache_slot_off_by_one", "attention", pair=("ref", "flax_cached"), patch=_cache_slot_off_by_one),
     ],
     "decoder_layer": [
-        Mutant("post_norm_is_input_norm", "decoder_layer",
-               edit=lambda i: _set(_flax(i).post_attention_layernorm, "weight",
-                                   _flax(i).input_layernorm.weight[...])),
+        Mutant(
+            "post_norm_is_input_norm",
+            "decoder_layer",
+            edit=lambda i: _set(_flax(i).post_attention_layernorm, "weight", _flax(i).input_layernorm.weight[...]),
+        ),
         Mutant("mlp_codebook_ignored", "decoder_layer", FLEX, patch=_index_ignored, layer_idx=np.array([2, 1, 0, 1])),
-        Mutant("mask_excludes_diagonal", "decoder_layer",
-               patch=partial(lambda mp: _patch_mask(mp, models_flax.attention, _mask_excluding_diagonal))),
+        Mutant(
+            "mask_excludes_diagonal",
+            "decoder_layer",
+            patch=partial(lambda mp: _patch_mask(mp, models_flax.attention, _mask_excluding_diagonal)),
+        ),
     ],
 }

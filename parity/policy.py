@@ -58,7 +58,8 @@ class Tolerance:
         return self.kl is not None
 
 
-# Measured with `python bench/measure_tolerances.py --examples 25` (torch 2.13 CPU, jax 0.10.2 CPU, 2026-11-26): the worst
+# Measured with `python bench/measure_tolerances.py --examples 25` (torch 2.13 CPU, jax 0.10.2 CPU, 2026-11-26): the
+# worst
 # max|diff|/rms(ref) and MAE/rms(ref) over 25 drawn examples per (component, pair, dtype), pairs hf->ref, ref->flax,
 # hf->flax. Bounds are in units of rms(ref) (see parity.compare); rtol is 0 except where bf16 rounding is per element.
 _FP32_WHY = "fp32 measured worst max|d|/rms {m:.1e}, mae/rms {a:.1e} over all pairs; bound = ~5x the worst"
@@ -70,7 +71,8 @@ _FP32_MEASURED = {
     "attention": (1.1e-6, 1.7e-7),
     "decoder_layer": (1.2e-6, 2.6e-7),
 }
-# bf16: our own layers (ref, flax) agree bit for bit on CPU, and with HF for linears, norms and the MLP; the bound there is
+# bf16: our own layers (ref, flax) agree bit for bit on CPU, and with HF for linears, norms and the MLP; the bound there
+# is
 # one bf16 rounding (2^-8 relative per element) so that another backend's rounding order still passes. HF's attention
 # computes q.k scores and p.v in bf16 (ours: f32 accumulation, as kyutai), so large saturated softmaxes diverge per
 # element: measured worst max|d|/rms 1.3e-1 (attention, hf->flax) and 3.5e-2 (decoder layer), MAE/rms <= 5.0e-3.
@@ -78,7 +80,9 @@ _BF16_ROUNDING = Tolerance(
     atol=8e-3, rtol=8e-3, mae=2e-3, why="bf16 measured 0 (bit-exact) for ref/flax/hf; bound = two bf16 roundings"
 )
 _BF16_ATTENTION = Tolerance(
-    atol=2.5e-1, rtol=0.0, mae=1e-2,
+    atol=2.5e-1,
+    rtol=0.0,
+    mae=1e-2,
     why="bf16 measured worst max|d|/rms 1.3e-1, mae/rms 5.0e-3 (HF bf16 scores); bound = 2x",
 )
 
@@ -86,13 +90,16 @@ COMPONENTS = ("flexible_linear", "rmsnorm", "gating_mlp", "rope", "attention", "
 
 POLICY: dict[tuple[str, str], Tolerance] = {
     **{
-        ("float32", c): Tolerance(atol=5e-6 if c != "gating_mlp" else 1e-5, rtol=0.0, mae=1.5e-6,
-                                  why=_FP32_WHY.format(m=m, a=a))
+        ("float32", c): Tolerance(
+            atol=5e-6 if c != "gating_mlp" else 1e-5, rtol=0.0, mae=1.5e-6, why=_FP32_WHY.format(m=m, a=a)
+        )
         for c, (m, a) in _FP32_MEASURED.items()
     },
     **{("bfloat16", c): _BF16_ROUNDING for c in ("flexible_linear", "rmsnorm", "gating_mlp")},
     ("bfloat16", "rope"): Tolerance(
-        atol=6e-2, rtol=0.0, mae=8e-3,
+        atol=6e-2,
+        rtol=0.0,
+        mae=8e-3,
         why="HF rotates in bf16 (cos, sin and each product rounded): measured hf->ref worst max|d|/rms 3.3e-2, "
         "mae/rms 3.7e-3 over 40 examples (ref->flax 2.3e-4, 9.7e-7); bound = 2x",
     ),

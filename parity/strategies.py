@@ -90,7 +90,8 @@ def cases(
 ) -> Case:
     """A config plus an input (B, T, width) in float32, positions (B, T) and a layer_idx valid for the config.
 
-    For flexible configs the sequence length follows the layer_idx mode: None needs T == num_codebooks, broadcast T == 1.
+    For flexible configs the sequence length follows the layer_idx mode: None needs T == num_codebooks, broadcast
+    T == 1.
     max_offset bounds per-row position offsets (HF comparisons use small ones: HF's rope frequencies round differently,
     see test_rope's expected divergence); zero_offsets pins them at 0 (kyutai outside streaming).
     """

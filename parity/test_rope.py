@@ -5,10 +5,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from moshi_spec import TransformerConfig
 from parity.checks import SHORT_OFFSET, compare_pair, run_control
 from parity.compare import ParityError
 from parity.mutants import MUTANTS
-from moshi_spec import TransformerConfig
 from parity.strategies import Case, cases, configs
 
 
