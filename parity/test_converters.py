@@ -78,13 +78,14 @@ def assert_bit_equal(got: dict, want: dict) -> None:
 ROUND_TRIPS = [("hf", "ref"), ("ref", "flax"), ("kyutai", "hf"), ("hf", "flax"), ("kyutai", "flax"), ("flax", "kyutai")]
 
 
+# kyutai has no standalone flexible linear (it uses per-step ModuleLists), so those combinations are not generated.
+TRIPS = [(a, b, c) for a, b in ROUND_TRIPS for c in COMPONENTS if not (c == "flexible_linear" and "kyutai" in (a, b))]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("cfg", CONFIGS)
-@pytest.mark.parametrize("component", COMPONENTS)
-@pytest.mark.parametrize(("src", "dst"), ROUND_TRIPS, ids=[f"{a}-{b}-{a}" for a, b in ROUND_TRIPS])
+@pytest.mark.parametrize(("src", "dst", "component"), TRIPS, ids=[f"{a}-{b}-{a}-{c}" for a, b, c in TRIPS])
 def test_round_trip_is_bit_exact(src, dst, component, cfg, dtype):
-    if component == "flexible_linear" and "kyutai" in (src, dst):
-        pytest.skip("kyutai has no standalone flexible linear")
     state = random_state(src, component, cfg, dtype)
     there = convert(state, src=src, dst=dst, cfg=cfg, component=component)
     assert {v.dtype for v in there.values()} == {DTYPES[dtype]}
