@@ -323,3 +323,27 @@ def test_crash_record_and_summary() -> None:
         "expected_divergence": 1,
         "worker_crash": 1,
     }
+
+
+def test_assert_parity_comparisons_reach_the_file_under_xdist(run) -> None:
+    """The real comparison entry point, called a known number of times over two workers: one line per call."""
+    go, path = run
+    source = """
+import numpy as np
+import pytest
+from parity.compare import ParityError, assert_parity
+
+@pytest.mark.parametrize("n", range(6))
+def test_compare(n):
+    x = np.arange(12, dtype=np.float32).reshape(3, 4) + n
+    for _ in range(n):
+        assert_parity(x, x, component="rmsnorm", pair=("hf", "flax"), expected_dtype="float32")
+    with pytest.raises(ParityError):
+        assert_parity(x, x + 1, component="rmsnorm", pair=("hf", "flax"), expected_dtype="float32", control="shifted")
+"""
+    result = go(source, "-n", "2")
+    assert result.ret == pytest.ExitCode.OK
+    recs = _load_valid(path)
+    assert len(recs) == sum(range(6)) + 6  # 15 passing comparisons + 6 negative controls
+    assert sum(r["control"] == "shifted" for r in recs) == 6
+    assert {r["worker"] for r in recs} == {"gw0", "gw1"}
