@@ -14,6 +14,7 @@ from models_flax.checks import check_positions
 from models_flax.linear import einsum, make_linear
 from models_flax.rope import RotaryEmbedding
 from moshi_spec import TransformerConfig
+from moshi_spec.checks import check_cache_capacity
 
 
 def attention_mask(q_pos: jax.Array, k_pos: jax.Array, context: int | None) -> jax.Array:
@@ -94,12 +95,3 @@ class Attention(nnx.Module):
             k_pos = positions
         out = dot_product_attention(q, k, v, attention_mask(positions, k_pos, cfg.context), precision=self.precision)
         return self.o_proj(out.reshape(*out.shape[:2], cfg.q_dim), layer_idx=layer_idx), cache
-
-
-def check_cache_capacity(capacity: int, length: int, context: int | None) -> None:
-    """A chunk of `length` steps is exact only if the ring keeps the last context + length - 1 positions."""
-    if context is not None and capacity < context + length - 1:
-        raise ValueError(
-            f"KVCache: capacity {capacity} cannot hold context {context} + chunk {length} - 1 positions; "
-            "feed shorter chunks or use a larger cache"
-        )

@@ -13,6 +13,7 @@ from models_ref.checks import check_positions
 from models_ref.linear import make_linear
 from models_ref.rope import RotaryEmbedding
 from moshi_spec import TransformerConfig
+from moshi_spec.checks import check_cache_capacity
 
 
 def attention_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, context: int | None) -> torch.Tensor:
@@ -80,12 +81,3 @@ class Attention(nn.Module):
             k_pos = positions
         out = dot_product_attention(q, k, v, attention_mask(positions, k_pos, cfg.context))
         return self.o_proj(out.flatten(-2), layer_idx=layer_idx), cache
-
-
-def check_cache_capacity(capacity: int, length: int, context: int | None) -> None:
-    """A chunk of `length` steps is exact only if the ring keeps the last context + length - 1 positions."""
-    if context is not None and capacity < context + length - 1:
-        raise ValueError(
-            f"KVCache: capacity {capacity} cannot hold context {context} + chunk {length} - 1 positions; "
-            "feed shorter chunks or use a larger cache"
-        )

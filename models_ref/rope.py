@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from models_ref.checks import check_positions
-from moshi_spec import ROPE_LAYOUTS
+from moshi_spec.checks import check_rope
 
 
 def inverse_frequencies(head_dim: int, theta: float) -> torch.Tensor:
@@ -21,12 +21,7 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int, *, theta: float, layout: str):
         super().__init__()
-        if layout not in ROPE_LAYOUTS:
-            raise ValueError(f"RotaryEmbedding: unknown layout {layout!r}; known: {ROPE_LAYOUTS}")
-        if head_dim % 2 or head_dim <= 0:
-            raise ValueError(f"RotaryEmbedding: head_dim must be positive and even, got {head_dim}")
-        if theta <= 1:
-            raise ValueError(f"RotaryEmbedding: theta must be > 1, got {theta}")
+        check_rope(head_dim, theta, layout)
         self.head_dim, self.theta, self.layout = head_dim, theta, layout
 
     def forward(self, x: torch.Tensor, *, positions: torch.Tensor) -> torch.Tensor:
