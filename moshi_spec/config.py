@@ -114,7 +114,8 @@ class LMConfig:
 
     Attributes:
         temporal: the temporal transformer (rope, context window).
-        depth: the depth transformer (no positional encoding, one weight set per codebook).
+        depth: the depth transformer (no positional encoding, one weight set per codebook, no context window: kyutai's
+            LMModel overrides depformer_context with None).
         n_q: audio streams fed to the temporal transformer (Moshi's dep_q and the user's).
         dep_q: audio codebooks Moshi predicts (depth steps after the text step).
         card: audio codebook size; id `card` is the initial audio token.
@@ -172,13 +173,11 @@ class LMConfig:
         return emb + head + t.num_params() + depth_emb + depth_io + d.num_params()
 
     @classmethod
-    def tiny(cls, *, context: int | None = 16) -> LMConfig:
+    def tiny(cls, *, context: int | None = 8) -> LMConfig:
         """A few-thousand-parameter model for tests (same structure as 7B)."""
         return cls(
             temporal=TransformerConfig(dim=32, num_heads=4, num_layers=2, ffn_dim=64, context=context),
-            depth=TransformerConfig(
-                dim=16, num_heads=2, num_layers=2, ffn_dim=32, rope=False, num_codebooks=4, flexible=True, context=4
-            ),
+            depth=TransformerConfig(dim=16, num_heads=2, num_layers=2, ffn_dim=32, rope=False, num_codebooks=4, flexible=True),
             n_q=8,
             dep_q=4,
             card=32,
@@ -201,7 +200,6 @@ class LMConfig:
                 rope=False,
                 num_codebooks=8,
                 flexible=True,
-                context=8,
             ),
         )
 
@@ -218,7 +216,6 @@ class LMConfig:
                 rope=False,
                 num_codebooks=8,
                 flexible=True,
-                context=8,
             ),
         )
 

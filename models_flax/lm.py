@@ -1,0 +1,104 @@
+"""The Moshi LM: temporal transformer over frames, inner-monologue text head, depth transformer over codebooks.
+
+Mirrors models_ref/lm.py name for name; the call takes codes shaped like kyutai `LMModel.forward`: (B, 1 + n_q, T).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from models_flax.delays import delay, undelay
+from models_flax.embedding import Embedding
+from models_flax.layer import DecoderLayer
+from models_flax.linear import FlexibleLinear, Linear
+from models_flax.norm import RMSNorm
+from moshi_spec import LMConfig
+
+
+@struct.dataclass
+class LMOutput:
+    text_logits: jax.Array  # (B, 1, T, text_card), NaN where invalid
+    text_mask: jax.Array  # (B, 1, T)
+    audio_logits: jax.Array  # (B, dep_q, T, card), NaN where invalid
+    audio_mask: jax.Array  # (B, dep_q, T)
+    hidden: list[jax.Array]  # temporal input and every temporal layer's output, (B, T, D) each
+
+
+class DepthTransformer(nnx.Module):
+    """Predicts the dep_q audio codebooks of one frame from the temporal state, one codebook per step."""
+
+    def __init__(self, cfg: LMConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, precision=None, rngs: nnx.Rngs):
+        d = cfg.depth
+        self.cfg = cfg
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.text_embed_tokens = Embedding(cfg.text_card + 1, d.dim, **kw)
+        self.embed_tokens = nnx.List([Embedding(cfg.card + 1, d.dim, **kw) for _ in range(cfg.dep_q - 1)])
+        kw |= {"precision": precision}
+        self.input_projections = FlexibleLinear(cfg.temporal.dim, d.dim, cfg.dep_q, **kw)
+        self.layers = nnx.List([DecoderLayer(d, **kw) for _ in range(d.num_layers)])
+        self.lm_heads = FlexibleLinear(d.dim, cfg.card, cfg.dep_q, **kw)
+
+    def __call__(self, tokens: jax.Array, *, context: jax.Array) -> jax.Array:
+        """tokens (N, dep_q): text token then audio tokens 0..dep_q-2 (teacher forcing); context (N, D) -> (N, dep_q, card)."""
+        n, steps = tokens.shape
+        embeds = [self.text_embed_tokens(tokens[:, 0])]
+        embeds += [self.embed_tokens[c - 1](tokens[:, c]) for c in range(1, steps)]
+        x = jnp.stack(embeds, axis=1)
+        x = x + self.input_projections(context[:, None], layer_idx=jnp.arange(steps))
+        positions = jnp.broadcast_to(jnp.arange(steps), (n, steps))
+        for layer in self.layers:
+            x, _ = layer(x, positions=positions)
+        return self.lm_heads(x)
+
+
+class LM(nnx.Module):
+    def __init__(self, cfg: LMConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, precision=None, rngs: nnx.Rngs):
+        t = cfg.temporal
+        self.cfg = cfg
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.embed_tokens = nnx.List([Embedding(cfg.card + 1, t.dim, **kw) for _ in range(cfg.n_q)])
+        self.text_embed_tokens = Embedding(cfg.text_card + 1, t.dim, **kw)
+        kw |= {"precision": precision}
+        self.layers = nnx.List([DecoderLayer(t, **kw) for _ in range(t.num_layers)])
+        self.norm = RMSNorm(t.dim, eps=t.norm_eps, dtype=dtype, param_dtype=param_dtype)
+        self.lm_head = Linear(t.dim, cfg.text_card, **kw)
+        self.depth = DepthTransformer(cfg, **kw)
+
+    def initial_tokens(self) -> jax.Array:
+        return jnp.asarray([self.cfg.initial_text_token] + [self.cfg.initial_audio_token] * self.cfg.n_q)
+
+    def embed(self, tokens: jax.Array) -> jax.Array:
+        """tokens (B, 1 + n_q, T) -> (B, T, D): the sum of the audio streams' embeddings, then the text's (kyutai's order)."""
+        x = self.embed_tokens[0](tokens[:, 1])
+        for k in range(1, self.cfg.n_q):
+            x = x + self.embed_tokens[k](tokens[:, 1 + k])
+        return x + self.text_embed_tokens(tokens[:, 0])
+
+    def __call__(self, codes: jax.Array) -> LMOutput:
+        """codes (B, 1 + n_q, T), text first; logits are aligned with the codes they predict."""
+        cfg = self.cfg
+        if codes.ndim != 3 or codes.shape[1] != 1 + cfg.n_q:
+            raise ValueError(f"LM: codes must be (B, 1 + n_q = {1 + cfg.n_q}, T), got {tuple(codes.shape)}")
+        batch, _, length = codes.shape
+        initial = self.initial_tokens().astype(codes.dtype)
+        first = jnp.broadcast_to(initial[None, :, None], (batch, initial.shape[0], 1))
+        delayed = jnp.concatenate([first, delay(codes, cfg.delays, initial)], axis=2)
+        inputs, targets = delayed[:, :, :-1], delayed[:, :, 1:]
+        x = self.embed(inputs)
+        hidden = [x]
+        positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
+        for layer in self.layers:
+            x, _ = layer(x, positions=positions)
+            hidden.append(x)
+        x = self.norm(x)
+        text_logits = self.lm_head(x)[:, None]
+        depth_tokens = targets[:, : cfg.dep_q].transpose(0, 2, 1).reshape(batch * length, cfg.dep_q)
+        audio = self.depth(depth_tokens, context=x.reshape(batch * length, -1))
+        audio = audio.reshape(batch, length, cfg.dep_q, -1).transpose(0, 2, 1, 3)
+        audio_logits, audio_mask = undelay(audio, cfg.delays[1 : 1 + cfg.dep_q])
+        text_logits, text_mask = undelay(text_logits, cfg.delays[:1])
+        audio_mask = audio_mask & (codes[:, 1 : 1 + cfg.dep_q] != -1)
+        text_mask = text_mask & (codes[:, :1] != -1)
+        return LMOutput(text_logits, text_mask, audio_logits, audio_mask, hidden)

@@ -1,0 +1,31 @@
+"""Token embedding whose id -1 (kyutai's zero token) embeds to an exact zero vector."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models_ref.checks import check_dtype
+
+ZERO_TOKEN = -1
+
+
+class Embedding(nn.Module):
+    """weight (V, D); ids in [0, V) or ZERO_TOKEN; anything else is an error (never clamped)."""
+
+    def __init__(self, num_embeddings: int, dim: int, *, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        check_dtype("Embedding", dtype)
+        self.num_embeddings = num_embeddings
+        self.weight = nn.Parameter(torch.randn(num_embeddings, dim, dtype=dtype))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"Embedding: ids must be integer, got {ids.dtype}")
+        if ids.numel() and (int(ids.min()) < ZERO_TOKEN or int(ids.max()) >= self.num_embeddings):
+            raise ValueError(
+                f"Embedding: ids must be in [0, {self.num_embeddings}) or {ZERO_TOKEN}, "
+                f"got min {int(ids.min())}, max {int(ids.max())}"
+            )
+        is_zero = (ids == ZERO_TOKEN)[..., None]
+        return torch.where(is_zero, torch.zeros((), dtype=self.weight.dtype), self.weight[ids.clamp(min=0)])

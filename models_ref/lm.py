@@ -1,0 +1,103 @@
+"""The Moshi LM: temporal transformer over frames, inner-monologue text head, depth transformer over codebooks.
+
+Names follow HF's `MoshiForConditionalGeneration` (without the Mimi codec) so that the hf <-> ref tables stay near the
+identity; the call takes codes shaped like kyutai `LMModel.forward`: (B, 1 + n_q, T), text first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from models_ref.delays import delay, undelay
+from models_ref.embedding import Embedding
+from models_ref.layer import DecoderLayer
+from models_ref.linear import FlexibleLinear, Linear
+from models_ref.norm import RMSNorm
+from moshi_spec import LMConfig
+
+
+@dataclass
+class LMOutput:
+    text_logits: torch.Tensor  # (B, 1, T, text_card), NaN where invalid
+    text_mask: torch.Tensor  # (B, 1, T)
+    audio_logits: torch.Tensor  # (B, dep_q, T, card), NaN where invalid
+    audio_mask: torch.Tensor  # (B, dep_q, T)
+    hidden: list[torch.Tensor]  # temporal input and every temporal layer's output, (B, T, D) each
+
+
+class DepthTransformer(nn.Module):
+    """Predicts the dep_q audio codebooks of one frame from the temporal state, one codebook per step."""
+
+    def __init__(self, cfg: LMConfig, *, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        d = cfg.depth
+        self.cfg = cfg
+        self.text_embed_tokens = Embedding(cfg.text_card + 1, d.dim, dtype=dtype)
+        self.embed_tokens = nn.ModuleList([Embedding(cfg.card + 1, d.dim, dtype=dtype) for _ in range(cfg.dep_q - 1)])
+        self.input_projections = FlexibleLinear(cfg.temporal.dim, d.dim, cfg.dep_q, dtype=dtype)
+        self.layers = nn.ModuleList([DecoderLayer(d, dtype=dtype) for _ in range(d.num_layers)])
+        self.lm_heads = FlexibleLinear(d.dim, cfg.card, cfg.dep_q, dtype=dtype)
+
+    def forward(self, tokens: torch.Tensor, *, context: torch.Tensor) -> torch.Tensor:
+        """tokens (N, dep_q): text token then audio tokens 0..dep_q-2 (teacher forcing); context (N, D) -> (N, dep_q, card)."""
+        n, steps = tokens.shape
+        embeds = [self.text_embed_tokens(tokens[:, 0])]
+        embeds += [self.embed_tokens[c - 1](tokens[:, c]) for c in range(1, steps)]
+        x = torch.stack(embeds, dim=1)
+        x = x + self.input_projections(context[:, None], layer_idx=torch.arange(steps))
+        positions = torch.arange(steps).expand(n, -1)
+        for layer in self.layers:
+            x, _ = layer(x, positions=positions)
+        return self.lm_heads(x)
+
+
+class LM(nn.Module):
+    def __init__(self, cfg: LMConfig, *, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        t = cfg.temporal
+        self.cfg = cfg
+        self.embed_tokens = nn.ModuleList([Embedding(cfg.card + 1, t.dim, dtype=dtype) for _ in range(cfg.n_q)])
+        self.text_embed_tokens = Embedding(cfg.text_card + 1, t.dim, dtype=dtype)
+        self.layers = nn.ModuleList([DecoderLayer(t, dtype=dtype) for _ in range(t.num_layers)])
+        self.norm = RMSNorm(t.dim, eps=t.norm_eps, dtype=dtype)
+        self.lm_head = Linear(t.dim, cfg.text_card, dtype=dtype)
+        self.depth = DepthTransformer(cfg, dtype=dtype)
+
+    def initial_tokens(self) -> torch.Tensor:
+        return torch.tensor([self.cfg.initial_text_token] + [self.cfg.initial_audio_token] * self.cfg.n_q)
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, 1 + n_q, T) -> (B, T, D): the sum of the audio streams' embeddings, then the text's (kyutai's order)."""
+        x = self.embed_tokens[0](tokens[:, 1])
+        for k in range(1, self.cfg.n_q):
+            x = x + self.embed_tokens[k](tokens[:, 1 + k])
+        return x + self.text_embed_tokens(tokens[:, 0])
+
+    def forward(self, codes: torch.Tensor) -> LMOutput:
+        """codes (B, 1 + n_q, T), text first; logits are aligned with the codes they predict."""
+        cfg = self.cfg
+        if codes.dim() != 3 or codes.shape[1] != 1 + cfg.n_q:
+            raise ValueError(f"LM: codes must be (B, 1 + n_q = {1 + cfg.n_q}, T), got {tuple(codes.shape)}")
+        batch, streams, length = codes.shape
+        initial = self.initial_tokens()
+        delayed = torch.cat([initial.view(1, -1, 1).expand(batch, -1, 1), delay(codes, cfg.delays, initial)], dim=2)
+        inputs, targets = delayed[:, :, :-1], delayed[:, :, 1:]
+        x = self.embed(inputs)
+        hidden = [x]
+        positions = torch.arange(length).expand(batch, -1)
+        for layer in self.layers:
+            x, _ = layer(x, positions=positions)
+            hidden.append(x)
+        x = self.norm(x)
+        text_logits = self.lm_head(x)[:, None]
+        depth_tokens = targets[:, : cfg.dep_q].permute(0, 2, 1).reshape(batch * length, cfg.dep_q)
+        audio = self.depth(depth_tokens, context=x.reshape(batch * length, -1))
+        audio = audio.view(batch, length, cfg.dep_q, -1).permute(0, 2, 1, 3)
+        audio_logits, audio_mask = undelay(audio, cfg.delays[1 : 1 + cfg.dep_q])
+        text_logits, text_mask = undelay(text_logits, cfg.delays[:1])
+        audio_mask &= codes[:, 1 : 1 + cfg.dep_q] != -1
+        text_mask &= codes[:, :1] != -1
+        return LMOutput(text_logits, text_mask, audio_logits, audio_mask, hidden)
