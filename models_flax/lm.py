@@ -41,7 +41,10 @@ class DepthTransformer(nnx.Module):
         self.lm_heads = FlexibleLinear(d.dim, cfg.card, cfg.dep_q, **kw)
 
     def __call__(self, tokens: jax.Array, *, context: jax.Array) -> jax.Array:
-        """tokens (N, dep_q): text token then audio tokens 0..dep_q-2 (teacher forcing); context (N, D) -> (N, dep_q, card)."""
+        """tokens (N, dep_q): the text token, then audio tokens 0..dep_q-2 (teacher forcing); context (N, D).
+
+        Returns (N, dep_q, card) logits.
+        """
         n, steps = tokens.shape
         embeds = [self.text_embed_tokens(tokens[:, 0])]
         embeds += [self.embed_tokens[c - 1](tokens[:, c]) for c in range(1, steps)]
@@ -70,7 +73,7 @@ class LM(nnx.Module):
         return jnp.asarray([self.cfg.initial_text_token] + [self.cfg.initial_audio_token] * self.cfg.n_q)
 
     def embed(self, tokens: jax.Array) -> jax.Array:
-        """tokens (B, 1 + n_q, T) -> (B, T, D): the sum of the audio streams' embeddings, then the text's (kyutai's order)."""
+        """tokens (B, 1 + n_q, T) -> (B, T, D): sum of the audio embeddings, then + the text's (kyutai's order)."""
         x = self.embed_tokens[0](tokens[:, 1])
         for k in range(1, self.cfg.n_q):
             x = x + self.embed_tokens[k](tokens[:, 1 + k])

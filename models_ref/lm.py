@@ -42,7 +42,10 @@ class DepthTransformer(nn.Module):
         self.lm_heads = FlexibleLinear(d.dim, cfg.card, cfg.dep_q, dtype=dtype)
 
     def forward(self, tokens: torch.Tensor, *, context: torch.Tensor) -> torch.Tensor:
-        """tokens (N, dep_q): text token then audio tokens 0..dep_q-2 (teacher forcing); context (N, D) -> (N, dep_q, card)."""
+        """tokens (N, dep_q): the text token, then audio tokens 0..dep_q-2 (teacher forcing); context (N, D).
+
+        Returns (N, dep_q, card) logits.
+        """
         n, steps = tokens.shape
         embeds = [self.text_embed_tokens(tokens[:, 0])]
         embeds += [self.embed_tokens[c - 1](tokens[:, c]) for c in range(1, steps)]
@@ -70,7 +73,7 @@ class LM(nn.Module):
         return torch.tensor([self.cfg.initial_text_token] + [self.cfg.initial_audio_token] * self.cfg.n_q)
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (B, 1 + n_q, T) -> (B, T, D): the sum of the audio streams' embeddings, then the text's (kyutai's order)."""
+        """tokens (B, 1 + n_q, T) -> (B, T, D): sum of the audio embeddings, then + the text's (kyutai's order)."""
         x = self.embed_tokens[0](tokens[:, 1])
         for k in range(1, self.cfg.n_q):
             x = x + self.embed_tokens[k](tokens[:, 1 + k])
@@ -81,7 +84,7 @@ class LM(nn.Module):
         cfg = self.cfg
         if codes.dim() != 3 or codes.shape[1] != 1 + cfg.n_q:
             raise ValueError(f"LM: codes must be (B, 1 + n_q = {1 + cfg.n_q}, T), got {tuple(codes.shape)}")
-        batch, streams, length = codes.shape
+        batch, _, length = codes.shape
         initial = self.initial_tokens()
         delayed = torch.cat([initial.view(1, -1, 1).expand(batch, -1, 1), delay(codes, cfg.delays, initial)], dim=2)
         inputs, targets = delayed[:, :, :-1], delayed[:, :, 1:]

@@ -177,7 +177,9 @@ class LMConfig:
         """A few-thousand-parameter model for tests (same structure as 7B)."""
         return cls(
             temporal=TransformerConfig(dim=32, num_heads=4, num_layers=2, ffn_dim=64, context=context),
-            depth=TransformerConfig(dim=16, num_heads=2, num_layers=2, ffn_dim=32, rope=False, num_codebooks=4, flexible=True),
+            depth=TransformerConfig(
+                dim=16, num_heads=2, num_layers=2, ffn_dim=32, rope=False, num_codebooks=4, flexible=True
+            ),
             n_q=8,
             dep_q=4,
             card=32,
