@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from moshi_spec import TransformerConfig
+from moshi_spec import LMConfig, TransformerConfig
 
 COMPONENTS = ("flexible_linear", "rmsnorm", "gating_mlp", "rope", "attention", "decoder_layer")
 
@@ -187,3 +187,50 @@ def call_kyutai(component: str, module: nn.Module, x: torch.Tensor, cfg: Transfo
     if component == "decoder_layer":
         return module(x)
     raise ValueError(f"call_kyutai: unknown component {component!r}")
+
+
+def kyutai_lm_kwargs(cfg: LMConfig) -> dict:
+    """kyutai `LMModel` keyword arguments for cfg, in the layout of `moshi.models.loaders._lm_kwargs`."""
+    t, d = cfg.temporal, cfg.depth
+    dff = kyutai_dim_feedforward(t)
+    hidden_scale = dff / t.dim
+    if int(hidden_scale * t.dim) != dff:
+        raise ValueError(f"kyutai cannot express dim_feedforward {dff} as int(hidden_scale * {t.dim})")
+    for name, sub in (("temporal", t), ("depth", d)):
+        if sub.norm_eps != 1e-8 or sub.num_kv_heads != sub.num_heads or sub.head_dim * sub.num_heads != sub.dim:
+            raise ValueError(f"kyutai LMModel needs eps 1e-8, no grouped kv heads and head_dim = dim / heads ({name})")
+    if d.activation != t.activation or d.context is not None or d.rope or not t.rope:
+        raise ValueError(
+            "kyutai LMModel: one activation for both stacks, rope only in the temporal one, no depth context"
+        )
+    return {
+        "delays": list(cfg.delays),
+        "n_q": cfg.n_q,
+        "dep_q": cfg.dep_q,
+        "card": cfg.card,
+        "text_card": cfg.text_card,
+        "dim": t.dim,
+        "num_heads": t.num_heads,
+        "num_layers": t.num_layers,
+        "hidden_scale": hidden_scale,
+        "norm": "rms_norm_f32",
+        "context": t.context,
+        "max_period": t.rope_theta,
+        "gating": t.activation,
+        "positional_embedding": "rope",
+        "causal": True,
+        "existing_text_padding_id": cfg.existing_text_padding_id,
+        "depformer_dim": d.dim,
+        "depformer_dim_feedforward": kyutai_dim_feedforward(d),
+        "depformer_num_heads": d.num_heads,
+        "depformer_num_layers": d.num_layers,
+        "depformer_multi_linear": True,
+        "depformer_weights_per_step": True,
+        "depformer_pos_emb": "none",
+    }
+
+
+def build_kyutai_lm(cfg: LMConfig, *, dtype: torch.dtype = torch.float32) -> nn.Module:
+    from moshi.models.lm import LMModel
+
+    return LMModel(**kyutai_lm_kwargs(cfg)).to(dtype).eval()
