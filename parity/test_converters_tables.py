@@ -1,0 +1,376 @@
+"""Converters on their own: bit-exact round trips between kyutai, hf, ref and flax (prefixes kept, instances apart,
+shortest paths); the layouts the tables produce; kyutai's legacy names; strict accounting (every problem listed, never a
+silent cast) with registry, path and component errors; module IO and array moves.
+
+Checks against the real kyutai and HF modules are in test_converters_upstream.py; shared cases in converter_cases.py.
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from converters import (
+    COMPONENTS,
+    ConversionError,
+    convert,
+    expected_shapes,
+    find_path,
+    flax_state,
+    from_jax,
+    from_torch,
+    load_flax,
+    load_torch,
+    register,
+    registry,
+    to_jax,
+    to_torch,
+    torch_state,
+    transforms,
+)
+from converters.registry import FunctionEdge, Pair, Rule, TableEdge, apply_rules
+from parity.converter_cases import CONFIGS, DTYPES, ROPES, SHAPES, assert_bit_equal, legacy, make_cfg, random_state
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Round trips
+
+ROUND_TRIPS = [("hf", "ref"), ("ref", "flax"), ("kyutai", "hf"), ("hf", "flax"), ("kyutai", "flax"), ("flax", "kyutai")]
+
+
+# kyutai has no standalone flexible linear (it uses per-step ModuleLists), so those combinations are not generated.
+TRIPS = [(a, b, c) for a, b in ROUND_TRIPS for c in COMPONENTS if not (c == "flexible_linear" and "kyutai" in (a, b))]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cfg", CONFIGS)
+@pytest.mark.parametrize(("src", "dst", "component"), TRIPS, ids=[f"{a}-{b}-{a}-{c}" for a, b, c in TRIPS])
+def test_round_trip_is_bit_exact(src, dst, component, cfg, dtype):
+    state = random_state(src, component, cfg, dtype)
+    there = convert(state, src=src, dst=dst, cfg=cfg, component=component)
+    assert {v.dtype for v in there.values()} == {DTYPES[dtype]}
+    assert_bit_equal(convert(there, src=dst, dst=src, cfg=cfg, component=component), state)
+
+
+@pytest.mark.parametrize("component", ["decoder_layer", "attention"])
+def test_prefixes_are_kept_and_instances_stay_apart(component):
+    cfg = make_cfg(flexible=True, rope="interleaved")
+    prefixes = ("model.layers.0.", "model.layers.1.")
+    state = random_state("kyutai", component, cfg, prefixes=prefixes)
+    whole = convert(state, src="kyutai", dst="flax", cfg=cfg, component=component)
+    for prefix in prefixes:
+        one = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        alone = convert(one, src="kyutai", dst="flax", cfg=cfg, component=component)
+        assert_bit_equal({k[len(prefix) :]: v for k, v in whole.items() if k.startswith(prefix)}, alone)
+    assert len(whole) == 2 * len(expected_shapes("flax", component, cfg))
+
+
+def test_paths_are_shortest_through_registered_edges():
+    assert find_path("hf", "flax", "attention") == ["hf", "ref", "flax"]
+    assert find_path("kyutai", "flax", "decoder_layer") == ["kyutai", "hf", "ref", "flax"]
+    assert find_path("flax", "kyutai", "rmsnorm") == ["flax", "ref", "hf", "kyutai"]
+    cfg = make_cfg(rope="interleaved")
+    state = random_state("hf", "decoder_layer", cfg)
+    via_ref = convert(convert(state, src="hf", dst="ref", cfg=cfg, component="decoder_layer"), src="ref", dst="flax",
+                      cfg=cfg, component="decoder_layer")  # fmt: skip
+    assert_bit_equal(convert(state, src="hf", dst="flax", cfg=cfg, component="decoder_layer"), via_ref)
+
+
+def test_same_format_validates_and_copies():
+    cfg = make_cfg()
+    state = random_state("hf", "attention", cfg)
+    out = convert(state, src="hf", dst="hf", cfg=cfg, component="attention")
+    assert out is not state
+    assert_bit_equal(out, state)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The layouts themselves
+
+
+def test_rope_permutation_moves_rows_as_specified():
+    w = np.arange(16, dtype=np.float32).reshape(16, 1)  # 2 heads of head_dim 8
+    half = transforms.interleaved_to_half(w, 2)[:, 0]
+    assert half.tolist() == [0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15]
+    assert np.array_equal(transforms.half_to_interleaved(transforms.interleaved_to_half(w, 2), 2), w)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("rope", ROPES)
+def test_kyutai_rows_reach_ref_in_ref_layout(rope, shape):
+    """kyutai is interleaved; ref holds cfg.rope_layout: interleaved ref rows are kyutai's rows untouched."""
+    cfg = make_cfg(rope=rope, shape=shape)
+    state = random_state("kyutai", "attention", cfg)
+    ref = convert(state, src="kyutai", dst="ref", cfg=cfg, component="attention")
+    fused = state["in_projs.0.weight"]
+    q, k, v = np.split(fused, [cfg.q_dim, cfg.q_dim + cfg.kv_dim])
+    if rope != "half":  # no rope, or interleaved on both sides: rows untouched
+        expected = {"q": q, "k": k}
+    else:
+        expected = {"q": transforms.interleaved_to_half(q, 4), "k": transforms.interleaved_to_half(k, cfg.num_kv_heads)}
+    assert np.array_equal(ref["q_proj.weight"], expected["q"])
+    assert np.array_equal(ref["k_proj.weight"], expected["k"])
+    assert np.array_equal(ref["v_proj.weight"], v)
+    assert np.array_equal(ref["o_proj.weight"], state["out_projs.0.weight"])
+
+
+def test_flax_kernels_are_transposed_and_stacks_keep_their_axis():
+    cfg = make_cfg(flexible=True)
+    state = random_state("ref", "gating_mlp", cfg)
+    flax = convert(state, src="ref", dst="flax", cfg=cfg, component="gating_mlp")
+    assert np.array_equal(flax["fc1.kernel"][1], state["fc1.weight"][1].T)
+    flex = convert(
+        random_state("hf", "flexible_linear", cfg), src="hf", dst="flax", cfg=cfg, component="flexible_linear"
+    )
+    assert flex["kernel"].shape == (3, 7, 5)
+
+
+def test_kyutai_flexible_weights_stack_in_codebook_order():
+    cfg = make_cfg(flexible=True, rope="norope")
+    state = random_state("kyutai", "decoder_layer", cfg)
+    hf = convert(state, src="kyutai", dst="hf", cfg=cfg, component="decoder_layer")
+    for c in range(3):
+        assert np.array_equal(hf["mlp.fc1.weight"][c], state[f"gating.{c}.linear_in.weight"])
+        assert np.array_equal(hf["self_attn.o_proj.linear.weight"][c], state[f"self_attn.out_projs.{c}.weight"])
+        assert np.array_equal(hf["self_attn.v_proj.linear.weight"][c], state[f"self_attn.in_projs.{c}.weight"][32:])
+    assert np.array_equal(hf["input_layernorm.weight"], state["norm1.alpha"][0, 0])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# kyutai legacy names
+
+
+@pytest.mark.parametrize("component", ["attention", "decoder_layer"])
+@pytest.mark.parametrize("flexible", [False, True])
+def test_legacy_names_give_the_same_hf_state(component, flexible):
+    cfg = make_cfg(flexible=flexible)
+    state = random_state("kyutai", component, cfg, "bfloat16", prefixes=("layers.0.", "layers.1."))
+    old = legacy(state, cfg)
+    assert any(k.endswith("in_proj_weight") for k in old)
+    want = convert(state, src="kyutai", dst="hf", cfg=cfg, component=component)
+    assert_bit_equal(convert(old, src="kyutai", dst="hf", cfg=cfg, component=component), want)
+
+
+def test_legacy_and_current_names_together_are_refused():
+    cfg = make_cfg()
+    state = random_state("kyutai", "attention", cfg, prefixes=("self_attn.",))
+    both = state | legacy(state, cfg)
+    with pytest.raises(ConversionError, match=r"both legacy and current") as err:
+        convert(both, src="kyutai", dst="hf", cfg=cfg, component="attention")
+    assert "self_attn.in_proj_weight" in str(err.value) and "self_attn.in_projs.0.weight" in str(err.value)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Strict accounting
+
+
+def hf_layer_state(cfg=None):
+    return random_state("hf", "decoder_layer", cfg or make_cfg(), prefixes=("layers.0.",))
+
+
+def conversion_error(state, src="hf", dst="ref", component="decoder_layer", cfg=None) -> str:
+    with pytest.raises(ConversionError) as err:
+        convert(state, src=src, dst=dst, cfg=cfg or make_cfg(), component=component)
+    return str(err.value)
+
+
+def test_missing_key_is_named_with_its_expected_shape():
+    state = hf_layer_state()
+    del state["layers.0.self_attn.q_proj.linear.weight"]
+    message = conversion_error(state)
+    assert "missing     layers.0.self_attn.q_proj.linear.weight: expected (16, 16), got nothing" in message
+
+
+def test_unexpected_key_is_named_with_its_shape():
+    state = hf_layer_state() | {"layers.0.self_attn.q_proj.linear.bias": np.zeros(16, np.float32)}
+    message = conversion_error(state)
+    assert "unexpected  layers.0.self_attn.q_proj.linear.bias: expected nothing, got (16,)" in message
+
+
+def test_wrong_shape_is_named_with_both_shapes():
+    state = hf_layer_state()
+    state["layers.0.self_attn.k_proj.linear.weight"] = np.zeros((8, 16), np.float32)
+    message = conversion_error(state, dst="flax")
+    assert "wrong shape layers.0.self_attn.k_proj.linear.weight: expected (16, 16), got (8, 16)" in message
+
+
+def test_all_problems_are_reported_together():
+    state = hf_layer_state()
+    del state["layers.0.mlp.fc1.weight"]
+    state["layers.0.mlp.fc2.weight"] = np.zeros((16, 15), np.float32)
+    state["layers.0.mlp.fc3.weight"] = np.zeros((2, 2), np.float32)
+    state["layers.0.input_layernorm.weight"] = from_torch_like(state["layers.0.input_layernorm.weight"])
+    message = conversion_error(state, dst="kyutai")
+    assert "4 problem(s)" in message
+    assert "missing     layers.0.mlp.fc1.weight: expected (32, 16)" in message
+    assert "wrong shape layers.0.mlp.fc2.weight: expected (16, 16), got (16, 15)" in message
+    assert "unexpected  layers.0.mlp.fc3.weight: expected nothing, got (2, 2)" in message
+    assert "not numpy   layers.0.input_layernorm.weight: got torch.Tensor" in message
+
+
+def from_torch_like(array):
+    """A torch tensor where a numpy array belongs: refused, never converted silently."""
+    return to_torch(array)
+
+
+def test_kyutai_codebook_gap_is_a_missing_key():
+    cfg = make_cfg(flexible=True)
+    state = random_state("kyutai", "attention", cfg)
+    del state["in_projs.1.weight"]
+    with pytest.raises(ConversionError, match=r"missing +in_projs\.1\.weight: expected \(48, 16\)"):
+        convert(state, src="kyutai", dst="hf", cfg=cfg, component="attention")
+
+
+def test_mixed_dtypes_in_a_fused_weight_are_refused():
+    cfg = make_cfg()
+    state = random_state("hf", "attention", cfg)
+    state["k_proj.linear.weight"] = state["k_proj.linear.weight"].astype(ml_dtypes.bfloat16)
+    with pytest.raises(ConversionError, match=r"mix dtypes \['bfloat16', 'float32'\]"):
+        convert(state, src="hf", dst="kyutai", cfg=cfg, component="attention")
+
+
+def test_edge_output_is_checked(monkeypatch):
+    def lossy(state, *, cfg, component):
+        return {k.replace(".linear", ""): v for k, v in state.items() if "o_proj" not in k}
+
+    monkeypatch.setitem(registry.EDGES, ("hf", "ref"), FunctionEdge(lossy, frozenset(COMPONENTS)))
+    message = conversion_error(random_state("hf", "attention", make_cfg()), component="attention")
+    assert "output of edge hf->ref" in message and "missing     o_proj.weight: expected (16, 16)" in message
+
+
+def test_key_no_rule_claims_is_an_error():
+    edge = TableEdge("hf", "ref", {"gating_mlp": (Rule("fc1.weight", "fc1.weight"),)})
+    with pytest.raises(ConversionError, match=r"matched by no rule: \['mlp\.fc2\.weight'\]"):
+        edge(random_state("hf", "gating_mlp", make_cfg(), prefixes=("mlp.",)), cfg=make_cfg(), component="gating_mlp")
+
+
+def test_key_claimed_by_two_rules_is_an_error():
+    rules = (Rule("fc{c}.weight", "a{c}.weight"), Rule("fc1.weight", "b.weight"))
+    with pytest.raises(ConversionError, match=r"fc1\.weight claimed by two rules"):
+        apply_rules({"fc1.weight": np.zeros(1)}, rules, make_cfg(), where="test")
+
+
+def test_bad_tables_fail_when_declared():
+    with pytest.raises(ValueError, match="unknown transform 'rotate'"):
+        Pair("a", "b", "rotate")
+    with pytest.raises(ValueError, match="unknown condition"):
+        Rule("a", "b", when="sometimes")
+    with pytest.raises(ValueError, match="placeholder"):
+        Rule("a.{layer}", "b")
+    with pytest.raises(ValueError, match="already registered"):
+        register("hf", "ref", {})
+
+
+def test_no_path_names_the_formats_and_the_edges(monkeypatch):
+    monkeypatch.setattr(registry, "EDGES", {("kyutai", "hf"): registry.EDGES[("kyutai", "hf")]})
+    with pytest.raises(ValueError, match=r"no converter path from 'kyutai' to 'flax'.*kyutai->hf"):
+        convert(
+            random_state("kyutai", "rmsnorm", cfg := make_cfg()), src="kyutai", dst="flax", cfg=cfg, component="rmsnorm"
+        )
+
+
+def test_unknown_or_missing_components_are_refused():
+    with pytest.raises(ValueError, match="'kyutai' has no component 'flexible_linear'"):
+        convert({}, src="kyutai", dst="hf", cfg=make_cfg(), component="flexible_linear")
+    with pytest.raises(ValueError, match="unknown format 'mlx'"):
+        convert({}, src="mlx", dst="hf", cfg=make_cfg(), component="rmsnorm")
+    with pytest.raises(ValueError, match="unknown component 'rope'"):
+        expected_shapes("hf", "rope", make_cfg())
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Module IO and arrays
+
+
+def tiny_torch(dtype):
+    import torch
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 3, bias=False, dtype=dtype)
+            self.weight = torch.nn.Parameter(torch.randn(3, dtype=dtype))
+
+    return Tiny()
+
+
+def tiny_flax(dtype):
+    import jax.numpy as jnp
+    from flax import nnx
+
+    class Tiny(nnx.Module):
+        def __init__(self, rngs):
+            self.lin = nnx.Linear(4, 3, use_bias=False, param_dtype=dtype, rngs=rngs)
+            self.weight = nnx.Param(jnp.ones((3,), dtype))
+            self.count = nnx.BatchStat(jnp.zeros(()))  # not a Param: neither read nor loaded
+
+    return Tiny(nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_torch_module_state_round_trip(dtype):
+    import torch
+
+    module = tiny_torch(getattr(torch, dtype))
+    state = random_state("hf", "rmsnorm", make_cfg(), dtype)["weight"]
+    new = {"lin.weight": np.full((3, 4), 0.5, DTYPES[dtype]), "weight": state[:3]}
+    load_torch(module, new)
+    assert_bit_equal(torch_state(module), new)
+    assert module.lin.weight.dtype == getattr(torch, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_flax_module_state_round_trip(dtype):
+    import jax.numpy as jnp
+
+    module = tiny_flax(getattr(jnp, dtype))
+    assert sorted(flax_state(module)) == ["lin.kernel", "weight"]
+    assert flax_state(module)["lin.kernel"].shape == (4, 3)
+    new = {"lin.kernel": np.full((4, 3), 0.25, DTYPES[dtype]), "weight": np.arange(3).astype(DTYPES[dtype])}
+    load_flax(module, new)
+    assert_bit_equal(flax_state(module), new)
+    assert module.lin.kernel[...].dtype == DTYPES[dtype]
+
+
+@pytest.mark.parametrize("kind", ["torch", "flax"])
+def test_module_load_lists_every_problem_and_never_casts(kind):
+    load, module, key = (
+        (load_torch, tiny_torch(__import__("torch").float32), "lin.weight")
+        if kind == "torch"
+        else (load_flax, tiny_flax(np.float32), "lin.kernel")
+    )
+    before = torch_state(module) if kind == "torch" else flax_state(module)
+    bad = {key: np.zeros((5, 5), np.float32), "extra": np.zeros(2, np.float32)}
+    with pytest.raises(ConversionError, match=r"3 problem\(s\)") as err:
+        load(module, bad)
+    for fragment in (f"wrong shape {key}", "missing     weight: expected (3,)", "unexpected  extra"):
+        assert fragment in str(err.value)
+    cast = {k: v.astype(ml_dtypes.bfloat16) for k, v in before.items()}
+    with pytest.raises(ConversionError, match=r"wrong dtype weight: module has float32, state has bfloat16"):
+        load(module, cast)
+    assert_bit_equal(torch_state(module) if kind == "torch" else flax_state(module), before)  # nothing written
+
+
+def test_arrays_move_every_bfloat16_bit_pattern():
+    import torch
+
+    bits = np.arange(-(2**15), 2**15, dtype=np.int16)
+    bf16 = bits.view(ml_dtypes.bfloat16)
+    tensor = torch.from_numpy(bits.copy()).view(torch.bfloat16)
+    assert np.array_equal(from_torch(tensor).view(np.int16), bits)
+    assert torch.equal(to_torch(bf16).view(torch.int16), tensor.view(torch.int16))
+    assert np.array_equal(from_jax(to_jax(bf16)).view(np.int16), bits)
+    assert from_torch(tensor).dtype == ml_dtypes.bfloat16 and from_jax(to_jax(bf16)).dtype == ml_dtypes.bfloat16
+
+
+def test_arrays_copy_and_refuse_silent_casts():
+    import jax
+    import torch
+
+    tensor = torch.zeros(3)
+    array = from_torch(tensor)
+    tensor.add_(1.0)
+    assert array.tolist() == [0.0, 0.0, 0.0]
+    if not jax.config.jax_enable_x64:
+        with pytest.raises(TypeError, match="float64 array as float32"):
+            to_jax(np.zeros(2))
