@@ -234,3 +234,83 @@ def build_kyutai_lm(cfg: LMConfig, *, dtype: torch.dtype = torch.float32) -> nn.
     from moshi.models.lm import LMModel
 
     return LMModel(**kyutai_lm_kwargs(cfg)).to(dtype).eval()
+
+
+def hf_lm_config(cfg: LMConfig):
+    """An HF MoshiConfig for the LM of cfg; its Mimi codec is a minimal one (only the LM is ever run)."""
+    from transformers import MimiConfig, MoshiConfig
+
+    t, d = cfg.temporal, cfg.depth
+    if cfg.n_q != 2 * cfg.dep_q:
+        raise ValueError(f"HF Moshi has n_q = 2 * num_codebooks, got n_q {cfg.n_q}, dep_q {cfg.dep_q}")
+    mimi = MimiConfig(codebook_size=cfg.card, num_hidden_layers=1, num_filters=8, num_quantizers=cfg.n_q)
+    depth = {
+        "hidden_size": d.dim,
+        "num_attention_heads": d.num_heads,
+        "num_key_value_heads": d.num_kv_heads,
+        "head_dim": d.head_dim,
+        "num_hidden_layers": d.num_layers,
+        "ffn_dim": d.ffn_dim,
+        "hidden_act": d.activation,
+        "rms_norm_eps": d.norm_eps,
+    }
+    hf = MoshiConfig.from_audio_encoder_config(
+        mimi,
+        hidden_size=t.dim,
+        num_attention_heads=t.num_heads,
+        num_key_value_heads=t.num_kv_heads,
+        head_dim=t.head_dim,
+        num_hidden_layers=t.num_layers,
+        ffn_dim=t.ffn_dim,
+        hidden_act=t.activation,
+        rms_norm_eps=t.norm_eps,
+        vocab_size=cfg.text_card,
+        num_codebooks=cfg.dep_q,
+        sliding_window=t.context or 2**31 - 1,
+        rope_parameters={"rope_type": "default", "rope_theta": float(t.rope_theta)},
+        depth_decoder_config=depth,
+    )
+    hf._attn_implementation = "eager"
+    hf.depth_decoder_config._attn_implementation = "eager"
+    return hf
+
+
+def build_hf_lm(cfg: LMConfig, *, dtype: torch.dtype = torch.float32) -> nn.Module:
+    from transformers.models.moshi.modeling_moshi import MoshiForConditionalGeneration
+
+    return MoshiForConditionalGeneration(hf_lm_config(cfg)).to(dtype).eval()
+
+
+@torch.no_grad()
+def call_hf_lm(model: nn.Module, codes: torch.Tensor, cfg: LMConfig) -> dict:
+    """Runs HF's temporal decoder and depth decoder on kyutai's delayed, teacher-forced layout of `codes`.
+
+    HF's forward does not apply the delay pattern (its generate does), so the delayed inputs are built here exactly as
+    kyutai's LMModel.forward builds them; what runs inside is HF's own code, masks included. HF has no zero token
+    (-1): such codes are refused.
+    """
+    from models_ref.delays import delay, undelay
+
+    if bool((codes < 0).any()):
+        raise ValueError("call_hf_lm: HF Moshi has no zero token (-1); pass codes without it")
+    batch, _, length = codes.shape
+    initial = torch.tensor([cfg.initial_text_token] + [cfg.initial_audio_token] * cfg.n_q)
+    delayed = torch.cat([initial.view(1, -1, 1).expand(batch, -1, 1), delay(codes, cfg.delays, initial)], dim=2)
+    inputs, targets = delayed[:, :, :-1], delayed[:, :, 1:]
+    embeds = sum(model.embed_tokens[k](inputs[:, 1 + k]) for k in range(cfg.n_q))
+    embeds = embeds + model.decoder.model.embed_tokens(inputs[:, 0])
+    out = model.decoder(inputs_embeds=embeds, output_hidden_states=True)
+    depth = model.depth_decoder(
+        input_ids=targets[:, : cfg.dep_q].permute(0, 2, 1).reshape(batch * length, cfg.dep_q),
+        last_hidden_state=out.last_hidden_state.reshape(batch * length, 1, -1),
+    )
+    audio = depth.logits.view(batch, length, cfg.dep_q, -1).permute(0, 2, 1, 3)
+    audio_logits, audio_mask = undelay(audio, cfg.delays[1 : 1 + cfg.dep_q])
+    text_logits, text_mask = undelay(out.logits[:, None], cfg.delays[:1])
+    return {
+        "text_logits": text_logits,
+        "text_mask": text_mask,
+        "audio_logits": audio_logits,
+        "audio_mask": audio_mask,
+        "hidden": list(out.hidden_states),
+    }
