@@ -1,0 +1,136 @@
+"""Sharding rules: every parameter has exactly one rule, bad rules fail loudly, the 7B plan divides by the mesh, and the
+tiny LM sharded over a (dp=2, fsdp=4) mesh of 8 CPU devices computes what it computes unsharded.
+
+The 8-device run is a subprocess (`parity.sharding_check`): this process initialised jax with one device.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from models_flax import sharding
+from models_flax.lm import LM
+from moshi_spec import LMConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return nnx.eval_shape(lambda: LM(LMConfig.tiny(), rngs=nnx.Rngs(0)))
+
+
+def test_sharded_lm_matches_unsharded():
+    env = os.environ | {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-m", "parity.sharding_check"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    print(json.dumps(measured, indent=1))
+    assert measured["split"] >= 40  # every kernel and embedding of the tiny LM (49 params, 9 norms)
+    for diffs in measured["max_diff_over_rms"].values():
+        assert diffs["text"] <= measured["bound"]["text"] and diffs["audio"] <= measured["bound"]["audio"]
+
+
+def test_7b_plan_covers_every_param_and_splits_8_ways():
+    abstract = nnx.eval_shape(lambda: LM(LMConfig.moshi_7b(), rngs=nnx.Rngs(0)))
+    placements = sharding.describe(abstract, sharding.abstract_mesh(1, 8))
+    total, per_device = sharding.totals(placements)
+    replicated = sum(p.bytes for p in placements if all(e is None for e in p.spec))
+    print(f"7B fp32: {total / 2**30:.2f} GiB, per device on fsdp=8: {per_device / 2**30:.3f} GiB ", end="")
+    print(f"(ratio {per_device / total:.5f}), replicated {replicated} bytes")
+    assert len(placements) == len(nnx.to_flat_state(nnx.state(abstract, nnx.Param)))
+    assert total == 4 * 7_687_729_152
+    assert per_device == (total - replicated) // 8 + replicated
+    assert 1 / 8 <= per_device / total < 1 / 8 + 1e-4
+    # dp replicates: a (2, 4) mesh holds 1/4 per device
+    _, per_device_dp = sharding.totals(sharding.describe(abstract, sharding.abstract_mesh(2, 4)))
+    assert per_device_dp == (total - replicated) // 4 + replicated
+
+
+def test_tiny_specs_follow_the_table(tiny):
+    specs = _flat(sharding.param_specs(tiny, {"dp": 2, "fsdp": 4}))
+    assert specs["embed_tokens.0.weight"] == P(None, "fsdp")
+    assert specs["layers.1.self_attn.q_proj.kernel"] == P(None, "fsdp")
+    assert specs["layers.1.self_attn.o_proj.kernel"] == P("fsdp", None)
+    assert specs["layers.0.mlp.fc1.kernel"] == P(None, "fsdp")
+    assert specs["layers.0.mlp.fc2.kernel"] == P("fsdp", None)
+    assert specs["norm.weight"] == P(None)
+    assert specs["depth.layers.0.mlp.fc1.kernel"] == P(None, None, "fsdp")
+    assert specs["depth.input_projections.kernel"] == P(None, "fsdp", None)
+    assert specs["depth.lm_heads.kernel"] == P(None, None, "fsdp")
+
+
+def _flat(specs):
+    return {".".join(map(str, k)): v.get_value() for k, v in nnx.to_flat_state(specs)}
+
+
+def _with(rules, *extra, drop=()):
+    return tuple(r for r in rules if r.pattern not in drop) + extra
+
+
+def test_unmatched_param_is_an_error(tiny):
+    rules = _with(sharding.RULES, drop=(r"norm\.weight",))
+    with pytest.raises(ValueError, match=r"1 parameter\(s\) match no sharding rule:\n  norm\.weight$"):
+        sharding.param_specs(tiny, {"dp": 1, "fsdp": 4}, rules=rules)
+
+
+def test_param_matching_two_rules_is_an_error(tiny):
+    rules = _with(sharding.RULES, sharding.Rule(r".*norm\.weight", P(None)))
+    with pytest.raises(
+        ValueError,
+        match=r"9 parameter\(s\) match more than one rule:\n  depth\.layers\.0\.input_layernorm\.weight matches ",
+    ):
+        sharding.param_specs(tiny, {"dp": 1, "fsdp": 4}, rules=rules)
+
+
+def test_indivisible_dimension_is_an_error_unless_the_rule_replicates(tiny):
+    # the embedding rows are V + 1 = 33: shard them over fsdp = 4
+    pattern = r"(depth\.)?(text_)?embed_tokens(\.\d+)?\.weight"
+    rows = sharding.Rule(pattern, P("fsdp", None))
+    with pytest.raises(
+        ValueError,
+        match=r"embed_tokens\.0\.weight: shape \(33, 32\), dimension 33 is not divisible by "
+        r"mesh axis fsdp of size 4",
+    ):
+        sharding.param_specs(tiny, {"dp": 1, "fsdp": 4}, rules=_with(sharding.RULES, rows, drop=(pattern,)))
+    lenient = sharding.Rule(pattern, P("fsdp", None), replicate_if_indivisible=True)
+    specs = sharding.param_specs(tiny, {"dp": 1, "fsdp": 4}, rules=_with(sharding.RULES, lenient, drop=(pattern,)))
+    assert _flat(specs)["embed_tokens.0.weight"] == P(None, None)
+    # the final norm (D = 32) over dp x fsdp = 3: the only error (the other rules use fsdp = 1)
+    norm = sharding.Rule(r"norm\.weight", P(("dp", "fsdp")))
+    with pytest.raises(
+        ValueError,
+        match=r"1 spec error\(s\) on mesh \{'dp': 3, 'fsdp': 1\}:\n  norm\.weight: shape \(32,\), dimension 32 is "
+        r"not divisible by mesh axis \('dp', 'fsdp'\) of size 3$",
+    ):
+        sharding.param_specs(tiny, {"dp": 3, "fsdp": 1}, rules=_with(sharding.RULES, norm, drop=(r"norm\.weight",)))
+
+
+def test_rank_mismatch_and_unknown_axis_are_errors(tiny):
+    wrong_rank = sharding.Rule(r"lm_head\.kernel", P(None, None, "fsdp"))
+    with pytest.raises(ValueError, match=r"lm_head\.kernel: shape \(32, 48\) has rank 2"):
+        sharding.param_specs(
+            tiny, {"dp": 1, "fsdp": 4}, rules=_with(sharding.RULES, wrong_rank, drop=(r"lm_head\.kernel",))
+        )
+    tp = sharding.Rule(r"lm_head\.kernel", P(None, "tp"))
+    with pytest.raises(ValueError, match=r"lm_head\.kernel: rule .* names mesh axes \['tp'\]"):
+        sharding.param_specs(tiny, {"dp": 1, "fsdp": 4}, rules=_with(sharding.RULES, tp, drop=(r"lm_head\.kernel",)))
+
+
+def test_make_mesh_needs_every_device():
+    with pytest.raises(ValueError, match=r"dp \* fsdp must equal the device count"):
+        sharding.make_mesh(2, 4, devices=[object()])
