@@ -34,7 +34,7 @@ from converters.checkpoint import (
     save_orbax,
     save_safetensors,
 )
-from converters.lm import convert_lm, convert_lm_shapes, find_lm_path, lm_config_from_json, lm_config_to_dict
+from converters.lm import convert_lm, convert_lm_shapes, expected_lm_shapes, lm_config_from_json, lm_config_to_dict
 from converters.shapes import FORMATS, ConversionError
 from moshi_spec.config import LMConfig
 
@@ -169,8 +169,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         tmp.mkdir(parents=True)
         state = loader(list(kept))
-        edges = len(find_lm_path(args.src, args.dst)) - 1
-        with bar(progress, len(state) * edges, f"convert {args.src}->{args.dst}") as b:
+        with bar(progress, len(expected_lm_shapes(args.src, cfg)), f"convert {args.src}->{args.dst}") as b:
             converted = convert_lm(state, src=args.src, dst=args.dst, cfg=cfg, progress=b.update)
         del state
         converted = cast(converted, args.dtype, progress)

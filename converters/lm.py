@@ -156,23 +156,34 @@ def _layer_groups(part: State, prefix: str) -> dict[str, State]:
     return groups
 
 
-def _lm_edge(state: State, src: str, dst: str, cfg: LMConfig, progress: Progress | None) -> State:
-    parts = _split(state, src)
-    where = f"LM edge {src}->{dst} (embeddings, norm and heads)"
-    applied = apply_rules(parts["top"], LM_EDGES[(src, dst)], cfg.depth, where=where)
-    if applied.unmatched:
-        raise ConversionError(f"{where}: {len(applied.unmatched)} key(s) matched by no rule: {applied.unmatched}")
-    out = dict(applied.out)
-    if progress:
-        progress(len(parts["top"]))
-    for stack, sub in _stacks(cfg):
-        src_prefix, dst_prefix = LAYERS[src][stack], LAYERS[dst][stack]
-        for group in _layer_groups(parts[stack], src_prefix).values():
-            layer = EDGES[(src, dst)](group, cfg=sub, component="decoder_layer")
-            out |= {dst_prefix + key[len(src_prefix) :]: value for key, value in layer.items()}
-            if progress:
-                progress(len(group))
-    return out
+def _blocks(state: Mapping[str, np.ndarray], fmt: str, cfg: LMConfig) -> list[tuple[str, str, State]]:
+    """The state cut into independently convertible blocks: (stack, layer prefix, keys); the top-level keys first."""
+    parts = _split(state, fmt)
+    blocks = [("top", "", parts["top"])]
+    for stack, _ in _stacks(cfg):
+        blocks += [(stack, p, group) for p, group in _layer_groups(parts[stack], LAYERS[fmt][stack]).items()]
+    return blocks
+
+
+def _block_edge(block: State, stack: str, prefix: str, src: str, dst: str, cfg: LMConfig) -> tuple[str, State]:
+    """One block through one edge, checked against dst's keys and shapes; returns (the block's dst prefix, block)."""
+    where = f"LM edge {src}->{dst} ({prefix + '*' if prefix else 'embeddings, norm and heads'})"
+    if stack == "top":
+        applied = apply_rules(block, LM_EDGES[(src, dst)], cfg.depth, where=where)
+        if applied.unmatched:
+            raise ConversionError(f"{where}: {len(applied.unmatched)} key(s) matched by no rule: {applied.unmatched}")
+        out, expected = applied.out, _top_shapes(dst, cfg)
+    else:
+        sub = cfg.temporal if stack == "temporal" else cfg.depth
+        layer = EDGES[(src, dst)](block, cfg=sub, component="decoder_layer")
+        new_prefix = LAYERS[dst][stack] + prefix[len(LAYERS[src][stack]) :]
+        out = {new_prefix + key[len(prefix) :]: value for key, value in layer.items()}
+        expected = {new_prefix + k: shape for k, shape in expected_shapes(dst, "decoder_layer", sub).items()}
+        prefix = new_prefix
+    problems = _problems(out, expected)  # type: ignore[arg-type]
+    if problems:
+        raise ConversionError(f"output of {where}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
+    return prefix, out
 
 
 def find_lm_path(src: str, dst: str) -> list[str]:
@@ -211,14 +222,7 @@ def _fmt(shape: object) -> str:
     return "(" + ", ".join(map(str, dims)) + ("," if len(dims) == 1 else "") + ")"
 
 
-def check_lm_state(state: Mapping[str, object], fmt: str, cfg: LMConfig, *, what: str = "LM state") -> None:
-    """Checks that `state` holds exactly the keys and shapes of a whole LM in format `fmt`.
-
-    Raises:
-        ConversionError: listing, all at once, every missing key (with its expected shape), unexpected key (with its
-            shape), key of the wrong shape (expected vs got) and value that is not a numpy array.
-    """
-    expected = expected_lm_shapes(fmt, cfg)
+def _problems(state: Mapping[str, object], expected: Mapping[str, tuple[int, ...]]) -> list[str]:
     problems: list[str] = []
     for key, shape in expected.items():
         if key not in state:
@@ -232,6 +236,17 @@ def check_lm_state(state: Mapping[str, object], fmt: str, cfg: LMConfig, *, what
     for key in state:
         if key not in expected:
             problems.append(f"unexpected  {key}: expected nothing, got {_fmt(getattr(state[key], 'shape', None))}")
+    return problems
+
+
+def check_lm_state(state: Mapping[str, object], fmt: str, cfg: LMConfig, *, what: str = "LM state") -> None:
+    """Checks that `state` holds exactly the keys and shapes of a whole LM in format `fmt`.
+
+    Raises:
+        ConversionError: listing, all at once, every missing key (with its expected shape), unexpected key (with its
+            shape), key of the wrong shape (expected vs got) and value that is not a numpy array.
+    """
+    problems = _problems(state, expected_lm_shapes(fmt, cfg))
     if problems:
         raise ConversionError(
             f"{what}: not a {fmt} Moshi LM for this config; {len(problems)} problem(s):\n  " + "\n  ".join(problems)
@@ -257,22 +272,30 @@ def convert_lm(
             attention names are accepted too).
         src, dst: formats in FORMATS; src == dst validates (and normalizes legacy names) without converting.
         cfg: the LM's config.
-        progress: called with a number of keys after each converted block (top-level keys, then one layer).
+        progress: called with the number of input keys of each block once converted (the top-level keys, then one
+            layer at a time); the calls add up to the number of (normalized) input keys.
 
     Returns:
         A new flat state in dst's layout; dtypes are kept key by key.
 
     Raises:
         ValueError: unknown format or no path.
-        ConversionError: the input or any edge's output does not account for every key with the right shape.
+        ConversionError: the input, or any edge's output (each block is checked after each edge), does not account
+            for every key with the right shape.
     """
     path = find_lm_path(src, dst)
     state = normalize_lm(state, src, cfg)
     check_lm_state(state, src, cfg, what=f"input of convert_lm {src}->{dst}")
-    for a, b in itertools.pairwise(path):
-        state = _lm_edge(state, a, b, cfg, progress)
-        check_lm_state(state, b, cfg, what=f"output of LM edge {a}->{b}")
-    return dict(state)
+    out: State = {}
+    for stack, prefix, block in _blocks(state, src, cfg):  # block by block: one block's intermediates alive at a time
+        size = len(block)
+        for a, b in itertools.pairwise(path):
+            prefix, block = _block_edge(block, stack, prefix, a, b, cfg)
+        out |= block
+        if progress:
+            progress(size)
+    check_lm_state(out, dst, cfg, what=f"output of convert_lm {src}->{dst}")
+    return out
 
 
 def _placeholders(shapes: Mapping[str, Any], *, what: str) -> State:

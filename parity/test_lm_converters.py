@@ -183,6 +183,9 @@ def test_legacy_fused_names_give_the_same_params():
         convert_lm(old, src="kyutai", dst="flax", cfg=CFG), convert_lm(state, src="kyutai", dst="flax", cfg=CFG)
     )
     assert_bit_equal(convert_lm(old, src="kyutai", dst="kyutai", cfg=CFG), state)
+    calls = []
+    convert_lm(old, src="kyutai", dst="flax", cfg=CFG, progress=calls.append)  # one call per block
+    assert len(calls) == 1 + CFG.temporal.num_layers + CFG.depth.num_layers and sum(calls) == len(state)
 
 
 def test_errors_name_every_missing_extra_and_misshaped_key():
