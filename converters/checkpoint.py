@@ -122,6 +122,11 @@ def read_safetensors_index(path: str | Path) -> tuple[dict[str, TensorInfo], dic
     return index, metadata
 
 
+def safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """{key: shape} of a safetensors file or directory of shards, from the headers alone (for `validate_lm_shapes`)."""
+    return {key: info.shape for key, info in read_safetensors_index(path)[0].items()}
+
+
 def load_safetensors(index: Mapping[str, TensorInfo], keys: Iterable[str] | None = None) -> State:
     """Memory-maps the tensors of `index` (all, or `keys`)."""
     return {key: index[key].load() for key in (index if keys is None else keys)}

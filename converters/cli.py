@@ -229,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         record = run(args)
-    except (ConversionError, ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
+    except (ConversionError, ValueError, TypeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(summary(record, args.output))

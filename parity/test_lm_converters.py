@@ -27,7 +27,7 @@ from safetensors.numpy import save_file
 import converters
 from converters import ConversionError, convert_lm, expected_lm_shapes
 from converters import cli as cli_module
-from converters.checkpoint import load_orbax, read_safetensors_index, save_safetensors
+from converters.checkpoint import load_orbax, read_safetensors_index, safetensors_shapes, save_safetensors
 from converters.cli import main
 from converters.lm import (
     config_kind,
@@ -139,6 +139,7 @@ def test_round_trip_through_every_format_is_bit_exact(dtype):
             assert_bit_equal(current, seen[dst])
         seen[dst] = current
     assert_bit_equal(current, state)
+    assert converters.find_lm_path("kyutai", "flax") == ["kyutai", "hf", "ref", "flax"]
     assert_bit_equal(convert_lm(state, src="kyutai", dst="flax", cfg=CFG), seen["flax"])  # shortest path, same bits
     ref = RefLM(CFG, dtype=TORCH_DTYPES[dtype])
     converters.load_torch(ref, seen["ref"])  # strict: every key, shape and dtype of the real module
@@ -314,6 +315,7 @@ def test_cli_round_trip_through_files_and_dtype_cast(tmp_path, capsys):
     assert cli("flax", "hf", tmp_path / "flax", tmp_path / "hf", preset=None) == 0
     index, meta = read_safetensors_index(tmp_path / "hf" / "model.safetensors")
     assert meta == {"format": "pt"}
+    assert validate_lm_shapes(safetensors_shapes(tmp_path / "hf"), fmt="hf", cfg=CFG) == expected_lm_shapes("hf", CFG)
     hf = {k: info.load() for k, info in index.items()}
     assert_bit_equal(hf, convert_lm(state, src="kyutai", dst="hf", cfg=CFG))
     assert cli("hf", "kyutai", tmp_path / "hf", tmp_path / "back") == 0
