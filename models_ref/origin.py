@@ -282,12 +282,14 @@ def build_hf_lm(cfg: LMConfig, *, dtype: torch.dtype = torch.float32) -> nn.Modu
 
 
 @torch.no_grad()
-def call_hf_lm(model: nn.Module, codes: torch.Tensor, cfg: LMConfig) -> dict:
+def call_hf_lm(model: nn.Module, codes: torch.Tensor, cfg: LMConfig, *, depth_attention_mask: bool = True) -> dict:
     """Runs HF's temporal decoder and depth decoder on kyutai's delayed, teacher-forced layout of `codes`.
 
     HF's forward does not apply the delay pattern (its generate does), so the delayed inputs are built here exactly as
     kyutai's LMModel.forward builds them; what runs inside is HF's own code, masks included. HF has no zero token
-    (-1): such codes are refused.
+    (-1): such codes are refused. HF's depth decoder builds its causal mask only when given an attention_mask (without
+    one, as MoshiForConditionalGeneration.forward calls it by default, codebooks attend to later codebooks):
+    depth_attention_mask=True passes an all-ones mask, False reproduces HF's default.
     """
     from models_ref.delays import delay, undelay
 
@@ -303,6 +305,7 @@ def call_hf_lm(model: nn.Module, codes: torch.Tensor, cfg: LMConfig) -> dict:
     depth = model.depth_decoder(
         input_ids=targets[:, : cfg.dep_q].permute(0, 2, 1).reshape(batch * length, cfg.dep_q),
         last_hidden_state=out.last_hidden_state.reshape(batch * length, 1, -1),
+        attention_mask=torch.ones(batch * length, cfg.dep_q, dtype=torch.long) if depth_attention_mask else None,
     )
     audio = depth.logits.view(batch, length, cfg.dep_q, -1).permute(0, 2, 1, 3)
     audio_logits, audio_mask = undelay(audio, cfg.delays[1 : 1 + cfg.dep_q])
