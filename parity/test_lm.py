@@ -8,14 +8,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from jax import lax
+from safetensors.numpy import save_file
 
 import converters.transforms
+from converters.cli import main as cli_main
+from models_flax.checkpoint import from_checkpoint
 from models_flax.loss import lm_loss as flax_loss
 from models_ref import origin
 from models_ref.loss import lm_loss as ref_loss
 from moshi_spec import LMConfig
 from parity.arrays import to_numpy
 from parity.compare import ParityError, assert_parity, check_parity
+from parity.converter_cases import legacy
 from parity.lm_implementations import LMRun, build_lms, random_codes, run_layer, run_lm
 
 CFG = LMConfig.tiny()  # temporal context 8
@@ -187,3 +192,31 @@ def test_expected_divergence_hf_depth_decoder_not_causal():
     hf = LMRun(*(to_numpy(out[k]) for k in ("text_logits", "text_mask", "audio_logits", "audio_mask")), [])
     _compare_logits(runs["kyutai"], hf, ("kyutai", "hf"), "float32", components=("audio_logits",),
                     expected_divergence="HF depth decoder without attention_mask is bidirectional")  # fmt: skip
+
+
+# Acceptance: a kyutai checkpoint file, in kyutai's own state_dict layout and in the released files' legacy fused
+# layout, converts with the CLI; the Flax LM loaded from the output computes kyutai's logits past the context window.
+
+
+def _legacy_layout(state: dict) -> dict:
+    stacks = {"transformer.layers.": CFG.temporal, "depformer.layers.": CFG.depth}
+    out = {k: v for k, v in state.items() if not k.startswith(tuple(stacks))}
+    for prefix, sub in stacks.items():
+        out |= legacy({k: v for k, v in state.items() if k.startswith(prefix)}, sub)
+    return out
+
+
+@pytest.mark.parametrize("layout", ("state_dict", "legacy_fused"))
+def test_cli_checkpoint_matches_kyutai(layout, tmp_path, capsys):
+    kyutai = build_lms(CFG, "float32", impls=("kyutai",))["kyutai"]
+    state = converters.torch_state(kyutai)
+    if layout == "legacy_fused":
+        state = _legacy_layout(state)
+        assert any(k.endswith("self_attn.in_proj_weight") for k in state)
+    save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    out = tmp_path / "flax"
+    args = ["--no-progress", "--src", "kyutai", "--dst", "flax", "--preset", "tiny"]
+    assert cli_main([*args, str(tmp_path / "model.safetensors"), str(out)]) == 0
+    flax = from_checkpoint(out, precision=lax.Precision.HIGHEST)
+    codes = random_codes(CFG, 2, LENGTH, seed=3, zero_fraction=0.1)
+    _compare_logits(run_lm("kyutai", kyutai, codes), run_lm("flax", flax, codes), ("kyutai", "flax"), "float32")
