@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 
-
 from moshi_spec import LMConfig
 
 BYTES = {"float32": 4, "bfloat16": 2}
