@@ -1,7 +1,8 @@
 """Command line of the report.
 
 python -m reports summary RECORDS.jsonl     text matrix: component x pair x dtype (pass / fail / controls / ...)
-python -m reports render RECORDS.jsonl -o DIR   the HTML drift report: NOT YET IMPLEMENTED (exits 2)
+python -m reports render RECORDS.jsonl -o DIR [--previous OLD.jsonl]   report.html + summary.json (reports/render.py)
+python -m reports diff OLD.jsonl NEW.jsonl [--factor 2.0]   metric regressions; exits 1 on any (reports/diff.py)
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from reports import diff, render
 from reports.summary import render_text
 
 
@@ -17,15 +19,15 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     summary = sub.add_parser("summary", help="print the text summary of a records file")
     summary.add_argument("records")
-    render = sub.add_parser("render", help="render the HTML report (not yet implemented)")
-    render.add_argument("records")
-    render.add_argument("-o", "--output", default="reports/out/html")
+    render.add_arguments(sub.add_parser("render", help="write the HTML report and summary.json"))
+    diff.add_arguments(sub.add_parser("diff", help="per-metric regressions between two runs; exits 1 on any"))
     args = parser.parse_args(argv)
     if args.command == "summary":
         print(render_text(args.records))
         return 0
-    print("render: not yet implemented (the HTML drift report is its own issue); use `summary`", file=sys.stderr)
-    return 2
+    if args.command == "render":
+        return render.main(args)
+    return diff.main(args)
 
 
 if __name__ == "__main__":

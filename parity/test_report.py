@@ -1,0 +1,260 @@
+"""The HTML drift report and the run diff (`python -m reports render|diff`), from synthetic records written here.
+
+The browser test loads the page in headless Chromium (Debian's `chromium`) and skips, saying why, where it is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reports import analysis, records
+from reports.__main__ import main as cli
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+PROFILE = "ci"
+
+
+def _rec(component: str = "rmsnorm", *, verdict: str = "pass", max_abs: float = 1e-7, **kw: Any) -> dict[str, Any]:
+    """A valid record (checked with records.validate) with max|d|/rms(ref) = max_abs (ref_rms 1)."""
+    ref, cand = kw.pop("pair", ("hf", "flax"))
+    dtype = kw.pop("dtype", "float32")
+    r = {
+        "schema": records.SCHEMA_VERSION,
+        "node_id": kw.pop("node_id", f"parity/test_{component}.py::test_parity[{ref}-{cand}-{dtype}]"),
+        "component": component,
+        "pair": {"reference": ref, "candidate": cand},
+        "layer": kw.pop("layer", None),
+        "stage": kw.pop("stage", None),
+        "control": kw.pop("control", None),
+        "verdict": verdict,
+        "expected_divergence": kw.pop("expected_divergence", None),
+        "failures": [] if verdict == "pass" else [f"max_abs {max_abs:.2e} > atol"],
+        "metrics": {
+            "max_abs": max_abs,
+            "max_abs_index": [0, 1],
+            "mae": max_abs / 10,
+            "max_rel": max_abs,
+            "kl": kw.pop("kl", None),
+            "topk_agreement": None,
+            "ref_rms": 1.0,
+        },
+        "tolerance": {"atol": 1e-5, "rtol": 0.0, "mae": 2e-6, "kl": None},
+        "dtypes": {"reference": dtype, "candidate": dtype, "expected": dtype},
+        "shapes": {"reference": [2, 20, 32], "candidate": [2, 20, 32]},
+        "inputs": {"x": [2, 20, 32]},
+        "config": {"preset": "tiny", "dim": 32},
+        "hypothesis": kw.pop("hypothesis", None),
+        "hypothesis_profile": PROFILE,
+        "platform": {"backend": "cpu", "device_kind": "cpu", "device_count": 1, "python": "3.11", "system": "Linux"},
+        "versions": {"python": "3.11", "jax": "0.10.2", "torch": "2.13.0"},
+        "worker": "gw0",
+        "time": "2026-01-01T00:00:00.000+00:00",
+    }
+    assert not kw, kw
+    assert records.validate(r) == [], records.validate(r)
+    return r
+
+
+def _drift(pair: tuple[str, str] = ("kyutai", "flax"), *, over_from: int | None = 3) -> list[dict[str, Any]]:
+    """Per-layer lm_hidden records, 6 layers x both stages; the propagated error exceeds the budget from `over_from`."""
+    out = []
+    for stage in ("propagated", "teacher_forced"):
+        for layer in range(6):
+            err = 0.0 if layer == 0 else 1e-6 * (layer + 1)
+            if stage == "propagated" and over_from is not None and layer >= over_from:
+                err = 1e-4 * layer
+            out.append(
+                _rec(
+                    "lm_hidden",
+                    pair=pair,
+                    layer=layer,
+                    stage=stage,
+                    max_abs=err,
+                    verdict="fail" if err > 1e-5 else "pass",
+                    node_id=f"parity/test_lm.py::test_layer_drift[{pair[0]}->{pair[1]}-float32]",
+                )
+            )
+    return out
+
+
+def _fixture() -> list[dict[str, Any]]:
+    shrink = [
+        _rec("attention", verdict="fail", max_abs=m, node_id="parity/test_attention.py::test_h", hypothesis=h)
+        for m, h in (
+            (0.5, {"is_final": False, "reproduce": "@reproduce_failure('6', b'AAA')"}),
+            (0.3, {"is_final": False, "reproduce": "@reproduce_failure('6', b'AAB')"}),
+            (2e-4, {"is_final": True, "reproduce": "@reproduce_failure('6', b'FINAL')"}),
+        )
+    ]
+    crash = records.crash_record(
+        node_id="parity/test_rope.py::test_crash", worker="gw1", failures=["worker 'gw1' died"]
+    )
+    return [
+        _rec("rmsnorm"),
+        _rec("rmsnorm", pair=("hf", "ref"), max_abs=3e-7),
+        _rec("rmsnorm", control="eps_1e-5", verdict="fail", max_abs=1e-2),
+        _rec("rope", verdict="expected_divergence", expected_divergence="HF ignores the theta override", max_abs=0.2),
+        *shrink,
+        *_drift(),
+        *_drift(("ref", "flax"), over_from=None),
+        crash,
+    ]
+
+
+def _write(path: Path, recs: list[dict[str, Any]], *, extra_lines: tuple[str, ...] = ()) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs) + "".join(extra_lines))
+    return path
+
+
+def test_render_fixture(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = _write(tmp_path / "records.jsonl", _fixture())
+    records.meta_path(src).write_text(json.dumps({"hypothesis_profile": PROFILE, "duration_s": 1.5, "workers": 2}))
+    assert cli(["render", str(src), "-o", str(tmp_path / "html")]) == 0
+    page = tmp_path / "html" / "report.html"
+    assert f"parity report: {page.resolve()}" in capsys.readouterr().out
+    html = page.read_text()
+    assert 'id="matrix-table"' in html and "<svg" in html
+    assert html.count("<svg") == 2  # one drift chart per whole-model run
+    assert "first over budget at layer 3" in html
+    assert "@reproduce_failure(&#39;6&#39;, b&#39;FINAL&#39;)" in html  # the final replay's blob, escaped
+    assert "b&#39;AAA&#39;" not in html  # shrink attempts are dropped
+    assert "HF ignores the theta override" in html and "parity/test_rope.py::test_crash" in html
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html, re.I), "the page must be offline"
+    assert not re.search(r"url\(\s*['\"]?(https?:)?//", html, re.I) and "@import" not in html
+
+    s = json.loads((tmp_path / "html" / "summary.json").read_text())
+    assert s["counts"]["total"] == len(_fixture()) and s["counts"]["worker_crash"] == 1
+    assert s["counted_after_hypothesis_dedupe"] == len(_fixture()) - 2
+    cells = {(m["component"], m["pair"], m["dtype"]): m for m in s["matrix"]}
+    assert cells[("rmsnorm", "hf->flax", "float32")]["status"] == "pass"
+    assert cells[("rmsnorm", "hf->flax", "float32")]["controls"] == 1
+    assert cells[("rope", "hf->flax", "float32")]["status"] == "xdiv"
+    assert (
+        cells[("attention", "hf->flax", "float32")] | {"fail": 1, "status": "fail"}
+        == cells[("attention", "hf->flax", "float32")]
+    )
+    assert cells[("attention", "hf->flax", "float32")]["worst"] == pytest.approx(2e-4)
+    runs = {d["pair"]: d for d in s["drift"]}
+    assert runs["kyutai->flax"]["stages"]["propagated"]["first_diverging"] == 3
+    assert runs["kyutai->flax"]["stages"]["teacher_forced"]["first_diverging"] is None
+    assert runs["ref->flax"]["stages"]["propagated"]["first_diverging"] is None
+    assert [p["layer"] for p in runs["ref->flax"]["stages"]["teacher_forced"]["points"]] == list(range(6))
+    assert s["worst"]["attention"][0]["reproduce"] == "@reproduce_failure('6', b'FINAL')"
+    assert s["expected_divergences"][0]["reason"] == "HF ignores the theta override"
+    assert s["worker_crashes"][0]["node_id"] == "parity/test_rope.py::test_crash"
+    assert s["environment"]["hypothesis_profiles"] == [PROFILE]
+    assert s["environment"]["run"]["duration_s"] == 1.5
+    assert s["previous"] is None
+
+
+def test_malformed_lines_are_reported_and_skipped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = _fixture()
+    truncated = json.dumps(_rec())[:57]
+    src = _write(tmp_path / "r.jsonl", good, extra_lines=(truncated + "\n", "[1, 2]\n", json.dumps(_rec()) + "\n"))
+    assert cli(["render", str(src), "-o", str(tmp_path / "html")]) == 0
+    out = capsys.readouterr().out
+    n = len(good)
+    assert f"r.jsonl:{n + 1}: skipped malformed line: not JSON" in out
+    assert f"r.jsonl:{n + 2}: skipped malformed line: not a parity record" in out
+    s = json.loads((tmp_path / "html" / "summary.json").read_text())
+    assert [m["line"] for m in s["malformed_lines"]] == [n + 1, n + 2]
+    assert s["counts"]["total"] == n + 1  # the valid line after the bad ones is kept
+    assert "malformed record line(s) skipped" in (tmp_path / "html" / "report.html").read_text()
+
+
+def test_diff_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    old = _write(tmp_path / "old.jsonl", _fixture())
+    assert cli(["diff", str(old), str(old)]) == 0
+
+    def run_with(changed: dict[str, Any], factor: str = "2.0") -> int:
+        recs = [changed if r["node_id"] == changed["node_id"] and r["layer"] is None else r for r in _fixture()]
+        return cli(["diff", str(old), str(_write(tmp_path / "new.jsonl", recs)), "--factor", factor])
+
+    node = "parity/test_rmsnorm.py::test_parity[hf-ref-float32]"
+    assert run_with(_rec("rmsnorm", pair=("hf", "ref"), max_abs=9e-7, node_id=node)) == 1  # 3x, above the floor
+    assert "REGRESSION max_abs_rms: 3e-07 -> 9e-07" in capsys.readouterr().out
+    assert run_with(_rec("rmsnorm", pair=("hf", "ref"), max_abs=9e-7, node_id=node), factor="4") == 0
+    assert run_with(_rec("rmsnorm", pair=("hf", "ref"), max_abs=4e-7, node_id=node)) == 0  # 1.3x
+    assert run_with(_rec("rmsnorm", pair=("hf", "ref"), max_abs=1e-5 * 0.5e-3, node_id=node)) == 0  # under the floor
+    assert run_with(_rec("rmsnorm", pair=("hf", "ref"), max_abs=float("nan"), node_id=node)) == 1
+    capsys.readouterr()
+    assert run_with(_rec("rmsnorm", pair=("hf", "ref"), verdict="fail", max_abs=5e-7, node_id=node)) == 1
+    assert "NEW FAILURE (was pass)" in capsys.readouterr().out
+    # a previous run adds its section to the page
+    new = _write(tmp_path / "new.jsonl", [*_fixture(), _rec("gating_mlp", verdict="fail", max_abs=1.0)])
+    assert cli(["render", str(new), "-o", str(tmp_path / "html"), "--previous", str(old)]) == 0
+    assert 'id="previous"' in (tmp_path / "html" / "report.html").read_text()
+    prev = json.loads((tmp_path / "html" / "summary.json").read_text())["previous"]
+    assert len(prev["new_failures"]) == 1 and "gating_mlp" in prev["new_failures"][0]["key"]
+
+
+def test_nonfinite_metrics_render(tmp_path: Path) -> None:
+    recs = [_rec("logits", verdict="fail", max_abs=float("inf")), *_drift()]
+    recs[-1]["metrics"]["max_abs"] = "NaN"  # as emit() writes non-finite values
+    src = _write(tmp_path / "r.jsonl", recs)
+    assert cli(["render", str(src), "-o", str(tmp_path / "html")]) == 0
+    s = json.loads((tmp_path / "html" / "summary.json").read_text())
+    worst = {m["component"]: m["worst"] for m in s["matrix"]}
+    assert worst == {"logits": "Infinity", "lm_hidden": "NaN"}
+    assert analysis.num("NaN") != analysis.num("NaN")
+
+
+def test_5000_records_render_in_seconds(tmp_path: Path) -> None:
+    comps = ("attention", "rmsnorm", "rope", "gating_mlp", "flexible_linear", "decoder_layer")
+    pairs = (("hf", "ref"), ("ref", "flax"), ("hf", "flax"), ("kyutai", "hf"))
+    recs = []
+    for i in range(5000 - 8 * 12):
+        c, p, dt = comps[i % 6], pairs[(i // 6) % 4], ("float32", "bfloat16")[(i // 24) % 2]
+        verdict = "fail" if i % 97 == 0 else "pass"
+        recs.append(_rec(c, pair=p, dtype=dt, verdict=verdict, max_abs=1e-7 * (1 + i % 13), node_id=f"t::n{i}"))
+    for k in range(8):
+        recs.extend(_drift(pairs[k % 4], over_from=None if k % 2 else 2 + k % 3))
+    src = _write(tmp_path / "r.jsonl", recs)
+    start = time.perf_counter()
+    assert cli(["render", str(src), "-o", str(tmp_path / "html"), "--previous", str(src)]) == 0
+    elapsed = time.perf_counter() - start
+    assert elapsed < 10, f"rendering 5000 records took {elapsed:.1f} s"
+    assert json.loads((tmp_path / "html" / "summary.json").read_text())["counts"]["total"] == 5000
+
+
+def _chromium(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    assert CHROMIUM is not None
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0"]
+    cmd += [f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1300,2000", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="headless browser test needs Debian's `chromium` (apt-get install chromium)"
+)
+def test_page_in_headless_chromium(tmp_path: Path) -> None:
+    """The page runs its script without errors and requests nothing: the page's CSP (default-src 'none') blocks any
+    request and its first script writes every error and blocked request onto the root element (data-errors)."""
+    src = _write(tmp_path / "r.jsonl", _fixture())
+    assert cli(["render", str(src), "-o", str(tmp_path / "html")]) == 0
+    page = tmp_path / "html" / "report.html"
+    bad = tmp_path / "html" / "bad.html"  # negative control: the detector sees a network request and a script error
+    bad.write_text(page.read_text().replace("</body>", '<img src="https://example.com/a.png"><script>nope();</script>'))
+
+    dom = _chromium(["--dump-dom", page.as_uri()], tmp_path)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert 'data-ready="1"' in dom.stdout
+    assert not re.search(r"<html[^>]*data-errors", dom.stdout), re.search(r"<html[^>]*>", dom.stdout)
+    assert ":CONSOLE" not in dom.stderr, [line for line in dom.stderr.splitlines() if ":CONSOLE" in line]
+    assert dom.stdout.count("<svg") == 2 and 'id="matrix-table"' in dom.stdout
+
+    caught = _chromium(["--dump-dom", bad.as_uri()], tmp_path)
+    [errors] = re.findall(r'<html[^>]*data-errors="([^"]*)"', caught.stdout)
+    assert "blocked: https://example.com/a.png" in errors and "nope is not defined" in errors
+
+    shot = tmp_path / "report.png"
+    done = _chromium([f"--screenshot={shot}", page.as_uri()], tmp_path)
+    assert done.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", done.stderr[-2000:]
