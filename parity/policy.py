@@ -151,6 +151,22 @@ POLICY |= {
 }
 
 
+# models_flax/kernels (parity/test_pallas.py): the Pallas kernels in interpret mode (jax 0.10.2 CPU) against the XLA
+# path `dot_product_attention`, measured over 80 drawn examples each of prefill and decode (+20 at head_dim 128), tiles
+# of 8 keys/queries. fp32 worst max|d|/rms 1.9e-5 (head_dim 128, inputs of rms 30: scores ~1e3, whose float32 rounding
+# under a different summation order moves probabilities by ~1e-5), 5.6e-6 at head_dim <= 64; mae/rms 1.6e-7. bf16
+# (probabilities rounded to bf16 relative to the running max, not the final one) worst 3.4e-2, mae/rms 1.7e-3. The
+# negative controls (mask off by one, scale 1.0, a skipped key block) move the output by 0.3..4 rms.
+POLICY |= {
+    ("float32", "pallas_attention"): Tolerance(
+        atol=1e-4, rtol=0.0, mae=1e-6, why="fp32 kernel vs XLA measured max 1.9e-5, mae 1.6e-7 (80+80+20); ~5x"
+    ),
+    ("bfloat16", "pallas_attention"): Tolerance(
+        atol=7e-2, rtol=0.0, mae=4e-3, why="bf16 kernel vs XLA measured max 3.4e-2, mae 1.7e-3 (80+80+20); ~2x"
+    ),
+}
+
+
 def tolerance_for(dtype: str, component: str) -> Tolerance:
     """Looks up the tolerance for a (dtype name, component) pair.
 

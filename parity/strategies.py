@@ -121,3 +121,79 @@ def cases(
     shape = (batch, length, cfg.num_heads, features) if width == "head" else (batch, length, features)
     x = (magnitude * rng.standard_normal(shape)).astype(np.float32)
     return Case(cfg, dtype or draw(st.sampled_from(DTYPES)), x, positions.astype(np.int64), layer_idx, mode)
+
+
+@dataclass(frozen=True)
+class AttentionCase:
+    """Raw attention inputs for the Pallas kernels: q (B, T, H, D), k/v (B, S, Hkv, D) float32 values (cast to `dtype`
+    by the test), positions (B, T) and (B, S) (-1: an empty cache slot), and the context window."""
+
+    dtype: str
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    q_positions: np.ndarray
+    k_positions: np.ndarray
+    context: int | None
+
+    def describe(self) -> dict:
+        return {
+            "dtype": self.dtype,
+            "q_shape": list(self.q.shape),
+            "kv_shape": list(self.k.shape),
+            "context": self.context,
+            "q_offsets": self.q_positions[:, 0].tolist(),
+            "valid_keys": (self.k_positions >= 0).sum(axis=1).tolist(),
+            "q_rms": float(np.sqrt(np.mean(np.square(self.q)))),
+        }
+
+
+@st.composite
+def attention_cases(
+    draw: st.DrawFn,
+    *,
+    steps: tuple[int, ...] = (1, 3, 9, 17),
+    kv_lengths: tuple[int, ...] = (1, 5, 12, 21),
+    head_dims: tuple[int, ...] = (8, 16, 64),
+    ring: bool = False,
+    dtype: str | None = None,
+) -> AttentionCase:
+    """Attention inputs over lengths that are not block multiples, q_len != kv_len, per-row offsets, context windows,
+    grouped kv heads and empty (-1) key slots.
+
+    ring=False: keys are a prefix of the stream, positions k_off + arange(S) with some leading slots empty; the queries
+    are the last T positions (shifted by a few steps either way, so some rows may see no key at all). ring=True: keys
+    are a ring cache of capacity S after writing positions 0..end (slot p % S, -1 where never written), the queries the
+    T positions ending at `end`: slot order then differs from position order.
+    """
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    batch = draw(st.sampled_from((1, 2)))
+    length = draw(st.sampled_from(steps))
+    kv_len = draw(st.sampled_from(kv_lengths))
+    heads, kv_heads = draw(st.sampled_from(((2, 1), (4, 2), (2, 2))))
+    head_dim = draw(st.sampled_from(head_dims))
+    context = draw(st.sampled_from((None, 1, 4, 7, 3000)))
+    q_pos = np.zeros((batch, length), np.int64)
+    k_pos = np.full((batch, kv_len), -1, np.int64)
+    for b in range(batch):
+        if ring:
+            end = int(rng.integers(length - 1, length + 3 * kv_len))
+            written = np.arange(max(0, end + 1 - kv_len), end + 1)
+            k_pos[b, written % kv_len] = written
+            q_pos[b] = np.arange(end + 1 - length, end + 1)
+        else:
+            offset = int(rng.integers(0, 50))
+            empty = int(rng.integers(0, kv_len)) if draw(st.booleans()) else 0
+            k_pos[b, empty:] = offset + np.arange(kv_len - empty)
+            shift = draw(st.sampled_from((0, 0, 0, 2, -3)))
+            q_pos[b] = offset + kv_len - length + shift + np.arange(length)
+    magnitude = draw(st.sampled_from(MAGNITUDES))
+    q, k, v = (
+        (scale * rng.standard_normal(shape)).astype(np.float32)
+        for scale, shape in (
+            (magnitude, (batch, length, heads, head_dim)),
+            (magnitude, (batch, kv_len, kv_heads, head_dim)),
+            (1.0, (batch, kv_len, kv_heads, head_dim)),
+        )
+    )
+    return AttentionCase(dtype or draw(st.sampled_from(DTYPES)), q, k, v, q_pos, k_pos, context)

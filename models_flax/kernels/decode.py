@@ -1,0 +1,201 @@
+"""Pallas decode attention: 1 to 4 query steps against a KV ring cache (split-K "flash decoding").
+
+`decode_attention(q, k, v, *, q_positions, k_positions, context)` has the semantics of `flash_attention` (and of the XLA
+path `dot_product_attention(q, k, v, attention_mask(...))`) for q_len in 1..MAX_STEPS; k/v are a cache (B, S, Hkv, D)
+whose positions (B, S) are in ring order with -1 for empty slots (models_flax.cache.KVCache), so visibility is decided
+per key from positions, never from slot indices.
+
+Decoding is memory-bound: each program takes ONE kv head and all of its query rows (T steps x H/Hkv grouped heads,
+padded to a tile), so every key and value is read once; the cache axis is split over `num_splits` programs that each
+return an unnormalized float32 partial (acc, running max, denominator), merged afterwards in jnp (log-sum-exp combine).
+Grid (B, Hkv, num_splits).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from models_flax.cache import KVCache
+from models_flax.kernels.flash_attention import (
+    _NO_MUTATION,
+    _Mutation,
+    _pad,
+    attend_blocks,
+    check_inputs,
+    compiler_params,
+    reference_attention,
+    values_mean,
+)
+
+MAX_STEPS = 4
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecodeBlockSizes:
+    """Tiles of the decode kernel.
+
+    Attributes:
+        block_k: keys per inner-loop step (power of two).
+        num_splits: programs the cache axis is split over; None: enough to give ~256 programs (GPU) or 1 (interpret).
+        min_rows: query rows are padded to at least this (Triton's dot needs 16).
+        num_warps, num_stages: Triton settings (GPU only).
+    """
+
+    block_k: int = 128
+    num_splits: int | None = None
+    min_rows: int = 8
+    num_warps: int | None = None
+    num_stages: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.block_k, bool) or not isinstance(self.block_k, int) or self.block_k < 1:
+            raise ValueError(f"DecodeBlockSizes.block_k must be a positive power of two, got {self.block_k!r}")
+        if self.block_k & (self.block_k - 1):
+            raise ValueError(f"DecodeBlockSizes.block_k must be a positive power of two, got {self.block_k!r}")
+        if self.num_splits is not None and (not isinstance(self.num_splits, int) or self.num_splits < 1):
+            raise ValueError(f"DecodeBlockSizes.num_splits must be None or a positive int, got {self.num_splits!r}")
+
+    @classmethod
+    def for_backend(cls, backend: str | None = None) -> DecodeBlockSizes:
+        backend = backend or jax.default_backend()
+        if backend in ("gpu", "cuda"):
+            return cls(block_k=64, num_splits=None, min_rows=16, num_warps=4, num_stages=2)
+        return cls(block_k=128, num_splits=1, min_rows=8)
+
+    def splits(self, batch: int, kv_heads: int, kv_blocks: int) -> int:
+        if self.num_splits is not None:
+            return max(1, min(self.num_splits, kv_blocks))
+        return max(1, min(kv_blocks, 256 // max(1, batch * kv_heads)))
+
+
+def _decode_kernel(
+    qpos_ref, kpos_ref, q_ref, k_ref, v_ref, acc_ref, m_ref, l_ref, *, num_blocks, block_k, scale, context, mutation
+):
+    acc, m, den = attend_blocks(
+        q_ref[...],
+        qpos_ref[...],
+        k_ref,
+        v_ref,
+        kpos_ref,
+        num_blocks=num_blocks,
+        block_k=block_k,
+        first_block=pl.program_id(2) * num_blocks,
+        scale=scale,
+        context=context,
+        mutation=mutation,
+    )
+    acc_ref[...] = acc
+    m_ref[...] = m
+    l_ref[...] = den
+
+
+def decode_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    q_positions: jax.Array,
+    k_positions: jax.Array,
+    context: int | None,
+    block_sizes: DecodeBlockSizes | None = None,
+    interpret: bool | None = None,
+    _mutation: _Mutation = _NO_MUTATION,
+) -> jax.Array:
+    """q (B, T, H, D) with 1 <= T <= 4, cache k/v (B, S, Hkv, D), positions (B, T) / (B, S) -> (B, T, H, D).
+
+    Raises:
+        ValueError/TypeError: as `flash_attention`, and for T outside 1..4.
+    """
+    interpret = jax.default_backend() == "cpu" if interpret is None else interpret
+    check_inputs("decode_attention", q, k, v, q_positions, k_positions, context, interpret=interpret)
+    if not 1 <= q.shape[1] <= MAX_STEPS:
+        raise ValueError(f"decode_attention: {q.shape[1]} query steps; decode takes 1..{MAX_STEPS}")
+    block_sizes = block_sizes or DecodeBlockSizes.for_backend()
+    return _decode_attention(q, k, v, q_positions, k_positions, context, block_sizes, interpret, _mutation)
+
+
+def decode_attention_cached(q: jax.Array, cache: KVCache, *, q_positions: jax.Array, context: int | None, **kw):
+    """`decode_attention` against a KVCache that already holds the step's keys (cache.update first)."""
+    return decode_attention(q, cache.keys, cache.values, q_positions=q_positions, k_positions=cache.positions,
+                            context=context, **kw)  # fmt: skip
+
+
+@functools.partial(jax.jit, static_argnums=(5, 6, 7, 8))
+def _decode_attention(q, k, v, q_positions, k_positions, context, block_sizes, interpret, mutation):
+    batch, steps, heads, head_dim = q.shape
+    kv_len, kv_heads = k.shape[1], k.shape[2]
+    groups = heads // kv_heads
+    block_k = min(block_sizes.block_k, pl.next_power_of_2(kv_len))
+    kv_blocks = pl.cdiv(kv_len, block_k)
+    splits = block_sizes.splits(batch, kv_heads, kv_blocks)
+    blocks_per_split = pl.cdiv(kv_blocks, splits)
+    s_split = blocks_per_split * block_k
+    s_pad = splits * s_split
+    rows = steps * groups
+    r_pad = max(block_sizes.min_rows, pl.next_power_of_2(rows))
+    # Row r = t * groups + g holds query step t of grouped head g of this kv head.
+    qr = q.reshape(batch, steps, kv_heads, groups, head_dim).transpose(0, 2, 1, 3, 4)
+    qr = _pad(qr.reshape(batch, kv_heads, rows, head_dim), 2, r_pad, 0)
+    q_pos = _pad(jnp.repeat(q_positions.astype(jnp.int32), groups, axis=1), 1, r_pad, -1)
+    k_pos = _pad(k_positions.astype(jnp.int32), 1, s_pad, -1)
+    kp, vp = _pad(k, 1, s_pad, 0), _pad(v, 1, s_pad, 0)
+    scale = 1.0 / math.sqrt(head_dim) if mutation.scale is None else mutation.scale
+    kernel = functools.partial(
+        _decode_kernel, num_blocks=blocks_per_split, block_k=block_k, scale=scale, context=context, mutation=mutation
+    )
+    f32 = jnp.float32
+    acc, m, den = pl.pallas_call(
+        kernel,
+        grid=(batch, kv_heads, splits),
+        in_specs=[
+            pl.BlockSpec((None, r_pad), lambda b, h, s: (b, 0)),
+            pl.BlockSpec((None, s_split), lambda b, h, s: (b, s)),
+            pl.BlockSpec((None, None, r_pad, head_dim), lambda b, h, s: (b, h, 0, 0)),
+            pl.BlockSpec((None, s_split, None, head_dim), lambda b, h, s: (b, s, h, 0)),
+            pl.BlockSpec((None, s_split, None, head_dim), lambda b, h, s: (b, s, h, 0)),
+        ],
+        out_specs=[
+            pl.BlockSpec((None, None, None, r_pad, head_dim), lambda b, h, s: (b, h, s, 0, 0)),
+            pl.BlockSpec((None, None, None, r_pad), lambda b, h, s: (b, h, s, 0)),
+            pl.BlockSpec((None, None, None, r_pad), lambda b, h, s: (b, h, s, 0)),
+        ],
+        out_shape=[
+            jax.ShapeDtypeStruct((batch, kv_heads, splits, r_pad, head_dim), f32),
+            jax.ShapeDtypeStruct((batch, kv_heads, splits, r_pad), f32),
+            jax.ShapeDtypeStruct((batch, kv_heads, splits, r_pad), f32),
+        ],
+        interpret=interpret,
+        compiler_params=compiler_params(block_sizes, interpret),
+        name="flash_attention_decode",
+    )(q_pos, k_pos, qr, kp, vp)
+    out = combine_splits(acc, m, den, values_mean(v)[:, :, None, :])[:, :, :rows]
+    out = out.reshape(batch, kv_heads, steps, groups, head_dim).transpose(0, 2, 1, 3, 4)
+    return out.reshape(batch, steps, heads, head_dim).astype(q.dtype)
+
+
+def combine_splits(acc: jax.Array, m: jax.Array, den: jax.Array, fallback: jax.Array) -> jax.Array:
+    """Merges partials acc (..., P, R, D), m/den (..., P, R) over P; rows that see no key get `fallback` (..., 1, D)."""
+    m_all = jnp.max(m, axis=-2)
+    m_safe = jnp.where(m_all == -jnp.inf, 0.0, m_all)
+    w = jnp.exp(m - m_safe[..., None, :])  # splits that saw nothing have m = -inf: weight 0
+    denom = jnp.sum(w * den, axis=-2)
+    num = jnp.sum(w[..., None] * acc, axis=-3)
+    return jnp.where(denom[..., None] > 0, num / jnp.where(denom > 0, denom, 1.0)[..., None], fallback)
+
+
+def reference_decode(
+    q: jax.Array, k: jax.Array, v: jax.Array, *, q_positions: jax.Array, k_positions: jax.Array, context: int | None
+) -> jax.Array:
+    """Plain jnp decode: the same masked float32 softmax as the prefill reference (decode differs only in tiling)."""
+    if not 1 <= q.shape[1] <= MAX_STEPS:
+        raise ValueError(f"reference_decode: {q.shape[1]} query steps; decode takes 1..{MAX_STEPS}")
+    return reference_attention(q, k, v, q_positions=q_positions, k_positions=k_positions, context=context)
+
+
+__all__ = ["MAX_STEPS", "DecodeBlockSizes", "decode_attention", "decode_attention_cached", "reference_decode"]

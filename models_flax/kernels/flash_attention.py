@@ -1,0 +1,303 @@
+"""Pallas flash attention (forward, prefill): causal by positions, optional context window, grouped key/value heads.
+
+`flash_attention(q, k, v, *, q_positions, k_positions, context)` computes exactly what
+`models_flax.attention.dot_product_attention(q, k, v, attention_mask(q_positions, k_positions, context))` computes:
+key s is visible to query t when k_pos[s] >= 0 and 0 <= q_pos[t] - k_pos[s] < context (no context: no upper bound).
+Masks come from POSITIONS, not indices, so rows may start at different offsets, q_len may differ from kv_len, and keys
+may sit in any order (a ring cache). Scores are scaled by 1/sqrt(D) explicitly (JAX's own Pallas examples default to
+1.0) and accumulated in float32 with an online softmax over key blocks; lengths are padded up to block multiples and the
+padding is masked (padded keys get position -1). A query that sees no key at all gets the mean of the values over the
+real keys, which is what the XLA path's softmax over an all-`finfo.min` row yields.
+
+Layout: q (B, T, H, D), k/v (B, S, Hkv, D), positions (B, T) and (B, S); output (B, T, H, D) in q's dtype. Grid
+(B, H, T / block_q); each program walks every key block of its kv head (h // (H / Hkv)) and skips a block in which no
+(query, key) pair is visible, decided from the positions themselves (correct for unsorted ring-cache positions).
+
+Runs with interpret=True on CPU (the default there), lowers through Triton on GPU; TPU (Mosaic) is untested.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+COMPILED_HEAD_DIMS = (64, 128)  # head dims supported when lowered (not interpreted); interpret mode takes any
+
+
+@dataclass(frozen=True, kw_only=True)
+class BlockSizes:
+    """Tile sizes of the flash kernel. Powers of two; on GPU both must be >= 16 (Triton's dot).
+
+    Attributes:
+        block_q: query rows per program.
+        block_k: keys per inner-loop step.
+        num_warps: Triton warps per program (GPU only; None: Triton's default).
+        num_stages: Triton software-pipelining stages (GPU only; None: Triton's default).
+    """
+
+    block_q: int = 128
+    block_k: int = 128
+    num_warps: int | None = None
+    num_stages: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("block_q", "block_k"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value & (value - 1):
+                raise ValueError(f"BlockSizes.{name} must be a positive power of two, got {value!r}")
+
+    @classmethod
+    def for_backend(cls, backend: str | None = None, *, head_dim: int = 128) -> BlockSizes:
+        """Defaults per backend: large tiles in interpret mode (fewer interpreted grid steps), Triton-sized on GPU."""
+        backend = backend or jax.default_backend()
+        if backend == "gpu" or backend == "cuda":
+            return cls(block_q=128, block_k=64, num_warps=8 if head_dim >= 128 else 4, num_stages=2)
+        if backend == "tpu":
+            return cls(block_q=128, block_k=128)
+        return cls(block_q=128, block_k=128)
+
+
+@dataclass(frozen=True)
+class _Mutation:
+    """Planted bugs for the negative controls (parity/test_pallas.py); never set in real use."""
+
+    mask_offset: int = 0  # added to q_pos - k_pos before the causal/window tests: an off-by-one mask
+    scale: float | None = None  # replaces 1/sqrt(D): a wrong scale
+    skip_kv_block: int | None = None  # this key block (global index) is never read: a skipped block
+
+
+_NO_MUTATION = _Mutation()
+
+
+def _visible(q_pos: jax.Array, k_pos: jax.Array, context: int | None, mask_offset: int = 0) -> jax.Array:
+    """(R,) query and (K,) key positions -> (R, K) bool, the rule of models_flax.attention.attention_mask."""
+    delta = q_pos[:, None] - k_pos[None, :] + mask_offset
+    visible = (k_pos[None, :] >= 0) & (delta >= 0)
+    if context is not None:
+        visible = visible & (delta < context)
+    return visible
+
+
+def attend_blocks(
+    q: jax.Array,
+    q_pos: jax.Array,
+    k_ref,
+    v_ref,
+    kpos_ref,
+    *,
+    num_blocks: int,
+    block_k: int,
+    first_block: jax.Array | int,
+    scale: float,
+    context: int | None,
+    mutation: _Mutation,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Online softmax of q (R, D) over `num_blocks` key blocks of k_ref/v_ref (num_blocks * block_k, D).
+
+    Returns float32 (acc (R, D), running max m (R,), denominator den (R,)); out = acc / den where den > 0. Masked
+    scores are -inf (they contribute exactly 0, as finfo.min does after the XLA path's max subtraction); a row with no
+    visible key keeps den == 0 and m == -inf.
+    """
+    rows, head_dim = q.shape
+    precision = jax.lax.Precision.HIGHEST if q.dtype == jnp.float32 else None
+
+    def step(j, carry):
+        start = pl.multiple_of(j * block_k, block_k)
+        k_pos = kpos_ref[pl.ds(start, block_k)]
+        visible = _visible(q_pos, k_pos, context, mutation.mask_offset)
+
+        def compute(carry):
+            acc, m, den = carry
+            k = k_ref[pl.ds(start, block_k), :]
+            v = v_ref[pl.ds(start, block_k), :]
+            s = jax.lax.dot_general(
+                q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32, precision=precision
+            )
+            s = jnp.where(visible, s * scale, -jnp.inf)
+            m_new = jnp.maximum(m, jnp.max(s, axis=1))
+            m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # no visible key yet: keep exp() away from inf - inf
+            alpha = jnp.exp(m - m_safe)
+            p = jnp.exp(s - m_safe[:, None])
+            den_new = alpha * den + jnp.sum(p, axis=1)
+            pv = jax.lax.dot_general(
+                p.astype(v.dtype), v, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32, precision=precision
+            )
+            return acc * alpha[:, None] + pv, m_new, den_new
+
+        # int max, not jnp.any: Triton lowers integer reductions, not boolean ones.
+        live = jnp.max(visible.astype(jnp.int32)) > 0
+        if mutation.skip_kv_block is not None:
+            live = live & (first_block + j != mutation.skip_kv_block)
+        return jax.lax.cond(live, compute, lambda c: c, carry)
+
+    init = (
+        jnp.zeros((rows, head_dim), jnp.float32),
+        jnp.full((rows,), -jnp.inf, jnp.float32),
+        jnp.zeros((rows,), jnp.float32),
+    )
+    return jax.lax.fori_loop(0, num_blocks, step, init)
+
+
+def _prefill_kernel(
+    qpos_ref, kpos_ref, q_ref, k_ref, v_ref, vmean_ref, o_ref, *, num_blocks, block_k, scale, context, mutation
+):
+    acc, _, den = attend_blocks(
+        q_ref[...],
+        qpos_ref[...],
+        k_ref,
+        v_ref,
+        kpos_ref,
+        num_blocks=num_blocks,
+        block_k=block_k,
+        first_block=0,
+        scale=scale,
+        context=context,
+        mutation=mutation,
+    )
+    out = jnp.where(den[:, None] > 0, acc / jnp.where(den > 0, den, 1.0)[:, None], vmean_ref[...][None, :])
+    o_ref[...] = out.astype(o_ref.dtype)
+
+
+def check_inputs(name: str, q, k, v, q_positions, k_positions, context, *, interpret: bool) -> tuple[int, int]:
+    """Validates shapes and dtypes; returns (groups, head_dim). Raises ValueError/TypeError naming the values."""
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise ValueError(f"{name}: expected q (B,T,H,D), k/v (B,S,Hkv,D), got {q.shape}, {k.shape}, {v.shape}")
+    batch, length, heads, head_dim = q.shape
+    if k.shape != v.shape or k.shape[0] != batch or k.shape[3] != head_dim:
+        raise ValueError(f"{name}: k {k.shape} and v {v.shape} must be (B={batch}, S, Hkv, D={head_dim})")
+    if length < 1 or k.shape[1] < 1:
+        raise ValueError(f"{name}: empty sequence, q {q.shape}, k {k.shape}")
+    if heads % k.shape[2]:
+        raise ValueError(f"{name}: {heads} query heads are not a multiple of {k.shape[2]} key/value heads")
+    dtypes = {jnp.dtype(x.dtype) for x in (q, k, v)}
+    if len(dtypes) != 1 or next(iter(dtypes)) not in DTYPES:
+        raise TypeError(f"{name}: q, k, v must share one dtype of float32/bf16, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not interpret and head_dim not in COMPILED_HEAD_DIMS:
+        raise ValueError(f"{name}: head_dim {head_dim} unsupported when compiled; supported {COMPILED_HEAD_DIMS}")
+    if tuple(q_positions.shape) != (batch, length) or tuple(k_positions.shape) != (batch, k.shape[1]):
+        raise ValueError(
+            f"{name}: positions {tuple(q_positions.shape)}, {tuple(k_positions.shape)} must be "
+            f"({batch}, {length}) and ({batch}, {k.shape[1]})"
+        )
+    for pos in (q_positions, k_positions):
+        if not jnp.issubdtype(pos.dtype, jnp.integer):
+            raise TypeError(f"{name}: positions must be integers, got {pos.dtype}")
+    if context is not None and (isinstance(context, bool) or not isinstance(context, int) or context < 1):
+        raise ValueError(f"{name}: context must be None or a positive int, got {context!r}")
+    return heads // k.shape[2], head_dim
+
+
+def _pad(x: jax.Array, axis: int, size: int, value) -> jax.Array:
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (0, size - x.shape[axis])
+    return jnp.pad(x, pad, constant_values=value)
+
+
+def compiler_params(block_sizes: BlockSizes, interpret: bool):
+    """Triton compiler params when lowering on GPU; None otherwise."""
+    if interpret or jax.default_backend() != "gpu" or block_sizes.num_warps is None:
+        return None
+    from jax.experimental.pallas import triton as plgpu
+
+    return plgpu.CompilerParams(num_warps=block_sizes.num_warps, num_stages=block_sizes.num_stages or 2)
+
+
+def values_mean(v: jax.Array) -> jax.Array:
+    """(B, S, Hkv, D) -> (B, Hkv, D) float32: the output of a query that sees no key (the XLA path's uniform row)."""
+    return jnp.mean(v.astype(jnp.float32), axis=1)
+
+
+def flash_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    q_positions: jax.Array,
+    k_positions: jax.Array,
+    context: int | None,
+    block_sizes: BlockSizes | None = None,
+    interpret: bool | None = None,
+    _mutation: _Mutation = _NO_MUTATION,
+) -> jax.Array:
+    """Flash attention forward: q (B, T, H, D), k/v (B, S, Hkv, D), positions (B, T) / (B, S) -> (B, T, H, D).
+
+    Same result as `dot_product_attention(q, k, v, attention_mask(q_positions, k_positions, context))`.
+
+    Args:
+        block_sizes: tiles; default `BlockSizes.for_backend()`.
+        interpret: run the Pallas interpreter; default True on CPU, False elsewhere.
+
+    Raises:
+        ValueError/TypeError: bad ranks, mismatched shapes, heads not a multiple of kv heads, a dtype other than
+            float32/bfloat16, a head_dim other than 64/128 when compiled, non-integer positions, a bad context.
+    """
+    interpret = jax.default_backend() == "cpu" if interpret is None else interpret
+    _, head_dim = check_inputs("flash_attention", q, k, v, q_positions, k_positions, context, interpret=interpret)
+    block_sizes = block_sizes or BlockSizes.for_backend(head_dim=head_dim)
+    return _flash_attention(q, k, v, q_positions, k_positions, context, block_sizes, interpret, _mutation)
+
+
+@functools.partial(jax.jit, static_argnums=(5, 6, 7, 8))
+def _flash_attention(q, k, v, q_positions, k_positions, context, block_sizes, interpret, mutation):
+    batch, length, heads, head_dim = q.shape
+    kv_len, kv_heads = k.shape[1], k.shape[2]
+    groups = heads // kv_heads
+    # Small inputs: shrink tiles to the (power-of-two) padded length instead of padding to a full default tile.
+    block_q = min(block_sizes.block_q, pl.next_power_of_2(length))
+    block_k = min(block_sizes.block_k, pl.next_power_of_2(kv_len))
+    t_pad, s_pad = pl.cdiv(length, block_q) * block_q, pl.cdiv(kv_len, block_k) * block_k
+    qp = _pad(q, 1, t_pad, 0)
+    kp, vp = _pad(k, 1, s_pad, 0), _pad(v, 1, s_pad, 0)
+    q_pos = _pad(q_positions.astype(jnp.int32), 1, t_pad, -1)  # padded queries see nothing; their rows are dropped
+    k_pos = _pad(k_positions.astype(jnp.int32), 1, s_pad, -1)  # padded keys are invalid
+    scale = 1.0 / math.sqrt(head_dim) if mutation.scale is None else mutation.scale
+    kernel = functools.partial(
+        _prefill_kernel,
+        num_blocks=s_pad // block_k,
+        block_k=block_k,
+        scale=scale,
+        context=context,
+        mutation=mutation,
+    )
+    out = pl.pallas_call(
+        kernel,
+        grid=(batch, heads, t_pad // block_q),
+        in_specs=[
+            pl.BlockSpec((None, block_q), lambda b, h, i: (b, i)),
+            pl.BlockSpec((None, s_pad), lambda b, h, i: (b, 0)),
+            pl.BlockSpec((None, block_q, None, head_dim), lambda b, h, i: (b, i, h, 0)),
+            pl.BlockSpec((None, s_pad, None, head_dim), lambda b, h, i: (b, 0, h // groups, 0)),
+            pl.BlockSpec((None, s_pad, None, head_dim), lambda b, h, i: (b, 0, h // groups, 0)),
+            pl.BlockSpec((None, None, head_dim), lambda b, h, i: (b, h // groups, 0)),
+        ],
+        out_specs=pl.BlockSpec((None, block_q, None, head_dim), lambda b, h, i: (b, i, h, 0)),
+        out_shape=jax.ShapeDtypeStruct(qp.shape, q.dtype),
+        interpret=interpret,
+        compiler_params=compiler_params(block_sizes, interpret),
+        name="flash_attention_prefill",
+    )(q_pos, k_pos, qp, kp, vp, values_mean(v))
+    return out[:, :length]
+
+
+def reference_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, *, q_positions: jax.Array, k_positions: jax.Array, context: int | None
+) -> jax.Array:
+    """Plain jnp attention with the kernel's semantics: f32 scores scaled by 1/sqrt(D), f32 softmax, grouped heads."""
+    batch, length, heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    mask = jax.vmap(lambda qp, kp: _visible(qp, kp, context))(q_positions, k_positions)  # (B, T, S)
+    qg = q.astype(jnp.float32).reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(jnp.float32), precision="highest") / math.sqrt(head_dim)
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).astype(jnp.float32)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(jnp.float32), precision="highest")
+    return out.astype(q.dtype).reshape(batch, length, heads, head_dim)
+
+
+__all__ = ["BlockSizes", "flash_attention", "reference_attention"]

@@ -1,0 +1,190 @@
+"""Pallas attention kernels (interpret mode on CPU) against the XLA path, their jnp references and kyutai.
+
+Prefill and decode draw lengths that are not block multiples (tiles of 8 here), q_len != kv_len, per-row offsets,
+context windows, grouped kv heads, empty (-1) and ring-ordered cache slots. The kyutai tests swap the kernels into the
+Flax Attention layer (monkeypatch, the layer itself stays on the XLA path) and compare it with upstream kyutai
+attention, in one pass and step by step through the ring cache. Negative controls plant an off-by-one mask, the 1.0
+scale of JAX's own Pallas examples, and a skipped key block, through the kernels' private `_mutation`.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+import models_flax.attention as xla_attention
+from models_flax.kernels.decode import DecodeBlockSizes, decode_attention, reference_decode
+from models_flax.kernels.flash_attention import BlockSizes, _Mutation, flash_attention, reference_attention
+from parity.checks import compare_pair
+from parity.compare import ParityError, assert_parity
+from parity.strategies import AttentionCase, attention_cases, cases, configs
+
+COMPONENT = "pallas_attention"
+TILES = BlockSizes(block_q=8, block_k=8)
+DECODE_TILES = DecodeBlockSizes(block_k=4, num_splits=3)
+JAX_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _inputs(case: AttentionCase):
+    dt = JAX_DTYPES[case.dtype]
+    arrays = (jnp.asarray(case.q, dt), jnp.asarray(case.k, dt), jnp.asarray(case.v, dt))
+    kw = dict(q_positions=jnp.asarray(case.q_positions), k_positions=jnp.asarray(case.k_positions))
+    return arrays, kw
+
+
+def _xla(case: AttentionCase):
+    (q, k, v), kw = _inputs(case)
+    mask = xla_attention.attention_mask(kw["q_positions"], kw["k_positions"], case.context)
+    return xla_attention.dot_product_attention(q, k, v, mask, precision="highest")
+
+
+def _compare(reference, candidate, case: AttentionCase, pair: tuple[str, str], control: str | None = None):
+    return assert_parity(
+        reference,
+        candidate,
+        component=COMPONENT,
+        pair=pair,
+        expected_dtype=case.dtype,
+        inputs={"q": case.q.shape, "k": case.k.shape},
+        hypothesis=case.describe(),
+        control=control,
+    )
+
+
+def _prefill(case: AttentionCase, mutation: _Mutation | None = None):
+    (q, k, v), kw = _inputs(case)
+    return flash_attention(q, k, v, **kw, context=case.context, block_sizes=TILES, _mutation=mutation or _Mutation())
+
+
+def _decode(case: AttentionCase, mutation: _Mutation | None = None):
+    (q, k, v), kw = _inputs(case)
+    mutation = mutation or _Mutation()
+    return decode_attention(q, k, v, **kw, context=case.context, block_sizes=DECODE_TILES, _mutation=mutation)
+
+
+# Interpret-mode kernels compile once per shape (~1 s each) and drawn shapes rarely repeat: the layer-level tests run a
+# fraction of the profile's examples (ci: 15 -> 7 kernel-level, 3 layer-level; nightly: 200 -> 100, 50).
+KERNEL_EXAMPLES = max(5, settings.default.max_examples // 2)
+LAYER_EXAMPLES = max(3, settings.default.max_examples // 4)
+
+
+@settings(max_examples=KERNEL_EXAMPLES)
+@given(case=attention_cases(head_dims=(8, 16, 64, 128)))
+def test_prefill_matches_xla(case):
+    """The kernel and its jnp reference both equal the XLA path."""
+    (q, k, v), kw = _inputs(case)
+    reference = _xla(case)
+    _compare(reference, _prefill(case), case, ("xla", "pallas"))
+    _compare(reference, reference_attention(q, k, v, **kw, context=case.context), case, ("xla", "jnp_reference"))
+
+
+@settings(max_examples=KERNEL_EXAMPLES)
+@given(case=attention_cases(steps=(1, 2, 3, 4), kv_lengths=(5, 12, 21), ring=True))
+def test_decode_matches_xla(case):
+    """One to four steps against a ring cache: slots out of position order, empty slots, a window past the capacity."""
+    (q, k, v), kw = _inputs(case)
+    reference = _xla(case)
+    _compare(reference, _decode(case), case, ("xla", "pallas_decode"))
+    _compare(reference, reference_decode(q, k, v, **kw, context=case.context), case, ("xla", "jnp_reference"))
+
+
+def test_default_tiles_and_row_without_keys():
+    """Default (backend) tiles, and a query that sees no key: the XLA path's uniform softmax, i.e. the values' mean."""
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((1, 3, 2, 16)).astype(np.float32)
+    k, v = (rng.standard_normal((1, 5, 1, 16)).astype(np.float32) for _ in range(2))
+    case = AttentionCase("float32", q, k, v, np.array([[-5, 1, 2]]), np.array([[0, 1, 2, 3, -1]]), 2)
+    (qj, kj, vj), kw = _inputs(case)
+    out = flash_attention(qj, kj, vj, **kw, context=2)
+    _compare(_xla(case), out, case, ("xla", "pallas"))
+    np.testing.assert_allclose(np.asarray(out[0, 0, 0]), v[0].mean(axis=0)[0], rtol=1e-6)
+
+
+# --- kyutai: the kernels inside the Flax Attention layer ------------------------------------------------------------
+
+
+def _swap_in_kernels(monkeypatch, *, decode: bool) -> None:
+    """Routes models_flax.attention's mask + XLA attention through the kernels (positions travel as the mask)."""
+    monkeypatch.setattr(xla_attention, "attention_mask", lambda q_pos, k_pos, context: (q_pos, k_pos, context))
+
+    def attention(q, k, v, mask, *, precision=None):
+        q_pos, k_pos, context = mask
+        kw = dict(q_positions=q_pos, k_positions=k_pos, context=context)
+        if decode and q.shape[1] <= 4:
+            return decode_attention(q, k, v, **kw, block_sizes=DECODE_TILES)
+        return flash_attention(q, k, v, **kw, block_sizes=TILES)
+
+    monkeypatch.setattr(xla_attention, "dot_product_attention", attention)
+
+
+@settings(max_examples=LAYER_EXAMPLES)
+@given(case=cases(configs(kyutai=True, flexible=False), zero_offsets=True, modes=("none",)))
+def test_kyutai_attention_with_pallas(case):
+    """kyutai's attention (SDPA with its position mask) against the Flax layer running on the prefill kernel."""
+    with pytest.MonkeyPatch.context() as mp:
+        _swap_in_kernels(mp, decode=False)
+        compare_pair("attention", ("kyutai", "flax"), case)
+
+
+@settings(max_examples=LAYER_EXAMPLES)
+@given(case=cases(configs(flexible=False), max_offset=16, modes=("none",)))
+def test_cache_steps_with_pallas_decode(case):
+    """Step-by-step decoding through the ring cache on the decode kernel equals the full pass of our PyTorch ref."""
+    with pytest.MonkeyPatch.context() as mp:
+        _swap_in_kernels(mp, decode=True)
+        compare_pair("attention", ("ref", "flax_cached"), case)
+
+
+# --- negative controls ----------------------------------------------------------------------------------------------
+
+CONTROL_CASE = attention_cases(steps=(9,), kv_lengths=(21,), head_dims=(16,), dtype="float32")
+MUTATIONS = {
+    "mask_off_by_one": _Mutation(mask_offset=1),
+    "scale_1.0": _Mutation(scale=1.0),
+    "skipped_kv_block": _Mutation(skip_kv_block=1),
+}
+
+
+@pytest.mark.parametrize("kernel", ("prefill", "decode"))
+@pytest.mark.parametrize("name", sorted(MUTATIONS))
+def test_negative_control(kernel, name):
+    """Each planted bug must fail the same comparison the real kernels pass."""
+    rng = np.random.default_rng(1)
+    length = 9 if kernel == "prefill" else 3
+    q = rng.standard_normal((2, length, 4, 16)).astype(np.float32)
+    k, v = (rng.standard_normal((2, 21, 2, 16)).astype(np.float32) for _ in range(2))
+    k_pos = np.stack([np.arange(21), np.roll(np.arange(30, 51), 5)])  # row 1: ring order
+    q_pos = k_pos.max(axis=1, keepdims=True) - length + 1 + np.arange(length)
+    case = AttentionCase("float32", q, k, v, q_pos, k_pos, 7 if name == "mask_off_by_one" else None)
+    run = _prefill if kernel == "prefill" else _decode
+    _compare(_xla(case), run(case), case, ("xla", f"pallas_{kernel}"))
+    with pytest.raises(ParityError):
+        _compare(_xla(case), run(case, MUTATIONS[name]), case, ("xla", f"pallas_{kernel}"), control=name)
+
+
+@pytest.mark.parametrize(
+    ("shapes", "dtype", "error"),
+    [
+        (((1, 4, 2, 8), (1, 4, 2, 8)), "float16", TypeError),
+        (((1, 4, 3, 8), (1, 4, 2, 8)), "float32", ValueError),  # 3 heads over 2 kv heads
+        (((1, 4, 2, 8), (1, 4, 2, 16)), "float32", ValueError),  # head_dim mismatch
+        (((4, 2, 8), (1, 4, 2, 8)), "float32", ValueError),  # rank
+    ],
+)
+def test_bad_input(shapes, dtype, error):
+    q = jnp.zeros(shapes[0], dtype)
+    k = jnp.zeros(shapes[1], dtype)
+    pos = jnp.zeros((1, 4), jnp.int32)
+    with pytest.raises(error):
+        flash_attention(q, k, k, q_positions=pos, k_positions=pos, context=None)
+
+
+def test_unsupported_compiled_head_dim_and_decode_steps():
+    q = jnp.zeros((1, 5, 2, 8))
+    pos = jnp.zeros((1, 5), jnp.int32)
+    with pytest.raises(ValueError, match="head_dim 8"):
+        flash_attention(q, q, q, q_positions=pos, k_positions=pos, context=None, interpret=False)
+    with pytest.raises(ValueError, match=r"1\.\.4"):
+        decode_attention(q, q, q, q_positions=pos, k_positions=pos, context=None)
