@@ -11,6 +11,7 @@ from flax import nnx
 
 from models_flax.cache import KVCache
 from models_flax.checks import check_positions
+from models_flax.kernels.flash_attention import flash_attention
 from models_flax.linear import einsum, make_linear
 from models_flax.rope import RotaryEmbedding
 from moshi_spec import TransformerConfig
@@ -40,6 +41,10 @@ def dot_product_attention(
     return out.astype(q.dtype).reshape(batch, length, heads, head_dim)
 
 
+IMPLS = ("xla", "pallas")
+"""Attention implementations: the plain XLA path below, or the Pallas flash kernel (models_flax/kernels)."""
+
+
 class Attention(nnx.Module):
     """Self-attention over (B, T, D) inputs at positions (B, T)."""
 
@@ -50,10 +55,14 @@ class Attention(nnx.Module):
         dtype: object = jnp.float32,
         param_dtype: object = jnp.float32,
         precision: jax.lax.PrecisionLike = None,
+        impl: str = "xla",
         rngs: nnx.Rngs,
     ):
+        if impl not in IMPLS:
+            raise ValueError(f"Attention: unknown impl {impl!r}; known: {IMPLS}")
         self.cfg = cfg
         self.precision = precision
+        self.impl = impl
         kw = dict(flexible=cfg.flexible, dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs)
         self.q_proj = make_linear(cfg.dim, cfg.q_dim, cfg.weight_sets, **kw)
         self.k_proj = make_linear(cfg.dim, cfg.kv_dim, cfg.weight_sets, **kw)
@@ -93,5 +102,10 @@ class Attention(nnx.Module):
             k, v, k_pos = cache.keys, cache.values, cache.positions
         else:
             k_pos = positions
-        out = dot_product_attention(q, k, v, attention_mask(positions, k_pos, cfg.context), precision=self.precision)
+        if self.impl == "pallas":
+            out = flash_attention(q, k, v, q_positions=positions, k_positions=k_pos, context=cfg.context)
+        else:
+            out = dot_product_attention(
+                q, k, v, attention_mask(positions, k_pos, cfg.context), precision=self.precision
+            )
         return self.o_proj(out.reshape(*out.shape[:2], cfg.q_dim), layer_idx=layer_idx), cache

@@ -21,11 +21,12 @@ class DecoderLayer(nnx.Module):
         dtype: object = jnp.float32,
         param_dtype: object = jnp.float32,
         precision: jax.lax.PrecisionLike = None,
+        impl: str = "xla",
         rngs: nnx.Rngs,
     ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs)
         self.input_layernorm = RMSNorm(cfg.dim, eps=cfg.norm_eps, dtype=dtype, param_dtype=param_dtype)
-        self.self_attn = Attention(cfg, **kw)
+        self.self_attn = Attention(cfg, impl=impl, **kw)
         self.post_attention_layernorm = RMSNorm(cfg.dim, eps=cfg.norm_eps, dtype=dtype, param_dtype=param_dtype)
         self.mlp = GatingMLP(cfg, **kw)
 

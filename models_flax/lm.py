@@ -29,7 +29,9 @@ class LMOutput:
 class DepthTransformer(nnx.Module):
     """Predicts the dep_q audio codebooks of one frame from the temporal state, one codebook per step."""
 
-    def __init__(self, cfg: LMConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, precision=None, rngs: nnx.Rngs):
+    def __init__(
+        self, cfg: LMConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, precision=None, impl="xla", rngs: nnx.Rngs
+    ):
         d = cfg.depth
         self.cfg = cfg
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -37,7 +39,7 @@ class DepthTransformer(nnx.Module):
         self.embed_tokens = nnx.List([Embedding(cfg.card + 1, d.dim, **kw) for _ in range(cfg.dep_q - 1)])
         kw |= {"precision": precision}
         self.input_projections = FlexibleLinear(cfg.temporal.dim, d.dim, cfg.dep_q, **kw)
-        self.layers = nnx.List([DecoderLayer(d, **kw) for _ in range(d.num_layers)])
+        self.layers = nnx.List([DecoderLayer(d, impl=impl, **kw) for _ in range(d.num_layers)])
         self.lm_heads = FlexibleLinear(d.dim, cfg.card, cfg.dep_q, **kw)
 
     def __call__(self, tokens: jax.Array, *, context: jax.Array) -> jax.Array:
@@ -57,17 +59,21 @@ class DepthTransformer(nnx.Module):
 
 
 class LM(nnx.Module):
-    def __init__(self, cfg: LMConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, precision=None, rngs: nnx.Rngs):
+    """impl: "xla" or "pallas" (the flash-attention kernel) for every attention of both transformers."""
+
+    def __init__(
+        self, cfg: LMConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, precision=None, impl="xla", rngs: nnx.Rngs
+    ):
         t = cfg.temporal
         self.cfg = cfg
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.embed_tokens = nnx.List([Embedding(cfg.card + 1, t.dim, **kw) for _ in range(cfg.n_q)])
         self.text_embed_tokens = Embedding(cfg.text_card + 1, t.dim, **kw)
         kw |= {"precision": precision}
-        self.layers = nnx.List([DecoderLayer(t, **kw) for _ in range(t.num_layers)])
+        self.layers = nnx.List([DecoderLayer(t, impl=impl, **kw) for _ in range(t.num_layers)])
         self.norm = RMSNorm(t.dim, eps=t.norm_eps, dtype=dtype, param_dtype=param_dtype)
         self.lm_head = Linear(t.dim, cfg.text_card, **kw)
-        self.depth = DepthTransformer(cfg, **kw)
+        self.depth = DepthTransformer(cfg, impl=impl, **kw)
 
     def initial_tokens(self) -> jax.Array:
         return jnp.asarray([self.cfg.initial_text_token] + [self.cfg.initial_audio_token] * self.cfg.n_q)

@@ -62,11 +62,12 @@ def build_lms(cfg: LMConfig, dtype: str, *, impls=("kyutai", "ref", "flax"), see
         ref = RefLM(cfg, dtype=TORCH_DTYPES[dtype]).eval()
         converters.load_torch(ref, converters.convert_lm(state, src="kyutai", dst="ref", cfg=cfg))
         out["ref"] = ref
-    if "flax" in impls:
-        dt = JAX_DTYPES[dtype]
-        flax = FlaxLM(cfg, dtype=dt, param_dtype=dt, precision=lax.Precision.HIGHEST, rngs=nnx.Rngs(0))
-        converters.load_flax(flax, converters.convert_lm(state, src="kyutai", dst="flax", cfg=cfg))
-        out["flax"] = flax
+    for name, impl in (("flax", "xla"), ("flax_pallas", "pallas")):
+        if name in impls:
+            dt = JAX_DTYPES[dtype]
+            flax = FlaxLM(cfg, dtype=dt, param_dtype=dt, precision=lax.Precision.HIGHEST, impl=impl, rngs=nnx.Rngs(0))
+            converters.load_flax(flax, converters.convert_lm(state, src="kyutai", dst="flax", cfg=cfg))
+            out[name] = flax
     return out
 
 

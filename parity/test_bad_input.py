@@ -134,3 +134,12 @@ def test_cache_too_small_for_context(impl):
         cache = models_flax.KVCache.init(1, 2, CFG.num_kv_heads, CFG.head_dim, dtype=jnp.float32)
     with pytest.raises(ValueError, match="capacity 2 cannot hold context 4"):
         attn(array(impl, (1, 1, 16)), positions=positions(impl, 1, 1), cache=cache)
+
+
+def test_unknown_attention_impl():
+    from flax import nnx
+
+    import models_flax
+
+    with pytest.raises(ValueError, match="unknown impl 'cudnn'"):
+        models_flax.Attention(CFG, impl="cudnn", rngs=nnx.Rngs(0))

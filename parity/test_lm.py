@@ -220,3 +220,13 @@ def test_cli_checkpoint_matches_kyutai(layout, tmp_path, capsys):
     flax = from_checkpoint(out, precision=lax.Precision.HIGHEST)
     codes = random_codes(CFG, 2, LENGTH, seed=3, zero_fraction=0.1)
     _compare_logits(run_lm("kyutai", kyutai, codes), run_lm("flax", flax, codes), ("kyutai", "flax"), "float32")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_logits_with_pallas_attention(dtype):
+    """The LM with impl="pallas" (the flash kernel, interpret mode on CPU) computes kyutai's logits past the context
+    window, within the same policy as impl="xla"."""
+    lms = build_lms(CFG, dtype, impls=("kyutai", "flax_pallas"))
+    codes = random_codes(CFG, 2, LENGTH, seed=1, zero_fraction=0.1)
+    kyutai, pallas = run_lm("kyutai", lms["kyutai"], codes), run_lm("flax_pallas", lms["flax_pallas"], codes)
+    _compare_logits(kyutai, pallas, ("kyutai", "flax_pallas"), dtype)
