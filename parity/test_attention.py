@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from parity.checks import SHORT_OFFSET, compare_pair, run_control
 from parity.mutants import MUTANTS
-from parity.strategies import cases, configs
+from parity.strategies import ATTENTION_MAGNITUDES, cases, configs
 
 MODES = ("none", "int", "0d", "1d")
 PAIRS = (("hf", "ref", SHORT_OFFSET), ("ref", "flax", SHORT_OFFSET), ("hf", "flax", SHORT_OFFSET))
@@ -16,10 +16,11 @@ PAIRS = (("hf", "ref", SHORT_OFFSET), ("ref", "flax", SHORT_OFFSET), ("hf", "fla
 @pytest.mark.parametrize(("reference", "candidate", "max_offset"), PAIRS)
 @given(data=st.data())
 def test_parity(reference, candidate, max_offset, data):
-    compare_pair("attention", (reference, candidate), data.draw(cases(configs(), modes=MODES, max_offset=max_offset)))
+    case = data.draw(cases(configs(), modes=MODES, max_offset=max_offset, magnitudes=ATTENTION_MAGNITUDES))
+    compare_pair("attention", (reference, candidate), case)
 
 
-@given(case=cases(configs(kyutai=True), zero_offsets=True, modes=("none",)))
+@given(case=cases(configs(kyutai=True), zero_offsets=True, modes=("none",), magnitudes=ATTENTION_MAGNITUDES))
 def test_kyutai_to_hf(case):
     """kyutai outside streaming starts every row at position 0; its per-codebook weights follow the step index."""
     compare_pair("attention", ("kyutai", "hf"), case)
@@ -29,7 +30,7 @@ def test_kyutai_to_hf(case):
 @given(data=st.data())
 def test_cache_step_equals_full(impl, data):
     """Decoding one step at a time through a ring cache of capacity = context equals the full pass, past the window."""
-    case = data.draw(cases(configs(), modes=MODES, max_offset=SHORT_OFFSET))
+    case = data.draw(cases(configs(), modes=MODES, max_offset=SHORT_OFFSET, magnitudes=ATTENTION_MAGNITUDES))
     compare_pair("attention", ("ref", f"{impl}_cached"), case)
 
 

@@ -19,7 +19,7 @@ from models_flax.kernels.decode import DecodeBlockSizes, decode_attention, refer
 from models_flax.kernels.flash_attention import BlockSizes, _Mutation, flash_attention, reference_attention
 from parity.checks import compare_pair
 from parity.compare import ParityError, assert_parity
-from parity.strategies import AttentionCase, attention_cases, cases, configs
+from parity.strategies import ATTENTION_MAGNITUDES, AttentionCase, attention_cases, cases, configs
 
 COMPONENT = "pallas_attention"
 TILES = BlockSizes(block_q=8, block_k=8)
@@ -120,7 +120,11 @@ def _swap_in_kernels(monkeypatch, *, decode: bool) -> None:
 
 
 @settings(max_examples=LAYER_EXAMPLES)
-@given(case=cases(configs(kyutai=True, flexible=False), zero_offsets=True, modes=("none",)))
+@given(
+    case=cases(
+        configs(kyutai=True, flexible=False), zero_offsets=True, modes=("none",), magnitudes=ATTENTION_MAGNITUDES
+    )
+)
 def test_kyutai_attention_with_pallas(case):
     """kyutai's attention (SDPA with its position mask) against the Flax layer running on the prefill kernel."""
     with pytest.MonkeyPatch.context() as mp:
@@ -129,7 +133,7 @@ def test_kyutai_attention_with_pallas(case):
 
 
 @settings(max_examples=LAYER_EXAMPLES)
-@given(case=cases(configs(flexible=False), max_offset=16, modes=("none",)))
+@given(case=cases(configs(flexible=False), max_offset=16, modes=("none",), magnitudes=ATTENTION_MAGNITUDES))
 def test_cache_steps_with_pallas_decode(case):
     """Step-by-step decoding through the ring cache on the decode kernel equals the full pass of our PyTorch ref."""
     with pytest.MonkeyPatch.context() as mp:
