@@ -21,8 +21,9 @@ class KVCache:
     def init(cls, batch: int, capacity: int, num_kv_heads: int, head_dim: int, *, dtype: object) -> KVCache:
         if batch <= 0 or capacity <= 0:
             raise ValueError(f"KVCache: batch and capacity must be positive, got {batch}, {capacity}")
-        zeros = jnp.zeros((batch, capacity, num_kv_heads, head_dim), dtype)
-        return cls(zeros, zeros, jnp.full((batch, capacity), -1, jnp.int32))
+        shape = (batch, capacity, num_kv_heads, head_dim)
+        # Two distinct buffers: a streaming step donates the cache, and one buffer cannot be donated twice.
+        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.full((batch, capacity), -1, jnp.int32))
 
     @property
     def capacity(self) -> int:

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from models_flax.cache import KVCache
 from models_flax.delays import delay, undelay
 from models_flax.embedding import Embedding
 from models_flax.layer import DecoderLayer
@@ -57,6 +58,28 @@ class DepthTransformer(nnx.Module):
             x, _ = layer(x, positions=positions)
         return self.lm_heads(x)
 
+    def init_caches(self, batch: int, *, dtype: object) -> list[KVCache]:
+        """One frame's caches: dep_q slots per layer (the depth transformer restarts at every frame)."""
+        d = self.cfg.depth
+        return [KVCache.init(batch, self.cfg.dep_q, d.num_kv_heads, d.head_dim, dtype=dtype) for _ in self.layers]
+
+    def step(
+        self, token: jax.Array, *, context: jax.Array, codebook: int, caches: list[KVCache]
+    ) -> tuple[jax.Array, list[KVCache]]:
+        """One streaming step: token (N,) is the text token (codebook 0) or audio token codebook-1; context (N, D).
+
+        Returns (N, card) logits for `codebook` and the updated caches; equals row `codebook` of `__call__` given the
+        same earlier tokens.
+        """
+        embed = self.text_embed_tokens if codebook == 0 else self.embed_tokens[codebook - 1]
+        x = embed(token[:, None]) + self.input_projections(context[:, None], layer_idx=codebook)
+        positions = jnp.full((token.shape[0], 1), codebook, jnp.int32)
+        new_caches = []
+        for layer, cache in zip(self.layers, caches, strict=True):
+            x, cache = layer(x, positions=positions, layer_idx=codebook, cache=cache)
+            new_caches.append(cache)
+        return self.lm_heads(x, layer_idx=codebook)[:, 0], new_caches
+
 
 class LM(nnx.Module):
     """impl: "xla" or "pallas" (the flash-attention kernel) for every attention of both transformers."""
@@ -74,6 +97,16 @@ class LM(nnx.Module):
         self.norm = RMSNorm(t.dim, eps=t.norm_eps, dtype=dtype, param_dtype=param_dtype)
         self.lm_head = Linear(t.dim, cfg.text_card, **kw)
         self.depth = DepthTransformer(cfg, impl=impl, **kw)
+
+    @property
+    def dtype(self) -> jnp.dtype:
+        """The computation dtype (activations, KV caches)."""
+        return self.text_embed_tokens.dtype
+
+    def init_caches(self, batch: int, capacity: int) -> list[KVCache]:
+        """Empty temporal KV caches, `capacity` slots per layer (>= the context for exact streaming)."""
+        t = self.cfg.temporal
+        return [KVCache.init(batch, capacity, t.num_kv_heads, t.head_dim, dtype=self.dtype) for _ in self.layers]
 
     def initial_tokens(self) -> jax.Array:
         return jnp.asarray([self.cfg.initial_text_token] + [self.cfg.initial_audio_token] * self.cfg.n_q)

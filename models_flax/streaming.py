@@ -1,0 +1,271 @@
+"""Streaming generation: kyutai `LMGen` as explicit data and one jitted step, plus an offline generate loop.
+
+Every frame (80 ms) the model reads the user's n_q - dep_q audio codes and emits one text token and dep_q audio codes:
+
+    streamer = Streamer(lm)                      # any models_flax LM (fp32/bf16, impl "xla" or "pallas")
+    state = streamer.init_state(batch=1)         # temporal KV ring caches (capacity = context), delay buffer, offsets
+    out, state = streamer.step(state, user_codes, key)   # user_codes (B, n_q - dep_q); the old state is consumed
+    out.tokens                                   # (B, 1 + dep_q): text + audio of frame step - max_delay, undelayed
+
+    gen, state = streamer.generate(user_codes_bt, key)   # (B, n_q - dep_q, T): T steps in one jax.lax.scan
+
+The step is kyutai `LMGen._step` (moshi 0.2.13) line for line, on arrays:
+1. the user's codes are written into the delay buffer at slot (offset + delay_k) % width, width = max_delay + 2;
+2. the temporal input is the buffer at slot offset % width, or stream k's initial token while offset <= delay_k;
+3. the temporal transformer runs one position (offset) against its KV ring caches; the normed output gives the text
+   logits, and the depth transformer runs dep_q steps (text token first, then each sampled audio token) with caches that
+   restart at every frame;
+4. offset += 1, the sampled text and audio are written at slot offset % width, and the output is the buffer read back
+   with the model streams' delays undone (UNGENERATED while offset <= max_delay).
+Sampling (models_flax.sampling) follows kyutai's sample_token; temperature 0 is greedy. Host-side checks reject codes of
+the wrong shape, out-of-range codes and a batch other than the state's before anything runs.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+from models_flax.cache import KVCache
+from models_flax.embedding import ZERO_TOKEN
+from models_flax.lm import LM
+from models_flax.sampling import AUDIO, TEXT, Sampler, sample
+
+UNGENERATED = -2  # kyutai LMModel.ungenerated_token_id: a buffer slot not written yet
+
+
+@struct.dataclass
+class StreamState:
+    """Everything a stream carries between frames (a pytree; `Streamer.step` donates it).
+
+    Attributes:
+        caches: temporal KV ring caches, one per layer, (B, capacity, Hkv, D) each; positions -1 where empty.
+        tokens: (B, 1 + n_q, max_delay + 2) int32 delay buffer, slot = frame % width, UNGENERATED where unwritten.
+        offsets: (B,) int32 frames stepped so far (the temporal position of the next step).
+    """
+
+    caches: list[KVCache]
+    tokens: jax.Array
+    offsets: jax.Array
+
+    @property
+    def batch(self) -> int:
+        return self.offsets.shape[0]
+
+
+@struct.dataclass
+class StepOutput:
+    """One step's results (stacked along a trailing time axis by `Streamer.generate`).
+
+    Attributes:
+        tokens: (B, 1 + dep_q) text and audio of frame `offset - max_delay` with the delays undone (kyutai
+            `LMGen.step`'s output), UNGENERATED during the first max_delay steps.
+        text: (B,) the text token sampled at this step.
+        audio: (B, dep_q) the audio tokens sampled at this step (codebook c belongs to frame step - delays[1 + c]).
+        text_logits: (B, text_card) float32, the logits `text` was sampled from.
+        audio_logits: (B, dep_q, card) float32, the logits `audio` was sampled from.
+    """
+
+    tokens: jax.Array
+    text: jax.Array
+    audio: jax.Array
+    text_logits: jax.Array
+    audio_logits: jax.Array
+
+
+def write_user_codes(tokens: jax.Array, codes: jax.Array, offsets: jax.Array, delays: jax.Array) -> jax.Array:
+    """Writes the user's codes (B, U), streams K - U .. K - 1, at slot (offset + delay) % width."""
+    batch, streams, width = tokens.shape
+    index = jnp.arange(streams - codes.shape[1], streams)
+    slots = (offsets[:, None] + delays[index][None]) % width
+    return tokens.at[jnp.arange(batch)[:, None], index[None], slots].set(codes.astype(tokens.dtype))
+
+
+def read_inputs(tokens: jax.Array, offsets: jax.Array, delays: jax.Array, initial: jax.Array) -> jax.Array:
+    """(B, K) temporal input: slot offset % width, stream k's initial token while offset <= delays[k]."""
+    batch, _, width = tokens.shape
+    values = tokens[jnp.arange(batch), :, offsets % width]
+    return jnp.where(offsets[:, None] <= delays[None], initial[None].astype(tokens.dtype), values)
+
+
+def write_generated(tokens: jax.Array, generated: jax.Array, offsets: jax.Array) -> jax.Array:
+    """Writes the sampled text + audio (B, 1 + dep_q), streams 0..dep_q, at slot offset % width (offset already +1)."""
+    batch, _, width = tokens.shape
+    index = jnp.arange(generated.shape[1])
+    slots = jnp.broadcast_to((offsets % width)[:, None], generated.shape)
+    return tokens.at[jnp.arange(batch)[:, None], index[None], slots].set(generated.astype(tokens.dtype))
+
+
+def read_outputs(tokens: jax.Array, offsets: jax.Array, delays: jax.Array) -> jax.Array:
+    """(B, 1 + dep_q) model streams of frame offset - max_delay, delays undone; UNGENERATED until offset > max_delay."""
+    batch, _, width = tokens.shape
+    max_delay = width - 2
+    slots = (offsets[:, None] - max_delay + delays[None]) % width
+    out = tokens[jnp.arange(batch)[:, None], jnp.arange(delays.shape[0])[None], slots]
+    return jnp.where(offsets[:, None] <= max_delay, UNGENERATED, out)
+
+
+def _step(
+    graphdef, text_sampler: Sampler, audio_sampler: Sampler, params, state: StreamState, codes: jax.Array, key
+) -> tuple[StepOutput, StreamState]:
+    lm = nnx.merge(graphdef, params)
+    cfg = lm.cfg
+    batch = codes.shape[0]
+    delays = jnp.asarray(cfg.delays, jnp.int32)
+    tokens = write_user_codes(state.tokens, codes, state.offsets, delays)
+    inputs = read_inputs(tokens, state.offsets, delays, lm.initial_tokens())
+    x = lm.embed(inputs[:, :, None])
+    positions = state.offsets[:, None]
+    caches = []
+    for layer, cache in zip(lm.layers, state.caches, strict=True):
+        x, cache = layer(x, positions=positions, cache=cache)
+        caches.append(cache)
+    x = lm.norm(x)[:, 0]
+    text_logits = lm.lm_head(x).astype(jnp.float32)
+    keys = jax.random.split(key, 1 + cfg.dep_q)
+    text = sample(text_logits, keys[0], text_sampler)
+    token, depth_caches = text, lm.depth.init_caches(batch, dtype=lm.dtype)
+    audio, audio_logits = [], []
+    for codebook in range(cfg.dep_q):
+        logits, depth_caches = lm.depth.step(token, context=x, codebook=codebook, caches=depth_caches)
+        logits = logits.astype(jnp.float32)
+        token = sample(logits, keys[1 + codebook], audio_sampler)
+        audio.append(token)
+        audio_logits.append(logits)
+    audio = jnp.stack(audio, axis=1)
+    offsets = state.offsets + 1
+    tokens = write_generated(tokens, jnp.concatenate([text[:, None], audio], axis=1), offsets)
+    out = StepOutput(
+        tokens=read_outputs(tokens, offsets, delays[: 1 + cfg.dep_q]),
+        text=text,
+        audio=audio,
+        text_logits=text_logits,
+        audio_logits=jnp.stack(audio_logits, axis=1),
+    )
+    return out, StreamState(caches, tokens, offsets)
+
+
+def _generate(graphdef, text_sampler, audio_sampler, params, state, codes, keys):
+    """codes (B, U, T), keys (T, ...) -> StepOutput with a trailing time axis, final state."""
+
+    def body(state, inputs):
+        codes_t, key = inputs
+        return _step(graphdef, text_sampler, audio_sampler, params, state, codes_t, key)[::-1]
+
+    state, outs = jax.lax.scan(body, state, (jnp.moveaxis(codes, 2, 0), keys))
+    return jax.tree.map(lambda x: jnp.moveaxis(x, 0, -1), outs), state
+
+
+class Streamer:
+    """Jitted streaming step and generate loop of one models_flax LM with fixed samplers.
+
+    Args:
+        lm: the LM (its parameters are read once, here).
+        text, audio: samplers (kyutai's defaults: 0.7 / top 25 for text, 0.8 / top 250 for audio; GREEDY for argmax).
+    """
+
+    def __init__(self, lm: LM, *, text: Sampler = TEXT, audio: Sampler = AUDIO):
+        if not isinstance(lm, LM):
+            raise TypeError(f"Streamer: expected a models_flax LM, got {type(lm).__name__}")
+        for name, sampler in (("text", text), ("audio", audio)):
+            if not isinstance(sampler, Sampler):
+                raise TypeError(f"Streamer: {name} must be a Sampler, got {sampler!r}")
+        self.cfg = lm.cfg
+        self.dtype = lm.dtype
+        self.samplers = (text, audio)
+        graphdef, self.params = nnx.split(lm)
+        self._step = jax.jit(functools.partial(_step, graphdef, text, audio), donate_argnums=(1,))
+        self._generate = jax.jit(functools.partial(_generate, graphdef, text, audio), donate_argnums=(1,))
+
+    @property
+    def user_streams(self) -> int:
+        return self.cfg.n_q - self.cfg.dep_q
+
+    def init_state(self, batch: int, *, capacity: int | None = None) -> StreamState:
+        """A fresh stream. capacity: temporal cache slots, default the context (needed when the context is None)."""
+        cfg = self.cfg
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"Streamer.init_state: batch must be a positive int, got {batch!r}")
+        context = cfg.temporal.context
+        capacity = context if capacity is None else capacity
+        if capacity is None:
+            raise ValueError("Streamer.init_state: the temporal context is unbounded; pass capacity (max frames)")
+        if context is not None and capacity < context:
+            raise ValueError(f"Streamer.init_state: capacity {capacity} < context {context} would forget visible keys")
+        t = cfg.temporal
+        caches = [
+            KVCache.init(batch, capacity, t.num_kv_heads, t.head_dim, dtype=self.dtype) for _ in range(t.num_layers)
+        ]
+        tokens = jnp.full((batch, 1 + cfg.n_q, cfg.max_delay + 2), UNGENERATED, jnp.int32)
+        return StreamState(caches, tokens, jnp.zeros((batch,), jnp.int32))
+
+    def step(self, state: StreamState, user_codes, key: jax.Array | None = None) -> tuple[StepOutput, StreamState]:
+        """One frame: user_codes (B, n_q - dep_q) ints in [0, card) or -1 (the zero token). Consumes `state`."""
+        codes = self._check_codes("Streamer.step", user_codes, state, frames=1)
+        return self._step(self.params, state, codes, self._key("Streamer.step", key, None))
+
+    def generate(
+        self, user_codes, key: jax.Array | None = None, *, state: StreamState | None = None
+    ) -> tuple[StepOutput, StreamState]:
+        """T frames in one compiled loop: user_codes (B, n_q - dep_q, T). Returns every step's StepOutput stacked
+        on a trailing time axis (tokens (B, 1 + dep_q, T): frame t - max_delay at t) and the final state.
+
+        Step t uses `jax.random.split(key, T)[t]`, so a `step` loop given those keys yields the same tokens.
+        """
+        if state is None:
+            shape = np.shape(user_codes)
+            state = self.init_state(shape[0] if len(shape) == 3 and shape[0] >= 1 else 1)
+        codes = self._check_codes("Streamer.generate", user_codes, state, frames=None)
+        keys = self._key("Streamer.generate", key, codes.shape[2])
+        return self._generate(self.params, state, codes, keys)
+
+    def _key(self, where: str, key, frames: int | None):
+        if key is None:
+            if not all(s.greedy for s in self.samplers):
+                raise ValueError(f"{where}: sampling (temperature > 0) needs a PRNG key")
+            key = jax.random.key(0)
+        return key if frames is None else jax.random.split(key, frames)
+
+    def _check_codes(self, where: str, user_codes, state: StreamState, *, frames: int | None) -> jax.Array:
+        cfg = self.cfg
+        if not isinstance(state, StreamState):
+            raise TypeError(f"{where}: state must be a StreamState (Streamer.init_state), got {type(state).__name__}")
+        expected = (state.batch, 1 + cfg.n_q, cfg.max_delay + 2)
+        if tuple(state.tokens.shape) != expected or len(state.caches) != cfg.temporal.num_layers:
+            raise ValueError(f"{where}: the state was not made for this model (delay buffer {state.tokens.shape})")
+        codes = np.asarray(user_codes)
+        ndim = 2 if frames == 1 else 3
+        layout = "(B, n_q - dep_q)" if ndim == 2 else "(B, n_q - dep_q, T)"
+        if codes.ndim != ndim or codes.shape[1] != self.user_streams or (ndim == 3 and codes.shape[2] < 1):
+            raise ValueError(
+                f"{where}: user codes must be {layout} with n_q - dep_q = {self.user_streams} user codebooks, "
+                f"got shape {codes.shape}"
+            )
+        if codes.shape[0] != state.batch:
+            raise ValueError(f"{where}: user codes have batch {codes.shape[0]}, the state has batch {state.batch}")
+        if not np.issubdtype(codes.dtype, np.integer):
+            raise TypeError(f"{where}: user codes must be integers, got {codes.dtype}")
+        bad = (codes < ZERO_TOKEN) | (codes >= cfg.card)
+        if bad.any():
+            where_bad = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"{where}: user codes must be in [0, {cfg.card}) or {ZERO_TOKEN} (zero token); "
+                f"got {int(codes[where_bad])} at index {where_bad} ({int(bad.sum())} out of range)"
+            )
+        steps = 1 if frames == 1 else codes.shape[2]
+        capacity = state.caches[0].capacity if state.caches else None
+        if cfg.temporal.context is None and capacity is not None:
+            reached = int(np.max(np.asarray(state.offsets))) + steps
+            if reached > capacity:
+                raise ValueError(
+                    f"{where}: unbounded context and a cache of {capacity} frames; {reached} frames would overwrite "
+                    "visible keys (init_state(capacity=...) larger)"
+                )
+        return jnp.asarray(codes, jnp.int32)
+
+
+__all__ = ["UNGENERATED", "StepOutput", "StreamState", "Streamer"]
