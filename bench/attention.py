@@ -26,14 +26,25 @@ from parity.policy import tolerance_for
 FAILURES: list[str] = []  # kernel outputs outside parity.policy's ("<dtype>", "pallas_attention") bound
 
 
-def _time(fn, *args, repeats: int) -> float:
+def _time(fn, *args, repeats: int, calls: int = 10) -> float:
+    """Median over `repeats` batches of `calls` back-to-back calls (dispatch overlaps the device work, so a
+    16 us decode kernel is not timed as host dispatch overhead), in seconds per call."""
     jax.block_until_ready(fn(*args))
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t)
+        for _ in range(calls):
+            out = fn(*args)
+        jax.block_until_ready(out)
+        times.append((time.perf_counter() - t) / calls)
     return statistics.median(times)
+
+
+def hbm_bandwidth(repeats: int) -> float:
+    """Measured device memory bandwidth in bytes/s: a 1 GiB array copied (read + written) by XLA."""
+    x = jnp.ones((256, 1024, 1024), jnp.float32)
+    copy = jax.jit(lambda x: x + 1.0)
+    return 2 * x.nbytes / _time(copy, x, repeats=repeats)
 
 
 def _visible_pairs(q_pos: np.ndarray, k_pos: np.ndarray, context: int | None) -> int:
@@ -98,6 +109,7 @@ def main() -> None:
     if args.moshi:
         dtype = jnp.dtype(args.dtype or "bfloat16")
         repeats = args.repeats or 20
+        print(f"measured memory bandwidth (1 GiB x+1 copy): {hbm_bandwidth(repeats) / 1e9:.0f} GB/s", flush=True)
         bench_case("prefill (temporal)", batch=1, q_len=3000, kv_len=3000, heads=32, kv_heads=32, head_dim=128,
                    context=3000, dtype=dtype, repeats=repeats)  # fmt: skip
         bench_case("depth (8 codebooks + text)", batch=64, q_len=9, kv_len=9, heads=16, kv_heads=16, head_dim=64,
