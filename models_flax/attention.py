@@ -11,6 +11,7 @@ from flax import nnx
 
 from models_flax.cache import KVCache
 from models_flax.checks import check_positions
+from models_flax.kernels.decode import MAX_STEPS, decode_attention
 from models_flax.kernels.flash_attention import flash_attention
 from models_flax.linear import einsum, make_linear
 from models_flax.rope import RotaryEmbedding
@@ -103,7 +104,9 @@ class Attention(nnx.Module):
         else:
             k_pos = positions
         if self.impl == "pallas":
-            out = flash_attention(q, k, v, q_positions=positions, k_positions=k_pos, context=cfg.context)
+            # A streaming step (a few queries against a cache) takes the split-K decode kernel.
+            kernel = decode_attention if cache is not None and q.shape[1] <= MAX_STEPS else flash_attention
+            out = kernel(q, k, v, q_positions=positions, k_positions=k_pos, context=cfg.context)
         else:
             out = dot_product_attention(
                 q, k, v, attention_mask(positions, k_pos, cfg.context), precision=self.precision

@@ -55,7 +55,9 @@ def sample_with_noise(logits: jax.Array, noise: jax.Array, sampler: Sampler) -> 
     k = sampler.candidates(vocab)
     if noise.shape != (*logits.shape[:-1], k):
         raise ValueError(f"sample_with_noise: noise {tuple(noise.shape)} must be {(*logits.shape[:-1], k)}")
-    top, index = jax.lax.top_k(probs, k)
+    if sampler.top_k == 0:  # kyutai races over the vocabulary in its own order (no sort): noise i is token i's
+        return jnp.argmax(probs / noise, axis=-1).astype(jnp.int32)
+    top, index = jax.lax.top_k(probs, k)  # kyutai races over the top k in descending order: noise j is the j-th best
     choice = jnp.argmax(top / noise, axis=-1)
     return jnp.take_along_axis(index, choice[..., None], axis=-1)[..., 0].astype(jnp.int32)
 

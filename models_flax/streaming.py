@@ -234,9 +234,21 @@ class Streamer:
         cfg = self.cfg
         if not isinstance(state, StreamState):
             raise TypeError(f"{where}: state must be a StreamState (Streamer.init_state), got {type(state).__name__}")
-        expected = (state.batch, 1 + cfg.n_q, cfg.max_delay + 2)
-        if tuple(state.tokens.shape) != expected or len(state.caches) != cfg.temporal.num_layers:
-            raise ValueError(f"{where}: the state was not made for this model (delay buffer {state.tokens.shape})")
+        if state.offsets.is_deleted():
+            raise ValueError(f"{where}: this state was consumed by an earlier step; pass the state that step returned")
+        t = cfg.temporal
+        buffer = (state.batch, 1 + cfg.n_q, cfg.max_delay + 2)
+        caches = [(tuple(c.keys.shape[2:]), jnp.dtype(c.keys.dtype), c.capacity) for c in state.caches]
+        fits = len(caches) == t.num_layers and all(
+            heads == (t.num_kv_heads, t.head_dim) and dtype == self.dtype and (t.context is None or cap >= t.context)
+            for heads, dtype, cap in caches
+        )
+        if tuple(state.tokens.shape) != buffer or not fits:
+            raise ValueError(
+                f"{where}: the state was not made for this model: delay buffer {tuple(state.tokens.shape)} (expected "
+                f"{buffer}), caches (heads, dtype, capacity) {caches[:1]} x {len(caches)} (expected "
+                f"{((t.num_kv_heads, t.head_dim), self.dtype, t.context)} x {t.num_layers})"
+            )
         codes = np.asarray(user_codes)
         ndim = 2 if frames == 1 else 3
         layout = "(B, n_q - dep_q)" if ndim == 2 else "(B, n_q - dep_q, T)"

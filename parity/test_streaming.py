@@ -1,0 +1,341 @@
+"""Streaming generation (models_flax.streaming) against kyutai LMGen and against the full-sequence forward.
+
+(a) step-by-step logits equal the full forward of the codes the stream consumed, over 40 frames (context 8);
+(b) greedy tokens equal kyutai LMGen's token for token over 60 frames (tiny fp32, both attention impls);
+(c) sampling: given torch's own exponential noise, our sampler picks kyutai's token; drawn with JAX keys, it follows
+    the top-k / temperature distribution;
+(d) a later input never changes an earlier output.
+Each has negative controls (planted delay-buffer, rope, sampling and mask bugs); bad input is a clear error.
+"""
+
+from functools import cache
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import models_flax.attention
+import models_flax.streaming as streaming
+from models_flax.cache import KVCache
+from models_flax.sampling import AUDIO, GREEDY, TEXT, Sampler, sample, sample_with_noise
+from models_flax.streaming import UNGENERATED, Streamer
+from moshi_spec import LMConfig
+from parity.arrays import to_numpy
+from parity.compare import ParityError, assert_parity
+from parity.lm_implementations import build_lms
+from parity.streaming_runs import consumed_codes, run_lmgen, run_steps, user_codes
+
+CFG = LMConfig.tiny()  # temporal context 8, delays (0, 0, 1, 1, 1, 0, 1, 1, 1)
+FRAMES = 60
+IMPLS = ("flax", "flax_pallas")
+
+
+@cache
+def _lms(dtype: str, seed: int, impl: str):
+    return build_lms(CFG, dtype, impls=("kyutai", impl), seed=seed)
+
+
+@cache
+def _lmgen_tokens(seed: int) -> np.ndarray:
+    return run_lmgen(_lms("float32", seed, "flax")["kyutai"], user_codes(CFG, 2, FRAMES, seed=seed), use_sampling=False)
+
+
+@cache
+def _greedy(dtype: str, seed: int, impl: str) -> Streamer:
+    """Cached: one compile per model. Negative controls build their own Streamer (a patch must precede the trace)."""
+    return Streamer(_lms(dtype, seed, impl)[impl], text=GREEDY, audio=GREEDY)
+
+
+def _greedy_tokens(seed: int, impl: str, *, fresh: bool = False) -> np.ndarray:
+    streamer = (
+        Streamer(_lms("float32", seed, impl)[impl], text=GREEDY, audio=GREEDY)
+        if fresh
+        else _greedy("float32", seed, impl)
+    )
+    return run_steps(streamer, user_codes(CFG, 2, FRAMES, seed=seed))["tokens"]
+
+
+def _assert_tokens(expected: np.ndarray, got: np.ndarray, impl: str, **kw) -> None:
+    assert_parity(expected.astype(np.int64), got.astype(np.int64), component="stream_tokens", pair=("kyutai", impl),
+                  expected_dtype="int64", config={"preset": "tiny", "frames": FRAMES}, **kw)  # fmt: skip
+
+
+# (b) greedy generation vs kyutai LMGen ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("seed", "impl"), [(0, "flax"), (1, "flax"), (2, "flax"), (0, "flax_pallas")])
+def test_greedy_tokens_match_lmgen(seed, impl):
+    expected = _lmgen_tokens(seed)
+    got = _greedy_tokens(seed, impl)
+    assert got.shape == expected.shape == (2, 1 + CFG.dep_q, FRAMES)
+    valid = expected[0, 0] != UNGENERATED
+    assert valid.sum() == FRAMES - CFG.max_delay  # LMGen returns None for the first max_delay steps, as we do
+    assert len(np.unique(expected[:, :, valid])) > 10, "degenerate generation: the comparison would prove little"
+    _assert_tokens(expected, got, impl)
+
+
+def _slot_without_init(tokens, offsets, delays, initial):  # the initial token for offset < delay instead of <=
+    batch, _, width = tokens.shape
+    values = tokens[jnp.arange(batch), :, offsets % width]
+    return jnp.where(offsets[:, None] < delays[None], initial[None].astype(tokens.dtype), values)
+
+
+def _user_codes_undelayed(tokens, codes, offsets, delays):  # the user's codes written without their delays
+    return _ORIGINAL_WRITE_USER(tokens, codes, offsets, jnp.zeros_like(delays))
+
+
+def _outputs_undelayed(tokens, offsets, delays):  # the output read back without undoing the delays
+    return _ORIGINAL_READ_OUTPUTS(tokens, offsets, jnp.zeros_like(delays))
+
+
+_ORIGINAL_WRITE_USER = streaming.write_user_codes
+_ORIGINAL_READ_OUTPUTS = streaming.read_outputs
+_ORIGINAL_UPDATE = KVCache.update
+
+
+def _update_one_behind(self, k, v, positions):
+    return _ORIGINAL_UPDATE(self, k, v, positions - 1)
+
+
+STREAM_MUTANTS = {
+    "initial_token_off_by_one": ("read_inputs", _slot_without_init),
+    "user_codes_without_delay": ("write_user_codes", _user_codes_undelayed),
+    "output_not_undelayed": ("read_outputs", _outputs_undelayed),
+}
+
+
+@pytest.mark.parametrize("name", [*STREAM_MUTANTS, "cache_positions_minus_one"])
+def test_greedy_control_fails(name, monkeypatch):
+    """Each planted streaming bug makes the LMGen comparison fail. (A rope shifted by one for queries and keys alike
+    is no bug: rotary scores depend on position differences only.)"""
+    if name == "cache_positions_minus_one":  # ring bookkeeping one frame behind: the oldest visible key drops out
+        monkeypatch.setattr(KVCache, "update", _update_one_behind)
+    else:
+        monkeypatch.setattr(streaming, *STREAM_MUTANTS[name])
+    with pytest.raises(ParityError):
+        _assert_tokens(_lmgen_tokens(0), _greedy_tokens(0, "flax", fresh=True), "flax", control=name)
+
+
+# (a) step-by-step logits vs the full forward ------------------------------------------------------------------------
+
+
+def _step_vs_full(dtype: str, impl: str, seed: int = 0, frames: int = 40, *, fresh: bool = False):
+    lm = _lms(dtype, seed, impl)[impl]
+    codes = user_codes(CFG, 2, frames, seed=seed)
+    run = run_steps(Streamer(lm, text=GREEDY, audio=GREEDY) if fresh else _greedy(dtype, seed, impl), codes)
+    full = lm(jnp.asarray(consumed_codes(CFG, codes, run)))
+    text_full = to_numpy(full.text_logits)[:, 0]  # (B, T, V)
+    text_step = np.moveaxis(run["text_logits"], -1, 1)
+    audio_full = to_numpy(full.audio_logits)  # (B, dep_q, T, card): frame-aligned, so codebook c is at step t - d
+    audio_step = np.moveaxis(run["audio_logits"], -1, 2)
+    delays = CFG.delays[1 : 1 + CFG.dep_q]
+    audio_full = np.concatenate([audio_full[:, c, : frames - d] for c, d in enumerate(delays)], 1)
+    audio_step = np.concatenate([audio_step[:, c, d:] for c, d in enumerate(delays)], 1)
+    return (text_full, text_step), (audio_full, audio_step)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_step_logits_match_full_forward(dtype, impl):
+    """Past the context window: 40 frames through ring caches of 8 slots against one masked full forward."""
+    text, audio = _step_vs_full(dtype, impl)
+    for component, (full, step) in (("stream_text_logits", text), ("stream_audio_logits", audio)):
+        # The step returns float32 logits upcast (exactly) from the model dtype: compare in the model dtype.
+        assert_parity(full, step.astype(full.dtype), component=component, pair=("full", "step"), expected_dtype=dtype,
+                      logits=True, config={"preset": "tiny", "frames": 40, "impl": impl})  # fmt: skip
+
+
+def test_step_vs_full_control_fails(monkeypatch):
+    """Ring-cache bookkeeping one frame behind (the oldest visible key drops out) fails (a)."""
+    monkeypatch.setattr(KVCache, "update", _update_one_behind)
+    text, _ = _step_vs_full("float32", "flax", fresh=True)
+    with pytest.raises(ParityError):
+        assert_parity(*text, component="stream_text_logits", pair=("full", "step"), expected_dtype="float32",
+                      logits=True, control="cache_positions_minus_one")  # fmt: skip
+
+
+# generate loop, (d) causality ----------------------------------------------------------------------------------------
+
+
+@cache
+def _sampling_streamer() -> Streamer:
+    return Streamer(_lms("float32", 0, "flax")["flax"], text=TEXT, audio=AUDIO)
+
+
+def test_generate_equals_step_loop():
+    streamer, codes, key = _sampling_streamer(), user_codes(CFG, 2, 30, seed=5), jax.random.key(7)
+    steps = run_steps(streamer, codes, jax.random.split(key, 30))
+    gen, state = streamer.generate(codes, key)
+    assert np.array_equal(to_numpy(gen.tokens), steps["tokens"])
+    assert np.array_equal(to_numpy(gen.text), steps["text"]) and np.array_equal(to_numpy(gen.audio), steps["audio"])
+    assert np.asarray(state.offsets).tolist() == [30, 30]
+
+
+def _first_change(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> int | None:
+    """The first step (trailing axis) at which any output differs, or None."""
+    steps = [int(np.argmax(np.any(a[k] != b[k], axis=tuple(range(a[k].ndim - 1))))) for k in a if np.any(a[k] != b[k])]
+    return min(steps) if steps else None
+
+
+@pytest.mark.parametrize("change_at", [1, 9, 25])
+@pytest.mark.parametrize("mode", ["greedy", "sampled"])
+def test_later_input_never_changes_earlier_outputs(mode, change_at):
+    """Codes that differ from step `change_at` on leave every earlier output bit-identical, and do change later ones."""
+    streamer = _greedy("float32", 0, "flax") if mode == "greedy" else _sampling_streamer()
+    a = user_codes(CFG, 2, 30, seed=11)
+    b = a.copy()
+    b[:, :, change_at:] = user_codes(CFG, 2, 30 - change_at, seed=12)
+    keys = jax.random.split(jax.random.key(3), 30)
+    assert _first_change(run_steps(streamer, a, keys), run_steps(streamer, b, keys)) == change_at
+
+
+def test_causality_control_fails(monkeypatch):
+    """The same check on the full forward with a mask that sees the next frame reports a change before change_at."""
+    lm = _lms("float32", 0, "flax")["flax"]
+    a = jnp.asarray(np.random.default_rng(0).integers(0, CFG.card, (1, 1 + CFG.n_q, 16)))
+    b = a.at[:, :, 9:].set(0)
+    original = models_flax.attention.attention_mask
+    monkeypatch.setattr(models_flax.attention, "attention_mask", lambda q, k, ctx: original(q + 1, k, ctx))
+    outs = [{"text": np.moveaxis(to_numpy(lm(c).text_logits)[0, 0], 0, -1)} for c in (a, b)]
+    assert _first_change(*outs) < 9
+
+
+# (c) sampling --------------------------------------------------------------------------------------------------------
+
+
+def _kyutai_and_noise(logits: np.ndarray, temperature: float, top_k: int, seed: int):
+    """kyutai sample_token's tokens, and the exponential noise it drew (replayed from the same torch seed)."""
+    from moshi.utils.sampling import sample_token
+
+    torch.manual_seed(seed)
+    tokens = sample_token(torch.from_numpy(logits), True, temperature, top_k)
+    torch.manual_seed(seed)
+    k = logits.shape[-1] if top_k == 0 else min(top_k, logits.shape[-1])
+    return to_numpy(tokens), to_numpy(torch.empty(logits.shape[0], k).exponential_(1))
+
+
+SAMPLERS = [TEXT, AUDIO, Sampler(1.0, 0), Sampler(0.5, 1000), GREEDY]
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS, ids=lambda s: f"t{s.temperature}-k{s.top_k}")
+def test_sampling_matches_kyutai_given_its_noise(sampler):
+    logits = np.random.default_rng(0).standard_normal((4096, 300)).astype(np.float32)
+    for seed in range(3):
+        expected, noise = _kyutai_and_noise(logits, sampler.temperature, sampler.top_k, seed)
+        got = sample_with_noise(jnp.asarray(logits), jnp.asarray(noise), sampler)
+        assert_parity(expected.astype(np.int64), to_numpy(got).astype(np.int64), component="sampled_tokens",
+                      pair=("kyutai", "flax"), expected_dtype="int64", config={"sampler": str(sampler)})  # fmt: skip
+
+
+@pytest.mark.parametrize("planted", [Sampler(0.8, 25), Sampler(0.7, 26)], ids=["audio_temp_for_text", "top_k_plus_1"])
+def test_sampling_control_fails(planted):
+    """kyutai drew with TEXT (0.7, top 25); a sampler with the wrong temperature or k picks other tokens."""
+    logits = np.random.default_rng(0).standard_normal((4096, 300)).astype(np.float32)
+    expected, noise = _kyutai_and_noise(logits, TEXT.temperature, TEXT.top_k, 0)
+    extra = np.random.default_rng(1).exponential(size=(4096, 1)).astype(np.float32)
+    noise = np.concatenate([noise, extra], 1)[:, : planted.top_k]
+    got = sample_with_noise(jnp.asarray(logits), jnp.asarray(noise), planted)
+    with pytest.raises(ParityError):
+        assert_parity(expected.astype(np.int64), to_numpy(got).astype(np.int64), component="sampled_tokens",
+                      pair=("kyutai", "flax"), expected_dtype="int64", control=str(planted))  # fmt: skip
+
+
+def _distribution_failures(sampler: Sampler, expected: Sampler, draws: int = 200_000) -> list[str]:
+    """Draws `draws` tokens with `sampler` and checks them against the law of `expected`: zero mass outside its top k,
+    every frequency within 5 binomial standard deviations of softmax(logits / T) renormalized over the top k."""
+    logits = jnp.asarray(2 * np.random.default_rng(1).standard_normal(40), jnp.float32)
+    tokens = sample(jnp.broadcast_to(logits, (draws, 40)), jax.random.key(0), sampler)
+    freq = np.bincount(to_numpy(tokens), minlength=40) / draws
+    p = np.exp(np.asarray(logits, np.float64) / expected.temperature)
+    keep = np.argsort(-p)[: expected.candidates(40)]
+    law = np.zeros(40)
+    law[keep] = p[keep] / p[keep].sum()
+    failures = [f"mass {freq[law == 0].sum():.2e} outside the top {len(keep)}"] if freq[law == 0].sum() else []
+    sigma = np.sqrt(law * (1 - law) / draws)
+    bad = np.abs(freq - law) > 5 * sigma + 1e-12
+    return failures + [f"token {i}: frequency {freq[i]:.4f}, law {law[i]:.4f}" for i in np.flatnonzero(bad)]
+
+
+def test_sampling_follows_the_top_k_law():
+    assert _distribution_failures(Sampler(0.8, 10), Sampler(0.8, 10)) == []
+    assert _distribution_failures(Sampler(1.3, 0), Sampler(1.3, 0)) == []
+
+
+@pytest.mark.parametrize("planted", [Sampler(1.0, 10), Sampler(0.8, 11)], ids=["temperature_ignored", "top_k_plus_1"])
+def test_sampling_law_control_fails(planted):
+    assert _distribution_failures(planted, Sampler(0.8, 10)) != []
+
+
+def test_greedy_is_argmax():
+    logits = jnp.asarray(np.random.default_rng(2).standard_normal((64, 100)), jnp.float32)
+    assert np.array_equal(to_numpy(sample(logits, jax.random.key(0), GREEDY)), np.argmax(to_numpy(logits), -1))
+
+
+# bad input ----------------------------------------------------------------------------------------------------------
+
+
+def _codes(batch=2, streams=CFG.n_q - CFG.dep_q, value=0):
+    return np.full((batch, streams), value, np.int64)
+
+
+@pytest.mark.parametrize(
+    ("codes", "error", "match"),
+    [
+        (_codes(streams=5), ValueError, r"n_q - dep_q = 4 user codebooks, got shape \(2, 5\)"),
+        (_codes()[:, :, None], ValueError, r"must be \(B, n_q - dep_q\)"),
+        (_codes(value=32), ValueError, r"in \[0, 32\) or -1 \(zero token\); got 32 at index \(0, 0\)"),
+        (_codes(value=-2), ValueError, r"got -2 at index \(0, 0\) \(8 out of range\)"),
+        (_codes(batch=3), ValueError, "user codes have batch 3, the state has batch 2"),
+        (_codes().astype(np.float32), TypeError, "must be integers, got float32"),
+    ],
+    ids=["codebooks", "rank", "code_eq_card", "code_below_zero_token", "batch", "float"],
+)
+def test_bad_step_input(codes, error, match):
+    streamer = _greedy("float32", 0, "flax")
+    with pytest.raises(error, match=match):
+        streamer.step(streamer.init_state(2), codes)
+
+
+def test_consumed_state_is_a_clear_error():
+    streamer = _greedy("float32", 0, "flax")
+    state = streamer.init_state(2)
+    streamer.step(state, _codes())
+    with pytest.raises(ValueError, match="consumed by an earlier step"):
+        streamer.step(state, _codes())
+
+
+def test_bad_generate_and_state_input():
+    streamer = _greedy("float32", 0, "flax")
+    with pytest.raises(ValueError, match=r"\(B, n_q - dep_q, T\)"):
+        streamer.generate(_codes())
+    with pytest.raises(ValueError, match="capacity 7 < context 8"):
+        streamer.init_state(2, capacity=7)
+    with pytest.raises(ValueError, match="batch must be a positive int"):
+        streamer.init_state(0)
+    with pytest.raises(ValueError, match="needs a PRNG key"):
+        _sampling_streamer().step(_sampling_streamer().init_state(2), _codes())
+    other = Streamer(build_lms(LMConfig.tiny(context=4), "float32", impls=("flax",))["flax"], text=GREEDY, audio=GREEDY)
+    with pytest.raises(ValueError, match="not made for this model"):
+        streamer.step(other.init_state(2), _codes())
+    with pytest.raises(TypeError, match="expected a models_flax LM"):
+        Streamer(object())
+
+
+def test_unbounded_context_needs_and_respects_capacity():
+    lm = build_lms(LMConfig.tiny(context=None), "float32", impls=("flax",))["flax"]
+    streamer = Streamer(lm, text=GREEDY, audio=GREEDY)
+    with pytest.raises(ValueError, match="unbounded; pass capacity"):
+        streamer.init_state(1)
+    with pytest.raises(ValueError, match="5 frames would overwrite visible keys"):
+        streamer.generate(np.zeros((1, 4, 5), np.int64), state=streamer.init_state(1, capacity=4))
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [((-0.1, 5), "temperature must be >= 0"), ((float("nan"), 5), "temperature must be >= 0"), ((0.7, -1), "top_k")],
+)
+def test_bad_sampler(args, match):
+    with pytest.raises(ValueError, match=match):
+        Sampler(*args)
