@@ -3,12 +3,16 @@
 Prefill and decode draw lengths that are not block multiples (tiles of 8 here), q_len != kv_len, per-row offsets,
 context windows, grouped kv heads, empty (-1) and ring-ordered cache slots. The kyutai tests swap the kernels into the
 Flax Attention layer (monkeypatch, the layer itself stays on the XLA path) and compare it with upstream kyutai
-attention, in one pass and step by step through the ring cache. Negative controls plant an off-by-one mask, the 1.0
-scale of JAX's own Pallas examples, and a skipped key block, through the kernels' private `_mutation`.
+attention, in one pass and step by step through the ring cache. Structural tests check that the live key-block ranges
+are conservative and that nothing but the kernel reads the keys and values (no padded copy, no separate mean of V).
+Negative controls plant an off-by-one mask, the 1.0 scale of JAX's own Pallas examples, a skipped key block and a key
+range one block short, through the kernels' private `_mutation`.
 """
 
 from __future__ import annotations
 
+import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -16,7 +20,14 @@ from hypothesis import given, settings
 
 import models_flax.attention as xla_attention
 from models_flax.kernels.decode import DecodeBlockSizes, decode_attention, reference_decode
-from models_flax.kernels.flash_attention import BlockSizes, _Mutation, flash_attention, reference_attention
+from models_flax.kernels.flash_attention import (
+    BlockSizes,
+    _Mutation,
+    dot_precision,
+    flash_attention,
+    live_block_ranges,
+    reference_attention,
+)
 from parity.checks import compare_pair
 from parity.compare import ParityError, assert_parity
 from parity.strategies import ATTENTION_MAGNITUDES, AttentionCase, attention_cases, cases, configs
@@ -90,16 +101,113 @@ def test_decode_matches_xla(case):
     _compare(reference, reference_decode(q, k, v, **kw, context=case.context), case, ("xla", "jnp_reference"))
 
 
-def test_default_tiles_and_row_without_keys():
-    """Default (backend) tiles, and a query that sees no key: the XLA path's uniform softmax, i.e. the values' mean."""
+def _no_key_case(kv_len: int) -> AttentionCase:
+    """Query 0 sits at position -5 and sees no key; key slot 2 is empty; window 2."""
     rng = np.random.default_rng(0)
     q = rng.standard_normal((1, 3, 2, 16)).astype(np.float32)
-    k, v = (rng.standard_normal((1, 5, 1, 16)).astype(np.float32) for _ in range(2))
-    case = AttentionCase("float32", q, k, v, np.array([[-5, 1, 2]]), np.array([[0, 1, 2, 3, -1]]), 2)
+    k, v = (rng.standard_normal((1, kv_len, 1, 16)).astype(np.float32) for _ in range(2))
+    k_pos = np.arange(kv_len)[None]
+    k_pos[0, 2] = -1
+    return AttentionCase("float32", q, k, v, np.array([[-5, kv_len - 2, kv_len - 1]]), k_pos, 2)
+
+
+@pytest.mark.parametrize("kv_len", (5, 12))  # the decode tiles (block_k 4): a ragged last block, and none
+def test_default_tiles_and_row_without_keys(kv_len):
+    """Default (backend) tiles and split decode tiles, and a query that sees no key: the XLA path's uniform softmax,
+    i.e. the mean of the values over all S slots (the empty one included)."""
+    case = _no_key_case(kv_len)
     (qj, kj, vj), kw = _inputs(case)
-    out = flash_attention(qj, kj, vj, **kw, context=2)
-    _compare(_xla(case), out, case, ("xla", "pallas"))
-    np.testing.assert_allclose(np.asarray(out[0, 0, 0]), v[0].mean(axis=0)[0], rtol=1e-6)
+    for label, out in (
+        ("pallas", flash_attention(qj, kj, vj, **kw, context=2)),
+        ("pallas", _prefill(case)),
+        ("pallas_decode", decode_attention(qj, kj, vj, **kw, context=2)),
+        ("pallas_decode", _decode(case)),
+    ):
+        _compare(_xla(case), out, case, ("xla", label))
+        np.testing.assert_allclose(np.asarray(out[0, 0, 0]), case.v[0].mean(axis=0)[0], rtol=1e-6, atol=1e-6)
+
+
+_RANGES = jax.jit(live_block_ranges, static_argnames=("block_q", "block_k", "context", "mutation"))
+
+
+@settings(max_examples=2 * KERNEL_EXAMPLES)
+@given(case=attention_cases(steps=(1, 3, 9, 17), kv_lengths=(5, 12, 21, 40), ring=True))
+def test_live_block_ranges_are_conservative(case):
+    """Every (query block, key block) pair holding a visible pair lies inside the query block's [lo, hi) range, for
+    ring (unsorted) positions with empty slots and windows shorter than the cache."""
+    block_q, block_k = 4, 4
+    q_pos = np.full((case.q.shape[0], -(-case.q.shape[1] // block_q) * block_q), -1)
+    k_pos = np.full((case.k.shape[0], -(-case.k.shape[1] // block_k) * block_k), -1)
+    q_pos[:, : case.q.shape[1]], k_pos[:, : case.k.shape[1]] = case.q_positions, case.k_positions
+    ranges = np.asarray(
+        _RANGES(jnp.asarray(q_pos, jnp.int32), jnp.asarray(k_pos, jnp.int32), block_q=block_q, block_k=block_k,
+                context=case.context, mutation=_Mutation())
+    )  # fmt: skip
+    delta = q_pos[:, :, None] - k_pos[:, None, :]
+    visible = (k_pos[:, None, :] >= 0) & (delta >= 0) & (delta < (case.context or np.inf))
+    blocks = visible.reshape(q_pos.shape[0], -1, block_q, k_pos.shape[1] // block_k, block_k).any(axis=(2, 4))
+    for b, i in np.ndindex(blocks.shape[:2]):
+        lo, hi = ranges[b, i]
+        assert 0 <= lo <= hi <= blocks.shape[2], (b, i, lo, hi)
+        assert not blocks[b, i, :lo].any() and not blocks[b, i, hi:].any(), (b, i, lo, hi, blocks[b, i])
+
+
+def test_live_block_ranges_narrow_a_causal_window():
+    """Sorted causal positions with a window: early query blocks stop at the diagonal, late ones start past 0."""
+    pos = jnp.arange(64, dtype=jnp.int32)[None]
+    ranges = np.asarray(live_block_ranges(pos, pos, block_q=16, block_k=16, context=16, mutation=_Mutation()))
+    np.testing.assert_array_equal(ranges[0], [[0, 1], [0, 2], [1, 3], [2, 4]])
+
+
+def _foreign_readers(fn, *arrays) -> list[str]:
+    """Primitives other than pallas_call that take one of `arrays` (or a value aliasing it through a jit) as input."""
+
+    def walk(jaxpr, aliases) -> list[str]:
+        found = []
+        for eqn in jaxpr.eqns:
+            used = [
+                i for i, var in enumerate(eqn.invars) if not isinstance(var, jax.extend.core.Literal) and var in aliases
+            ]
+            if not used or eqn.primitive.name == "pallas_call":
+                continue
+            inner = eqn.params.get("jaxpr")
+            if inner is not None and hasattr(inner, "jaxpr"):  # pjit / closed_call: follow the argument inside
+                found += walk(inner.jaxpr, {inner.jaxpr.invars[i] for i in used})
+            else:
+                found.append(eqn.primitive.name)
+        return found
+
+    closed = jax.make_jaxpr(fn)(*arrays)
+    return walk(closed.jaxpr, set(closed.jaxpr.invars))
+
+
+@pytest.mark.parametrize("kv_len", (16, 21))  # a multiple of the tiles and not: neither gets a padded copy
+def test_kernels_alone_read_keys_and_values(kv_len):
+    """The cache's only reader is the kernel: no jnp.pad copy of k/v, no separate mean of V (decode traffic)."""
+    q = jnp.zeros((2, 3, 4, 16))
+    k = v = jnp.zeros((2, kv_len, 2, 16))
+    q_pos = jnp.full((2, 3), kv_len - 1, jnp.int32)
+    k_pos = jnp.broadcast_to(jnp.arange(kv_len, dtype=jnp.int32), (2, kv_len))
+    kw = dict(q_positions=q_pos, k_positions=k_pos, context=7)
+    assert _foreign_readers(lambda k, v: decode_attention(q, k, v, **kw, block_sizes=DECODE_TILES), k, v) == []
+    assert _foreign_readers(lambda k, v: flash_attention(q, k, v, **kw, block_sizes=TILES), k, v) == []
+
+
+def test_precision_argument():
+    """None: exact float32 dots (HIGHEST), backend default for bf16; DEFAULT (TF32 on GPU) is accepted and, on CPU,
+    gives the same numbers; a name that is no Precision is refused."""
+    assert dot_precision(jnp.float32, None) == jax.lax.Precision.HIGHEST
+    assert dot_precision(jnp.bfloat16, None) is None
+    assert dot_precision(jnp.float32, "default") == jax.lax.Precision.DEFAULT
+    case = _no_key_case(12)
+    (q, k, v), kw = _inputs(case)
+    for fn, tiles in ((flash_attention, TILES), (decode_attention, DECODE_TILES)):
+        exact = fn(q, k, v, **kw, context=2, block_sizes=tiles)
+        tf32 = fn(q, k, v, **kw, context=2, block_sizes=tiles, precision=jax.lax.Precision.DEFAULT)
+        if jax.default_backend() == "cpu":
+            np.testing.assert_array_equal(np.asarray(exact), np.asarray(tf32))
+        with pytest.raises(ValueError, match="precision"):
+            fn(q, k, v, **kw, context=2, precision="tf32")
 
 
 # --- kyutai: the kernels inside the Flax Attention layer ------------------------------------------------------------
@@ -148,6 +256,7 @@ MUTATIONS = {
     "mask_off_by_one": _Mutation(mask_offset=1),
     "scale_1.0": _Mutation(scale=1.0),
     "skipped_kv_block": _Mutation(skip_kv_block=1),
+    "kv_range_one_short": _Mutation(short_range=True),
 }
 
 

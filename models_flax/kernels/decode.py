@@ -9,6 +9,14 @@ Decoding is memory-bound: each program takes ONE kv head and all of its query ro
 padded to a tile), so every key and value is read once; the cache axis is split over `num_splits` programs that each
 return an unnormalized float32 partial (acc, running max, denominator), merged afterwards in jnp (log-sum-exp combine).
 Grid (B, Hkv, num_splits).
+
+Traffic per call (the cache is B*S*Hkv*D*2 elements): K and V are read once, by the kernel, and only the key blocks in
+the live range of `live_block_ranges` (all of them for a full cache inside the window). Nothing copies the cache: k and
+v are not padded (a cache length that is not a block_k multiple gets a masked load of its last block), only the
+positions (B, S) int32 are. The no-key fallback (mean of V over all S slots, as the XLA path's all-masked softmax row)
+costs a second read of V only in a call where some real query row sees no key at all, decided from the positions
+before the kernel (`missing` below); a decoding step always sees its own key, so in generation it never happens. The
+rest is small: q, positions, and the partials (B*Hkv*splits*rows*(D+2) float32) written and re-read by the combine.
 """
 
 from __future__ import annotations
@@ -26,11 +34,14 @@ from models_flax.kernels.flash_attention import (
     _NO_MUTATION,
     _Mutation,
     _pad,
+    _visible,
     attend_blocks,
     check_inputs,
     compiler_params,
+    dot_precision,
+    live_block_ranges,
     reference_attention,
-    values_mean,
+    sum_rows,
 )
 
 MAX_STEPS = 4
@@ -75,24 +86,50 @@ class DecodeBlockSizes:
 
 
 def _decode_kernel(
-    qpos_ref, kpos_ref, q_ref, k_ref, v_ref, acc_ref, m_ref, l_ref, *, num_blocks, block_k, scale, context, mutation
+    info_ref,
+    qpos_ref,
+    kpos_ref,
+    q_ref,
+    k_ref,
+    v_ref,
+    acc_ref,
+    m_ref,
+    l_ref,
+    vsum_ref,
+    *,
+    blocks_per_split,
+    kv_len,
+    block_k,
+    scale,
+    context,
+    precision,
+    mutation,
 ):
+    first = pl.program_id(2) * blocks_per_split
+    last = jnp.minimum(first + blocks_per_split, pl.cdiv(kv_len, block_k))
     acc, m, den = attend_blocks(
         q_ref[...],
         qpos_ref[...],
         k_ref,
         v_ref,
         kpos_ref,
-        num_blocks=num_blocks,
+        lo=jnp.maximum(info_ref[0], first),
+        hi=jnp.minimum(info_ref[1], last),
         block_k=block_k,
-        first_block=pl.program_id(2) * num_blocks,
+        kv_len=kv_len,
         scale=scale,
         context=context,
+        precision=precision,
         mutation=mutation,
     )
     acc_ref[...] = acc
     m_ref[...] = m
     l_ref[...] = den
+    vsum_ref[...] = jax.lax.cond(
+        info_ref[2] > 0,
+        lambda: sum_rows(v_ref, lo=first, hi=last, block_k=block_k, kv_len=kv_len),
+        lambda: jnp.zeros((acc.shape[1],), jnp.float32),
+    )
 
 
 def decode_attention(
@@ -104,10 +141,16 @@ def decode_attention(
     k_positions: jax.Array,
     context: int | None,
     block_sizes: DecodeBlockSizes | None = None,
+    precision: jax.lax.Precision | str | None = None,
     interpret: bool | None = None,
     _mutation: _Mutation = _NO_MUTATION,
 ) -> jax.Array:
     """q (B, T, H, D) with 1 <= T <= 4, cache k/v (B, S, Hkv, D), positions (B, T) / (B, S) -> (B, T, H, D).
+
+    Args:
+        block_sizes: tiles; default `DecodeBlockSizes.for_backend()`.
+        precision: as `flash_attention` (None: exact float32 dots; jax.lax.Precision.DEFAULT: TF32 on GPU).
+        interpret: run the Pallas interpreter; default True on CPU, False elsewhere.
 
     Raises:
         ValueError/TypeError: as `flash_attention`, and for T outside 1..4.
@@ -117,7 +160,8 @@ def decode_attention(
     if not 1 <= q.shape[1] <= MAX_STEPS:
         raise ValueError(f"decode_attention: {q.shape[1]} query steps; decode takes 1..{MAX_STEPS}")
     block_sizes = block_sizes or DecodeBlockSizes.for_backend()
-    return _decode_attention(q, k, v, q_positions, k_positions, context, block_sizes, interpret, _mutation)
+    precision = dot_precision(q.dtype, precision)
+    return _decode_attention(q, k, v, q_positions, k_positions, context, block_sizes, interpret, _mutation, precision)
 
 
 def decode_attention_cached(q: jax.Array, cache: KVCache, *, q_positions: jax.Array, context: int | None, **kw):
@@ -126,55 +170,72 @@ def decode_attention_cached(q: jax.Array, cache: KVCache, *, q_positions: jax.Ar
                             context=context, **kw)  # fmt: skip
 
 
-@functools.partial(jax.jit, static_argnums=(5, 6, 7, 8))
-def _decode_attention(q, k, v, q_positions, k_positions, context, block_sizes, interpret, mutation):
+@functools.partial(jax.jit, static_argnums=(5, 6, 7, 8, 9))
+def _decode_attention(q, k, v, q_positions, k_positions, context, block_sizes, interpret, mutation, precision):
     batch, steps, heads, head_dim = q.shape
     kv_len, kv_heads = k.shape[1], k.shape[2]
     groups = heads // kv_heads
     block_k = min(block_sizes.block_k, pl.next_power_of_2(kv_len))
     kv_blocks = pl.cdiv(kv_len, block_k)
-    splits = block_sizes.splits(batch, kv_heads, kv_blocks)
-    blocks_per_split = pl.cdiv(kv_blocks, splits)
-    s_split = blocks_per_split * block_k
-    s_pad = splits * s_split
+    blocks_per_split = pl.cdiv(kv_blocks, block_sizes.splits(batch, kv_heads, kv_blocks))
+    splits = pl.cdiv(kv_blocks, blocks_per_split)  # no empty split
+    s_pad = kv_blocks * block_k
     rows = steps * groups
     r_pad = max(block_sizes.min_rows, pl.next_power_of_2(rows))
     # Row r = t * groups + g holds query step t of grouped head g of this kv head.
     qr = q.reshape(batch, steps, kv_heads, groups, head_dim).transpose(0, 2, 1, 3, 4)
     qr = _pad(qr.reshape(batch, kv_heads, rows, head_dim), 2, r_pad, 0)
-    q_pos = _pad(jnp.repeat(q_positions.astype(jnp.int32), groups, axis=1), 1, r_pad, -1)
-    k_pos = _pad(k_positions.astype(jnp.int32), 1, s_pad, -1)
-    kp, vp = _pad(k, 1, s_pad, 0), _pad(v, 1, s_pad, 0)
+    q_positions = q_positions.astype(jnp.int32)
+    q_pos = _pad(jnp.repeat(q_positions, groups, axis=1), 1, r_pad, -1)
+    k_pos = _pad(k_positions.astype(jnp.int32), 1, s_pad, -1)  # keys past kv_len are invalid (k, v are not padded)
+    ranges = live_block_ranges(q_pos, k_pos, block_q=r_pad, block_k=block_k, context=context, mutation=mutation)
+    # Some real query step sees no key at all: the kernel then also sums V for the fallback (reads positions only).
+    sees = jax.vmap(lambda qp, kp: jnp.any(_visible(qp, kp, context), axis=1))(
+        q_positions, k_positions.astype(jnp.int32)
+    )
+    missing = jnp.any(~sees, axis=1).astype(jnp.int32)
+    info = jnp.concatenate([ranges[:, 0], missing[:, None], jnp.zeros_like(missing)[:, None]], axis=1)  # (B, 4)
     scale = 1.0 / math.sqrt(head_dim) if mutation.scale is None else mutation.scale
     kernel = functools.partial(
-        _decode_kernel, num_blocks=blocks_per_split, block_k=block_k, scale=scale, context=context, mutation=mutation
+        _decode_kernel,
+        blocks_per_split=blocks_per_split,
+        kv_len=kv_len,
+        block_k=block_k,
+        scale=scale,
+        context=context,
+        precision=precision,
+        mutation=mutation,
     )
     f32 = jnp.float32
-    acc, m, den = pl.pallas_call(
+    acc, m, den, vsum = pl.pallas_call(
         kernel,
         grid=(batch, kv_heads, splits),
         in_specs=[
+            pl.BlockSpec((None, 4), lambda b, h, s: (b, 0)),
             pl.BlockSpec((None, r_pad), lambda b, h, s: (b, 0)),
-            pl.BlockSpec((None, s_split), lambda b, h, s: (b, s)),
+            pl.BlockSpec((None, s_pad), lambda b, h, s: (b, 0)),
             pl.BlockSpec((None, None, r_pad, head_dim), lambda b, h, s: (b, h, 0, 0)),
-            pl.BlockSpec((None, s_split, None, head_dim), lambda b, h, s: (b, s, h, 0)),
-            pl.BlockSpec((None, s_split, None, head_dim), lambda b, h, s: (b, s, h, 0)),
+            pl.BlockSpec((None, kv_len, None, head_dim), lambda b, h, s: (b, 0, h, 0)),
+            pl.BlockSpec((None, kv_len, None, head_dim), lambda b, h, s: (b, 0, h, 0)),
         ],
         out_specs=[
             pl.BlockSpec((None, None, None, r_pad, head_dim), lambda b, h, s: (b, h, s, 0, 0)),
             pl.BlockSpec((None, None, None, r_pad), lambda b, h, s: (b, h, s, 0)),
             pl.BlockSpec((None, None, None, r_pad), lambda b, h, s: (b, h, s, 0)),
+            pl.BlockSpec((None, None, None, head_dim), lambda b, h, s: (b, h, s, 0)),
         ],
         out_shape=[
             jax.ShapeDtypeStruct((batch, kv_heads, splits, r_pad, head_dim), f32),
             jax.ShapeDtypeStruct((batch, kv_heads, splits, r_pad), f32),
             jax.ShapeDtypeStruct((batch, kv_heads, splits, r_pad), f32),
+            jax.ShapeDtypeStruct((batch, kv_heads, splits, head_dim), f32),
         ],
         interpret=interpret,
         compiler_params=compiler_params(block_sizes, interpret),
         name="flash_attention_decode",
-    )(q_pos, k_pos, qr, kp, vp)
-    out = combine_splits(acc, m, den, values_mean(v)[:, :, None, :])[:, :, :rows]
+    )(info, q_pos, k_pos, qr, k, v)
+    fallback = jnp.sum(vsum, axis=2, keepdims=True) / kv_len  # (B, Hkv, 1, D); zeros unless `missing`
+    out = combine_splits(acc, m, den, fallback)[:, :, :rows]
     out = out.reshape(batch, kv_heads, steps, groups, head_dim).transpose(0, 2, 1, 3, 4)
     return out.reshape(batch, steps, heads, head_dim).astype(q.dtype)
 

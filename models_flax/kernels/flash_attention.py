@@ -5,13 +5,20 @@
 key s is visible to query t when k_pos[s] >= 0 and 0 <= q_pos[t] - k_pos[s] < context (no context: no upper bound).
 Masks come from POSITIONS, not indices, so rows may start at different offsets, q_len may differ from kv_len, and keys
 may sit in any order (a ring cache). Scores are scaled by 1/sqrt(D) explicitly (JAX's own Pallas examples default to
-1.0) and accumulated in float32 with an online softmax over key blocks; lengths are padded up to block multiples and the
-padding is masked (padded keys get position -1). A query that sees no key at all gets the mean of the values over the
-real keys, which is what the XLA path's softmax over an all-`finfo.min` row yields.
+1.0) and accumulated in float32 with an online softmax over key blocks. A query that sees no key at all gets the mean
+of the values over all S slots, which is what the XLA path's softmax over an all-`finfo.min` row yields.
 
 Layout: q (B, T, H, D), k/v (B, S, Hkv, D), positions (B, T) and (B, S); output (B, T, H, D) in q's dtype. Grid
-(B, H, T / block_q); each program walks every key block of its kv head (h // (H / Hkv)) and skips a block in which no
-(query, key) pair is visible, decided from the positions themselves (correct for unsorted ring-cache positions).
+(B, H, T / block_q). Traffic: q is padded to a block_q multiple; k and v are NOT copied: each program sees its kv head
+(h // (H / Hkv)) whole and, when S is not a block_k multiple, loads the last block with a row mask (masked rows read
+as 0). Only the positions (B, S) int32 are padded (with -1). Before the kernel, cheap jnp ops on the positions give each
+(batch, query block) the range [lo, hi) of key blocks that may hold a visible pair (`live_block_ranges`: per-block
+min/max of the positions, so conservative for unsorted ring-cache order); a program loops over that range only and still
+skips, inside it, a block whose positions show no visible pair. The no-key fallback (mean of V) is computed inside the
+program, by a second pass over V, only when one of its real rows saw no key; otherwise V is read once.
+
+Precision: `precision=None` makes float32 dots exact (Precision.HIGHEST: IEEE fp32 in Triton, slow), bf16 dots use the
+backend default; `jax.lax.Precision.DEFAULT` lets Triton use TF32 for float32 inputs (what XLA's GPU default does).
 
 Runs with interpret=True on CPU (the default there), lowers through Triton on GPU; TPU (Mosaic) is untested.
 """
@@ -25,9 +32,11 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
 
 DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 COMPILED_HEAD_DIMS = (64, 128)  # head dims supported when lowered (not interpreted); interpret mode takes any
+_NO_POSITION = 2**30  # above any real position: the min over a block with no valid position
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,9 +79,24 @@ class _Mutation:
     mask_offset: int = 0  # added to q_pos - k_pos before the causal/window tests: an off-by-one mask
     scale: float | None = None  # replaces 1/sqrt(D): a wrong scale
     skip_kv_block: int | None = None  # this key block (global index) is never read: a skipped block
+    short_range: bool = False  # the live key-block range stops one block early: an off-by-one loop bound
 
 
 _NO_MUTATION = _Mutation()
+
+
+def dot_precision(dtype, precision: jax.lax.Precision | str | None) -> jax.lax.Precision | None:
+    """The precision of the kernels' dots: None -> HIGHEST for float32 (exact f32), the backend default for bf16.
+
+    Raises:
+        ValueError: a value jax.lax.Precision does not name.
+    """
+    if precision is None:
+        return jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else None
+    try:
+        return jax.lax.Precision(precision)
+    except ValueError:
+        raise ValueError(f"precision must be None or a jax.lax.Precision (or its name), got {precision!r}") from None
 
 
 def _visible(q_pos: jax.Array, k_pos: jax.Array, context: int | None, mask_offset: int = 0) -> jax.Array:
@@ -84,6 +108,61 @@ def _visible(q_pos: jax.Array, k_pos: jax.Array, context: int | None, mask_offse
     return visible
 
 
+def live_block_ranges(
+    q_pos: jax.Array, k_pos: jax.Array, *, block_q: int, block_k: int, context: int | None, mutation: _Mutation
+) -> jax.Array:
+    """Per (batch, query block), the range [lo, hi) of key blocks that may hold a visible (query, key) pair.
+
+    Args:
+        q_pos: (B, nq * block_q) int32 query positions (padding -1).
+        k_pos: (B, nk * block_k) int32 key positions (padding and empty slots -1), in any order.
+
+    Returns:
+        (B, nq, 2) int32 [lo, hi]; lo == hi when no block is live. Conservative: a key block is live when the interval
+        of its valid positions [kmin, kmax] and the query block's [qmin, qmax] allow 0 <= q - k < context, so a block
+        with a visible pair is always inside the range (the kernel re-checks every block from the positions).
+    """
+    batch = q_pos.shape[0]
+    kv_blocks = k_pos.shape[1] // block_k
+    if mutation.mask_offset:  # the planted mask sees pairs the real rule does not: walk every block
+        full = jnp.array([0, kv_blocks], jnp.int32)
+        return jnp.broadcast_to(full, (batch, q_pos.shape[1] // block_q, 2))
+    qb = q_pos.reshape(batch, -1, block_q)
+    kb = k_pos.reshape(batch, kv_blocks, block_k)
+    # A query at a negative position sees no key (k >= 0 and q - k >= 0), so only q >= 0 bounds the range.
+    q_min = jnp.min(jnp.where(qb >= 0, qb, _NO_POSITION), axis=-1)[:, :, None]
+    q_max = jnp.max(jnp.where(qb >= 0, qb, -1), axis=-1)[:, :, None]
+    k_min = jnp.min(jnp.where(kb >= 0, kb, _NO_POSITION), axis=-1)[:, None, :]
+    k_max = jnp.max(jnp.where(kb >= 0, kb, -1), axis=-1)[:, None, :]
+    live = (q_max >= 0) & (k_max >= 0) & (q_max >= k_min)  # some key not after some query
+    if context is not None:
+        live = live & (q_min - k_max < context)  # some key inside some query's window
+    index = jnp.arange(kv_blocks, dtype=jnp.int32)
+    hi = jnp.max(jnp.where(live, index + 1, 0), axis=-1)
+    lo = jnp.minimum(jnp.min(jnp.where(live, index, kv_blocks), axis=-1), hi)
+    if mutation.short_range:
+        hi = jnp.maximum(hi - 1, lo)
+    return jnp.stack([lo, hi], axis=-1).astype(jnp.int32)
+
+
+def load_rows(ref, start: jax.Array, size: int, kv_len: int) -> jax.Array:
+    """ref[start:start + size, :] of a (kv_len, D) ref; rows past kv_len read as 0 (a masked load, no padded copy)."""
+    if kv_len % size == 0:  # static: blocks never cross the end
+        return ref[pl.ds(start, size), :]
+    rows = start + jnp.arange(size, dtype=jnp.int32)[:, None]
+    return plgpu.load(ref.at[pl.ds(start, size), :], mask=rows < kv_len, other=0.0)
+
+
+def sum_rows(v_ref, *, lo: jax.Array | int, hi: jax.Array | int, block_k: int, kv_len: int) -> jax.Array:
+    """float32 (D,) sum of the rows of key blocks [lo, hi) of a (kv_len, D) ref (the no-key fallback's numerator)."""
+
+    def step(j, total):
+        v = load_rows(v_ref, pl.multiple_of(j * block_k, block_k), block_k, kv_len)
+        return total + jnp.sum(v.astype(jnp.float32), axis=0)
+
+    return jax.lax.fori_loop(lo, hi, step, jnp.zeros((v_ref.shape[-1],), jnp.float32))
+
+
 def attend_blocks(
     q: jax.Array,
     q_pos: jax.Array,
@@ -91,21 +170,22 @@ def attend_blocks(
     v_ref,
     kpos_ref,
     *,
-    num_blocks: int,
+    lo: jax.Array | int,
+    hi: jax.Array | int,
     block_k: int,
-    first_block: jax.Array | int,
+    kv_len: int,
     scale: float,
     context: int | None,
+    precision: jax.lax.Precision | None,
     mutation: _Mutation,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Online softmax of q (R, D) over `num_blocks` key blocks of k_ref/v_ref (num_blocks * block_k, D).
+    """Online softmax of q (R, D) over key blocks [lo, hi) of k_ref/v_ref (kv_len, D) at positions kpos_ref.
 
     Returns float32 (acc (R, D), running max m (R,), denominator den (R,)); out = acc / den where den > 0. Masked
     scores are -inf (they contribute exactly 0, as finfo.min does after the XLA path's max subtraction); a row with no
     visible key keeps den == 0 and m == -inf.
     """
     rows, head_dim = q.shape
-    precision = jax.lax.Precision.HIGHEST if q.dtype == jnp.float32 else None
 
     def step(j, carry):
         start = pl.multiple_of(j * block_k, block_k)
@@ -114,8 +194,8 @@ def attend_blocks(
 
         def compute(carry):
             acc, m, den = carry
-            k = k_ref[pl.ds(start, block_k), :]
-            v = v_ref[pl.ds(start, block_k), :]
+            k = load_rows(k_ref, start, block_k, kv_len)
+            v = load_rows(v_ref, start, block_k, kv_len)
             s = jax.lax.dot_general(
                 q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32, precision=precision
             )
@@ -133,7 +213,7 @@ def attend_blocks(
         # int max, not jnp.any: Triton lowers integer reductions, not boolean ones.
         live = jnp.max(visible.astype(jnp.int32)) > 0
         if mutation.skip_kv_block is not None:
-            live = live & (first_block + j != mutation.skip_kv_block)
+            live = live & (j != mutation.skip_kv_block)
         return jax.lax.cond(live, compute, lambda c: c, carry)
 
     init = (
@@ -141,11 +221,25 @@ def attend_blocks(
         jnp.full((rows,), -jnp.inf, jnp.float32),
         jnp.zeros((rows,), jnp.float32),
     )
-    return jax.lax.fori_loop(0, num_blocks, step, init)
+    return jax.lax.fori_loop(lo, hi, step, init)
 
 
 def _prefill_kernel(
-    qpos_ref, kpos_ref, q_ref, k_ref, v_ref, vmean_ref, o_ref, *, num_blocks, block_k, scale, context, mutation
+    range_ref,
+    qpos_ref,
+    kpos_ref,
+    q_ref,
+    k_ref,
+    v_ref,
+    o_ref,
+    *,
+    length,
+    kv_len,
+    block_k,
+    scale,
+    context,
+    precision,
+    mutation,
 ):
     acc, _, den = attend_blocks(
         q_ref[...],
@@ -153,14 +247,25 @@ def _prefill_kernel(
         k_ref,
         v_ref,
         kpos_ref,
-        num_blocks=num_blocks,
+        lo=range_ref[0],
+        hi=range_ref[1],
         block_k=block_k,
-        first_block=0,
+        kv_len=kv_len,
         scale=scale,
         context=context,
+        precision=precision,
         mutation=mutation,
     )
-    out = jnp.where(den[:, None] > 0, acc / jnp.where(den > 0, den, 1.0)[:, None], vmean_ref[...][None, :])
+    block_q = den.shape[0]
+    rows = pl.program_id(2) * block_q + jnp.arange(block_q, dtype=jnp.int32)
+    # A real row (not padding) that saw no key needs the mean of V: a second pass over V, in this program only.
+    missing = jnp.max(((den == 0) & (rows < length)).astype(jnp.int32)) > 0
+    total = jax.lax.cond(
+        missing,
+        lambda: sum_rows(v_ref, lo=0, hi=pl.cdiv(kv_len, block_k), block_k=block_k, kv_len=kv_len),
+        lambda: jnp.zeros((acc.shape[1],), jnp.float32),
+    )
+    out = jnp.where(den[:, None] > 0, acc / jnp.where(den > 0, den, 1.0)[:, None], (total / kv_len)[None, :])
     o_ref[...] = out.astype(o_ref.dtype)
 
 
@@ -194,6 +299,8 @@ def check_inputs(name: str, q, k, v, q_positions, k_positions, context, *, inter
 
 
 def _pad(x: jax.Array, axis: int, size: int, value) -> jax.Array:
+    if x.shape[axis] == size:
+        return x
     pad = [(0, 0)] * x.ndim
     pad[axis] = (0, size - x.shape[axis])
     return jnp.pad(x, pad, constant_values=value)
@@ -203,14 +310,7 @@ def compiler_params(block_sizes: BlockSizes, interpret: bool):
     """Triton compiler params when lowering on GPU; None otherwise."""
     if interpret or jax.default_backend() != "gpu" or block_sizes.num_warps is None:
         return None
-    from jax.experimental.pallas import triton as plgpu
-
     return plgpu.CompilerParams(num_warps=block_sizes.num_warps, num_stages=block_sizes.num_stages or 2)
-
-
-def values_mean(v: jax.Array) -> jax.Array:
-    """(B, S, Hkv, D) -> (B, Hkv, D) float32: the output of a query that sees no key (the XLA path's uniform row)."""
-    return jnp.mean(v.astype(jnp.float32), axis=1)
 
 
 def flash_attention(
@@ -222,6 +322,7 @@ def flash_attention(
     k_positions: jax.Array,
     context: int | None,
     block_sizes: BlockSizes | None = None,
+    precision: jax.lax.Precision | str | None = None,
     interpret: bool | None = None,
     _mutation: _Mutation = _NO_MUTATION,
 ) -> jax.Array:
@@ -231,20 +332,24 @@ def flash_attention(
 
     Args:
         block_sizes: tiles; default `BlockSizes.for_backend()`.
+        precision: of the two dots; None: HIGHEST for float32 (exact), backend default for bf16.
+            `jax.lax.Precision.DEFAULT` allows TF32 for float32 on GPU (XLA's own GPU default; ~1e-3 relative).
         interpret: run the Pallas interpreter; default True on CPU, False elsewhere.
 
     Raises:
         ValueError/TypeError: bad ranks, mismatched shapes, heads not a multiple of kv heads, a dtype other than
-            float32/bfloat16, a head_dim other than 64/128 when compiled, non-integer positions, a bad context.
+            float32/bfloat16, a head_dim other than 64/128 when compiled, non-integer positions, a bad context or
+            precision.
     """
     interpret = jax.default_backend() == "cpu" if interpret is None else interpret
     _, head_dim = check_inputs("flash_attention", q, k, v, q_positions, k_positions, context, interpret=interpret)
     block_sizes = block_sizes or BlockSizes.for_backend(head_dim=head_dim)
-    return _flash_attention(q, k, v, q_positions, k_positions, context, block_sizes, interpret, _mutation)
+    precision = dot_precision(q.dtype, precision)
+    return _flash_attention(q, k, v, q_positions, k_positions, context, block_sizes, interpret, _mutation, precision)
 
 
-@functools.partial(jax.jit, static_argnums=(5, 6, 7, 8))
-def _flash_attention(q, k, v, q_positions, k_positions, context, block_sizes, interpret, mutation):
+@functools.partial(jax.jit, static_argnums=(5, 6, 7, 8, 9))
+def _flash_attention(q, k, v, q_positions, k_positions, context, block_sizes, interpret, mutation, precision):
     batch, length, heads, head_dim = q.shape
     kv_len, kv_heads = k.shape[1], k.shape[2]
     groups = heads // kv_heads
@@ -253,35 +358,37 @@ def _flash_attention(q, k, v, q_positions, k_positions, context, block_sizes, in
     block_k = min(block_sizes.block_k, pl.next_power_of_2(kv_len))
     t_pad, s_pad = pl.cdiv(length, block_q) * block_q, pl.cdiv(kv_len, block_k) * block_k
     qp = _pad(q, 1, t_pad, 0)
-    kp, vp = _pad(k, 1, s_pad, 0), _pad(v, 1, s_pad, 0)
     q_pos = _pad(q_positions.astype(jnp.int32), 1, t_pad, -1)  # padded queries see nothing; their rows are dropped
-    k_pos = _pad(k_positions.astype(jnp.int32), 1, s_pad, -1)  # padded keys are invalid
+    k_pos = _pad(k_positions.astype(jnp.int32), 1, s_pad, -1)  # keys past kv_len are invalid (k, v are not padded)
+    ranges = live_block_ranges(q_pos, k_pos, block_q=block_q, block_k=block_k, context=context, mutation=mutation)
     scale = 1.0 / math.sqrt(head_dim) if mutation.scale is None else mutation.scale
     kernel = functools.partial(
         _prefill_kernel,
-        num_blocks=s_pad // block_k,
+        length=length,
+        kv_len=kv_len,
         block_k=block_k,
         scale=scale,
         context=context,
+        precision=precision,
         mutation=mutation,
     )
     out = pl.pallas_call(
         kernel,
         grid=(batch, heads, t_pad // block_q),
         in_specs=[
+            pl.BlockSpec((None, None, 2), lambda b, h, i: (b, i, 0)),
             pl.BlockSpec((None, block_q), lambda b, h, i: (b, i)),
             pl.BlockSpec((None, s_pad), lambda b, h, i: (b, 0)),
             pl.BlockSpec((None, block_q, None, head_dim), lambda b, h, i: (b, i, h, 0)),
-            pl.BlockSpec((None, s_pad, None, head_dim), lambda b, h, i: (b, 0, h // groups, 0)),
-            pl.BlockSpec((None, s_pad, None, head_dim), lambda b, h, i: (b, 0, h // groups, 0)),
-            pl.BlockSpec((None, None, head_dim), lambda b, h, i: (b, h // groups, 0)),
+            pl.BlockSpec((None, kv_len, None, head_dim), lambda b, h, i: (b, 0, h // groups, 0)),
+            pl.BlockSpec((None, kv_len, None, head_dim), lambda b, h, i: (b, 0, h // groups, 0)),
         ],
         out_specs=pl.BlockSpec((None, block_q, None, head_dim), lambda b, h, i: (b, i, h, 0)),
         out_shape=jax.ShapeDtypeStruct(qp.shape, q.dtype),
         interpret=interpret,
         compiler_params=compiler_params(block_sizes, interpret),
         name="flash_attention_prefill",
-    )(q_pos, k_pos, qp, kp, vp, values_mean(v))
+    )(ranges, q_pos, k_pos, qp, k, v)
     return out[:, :length]
 
 
