@@ -84,6 +84,14 @@ class DecodeBlockSizes:
             return max(1, min(self.num_splits, kv_blocks))
         return max(1, min(kv_blocks, 256 // max(1, batch * kv_heads)))
 
+    def layout(self, batch: int, kv_heads: int, kv_len: int) -> tuple[int, int, int]:
+        """(block_k, blocks_per_split, splits) the kernel uses for this cache: the tile shrinks to a short cache, and
+        the splits are recounted so that none is empty (two settings with one layout compile to one kernel)."""
+        block_k = min(self.block_k, pl.next_power_of_2(kv_len))
+        kv_blocks = pl.cdiv(kv_len, block_k)
+        blocks_per_split = pl.cdiv(kv_blocks, self.splits(batch, kv_heads, kv_blocks))
+        return block_k, blocks_per_split, pl.cdiv(kv_blocks, blocks_per_split)
+
 
 def _decode_kernel(
     info_ref,
@@ -175,11 +183,8 @@ def _decode_attention(q, k, v, q_positions, k_positions, context, block_sizes, i
     batch, steps, heads, head_dim = q.shape
     kv_len, kv_heads = k.shape[1], k.shape[2]
     groups = heads // kv_heads
-    block_k = min(block_sizes.block_k, pl.next_power_of_2(kv_len))
-    kv_blocks = pl.cdiv(kv_len, block_k)
-    blocks_per_split = pl.cdiv(kv_blocks, block_sizes.splits(batch, kv_heads, kv_blocks))
-    splits = pl.cdiv(kv_blocks, blocks_per_split)  # no empty split
-    s_pad = kv_blocks * block_k
+    block_k, blocks_per_split, splits = block_sizes.layout(batch, kv_heads, kv_len)
+    s_pad = pl.cdiv(kv_len, block_k) * block_k
     rows = steps * groups
     r_pad = max(block_sizes.min_rows, pl.next_power_of_2(rows))
     # Row r = t * groups + g holds query step t of grouped head g of this kv head.
