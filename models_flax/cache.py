@@ -2,6 +2,10 @@
 
 Position p is written to slot p % capacity, so a cache whose capacity covers the attention context keeps every key a
 query can see (kyutai `RingKVCache`). A pytree: it passes through jit, and updates return a new cache.
+
+Keys and values are held head-major, (B, Hkv, S, D) (models_ref's torch cache keeps (B, S, Hkv, D)): a decoding
+step's attention then reads each head's (S, D) slab as is. With (B, S, Hkv, D), XLA transposes the whole cache for
+the score and value dots at every step (measured on CPU, S=3000, 8 heads of 128: 17 ms per layer against 1.2 ms).
 """
 
 from __future__ import annotations
@@ -13,36 +17,43 @@ from flax import struct
 
 @struct.dataclass
 class KVCache:
-    keys: jax.Array  # (B, S, Hkv, D)
-    values: jax.Array  # (B, S, Hkv, D)
+    keys: jax.Array  # (B, Hkv, S, D)
+    values: jax.Array  # (B, Hkv, S, D)
     positions: jax.Array  # (B, S) int32, -1 where empty
 
     @classmethod
     def init(cls, batch: int, capacity: int, num_kv_heads: int, head_dim: int, *, dtype: object) -> KVCache:
         if batch <= 0 or capacity <= 0:
             raise ValueError(f"KVCache: batch and capacity must be positive, got {batch}, {capacity}")
-        shape = (batch, capacity, num_kv_heads, head_dim)
+        shape = (batch, num_kv_heads, capacity, head_dim)
         # Two distinct buffers: a streaming step donates the cache, and one buffer cannot be donated twice.
         return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.full((batch, capacity), -1, jnp.int32))
 
     @property
     def capacity(self) -> int:
-        return self.keys.shape[1]
+        return self.keys.shape[2]
+
+    def written(self, positions: jax.Array) -> jax.Array:
+        """(B, S) bool: the slots that `update` at these (B, T) positions overwrites."""
+        slots = positions % self.capacity
+        return jnp.zeros(self.positions.shape, bool).at[jnp.arange(positions.shape[0])[:, None], slots].set(True)
 
     def update(self, k: jax.Array, v: jax.Array, positions: jax.Array) -> KVCache:
         """Writes (B, T, Hkv, D) keys/values at their positions' slots."""
         batch, length = positions.shape
-        if k.shape[:1] != self.keys.shape[:1] or k.shape[2:] != self.keys.shape[2:] or k.dtype != self.keys.dtype:
+        expected = (self.keys.shape[0], self.keys.shape[1], self.keys.shape[3])  # (B, Hkv, D)
+        if (k.shape[0], k.shape[2], k.shape[3]) != expected or k.dtype != self.keys.dtype or v.shape != k.shape:
             raise ValueError(
-                f"KVCache: keys {tuple(k.shape)} {k.dtype} do not fit the cache "
+                f"KVCache: keys {tuple(k.shape)} {k.dtype} do not fit the cache (B, Hkv, S, D) "
                 f"{tuple(self.keys.shape)} {self.keys.dtype}"
             )
         if length > self.capacity:
             raise ValueError(f"KVCache: {length} new positions exceed the capacity {self.capacity}")
         slots = positions % self.capacity
         rows = jnp.arange(batch)[:, None]
+        # Advanced indices on axes 0 and 2 around a slice: the indexed view is (B, T, Hkv, D), k's own layout.
         return KVCache(
-            self.keys.at[rows, slots].set(k),
-            self.values.at[rows, slots].set(v),
+            self.keys.at[rows, :, slots].set(k),
+            self.values.at[rows, :, slots].set(v),
             self.positions.at[rows, slots].set(positions.astype(jnp.int32)),
         )

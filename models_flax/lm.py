@@ -64,21 +64,31 @@ class DepthTransformer(nnx.Module):
         return [KVCache.init(batch, self.cfg.dep_q, d.num_kv_heads, d.head_dim, dtype=dtype) for _ in self.layers]
 
     def step(
-        self, token: jax.Array, *, context: jax.Array, codebook: int, caches: list[KVCache]
+        self,
+        token: jax.Array,
+        *,
+        context: jax.Array,
+        codebook: int,
+        caches: list[KVCache],
+        weight_set: int | None = None,
     ) -> tuple[jax.Array, list[KVCache]]:
         """One streaming step: token (N,) is the text token (codebook 0) or audio token codebook-1; context (N, D).
+
+        weight_set: which weight set of the per-codebook layers to use, default `codebook`; 0 when the caller has
+        loaded this codebook's slice alone (models_flax.streaming does, so that no step copies a weight slice).
 
         Returns (N, card) logits for `codebook` and the updated caches; equals row `codebook` of `__call__` given the
         same earlier tokens.
         """
+        idx = codebook if weight_set is None else weight_set
         embed = self.text_embed_tokens if codebook == 0 else self.embed_tokens[codebook - 1]
-        x = embed(token[:, None]) + self.input_projections(context[:, None], layer_idx=codebook)
+        x = embed(token[:, None]) + self.input_projections(context[:, None], layer_idx=idx)
         positions = jnp.full((token.shape[0], 1), codebook, jnp.int32)
         new_caches = []
         for layer, cache in zip(self.layers, caches, strict=True):
-            x, cache = layer(x, positions=positions, layer_idx=codebook, cache=cache)
+            x, cache = layer(x, positions=positions, layer_idx=idx, cache=cache)
             new_caches.append(cache)
-        return self.lm_heads(x, layer_idx=codebook)[:, 0], new_caches
+        return self.lm_heads(x, layer_idx=idx)[:, 0], new_caches
 
 
 class LM(nnx.Module):

@@ -11,6 +11,8 @@ range one block short, through the kernels' private `_mutation`.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.extend.core
 import jax.numpy as jnp
@@ -214,17 +216,16 @@ def test_precision_argument():
 
 
 def _swap_in_kernels(monkeypatch, *, decode: bool) -> None:
-    """Routes models_flax.attention's mask + XLA attention through the kernels (positions travel as the mask)."""
-    monkeypatch.setattr(xla_attention, "attention_mask", lambda q_pos, k_pos, context: (q_pos, k_pos, context))
-
-    def attention(q, k, v, mask, *, precision=None):
-        q_pos, k_pos, context = mask
-        kw = dict(q_positions=q_pos, k_positions=k_pos, context=context)
-        if decode and q.shape[1] <= 4:
-            return decode_attention(q, k, v, **kw, block_sizes=DECODE_TILES)
-        return flash_attention(q, k, v, **kw, block_sizes=TILES)
-
-    monkeypatch.setattr(xla_attention, "dot_product_attention", attention)
+    """Builds every Flax attention with impl="pallas" on the small test tiles (several key blocks per case); with
+    decode, cached steps of up to 4 queries take the decode kernel (as in `Attention`), else the prefill kernel."""
+    init = xla_attention.Attention.__init__
+    monkeypatch.setattr(
+        xla_attention.Attention, "__init__", lambda self, cfg, **kw: init(self, cfg, **{**kw, "impl": "pallas"})
+    )
+    flash = functools.partial(flash_attention, block_sizes=TILES)
+    monkeypatch.setattr(xla_attention, "flash_attention", flash)
+    decode_kernel = functools.partial(decode_attention, block_sizes=DECODE_TILES) if decode else flash
+    monkeypatch.setattr(xla_attention, "decode_attention", decode_kernel)
 
 
 @settings(max_examples=LAYER_EXAMPLES)

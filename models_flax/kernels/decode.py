@@ -39,6 +39,8 @@ from models_flax.kernels.flash_attention import (
     check_inputs,
     compiler_params,
     dot_precision,
+    kv_block_spec,
+    kv_shape,
     live_block_ranges,
     reference_attention,
     sum_rows,
@@ -150,6 +152,7 @@ def decode_attention(
     context: int | None,
     block_sizes: DecodeBlockSizes | None = None,
     precision: jax.lax.Precision | str | None = None,
+    kv_layout: str = "BSHD",
     interpret: bool | None = None,
     _mutation: _Mutation = _NO_MUTATION,
 ) -> jax.Array:
@@ -158,30 +161,37 @@ def decode_attention(
     Args:
         block_sizes: tiles; default `DecodeBlockSizes.for_backend()`.
         precision: as `flash_attention` (None: exact float32 dots; jax.lax.Precision.DEFAULT: TF32 on GPU).
+        kv_layout: "BSHD", or "BHSD" for k/v (B, Hkv, S, D) as KVCache holds them.
         interpret: run the Pallas interpreter; default True on CPU, False elsewhere.
 
     Raises:
         ValueError/TypeError: as `flash_attention`, and for T outside 1..4.
     """
     interpret = jax.default_backend() == "cpu" if interpret is None else interpret
-    check_inputs("decode_attention", q, k, v, q_positions, k_positions, context, interpret=interpret)
+    check_inputs(
+        "decode_attention", q, k, v, q_positions, k_positions, context, interpret=interpret, kv_layout=kv_layout
+    )
     if not 1 <= q.shape[1] <= MAX_STEPS:
         raise ValueError(f"decode_attention: {q.shape[1]} query steps; decode takes 1..{MAX_STEPS}")
     block_sizes = block_sizes or DecodeBlockSizes.for_backend()
     precision = dot_precision(q.dtype, precision)
-    return _decode_attention(q, k, v, q_positions, k_positions, context, block_sizes, interpret, _mutation, precision)
+    return _decode_attention(
+        q, k, v, q_positions, k_positions, context, block_sizes, interpret, _mutation, precision, kv_layout
+    )
 
 
 def decode_attention_cached(q: jax.Array, cache: KVCache, *, q_positions: jax.Array, context: int | None, **kw):
     """`decode_attention` against a KVCache that already holds the step's keys (cache.update first)."""
     return decode_attention(q, cache.keys, cache.values, q_positions=q_positions, k_positions=cache.positions,
-                            context=context, **kw)  # fmt: skip
+                            context=context, kv_layout="BHSD", **kw)  # fmt: skip
 
 
-@functools.partial(jax.jit, static_argnums=(5, 6, 7, 8, 9))
-def _decode_attention(q, k, v, q_positions, k_positions, context, block_sizes, interpret, mutation, precision):
+@functools.partial(jax.jit, static_argnums=(5, 6, 7, 8, 9, 10))
+def _decode_attention(
+    q, k, v, q_positions, k_positions, context, block_sizes, interpret, mutation, precision, kv_layout
+):
     batch, steps, heads, head_dim = q.shape
-    kv_len, kv_heads = k.shape[1], k.shape[2]
+    _, kv_len, kv_heads, _ = kv_shape(k, kv_layout)
     groups = heads // kv_heads
     block_k, blocks_per_split, splits = block_sizes.layout(batch, kv_heads, kv_len)
     s_pad = pl.cdiv(kv_len, block_k) * block_k
@@ -220,8 +230,8 @@ def _decode_attention(q, k, v, q_positions, k_positions, context, block_sizes, i
             pl.BlockSpec((None, r_pad), lambda b, h, s: (b, 0)),
             pl.BlockSpec((None, s_pad), lambda b, h, s: (b, 0)),
             pl.BlockSpec((None, None, r_pad, head_dim), lambda b, h, s: (b, h, 0, 0)),
-            pl.BlockSpec((None, kv_len, None, head_dim), lambda b, h, s: (b, 0, h, 0)),
-            pl.BlockSpec((None, kv_len, None, head_dim), lambda b, h, s: (b, 0, h, 0)),
+            kv_block_spec(kv_layout, kv_len, head_dim, lambda b, h, s: (b, h)),
+            kv_block_spec(kv_layout, kv_len, head_dim, lambda b, h, s: (b, h)),
         ],
         out_specs=[
             pl.BlockSpec((None, None, None, r_pad, head_dim), lambda b, h, s: (b, h, s, 0, 0)),

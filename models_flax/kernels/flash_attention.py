@@ -36,6 +36,7 @@ from jax.experimental.pallas import triton as plgpu
 
 DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 COMPILED_HEAD_DIMS = (64, 128)  # head dims supported when lowered (not interpreted); interpret mode takes any
+KV_LAYOUTS = ("BSHD", "BHSD")  # keys/values (B, S, Hkv, D), or (B, Hkv, S, D) as models_flax.cache.KVCache holds them
 _NO_POSITION = 2**30  # above any real position: the min over a block with no valid position
 
 
@@ -269,33 +270,52 @@ def _prefill_kernel(
     o_ref[...] = out.astype(o_ref.dtype)
 
 
-def check_inputs(name: str, q, k, v, q_positions, k_positions, context, *, interpret: bool) -> tuple[int, int]:
-    """Validates shapes and dtypes; returns (groups, head_dim). Raises ValueError/TypeError naming the values."""
+def kv_shape(x, kv_layout: str) -> tuple[int, ...]:
+    """The (B, S, Hkv, D) shape of a key/value array laid out as `kv_layout` ("BSHD", or "BHSD" as KVCache holds)."""
+    if kv_layout not in KV_LAYOUTS:
+        raise ValueError(f"kv_layout must be one of {KV_LAYOUTS}, got {kv_layout!r}")
+    shape = tuple(x.shape)
+    return shape if kv_layout == "BSHD" or len(shape) != 4 else (shape[0], shape[2], shape[1], shape[3])
+
+
+def kv_block_spec(kv_layout: str, kv_len: int, head_dim: int, kv_head) -> pl.BlockSpec:
+    """The whole (kv_len, D) key/value slab of one kv head, `kv_head(*grid_indices) -> (batch, kv head)`."""
+    if kv_layout == "BHSD":
+        return pl.BlockSpec((None, None, kv_len, head_dim), lambda *g: (*kv_head(*g), 0, 0))
+    return pl.BlockSpec((None, kv_len, None, head_dim), lambda *g: (kv_head(*g)[0], 0, kv_head(*g)[1], 0))
+
+
+def check_inputs(
+    name: str, q, k, v, q_positions, k_positions, context, *, interpret: bool, kv_layout: str = "BSHD"
+) -> tuple[int, int]:
+    """Validates shapes and dtypes; returns (groups, head_dim). Raises ValueError/TypeError naming the values.
+    Shapes in messages are (B, S, Hkv, D) whatever the layout."""
+    ks, vs = kv_shape(k, kv_layout), kv_shape(v, kv_layout)
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
-        raise ValueError(f"{name}: expected q (B,T,H,D), k/v (B,S,Hkv,D), got {q.shape}, {k.shape}, {v.shape}")
+        raise ValueError(f"{name}: expected q (B,T,H,D), k/v (B,S,Hkv,D), got {q.shape}, {ks}, {vs}")
     batch, length, heads, head_dim = q.shape
-    if k.shape != v.shape or k.shape[0] != batch or k.shape[3] != head_dim:
-        raise ValueError(f"{name}: k {k.shape} and v {v.shape} must be (B={batch}, S, Hkv, D={head_dim})")
-    if length < 1 or k.shape[1] < 1:
-        raise ValueError(f"{name}: empty sequence, q {q.shape}, k {k.shape}")
-    if heads % k.shape[2]:
-        raise ValueError(f"{name}: {heads} query heads are not a multiple of {k.shape[2]} key/value heads")
+    if ks != vs or ks[0] != batch or ks[3] != head_dim:
+        raise ValueError(f"{name}: k {ks} and v {vs} must be (B={batch}, S, Hkv, D={head_dim})")
+    if length < 1 or ks[1] < 1:
+        raise ValueError(f"{name}: empty sequence, q {q.shape}, k {ks}")
+    if heads % ks[2]:
+        raise ValueError(f"{name}: {heads} query heads are not a multiple of {ks[2]} key/value heads")
     dtypes = {jnp.dtype(x.dtype) for x in (q, k, v)}
     if len(dtypes) != 1 or next(iter(dtypes)) not in DTYPES:
         raise TypeError(f"{name}: q, k, v must share one dtype of float32/bf16, got {q.dtype}, {k.dtype}, {v.dtype}")
     if not interpret and head_dim not in COMPILED_HEAD_DIMS:
         raise ValueError(f"{name}: head_dim {head_dim} unsupported when compiled; supported {COMPILED_HEAD_DIMS}")
-    if tuple(q_positions.shape) != (batch, length) or tuple(k_positions.shape) != (batch, k.shape[1]):
+    if tuple(q_positions.shape) != (batch, length) or tuple(k_positions.shape) != (batch, ks[1]):
         raise ValueError(
             f"{name}: positions {tuple(q_positions.shape)}, {tuple(k_positions.shape)} must be "
-            f"({batch}, {length}) and ({batch}, {k.shape[1]})"
+            f"({batch}, {length}) and ({batch}, {ks[1]})"
         )
     for pos in (q_positions, k_positions):
         if not jnp.issubdtype(pos.dtype, jnp.integer):
             raise TypeError(f"{name}: positions must be integers, got {pos.dtype}")
     if context is not None and (isinstance(context, bool) or not isinstance(context, int) or context < 1):
         raise ValueError(f"{name}: context must be None or a positive int, got {context!r}")
-    return heads // k.shape[2], head_dim
+    return heads // ks[2], head_dim
 
 
 def _pad(x: jax.Array, axis: int, size: int, value) -> jax.Array:
@@ -323,6 +343,7 @@ def flash_attention(
     context: int | None,
     block_sizes: BlockSizes | None = None,
     precision: jax.lax.Precision | str | None = None,
+    kv_layout: str = "BSHD",
     interpret: bool | None = None,
     _mutation: _Mutation = _NO_MUTATION,
 ) -> jax.Array:
@@ -334,6 +355,7 @@ def flash_attention(
         block_sizes: tiles; default `BlockSizes.for_backend()`.
         precision: of the two dots; None: HIGHEST for float32 (exact), backend default for bf16.
             `jax.lax.Precision.DEFAULT` allows TF32 for float32 on GPU (XLA's own GPU default; ~1e-3 relative).
+        kv_layout: "BSHD" (k/v (B, S, Hkv, D)) or "BHSD" ((B, Hkv, S, D), the KVCache layout: no transpose).
         interpret: run the Pallas interpreter; default True on CPU, False elsewhere.
 
     Raises:
@@ -342,16 +364,22 @@ def flash_attention(
             precision.
     """
     interpret = jax.default_backend() == "cpu" if interpret is None else interpret
-    _, head_dim = check_inputs("flash_attention", q, k, v, q_positions, k_positions, context, interpret=interpret)
+    _, head_dim = check_inputs(
+        "flash_attention", q, k, v, q_positions, k_positions, context, interpret=interpret, kv_layout=kv_layout
+    )
     block_sizes = block_sizes or BlockSizes.for_backend(head_dim=head_dim)
     precision = dot_precision(q.dtype, precision)
-    return _flash_attention(q, k, v, q_positions, k_positions, context, block_sizes, interpret, _mutation, precision)
+    return _flash_attention(
+        q, k, v, q_positions, k_positions, context, block_sizes, interpret, _mutation, precision, kv_layout
+    )
 
 
-@functools.partial(jax.jit, static_argnums=(5, 6, 7, 8, 9))
-def _flash_attention(q, k, v, q_positions, k_positions, context, block_sizes, interpret, mutation, precision):
+@functools.partial(jax.jit, static_argnums=(5, 6, 7, 8, 9, 10))
+def _flash_attention(
+    q, k, v, q_positions, k_positions, context, block_sizes, interpret, mutation, precision, kv_layout
+):
     batch, length, heads, head_dim = q.shape
-    kv_len, kv_heads = k.shape[1], k.shape[2]
+    _, kv_len, kv_heads, _ = kv_shape(k, kv_layout)
     groups = heads // kv_heads
     # Small inputs: shrink tiles to the (power-of-two) padded length instead of padding to a full default tile.
     block_q = min(block_sizes.block_q, pl.next_power_of_2(length))
@@ -380,8 +408,8 @@ def _flash_attention(q, k, v, q_positions, k_positions, context, block_sizes, in
             pl.BlockSpec((None, block_q), lambda b, h, i: (b, i)),
             pl.BlockSpec((None, s_pad), lambda b, h, i: (b, 0)),
             pl.BlockSpec((None, block_q, None, head_dim), lambda b, h, i: (b, i, h, 0)),
-            pl.BlockSpec((None, kv_len, None, head_dim), lambda b, h, i: (b, 0, h // groups, 0)),
-            pl.BlockSpec((None, kv_len, None, head_dim), lambda b, h, i: (b, 0, h // groups, 0)),
+            kv_block_spec(kv_layout, kv_len, head_dim, lambda b, h, i: (b, h // groups)),
+            kv_block_spec(kv_layout, kv_len, head_dim, lambda b, h, i: (b, h // groups)),
         ],
         out_specs=pl.BlockSpec((None, block_q, None, head_dim), lambda b, h, i: (b, i, h, 0)),
         out_shape=jax.ShapeDtypeStruct(qp.shape, q.dtype),
@@ -407,4 +435,4 @@ def reference_attention(
     return out.astype(q.dtype).reshape(batch, length, heads, head_dim)
 
 
-__all__ = ["BlockSizes", "flash_attention", "reference_attention"]
+__all__ = ["KV_LAYOUTS", "BlockSizes", "flash_attention", "reference_attention"]

@@ -1,0 +1,145 @@
+"""One streaming frame (80 ms of audio): Flax `Streamer.step` vs kyutai `LMGen.step`, and the memory floor.
+
+A frame reads every weight once (temporal layers, text head, the depth transformer's per-codebook weights; only one row
+of each embedding table), and the temporal KV caches: at batch 1 the step is a chain of matrix-vector products, bounded
+below by (weight bytes + cache bytes) / memory bandwidth. The bandwidth is measured in this run as a matrix-vector
+product reaches it (the largest temporal weight, in the model dtype, times one vector), not a copy.
+
+    NO_TORCH_COMPILE=1 python bench/step.py                       # CPU: small preset, fp32, Flax vs kyutai (~2 min)
+    python bench/step.py --preset moshi_7b --dtype bfloat16 --no-kyutai --impl xla pallas   # an accelerator
+
+Both run with kyutai's default sampling (text 0.7 / top 25, audio 0.8 / top 250), batch 1, random weights (timing
+does not depend on the values), the same random user codes. Each time is the median over --frames frames after
+--warmup untimed ones; the Flax step blocks on its tokens every frame, as a server that sends them must. The cache
+starts empty, so a short run reads less of it than a full 3000-frame context: both bounds are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from models_flax.lm import LM
+from models_flax.streaming import Streamer
+from moshi_spec import LMConfig
+
+JAX_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def weight_bytes_per_frame(lm: LM) -> int:
+    """Every parameter except the embedding tables (a frame reads one row of each: negligible)."""
+    total = 0
+    for path, leaf in nnx.to_flat_state(nnx.state(lm, nnx.Param)):
+        if not any("embed_tokens" in str(p) for p in path):
+            total += leaf.value.size * leaf.value.dtype.itemsize
+    return total
+
+
+def cache_bytes(cfg: LMConfig, dtype, frames: int) -> int:
+    t = cfg.temporal
+    return 2 * t.num_layers * frames * t.num_kv_heads * t.head_dim * jnp.dtype(dtype).itemsize
+
+
+def matvec_bandwidth(cfg: LMConfig, dtype, repeats: int = 50) -> float:
+    """Bytes/s of the largest temporal weight (D x ffn) times a vector, chained so that calls cannot overlap."""
+    t = cfg.temporal
+    w = jax.random.normal(jax.random.key(0), (t.dim, t.ffn_dim), dtype)
+    x = jnp.ones((1, t.dim), dtype)
+    mv = jax.jit(lambda x, w: (x @ w)[:, : t.dim] * 1e-3)
+    jax.block_until_ready(mv(x, w))
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            x = mv(x, w)
+        jax.block_until_ready(x)
+        best = min(best, (time.perf_counter() - start) / repeats)
+    return w.size * w.dtype.itemsize / best
+
+
+def time_frames(step, frames: int, warmup: int) -> float:
+    for t in range(warmup):
+        step(t)
+    times = []
+    for t in range(warmup, warmup + frames):
+        start = time.perf_counter()
+        step(t)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def flax_step_time(cfg, dtype, impl, codes, frames, warmup) -> tuple[float, float, int]:
+    lm = LM(cfg, dtype=JAX_DTYPES[dtype], param_dtype=JAX_DTYPES[dtype], impl=impl, rngs=nnx.Rngs(0))
+    nbytes = weight_bytes_per_frame(lm)
+    streamer = Streamer(lm)
+    del lm
+    box = {"state": streamer.init_state(1)}
+    keys = jax.random.split(jax.random.key(0), codes.shape[2])
+
+    def step(t):
+        out, box["state"] = streamer.step(box["state"], codes[:, :, t], keys[t])
+        np.asarray(out.tokens)  # the server needs the tokens every frame
+
+    start = time.perf_counter()
+    step(0)
+    compile_s = time.perf_counter() - start
+    return time_frames(lambda t: step(t + 1), frames, warmup), compile_s, nbytes
+
+
+def kyutai_step_time(cfg, dtype, codes, frames, warmup) -> float:
+    import torch
+    from moshi.models.lm import LMGen
+
+    from models_ref import origin
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    lm = origin.build_kyutai_lm(cfg, dtype={"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype])
+    gen = LMGen(lm)  # kyutai's default sampling
+    user = torch.from_numpy(codes)
+    with gen.streaming(1), torch.no_grad():
+        return time_frames(lambda t: gen.step(user[:, :, t : t + 1]), frames, warmup)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="small", choices=("tiny", "small", "moshi_7b"))
+    parser.add_argument("--dtype", default="float32", choices=tuple(JAX_DTYPES))
+    parser.add_argument("--impl", nargs="+", default=["xla"], choices=("xla", "pallas"))
+    parser.add_argument("--frames", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--no-kyutai", action="store_true", help="Flax only (e.g. on an accelerator without moshi)")
+    args = parser.parse_args()
+    cfg = getattr(LMConfig, args.preset)()
+    total = args.frames + args.warmup + 1
+    codes = np.random.default_rng(0).integers(0, cfg.card, (1, cfg.n_q - cfg.dep_q, total)).astype(np.int64)
+    bandwidth = matvec_bandwidth(cfg, JAX_DTYPES[args.dtype])
+    print(f"{args.preset} {args.dtype} on {jax.devices()[0].device_kind} ({jax.default_backend()}), batch 1, "
+          f"{args.frames} frames; matrix-vector bandwidth {bandwidth / 1e9:.1f} GB/s", flush=True)  # fmt: skip
+    rows, nbytes = {}, None
+    for impl in args.impl:
+        seconds, compile_s, nbytes = flax_step_time(cfg, args.dtype, impl, codes, args.frames, args.warmup)
+        rows[f"flax step ({impl})"] = seconds
+        print(f"  flax ({impl}): compile {compile_s:.1f} s, step {seconds * 1e3:.2f} ms", flush=True)
+    if not args.no_kyutai:
+        rows["kyutai LMGen.step"] = kyutai_step_time(cfg, args.dtype, codes, args.frames, args.warmup)
+    context = cfg.temporal.context or total
+    floor_now = (nbytes + cache_bytes(cfg, JAX_DTYPES[args.dtype], min(total, context))) / bandwidth
+    floor_full = (nbytes + cache_bytes(cfg, JAX_DTYPES[args.dtype], context)) / bandwidth
+    print(f"weights read per frame {nbytes / 1e9:.3f} GB; floor {floor_now * 1e3:.2f} ms with this run's cache, "
+          f"{floor_full * 1e3:.2f} ms with a full {context}-frame cache")  # fmt: skip
+    kyutai = rows.get("kyutai LMGen.step")
+    print(f"| {'step':24} | {'ms / frame':>10} | {'x kyutai':>8} | {'x floor':>7} |")
+    for name, seconds in rows.items():
+        ratio = f"{seconds / kyutai:8.2f}" if kyutai else f"{'-':>8}"
+        print(f"| {name:24} | {seconds * 1e3:10.2f} | {ratio} | {seconds / floor_now:7.2f} |")
+
+
+if __name__ == "__main__":
+    main()
