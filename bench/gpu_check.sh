@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The whole device check for the Pallas attention kernels, in one call (about 3 minutes on an H100; the timeouts cap it
-# at 5). The interpret-mode parity tests are not run here: CI runs them on CPU.
+# The whole device check, in one call (about 5 minutes on an H100; the timeouts cap it at 7.5). The interpret-mode parity
+# tests are not run here: CI runs them on CPU.
+#   0. the Moshi 7B streaming step in bf16 (models_flax.streaming, XLA attention then the Pallas decode kernel): ms per
+#      frame against the memory floor (weight + KV-cache bytes / measured matrix-vector bandwidth), bench/step.py;
 #   1. compiled (Triton) kernels at Moshi shapes, bf16: time, TFLOP/s, GB/s and max|d|/rms, mae/rms against an exact
 #      float64 host reference, next to the XLA path and jax.nn.dot_product_attention (cuDNN for bf16);
 #   2. the same in float32: "pallas" (exact f32 dots) and "pallas-tf32" (TF32, as XLA's GPU default);
@@ -15,8 +17,10 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv | tee "$
 python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())" \
     | tee -a "$out/device.txt"
 rc=0
-timeout 90 python3 bench/attention.py --moshi --dtype bfloat16 2>&1 | tee "$out/bench_bf16.txt" || rc=1
-timeout 90 python3 bench/attention.py --moshi --dtype float32 --repeats 5 2>&1 | tee "$out/bench_f32.txt" || rc=1
-timeout 120 python3 bench/attention.py --sweep 2>&1 | tee "$out/sweep.txt" || rc=1
+timeout 200 python3 bench/step.py --preset moshi_7b --dtype bfloat16 --no-kyutai --impl xla pallas --frames 30 2>&1 \
+    | tee "$out/step_7b.txt" || rc=1
+timeout 80 python3 bench/attention.py --moshi --dtype bfloat16 2>&1 | tee "$out/bench_bf16.txt" || rc=1
+timeout 60 python3 bench/attention.py --moshi --dtype float32 --repeats 5 2>&1 | tee "$out/bench_f32.txt" || rc=1
+timeout 90 python3 bench/attention.py --sweep 2>&1 | tee "$out/sweep.txt" || rc=1
 echo "gpu_check rc=$rc"
 exit $rc
