@@ -7,6 +7,7 @@ product reaches it (the largest temporal weight, in the model dtype, times one v
 
     NO_TORCH_COMPILE=1 python bench/step.py                       # CPU: small preset, fp32, Flax vs kyutai (~2 min)
     python bench/step.py --preset moshi_7b --dtype bfloat16 --no-kyutai --impl xla pallas   # an accelerator
+    ... --profile 5   # also trace 5 steps: device kernels per step, device busy time vs wall time, top kernels
 
 Both run with kyutai's default sampling (text 0.7 / top 25, audio 0.8 / top 250), batch 1, random weights (timing
 does not depend on the values), the same random user codes. Each time is the median over --frames frames after
@@ -18,8 +19,12 @@ reads every slot of the ring whatever its fill, masked, so the full-cache floor 
 from __future__ import annotations
 
 import argparse
+import glob
+import gzip
+import json
 import os
 import statistics
+import tempfile
 import time
 
 import jax
@@ -73,7 +78,38 @@ def time_frames(step, frames: int, warmup: int) -> float:
     return statistics.median(times)
 
 
-def flax_step_time(cfg, dtype, impl, codes, frames, warmup) -> tuple[float, float]:
+def print_profile(trace_dir: str, steps: int, wall: float) -> None:
+    """Device time per step from a perfetto trace: per device line (CUDA streams, XLA ops, modules) the events and busy
+    time per step against the wall time, then the top kernels of the stream lines."""
+    paths = glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
+    events = json.load(gzip.open(paths[0]))
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    meta = [e for e in events if e.get("ph") == "M"]
+    procs = {e["pid"]: e["args"]["name"] for e in meta if e.get("name") == "process_name"}
+    lines = {(e["pid"], e["tid"]): e["args"]["name"] for e in meta if e.get("name") == "thread_name"}
+    device = {pid for pid, name in procs.items() if "GPU" in name or "TPU" in name}
+    print(f"  profile over {steps} steps, {wall * 1e3 / steps:.2f} ms wall per step")
+    if not device:
+        print(f"  profile: no device events (processes: {sorted(set(procs.values()))})")
+        return
+    by_line: dict[tuple, list] = {}
+    for e in events:
+        if e.get("ph") == "X" and e["pid"] in device:
+            by_line.setdefault((e["pid"], e["tid"]), []).append(e)
+    for key, evs in sorted(by_line.items(), key=lambda kv: -len(kv[1])):
+        busy = sum(e["dur"] for e in evs) / 1e3 / steps
+        print(f"    line {lines.get(key, key)!s:40.40}: {len(evs) / steps:6.0f} events, {busy:7.3f} ms busy per step")
+    kernels = [e for key, evs in by_line.items() if str(lines.get(key, "")).startswith("Stream") for e in evs]
+    totals: dict[str, list[float]] = {}
+    for e in kernels:
+        entry = totals.setdefault(e["name"][:70], [0.0, 0])
+        entry[0] += e["dur"] / 1e3 / steps
+        entry[1] += 1 / steps
+    for name, (ms, calls) in sorted(totals.items(), key=lambda kv: -kv[1][0])[:15]:
+        print(f"    {ms:7.3f} ms  {calls:5.1f}x  {name}")
+
+
+def flax_step_time(cfg, dtype, impl, codes, frames, warmup, profile=0) -> tuple[float, float]:
     lm = LM(cfg, dtype=JAX_DTYPES[dtype], param_dtype=JAX_DTYPES[dtype], impl=impl, rngs=nnx.Rngs(0))
     streamer = Streamer(lm)
     del lm
@@ -87,7 +123,16 @@ def flax_step_time(cfg, dtype, impl, codes, frames, warmup) -> tuple[float, floa
     start = time.perf_counter()
     step(0)
     compile_s = time.perf_counter() - start
-    return time_frames(lambda t: step(t + 1), frames, warmup), compile_s
+    seconds = time_frames(lambda t: step(t + 1), frames, warmup)
+    if profile:
+        trace_dir = tempfile.mkdtemp()
+        with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+            start = time.perf_counter()
+            for t in range(profile):
+                step(frames + warmup + 1 + t)
+            wall = time.perf_counter() - start
+        print_profile(trace_dir, profile, wall)
+    return seconds, compile_s
 
 
 def kyutai_step_time(cfg, dtype, codes, frames, warmup) -> float:
@@ -112,9 +157,10 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--no-kyutai", action="store_true", help="Flax only (e.g. on an accelerator without moshi)")
+    parser.add_argument("--profile", type=int, default=0, help="trace this many more Flax steps; print device time")
     args = parser.parse_args()
     cfg = getattr(LMConfig, args.preset)()
-    total = args.frames + args.warmup + 1
+    total = args.frames + args.warmup + 1 + args.profile
     codes = np.random.default_rng(0).integers(0, cfg.card, (1, cfg.n_q - cfg.dep_q, total)).astype(np.int64)
     bandwidth = matvec_bandwidth(cfg, JAX_DTYPES[args.dtype])
     print(f"{args.preset} {args.dtype} on {jax.devices()[0].device_kind} ({jax.default_backend()}), batch 1, "
@@ -128,7 +174,7 @@ def main() -> None:
           f"{floor_full * 1e3:.2f} ms with a full {context}-frame cache", flush=True)  # fmt: skip
     rows = {}
     for impl in args.impl:
-        seconds, compile_s = flax_step_time(cfg, args.dtype, impl, codes, args.frames, args.warmup)
+        seconds, compile_s = flax_step_time(cfg, args.dtype, impl, codes, args.frames, args.warmup, args.profile)
         rows[f"flax step ({impl})"] = seconds
         print(f"  flax ({impl}): compile {compile_s:.1f} s, step {seconds * 1e3:.2f} ms "
               f"({seconds / floor_full:.2f}x the full-cache floor)", flush=True)  # fmt: skip
