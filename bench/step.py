@@ -11,7 +11,8 @@ product reaches it (the largest temporal weight, in the model dtype, times one v
 
 Both run with kyutai's default sampling (text 0.7 / top 25, audio 0.8 / top 250), batch 1, random weights (timing
 does not depend on the values), the same random user codes. Each time is the median over --frames frames after
---warmup untimed ones; the Flax step blocks on its tokens every frame, as a server that sends them must. The cache
+--warmup untimed ones, taken round robin (frame t of every implementation in turn, so machine drift hits all alike);
+the Flax step blocks on its tokens every frame, as a server that sends them must. The cache
 starts empty, so a short run needs less of it than a full 3000-frame context: both floors are printed (the XLA path
 reads every slot of the ring whatever its fill, masked, so the full-cache floor is the one it can reach).
 """
@@ -19,6 +20,7 @@ reads every slot of the ring whatever its fill, masked, so the full-cache floor 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import gzip
 import json
@@ -26,6 +28,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -67,15 +70,18 @@ def matvec_bandwidth(cfg: LMConfig, dtype, repeats: int = 50) -> float:
     return w.size * w.dtype.itemsize / best
 
 
-def time_frames(step, frames: int, warmup: int) -> float:
-    for t in range(warmup):
-        step(t)
-    times = []
-    for t in range(warmup, warmup + frames):
-        start = time.perf_counter()
-        step(t)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def time_round_robin(steps: dict[str, Callable[[int], None]], frames: int, warmup: int) -> dict[str, float]:
+    """Median seconds per frame of each stepper, frame t of every stepper in turn (drift hits all alike)."""
+    for t in range(1, 1 + warmup):
+        for step in steps.values():
+            step(t)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for t in range(1 + warmup, 1 + warmup + frames):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step(t)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def print_profile(trace_dir: str, steps: int, wall: float) -> None:
@@ -109,7 +115,8 @@ def print_profile(trace_dir: str, steps: int, wall: float) -> None:
         print(f"    {ms:7.3f} ms  {calls:5.1f}x  {name}")
 
 
-def flax_step_time(cfg, dtype, impl, codes, frames, warmup, profile=0) -> tuple[float, float]:
+def flax_stepper(cfg, dtype, impl, codes) -> tuple[Callable[[int], None], float]:
+    """step(t) runs frame t of a Flax stream (frame 0, the compile, is run here: its time is returned)."""
     lm = LM(cfg, dtype=JAX_DTYPES[dtype], param_dtype=JAX_DTYPES[dtype], impl=impl, rngs=nnx.Rngs(0))
     streamer = Streamer(lm)
     del lm
@@ -122,20 +129,11 @@ def flax_step_time(cfg, dtype, impl, codes, frames, warmup, profile=0) -> tuple[
 
     start = time.perf_counter()
     step(0)
-    compile_s = time.perf_counter() - start
-    seconds = time_frames(lambda t: step(t + 1), frames, warmup)
-    if profile:
-        trace_dir = tempfile.mkdtemp()
-        with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-            start = time.perf_counter()
-            for t in range(profile):
-                step(frames + warmup + 1 + t)
-            wall = time.perf_counter() - start
-        print_profile(trace_dir, profile, wall)
-    return seconds, compile_s
+    return step, time.perf_counter() - start
 
 
-def kyutai_step_time(cfg, dtype, codes, frames, warmup) -> float:
+def kyutai_stepper(cfg, dtype, codes, stack: contextlib.ExitStack) -> Callable[[int], None]:
+    """step(t) runs frame t of kyutai LMGen with its default sampling (frame 0 is run here)."""
     import torch
     from moshi.models.lm import LMGen
 
@@ -143,10 +141,26 @@ def kyutai_step_time(cfg, dtype, codes, frames, warmup) -> float:
 
     torch.set_num_threads(os.cpu_count() or 1)
     lm = origin.build_kyutai_lm(cfg, dtype={"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype])
-    gen = LMGen(lm)  # kyutai's default sampling
+    gen = LMGen(lm)
+    stack.enter_context(gen.streaming(1))
+    stack.enter_context(torch.no_grad())
     user = torch.from_numpy(codes)
-    with gen.streaming(1), torch.no_grad():
-        return time_frames(lambda t: gen.step(user[:, :, t : t + 1]), frames, warmup)
+
+    def step(t):
+        gen.step(user[:, :, t : t + 1])
+
+    step(0)
+    return step
+
+
+def profile_steps(step: Callable[[int], None], first: int, count: int) -> None:
+    trace_dir = tempfile.mkdtemp()
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+        start = time.perf_counter()
+        for t in range(first, first + count):
+            step(t)
+        wall = time.perf_counter() - start
+    print_profile(trace_dir, count, wall)
 
 
 def main() -> None:
@@ -172,14 +186,18 @@ def main() -> None:
     floor_full = (nbytes + cache_bytes(cfg, dtype, context)) / bandwidth
     print(f"weights read per frame {nbytes / 1e9:.3f} GB; floor {floor_now * 1e3:.2f} ms with this run's cache, "
           f"{floor_full * 1e3:.2f} ms with a full {context}-frame cache", flush=True)  # fmt: skip
-    rows = {}
-    for impl in args.impl:
-        seconds, compile_s = flax_step_time(cfg, args.dtype, impl, codes, args.frames, args.warmup, args.profile)
-        rows[f"flax step ({impl})"] = seconds
-        print(f"  flax ({impl}): compile {compile_s:.1f} s, step {seconds * 1e3:.2f} ms "
-              f"({seconds / floor_full:.2f}x the full-cache floor)", flush=True)  # fmt: skip
-    if not args.no_kyutai:
-        rows["kyutai LMGen.step"] = kyutai_step_time(cfg, args.dtype, codes, args.frames, args.warmup)
+    steps: dict[str, Callable[[int], None]] = {}
+    with contextlib.ExitStack() as stack:
+        for impl in args.impl:
+            steps[f"flax step ({impl})"], compile_s = flax_stepper(cfg, args.dtype, impl, codes)
+            print(f"  flax ({impl}): compiled in {compile_s:.1f} s", flush=True)
+        if not args.no_kyutai:
+            steps["kyutai LMGen.step"] = kyutai_stepper(cfg, args.dtype, codes, stack)
+        rows = time_round_robin(steps, args.frames, args.warmup)
+        for name, step in steps.items():
+            if args.profile and name.startswith("flax"):
+                print(f"  {name}:")
+                profile_steps(step, 1 + args.warmup + args.frames, args.profile)
     kyutai = rows.get("kyutai LMGen.step")
     print(f"| {'step':24} | {'ms / frame':>10} | {'x kyutai':>8} | {'x floor':>7} | {'x full-cache floor':>18} |")
     for name, seconds in rows.items():

@@ -131,13 +131,15 @@ class Attention(nnx.Module):
                 out = dot_product_attention(q, k, v, mask, precision=self.precision)
         else:
             check_cache_capacity(cache.capacity, x.shape[1], cfg.context)
+            updated = cache.update(k, v, positions)  # deferred caches (streaming) only record the chunk
             if self.impl == "pallas":  # a streaming step (a few queries) takes the split-K decode kernel
-                cache = cache.update(k, v, positions)
+                view = updated.commit()
                 kernel = decode_attention if q.shape[1] <= MAX_STEPS else flash_attention
-                out = kernel(q, cache.keys, cache.values, q_positions=positions, k_positions=cache.positions,
+                out = kernel(q, view.keys, view.values, q_positions=positions, k_positions=view.positions,
                              context=cfg.context, kv_layout="BHSD")  # fmt: skip
             else:
-                out, cache = self._attend_cached(q, k, v, positions, cache), cache.update(k, v, positions)
+                out = self._attend_cached(q, k, v, positions, cache)
+            cache = updated
         return self.o_proj(out.reshape(*out.shape[:2], cfg.q_dim), layer_idx=layer_idx), cache
 
     def _attend_cached(self, q, k, v, positions, cache: KVCache) -> jax.Array:

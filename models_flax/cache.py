@@ -17,17 +17,27 @@ from flax import struct
 
 @struct.dataclass
 class KVCache:
+    """A deferred cache (`deferred=True`, what streaming uses) records an update as `pending` instead of writing it;
+    `commit()` writes it. A streaming step then only reads its (big) caches and returns the (small) pending entries,
+    and a second, donating program commits them in place: on XLA:CPU a program that both reads a donated cache and
+    updates it copies the cache first (measured: 8 caches of 12 MB, 41 ms copied against 0.6 ms updated in place)."""
+
     keys: jax.Array  # (B, Hkv, S, D)
     values: jax.Array  # (B, Hkv, S, D)
     positions: jax.Array  # (B, S) int32, -1 where empty
+    pending: tuple[jax.Array, jax.Array, jax.Array] | None = None  # (k (B, T, Hkv, D), v, positions (B, T))
+    deferred: bool = struct.field(pytree_node=False, default=False)
 
     @classmethod
-    def init(cls, batch: int, capacity: int, num_kv_heads: int, head_dim: int, *, dtype: object) -> KVCache:
+    def init(
+        cls, batch: int, capacity: int, num_kv_heads: int, head_dim: int, *, dtype: object, deferred: bool = False
+    ) -> KVCache:
         if batch <= 0 or capacity <= 0:
             raise ValueError(f"KVCache: batch and capacity must be positive, got {batch}, {capacity}")
         shape = (batch, num_kv_heads, capacity, head_dim)
-        # Two distinct buffers: a streaming step donates the cache, and one buffer cannot be donated twice.
-        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.full((batch, capacity), -1, jnp.int32))
+        # Two distinct buffers: a commit donates the cache, and one buffer cannot be donated twice.
+        positions = jnp.full((batch, capacity), -1, jnp.int32)
+        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), positions, deferred=deferred)
 
     @property
     def capacity(self) -> int:
@@ -39,7 +49,7 @@ class KVCache:
         return jnp.zeros(self.positions.shape, bool).at[jnp.arange(positions.shape[0])[:, None], slots].set(True)
 
     def update(self, k: jax.Array, v: jax.Array, positions: jax.Array) -> KVCache:
-        """Writes (B, T, Hkv, D) keys/values at their positions' slots."""
+        """Writes (B, T, Hkv, D) keys/values at their positions' slots (a deferred cache records them as pending)."""
         batch, length = positions.shape
         expected = (self.keys.shape[0], self.keys.shape[1], self.keys.shape[3])  # (B, Hkv, D)
         if (k.shape[0], k.shape[2], k.shape[3]) != expected or k.dtype != self.keys.dtype or v.shape != k.shape:
@@ -49,11 +59,22 @@ class KVCache:
             )
         if length > self.capacity:
             raise ValueError(f"KVCache: {length} new positions exceed the capacity {self.capacity}")
+        if self.pending is not None:
+            raise ValueError("KVCache: a deferred cache takes one update per commit; commit() the pending one first")
+        if self.deferred:
+            return self.replace(pending=(k, v, positions.astype(jnp.int32)))
         slots = positions % self.capacity
         rows = jnp.arange(batch)[:, None]
         # Advanced indices on axes 0 and 2 around a slice: the indexed view is (B, T, Hkv, D), k's own layout.
-        return KVCache(
-            self.keys.at[rows, :, slots].set(k),
-            self.values.at[rows, :, slots].set(v),
-            self.positions.at[rows, slots].set(positions.astype(jnp.int32)),
+        return self.replace(
+            keys=self.keys.at[rows, :, slots].set(k),
+            values=self.values.at[rows, :, slots].set(v),
+            positions=self.positions.at[rows, slots].set(positions.astype(jnp.int32)),
         )
+
+    def commit(self) -> KVCache:
+        """Writes the pending update (no-op without one); the result stays deferred if this cache is."""
+        if self.pending is None:
+            return self
+        written = self.replace(pending=None, deferred=False).update(*self.pending)
+        return written.replace(deferred=self.deferred)

@@ -173,12 +173,24 @@ def _step(
     return out, StreamState(caches, tokens, offsets)
 
 
+def _step_reading(graphdef, text_sampler, audio_sampler, params, depth_weights, state, codes, key):
+    """The jitted step: reads the caches, returns (output, their pending entries, delay buffer, offsets), never the
+    caches themselves (`_commit`, a second program, writes the entries in place)."""
+    out, new = _step(graphdef, text_sampler, audio_sampler, params, depth_weights, state, codes, key)
+    return out, [c.pending for c in new.caches], new.tokens, new.offsets
+
+
+def _commit(caches: list[KVCache], pending: list[tuple]) -> list[KVCache]:
+    return [c.replace(pending=p).commit() for c, p in zip(caches, pending, strict=True)]
+
+
 def _generate(graphdef, text_sampler, audio_sampler, params, depth_weights, state, codes, keys):
     """codes (B, U, T), keys (T, ...) -> StepOutput with a trailing time axis, final state."""
 
     def body(state, inputs):
         codes_t, key = inputs
-        return _step(graphdef, text_sampler, audio_sampler, params, depth_weights, state, codes_t, key)[::-1]
+        out, new = _step(graphdef, text_sampler, audio_sampler, params, depth_weights, state, codes_t, key)
+        return new.replace(caches=[c.commit() for c in new.caches]), out  # a loop carry updates in place
 
     state, outs = jax.lax.scan(body, state, (jnp.moveaxis(codes, 2, 0), keys))
     return jax.tree.map(lambda x: jnp.moveaxis(x, 0, -1), outs), state
@@ -190,12 +202,12 @@ class Streamer:
     Args:
         lm: the LM (its parameters are read once, here; the depth kernels are re-laid out per codebook, a copy).
         text, audio: samplers (kyutai's defaults: 0.7 / top 25 for text, 0.8 / top 250 for audio; GREEDY for argmax).
-        donate: let `step` and `generate` update the state's buffers in place (the state passed in is then consumed).
-            Default: on accelerators, not on CPU, where XLA copies donated caches anyway and the step got slower
-            (small preset, 3000-slot caches: 172 ms donated against 105 ms not).
+
+    `step` runs two programs: the step, which only reads the caches, and a commit that writes the step's new keys
+    and values into them in place (donated). The state passed to `step` or `generate` is consumed.
     """
 
-    def __init__(self, lm: LM, *, text: Sampler = TEXT, audio: Sampler = AUDIO, donate: bool | None = None):
+    def __init__(self, lm: LM, *, text: Sampler = TEXT, audio: Sampler = AUDIO):
         if not isinstance(lm, LM):
             raise TypeError(f"Streamer: expected a models_flax LM, got {type(lm).__name__}")
         for name, sampler in (("text", text), ("audio", audio)):
@@ -205,10 +217,9 @@ class Streamer:
         self.dtype = lm.dtype
         self.samplers = (text, audio)
         graphdef, self.depth_weights, self.params = split_codebooks(lm)
-        donate = jax.default_backend() != "cpu" if donate is None else donate
-        donated = (2,) if donate else ()
-        self._step = jax.jit(functools.partial(_step, graphdef, text, audio), donate_argnums=donated)
-        self._generate = jax.jit(functools.partial(_generate, graphdef, text, audio), donate_argnums=donated)
+        self._step = jax.jit(functools.partial(_step_reading, graphdef, text, audio))
+        self._commit = jax.jit(_commit, donate_argnums=0)
+        self._generate = jax.jit(functools.partial(_generate, graphdef, text, audio), donate_argnums=2)
 
     @property
     def user_streams(self) -> int:
@@ -227,7 +238,8 @@ class Streamer:
             raise ValueError(f"Streamer.init_state: capacity {capacity} < context {context} would forget visible keys")
         t = cfg.temporal
         caches = [
-            KVCache.init(batch, capacity, t.num_kv_heads, t.head_dim, dtype=self.dtype) for _ in range(t.num_layers)
+            KVCache.init(batch, capacity, t.num_kv_heads, t.head_dim, dtype=self.dtype, deferred=True)
+            for _ in range(t.num_layers)
         ]
         tokens = jnp.full((batch, 1 + cfg.n_q, cfg.max_delay + 2), UNGENERATED, jnp.int32)
         return StreamState(caches, tokens, jnp.zeros((batch,), jnp.int32))
@@ -235,7 +247,9 @@ class Streamer:
     def step(self, state: StreamState, user_codes, key: jax.Array | None = None) -> tuple[StepOutput, StreamState]:
         """One frame: user_codes (B, n_q - dep_q) ints in [0, card) or -1 (the zero token). Consumes `state`."""
         codes = self._check_codes("Streamer.step", user_codes, state, frames=1)
-        return self._step(self.params, self.depth_weights, state, codes, self._key("Streamer.step", key, None))
+        key = self._key("Streamer.step", key, None)
+        out, pending, tokens, offsets = self._step(self.params, self.depth_weights, state, codes, key)
+        return out, StreamState(self._commit(state.caches, pending), tokens, offsets)
 
     def generate(
         self, user_codes, key: jax.Array | None = None, *, state: StreamState | None = None
@@ -263,7 +277,7 @@ class Streamer:
         cfg = self.cfg
         if not isinstance(state, StreamState):
             raise TypeError(f"{where}: state must be a StreamState (Streamer.init_state), got {type(state).__name__}")
-        if state.offsets.is_deleted():
+        if any(c.keys.is_deleted() for c in state.caches):
             raise ValueError(f"{where}: this state was consumed by an earlier step; pass the state that step returned")
         t = cfg.temporal
         buffer = (state.batch, 1 + cfg.n_q, cfg.max_delay + 2)
