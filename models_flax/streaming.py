@@ -40,7 +40,7 @@ UNGENERATED = -2  # kyutai LMModel.ungenerated_token_id: a buffer slot not writt
 
 @struct.dataclass
 class StreamState:
-    """Everything a stream carries between frames (a pytree; a donating `Streamer.step` consumes it).
+    """Everything a stream carries between frames (a pytree; `Streamer.step` consumes it).
 
     Attributes:
         caches: temporal KV ring caches, one per layer, (B, capacity, Hkv, D) each; positions -1 where empty.
@@ -123,6 +123,11 @@ def split_codebooks(lm: LM):
     graphdef, stacked, rest = nnx.split(lm, is_depth_weight, ...)
     per_codebook = [jax.tree.map(lambda w, c=c: w[c : c + 1], stacked) for c in range(lm.cfg.dep_q)]
     return graphdef, per_codebook, rest
+
+
+def forget_rows(caches: list[KVCache], rows: jax.Array) -> list[KVCache]:
+    """Marks every slot of the (B,) bool `rows` empty (position -1): their keys are never visible again."""
+    return [c.replace(positions=jnp.where(rows[:, None], -1, c.positions)) for c in caches]
 
 
 def _step(
@@ -243,6 +248,20 @@ class Streamer:
         ]
         tokens = jnp.full((batch, 1 + cfg.n_q, cfg.max_delay + 2), UNGENERATED, jnp.int32)
         return StreamState(caches, tokens, jnp.zeros((batch,), jnp.int32))
+
+    def reset(self, state: StreamState, rows) -> StreamState:
+        """Restarts the streams of `rows` ((B,) bool) from frame 0, as `init_state` would (a new user on a batch slot);
+        the other rows go on untouched. Their cached keys stay in memory but are marked empty (position -1). (They
+        could not be seen anyway: positions restart below theirs, and each slot is rewritten before its position
+        comes into view; marking them keeps that from being load-bearing.)"""
+        rows = np.asarray(rows)
+        if rows.dtype != bool or rows.shape != (state.batch,):
+            raise ValueError(
+                f"Streamer.reset: rows must be a ({state.batch},) bool mask, got {rows.dtype} {rows.shape}"
+            )
+        mask = jnp.asarray(rows)
+        tokens = jnp.where(mask[:, None, None], UNGENERATED, state.tokens)
+        return StreamState(forget_rows(state.caches, mask), tokens, jnp.where(mask, 0, state.offsets))
 
     def step(self, state: StreamState, user_codes, key: jax.Array | None = None) -> tuple[StepOutput, StreamState]:
         """One frame: user_codes (B, n_q - dep_q) ints in [0, card) or -1 (the zero token). Consumes `state`."""

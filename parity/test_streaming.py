@@ -173,6 +173,41 @@ def test_generate_equals_step_loop():
     assert np.asarray(state.offsets).tolist() == [30, 30]
 
 
+def _reset_rows(rows=(False, True)):
+    """Tokens of a fresh stream, of a stream whose `rows` are reset after 12 steps, and of one never reset."""
+    streamer = _greedy("float32", 0, "flax")
+    first, second = user_codes(CFG, 2, 12, seed=21), user_codes(CFG, 2, 20, seed=22)
+    state = streamer.init_state(2)
+    for t in range(12):
+        _, state = streamer.step(state, first[:, :, t])
+    state = streamer.reset(state, np.array(rows))
+    after = []
+    for t in range(20):
+        out, state = streamer.step(state, second[:, :, t])
+        after.append(to_numpy(out.tokens))
+    fresh = run_steps(streamer, second)["tokens"]
+    unreset = run_steps(streamer, np.concatenate([first, second], axis=2))["tokens"][:, :, 12:]
+    return fresh, np.stack(after, axis=-1), unreset
+
+
+def test_reset_restarts_rows_independently():
+    """After `reset` of row 1 at step 12, row 1 generates what a fresh stream does with the same codes (greedy), and
+    row 0 what it would have without the reset. Checked past the context (20 steps after the reset, context 8)."""
+    fresh, after, unreset = _reset_rows()
+    _assert_tokens(fresh[1:], after[1:], "flax")
+    _assert_tokens(unreset[:1], after[:1], "flax")
+    assert not np.array_equal(unreset[1:], after[1:]), "the reset changed nothing: the check would prove little"
+    with pytest.raises(ValueError, match=r"rows must be a \(2,\) bool mask"):
+        _greedy("float32", 0, "flax").reset(_greedy("float32", 0, "flax").init_state(2), np.array([1, 0]))
+
+
+def test_reset_control_fails():
+    """Resetting the wrong row (an index mix-up) fails the same check."""
+    fresh, after, _ = _reset_rows(rows=(True, False))
+    with pytest.raises(ParityError):
+        _assert_tokens(fresh[1:], after[1:], "flax", control="reset_wrong_row")
+
+
 def _first_change(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> int | None:
     """The first step (trailing axis) at which any output differs, or None."""
     steps = [int(np.argmax(np.any(a[k] != b[k], axis=tuple(range(a[k].ndim - 1))))) for k in a if np.any(a[k] != b[k])]
