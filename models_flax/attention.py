@@ -29,17 +29,10 @@ def attention_mask(q_pos: jax.Array, k_pos: jax.Array, context: int | None) -> j
 
 
 def dot_product_attention(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    mask: jax.Array,
-    *,
-    precision: jax.lax.PrecisionLike = None,
-    kv_layout: str = "BSHD",
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, precision: jax.lax.PrecisionLike = None
 ) -> jax.Array:
-    """q (B, T, H, D), k/v (B, S, Hkv, D) (or (B, Hkv, S, D) with kv_layout "BHSD", the KVCache layout), mask
-    (B, T, S) -> (B, T, H, D); scores and softmax in float32."""
-    return blockwise_attention(q, [(k, v, mask, kv_layout)], precision=precision)
+    """q (B, T, H, D), k/v (B, S, Hkv, D), mask (B, T, S) -> (B, T, H, D); scores and softmax in float32."""
+    return blockwise_attention(q, [(k, v, mask, "BSHD")], precision=precision)
 
 
 def blockwise_attention(q: jax.Array, blocks: list[tuple], *, precision: jax.lax.PrecisionLike = None) -> jax.Array:

@@ -32,6 +32,16 @@ FRAMES = 60
 IMPLS = ("flax", "flax_pallas")
 
 
+@pytest.fixture
+def patch(monkeypatch):
+    """monkeypatch for bugs planted inside traced code. JAX caches a trace per function (every Streamer jits the same
+    module-level `_commit`), so a trace made under a patch would outlive it; drop all traces before and after."""
+    jax.clear_caches()
+    yield monkeypatch
+    monkeypatch.undo()
+    jax.clear_caches()
+
+
 @cache
 def _lms(dtype: str, seed: int, impl: str):
     return build_lms(CFG, dtype, impls=("kyutai", impl), seed=seed)
@@ -107,13 +117,13 @@ STREAM_MUTANTS = {
 
 
 @pytest.mark.parametrize("name", [*STREAM_MUTANTS, "cache_positions_minus_one"])
-def test_greedy_control_fails(name, monkeypatch):
+def test_greedy_control_fails(name, patch):
     """Each planted streaming bug makes the LMGen comparison fail. (A rope shifted by one for queries and keys alike
     is no bug: rotary scores depend on position differences only.)"""
     if name == "cache_positions_minus_one":  # ring bookkeeping one frame behind: the oldest visible key drops out
-        monkeypatch.setattr(KVCache, "update", _update_one_behind)
+        patch.setattr(KVCache, "update", _update_one_behind)
     else:
-        monkeypatch.setattr(streaming, *STREAM_MUTANTS[name])
+        patch.setattr(streaming, *STREAM_MUTANTS[name])
     with pytest.raises(ParityError):
         _assert_tokens(_lmgen_tokens(0), _greedy_tokens(0, "flax", fresh=True), "flax", control=name)
 
@@ -147,9 +157,9 @@ def test_step_logits_match_full_forward(dtype, impl):
                       logits=True, config={"preset": "tiny", "frames": 40, "impl": impl})  # fmt: skip
 
 
-def test_step_vs_full_control_fails(monkeypatch):
+def test_step_vs_full_control_fails(patch):
     """Ring-cache bookkeeping one frame behind (the oldest visible key drops out) fails (a)."""
-    monkeypatch.setattr(KVCache, "update", _update_one_behind)
+    patch.setattr(KVCache, "update", _update_one_behind)
     text, _ = _step_vs_full("float32", "flax", fresh=True)
     with pytest.raises(ParityError):
         assert_parity(*text, component="stream_text_logits", pair=("full", "step"), expected_dtype="float32",
@@ -226,13 +236,13 @@ def test_later_input_never_changes_earlier_outputs(mode, change_at):
     assert _first_change(run_steps(streamer, a, keys), run_steps(streamer, b, keys)) == change_at
 
 
-def test_causality_control_fails(monkeypatch):
+def test_causality_control_fails(patch):
     """The same check on the full forward with a mask that sees the next frame reports a change before change_at."""
     lm = _lms("float32", 0, "flax")["flax"]
     a = jnp.asarray(np.random.default_rng(0).integers(0, CFG.card, (1, 1 + CFG.n_q, 16)))
     b = a.at[:, :, 9:].set(0)
     original = models_flax.attention.attention_mask
-    monkeypatch.setattr(models_flax.attention, "attention_mask", lambda q, k, ctx: original(q + 1, k, ctx))
+    patch.setattr(models_flax.attention, "attention_mask", lambda q, k, ctx: original(q + 1, k, ctx))
     outs = [{"text": np.moveaxis(to_numpy(lm(c).text_logits)[0, 0], 0, -1)} for c in (a, b)]
     assert _first_change(*outs) < 9
 

@@ -29,7 +29,6 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from models_flax.cache import KVCache
 from models_flax.kernels.flash_attention import (
     _NO_MUTATION,
     _Mutation,
@@ -180,12 +179,6 @@ def decode_attention(
     )
 
 
-def decode_attention_cached(q: jax.Array, cache: KVCache, *, q_positions: jax.Array, context: int | None, **kw):
-    """`decode_attention` against a KVCache that already holds the step's keys (cache.update first)."""
-    return decode_attention(q, cache.keys, cache.values, q_positions=q_positions, k_positions=cache.positions,
-                            context=context, kv_layout="BHSD", **kw)  # fmt: skip
-
-
 @functools.partial(jax.jit, static_argnums=(5, 6, 7, 8, 9, 10))
 def _decode_attention(
     q, k, v, q_positions, k_positions, context, block_sizes, interpret, mutation, precision, kv_layout
@@ -274,4 +267,4 @@ def reference_decode(
     return reference_attention(q, k, v, q_positions=q_positions, k_positions=k_positions, context=context)
 
 
-__all__ = ["MAX_STEPS", "DecodeBlockSizes", "decode_attention", "decode_attention_cached", "reference_decode"]
+__all__ = ["MAX_STEPS", "DecodeBlockSizes", "decode_attention", "reference_decode"]
