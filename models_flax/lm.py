@@ -113,11 +113,6 @@ class LM(nnx.Module):
         """The computation dtype (activations, KV caches)."""
         return self.text_embed_tokens.dtype
 
-    def init_caches(self, batch: int, capacity: int) -> list[KVCache]:
-        """Empty temporal KV caches, `capacity` slots per layer (>= the context for exact streaming)."""
-        t = self.cfg.temporal
-        return [KVCache.init(batch, capacity, t.num_kv_heads, t.head_dim, dtype=self.dtype) for _ in self.layers]
-
     def initial_tokens(self) -> jax.Array:
         return jnp.asarray([self.cfg.initial_text_token] + [self.cfg.initial_audio_token] * self.cfg.n_q)
 
