@@ -35,13 +35,12 @@ from models_flax.kernels.flash_attention import (
     _pad,
     _visible,
     attend_blocks,
-    check_inputs,
     compiler_params,
-    dot_precision,
     kv_block_spec,
     kv_shape,
     live_block_ranges,
     reference_attention,
+    resolve,
     sum_rows,
 )
 
@@ -166,14 +165,13 @@ def decode_attention(
     Raises:
         ValueError/TypeError: as `flash_attention`, and for T outside 1..4.
     """
-    interpret = jax.default_backend() == "cpu" if interpret is None else interpret
-    check_inputs(
-        "decode_attention", q, k, v, q_positions, k_positions, context, interpret=interpret, kv_layout=kv_layout
-    )
+    interpret, _, precision = resolve(
+        "decode_attention", q, k, v, q_positions, k_positions, context,
+        interpret=interpret, precision=precision, kv_layout=kv_layout,
+    )  # fmt: skip
     if not 1 <= q.shape[1] <= MAX_STEPS:
         raise ValueError(f"decode_attention: {q.shape[1]} query steps; decode takes 1..{MAX_STEPS}")
     block_sizes = block_sizes or DecodeBlockSizes.for_backend()
-    precision = dot_precision(q.dtype, precision)
     return _decode_attention(
         q, k, v, q_positions, k_positions, context, block_sizes, interpret, _mutation, precision, kv_layout
     )

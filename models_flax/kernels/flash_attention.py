@@ -321,6 +321,17 @@ def check_inputs(
     return heads // ks[2], head_dim
 
 
+def resolve(
+    name: str, q, k, v, q_positions, k_positions, context, *, interpret, precision, kv_layout
+) -> tuple[bool, int, jax.lax.Precision | None]:
+    """The public kernels' common preamble: (interpret, head_dim, dot precision) after `check_inputs`."""
+    interpret = jax.default_backend() == "cpu" if interpret is None else interpret
+    _, head_dim = check_inputs(
+        name, q, k, v, q_positions, k_positions, context, interpret=interpret, kv_layout=kv_layout
+    )
+    return interpret, head_dim, dot_precision(q.dtype, precision)
+
+
 def _pad(x: jax.Array, axis: int, size: int, value) -> jax.Array:
     if x.shape[axis] == size:
         return x
@@ -366,12 +377,11 @@ def flash_attention(
             float32/bfloat16, a head_dim other than 64/128 when compiled, non-integer positions, a bad context or
             precision.
     """
-    interpret = jax.default_backend() == "cpu" if interpret is None else interpret
-    _, head_dim = check_inputs(
-        "flash_attention", q, k, v, q_positions, k_positions, context, interpret=interpret, kv_layout=kv_layout
-    )
+    interpret, head_dim, precision = resolve(
+        "flash_attention", q, k, v, q_positions, k_positions, context,
+        interpret=interpret, precision=precision, kv_layout=kv_layout,
+    )  # fmt: skip
     block_sizes = block_sizes or BlockSizes.for_backend(head_dim=head_dim)
-    precision = dot_precision(q.dtype, precision)
     return _flash_attention(
         q, k, v, q_positions, k_positions, context, block_sizes, interpret, _mutation, precision, kv_layout
     )
