@@ -1,4 +1,4 @@
-"""Measures the differences the parity suite sees between implementation pairs, to justify parity/policy.py.
+"""Measures the differences the parity suite sees between implementation pairs, to justify parity/harness/policy.py.
 
 For each component, pair and dtype it draws N examples from the suite's own strategies and prints the worst
 max|diff| / rms(ref) and MAE / rms(ref) it saw, with rtol fixed at the policy's value. Run:
@@ -13,10 +13,10 @@ import warnings
 
 import numpy as np
 
-from parity import implementations
-from parity.arrays import to_numpy
-from parity.checks import SHORT_OFFSET
-from parity.strategies import cases, configs
+from parity.harness import implementations
+from parity.harness.arrays import to_numpy
+from parity.harness.checks import SHORT_OFFSET
+from parity.harness.strategies import cases, configs
 
 SUITES = {
     "flexible_linear": (configs(flexible=True), ("none", "int", "0d", "1d", "broadcast")),

@@ -1,1 +1,1 @@
-"""Parity harness: one comparison entry point, one tolerance table, and the layer-by-layer test suite."""
+"""Parity suite: the test modules (`parity/test_*.py`) over the harness library (`parity/harness/`)."""

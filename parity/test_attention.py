@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from parity.checks import SHORT_OFFSET, compare_pair, run_control
-from parity.mutants import MUTANTS
-from parity.strategies import ATTENTION_MAGNITUDES, cases, configs
+from parity.harness.checks import SHORT_OFFSET, compare_pair, run_control
+from parity.harness.mutants import MUTANTS
+from parity.harness.strategies import ATTENTION_MAGNITUDES, cases, configs
 
 MODES = ("none", "int", "0d", "1d")
 PAIRS = (("hf", "ref", SHORT_OFFSET), ("ref", "flax", SHORT_OFFSET), ("hf", "flax", SHORT_OFFSET))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from moshi_spec import TransformerConfig
-from parity.implementations import build_flax, build_ref
+from parity.harness.implementations import build_flax, build_ref
 
 CFG = TransformerConfig(dim=16, num_heads=2, num_layers=1, ffn_dim=32, context=4)
 FLEX = CFG.replace(flexible=True, num_codebooks=3, rope=False)

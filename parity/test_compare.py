@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from parity import compare, policy
-from parity.arrays import dtype_name, to_numpy
-from parity.compare import ParityError, assert_parity, check_parity
-from parity.policy import Tolerance, tolerance_for
+from parity.harness import compare, policy
+from parity.harness.arrays import dtype_name, to_numpy
+from parity.harness.compare import ParityError, assert_parity, check_parity
+from parity.harness.policy import Tolerance, tolerance_for
 
 PAIR = ("hf", "flax")
 
@@ -393,7 +393,7 @@ def test_to_numpy_refuses_python_values():
 
 def test_modules_import_neither_torch_nor_jax():
     code = (
-        "import sys, parity.compare, parity.policy, parity.arrays;"
+        "import sys, parity.harness.compare, parity.harness.policy, parity.harness.arrays;"
         "bad = [m for m in ('torch', 'jax') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(compare.__file__).rsplit("/parity/", 1)[0])

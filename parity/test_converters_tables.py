@@ -30,7 +30,16 @@ from converters import (
     transforms,
 )
 from converters.registry import FunctionEdge, Pair, Rule, TableEdge, apply_rules
-from parity.converter_cases import CONFIGS, DTYPES, ROPES, SHAPES, assert_bit_equal, legacy, make_cfg, random_state
+from parity.harness.converter_cases import (
+    CONFIGS,
+    DTYPES,
+    ROPES,
+    SHAPES,
+    assert_bit_equal,
+    legacy,
+    make_cfg,
+    random_state,
+)
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Round trips

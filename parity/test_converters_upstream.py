@@ -12,7 +12,7 @@ import pytest
 
 from converters import convert, load_flax, load_torch, to_jax, to_torch, torch_state, transforms
 from moshi_spec.config import TransformerConfig
-from parity.converter_cases import assert_bit_equal, legacy, make_cfg, random_state
+from parity.harness.converter_cases import assert_bit_equal, legacy, make_cfg, random_state
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Against the real upstream modules
@@ -79,7 +79,7 @@ KV_HEADS = [pytest.param(4, id="mha"), pytest.param(2, id="gqa")]
 def test_kyutai_attention_converted_to_hf_computes_the_same(kv_heads, monkeypatch):
     import torch
 
-    from parity.compare import assert_parity, check_parity
+    from parity.harness.compare import assert_parity, check_parity
 
     torch.manual_seed(0)
     cfg = make_cfg().replace(num_kv_heads_override=kv_heads)
@@ -103,7 +103,7 @@ def test_hf_attention_converted_to_kyutai_computes_the_same(kv_heads):
     import torch
     from transformers.models.moshi.modeling_moshi import MoshiAttention
 
-    from parity.compare import assert_parity
+    from parity.harness.compare import assert_parity
 
     torch.manual_seed(1)
     cfg = make_cfg().replace(num_kv_heads_override=kv_heads)
@@ -122,7 +122,7 @@ def test_kyutai_layer_converted_to_hf_computes_the_same(flexible):
     import torch
     from transformers.models.moshi.modeling_moshi import MoshiDecoderLayer
 
-    from parity.compare import assert_parity
+    from parity.harness.compare import assert_parity
 
     torch.manual_seed(2)
     cfg = make_cfg(flexible=flexible, rope="norope" if flexible else "interleaved")
@@ -142,7 +142,7 @@ def test_ref_to_flax_gating_computes_the_same():
     import torch
     from flax import nnx
 
-    from parity.compare import assert_parity
+    from parity.harness.compare import assert_parity
 
     cfg = make_cfg()
 

@@ -4,9 +4,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from parity.checks import compare_pair, run_control
-from parity.mutants import MUTANTS
-from parity.strategies import LAYER_IDX_MODES, cases, configs
+from parity.harness.checks import compare_pair, run_control
+from parity.harness.mutants import MUTANTS
+from parity.harness.strategies import LAYER_IDX_MODES, cases, configs
 
 PAIRS = (("hf", "ref"), ("ref", "flax"), ("hf", "flax"))
 

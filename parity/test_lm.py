@@ -18,10 +18,10 @@ from models_flax.loss import lm_loss as flax_loss
 from models_ref import origin
 from models_ref.loss import lm_loss as ref_loss
 from moshi_spec import LMConfig
-from parity.arrays import to_numpy
-from parity.compare import ParityError, assert_parity, check_parity
-from parity.converter_cases import legacy
-from parity.lm_implementations import LMRun, build_lms, random_codes, run_layer, run_lm
+from parity.harness.arrays import to_numpy
+from parity.harness.compare import ParityError, assert_parity, check_parity
+from parity.harness.converter_cases import legacy
+from parity.harness.lm_implementations import LMRun, build_lms, random_codes, run_layer, run_lm
 
 CFG = LMConfig.tiny()  # temporal context 8
 LENGTH = 20  # longer than the context window
@@ -154,8 +154,8 @@ def test_negative_control(name, monkeypatch):
         _compare_logits(ref, cand, ("kyutai", "flax"), "float32", components=(component,), control=name)
 
 
-# HF: its forward applies no delay pattern (its generate does), so parity/lm_implementations feeds it kyutai's delayed
-# layout; HF has no zero token, so these codes have none.
+# HF: its forward applies no delay pattern (its generate does), so the harness feeds it kyutai's delayed layout; HF
+# has no zero token, so these codes have none.
 
 
 @cache

@@ -43,8 +43,8 @@ from models_flax.lm import LM as FlaxLM
 from models_ref import origin
 from models_ref.lm import LM as RefLM
 from moshi_spec import LMConfig
-from parity.converter_cases import DTYPES, assert_bit_equal, legacy
-from parity.implementations import JAX_DTYPES, TORCH_DTYPES, randomize_
+from parity.harness.converter_cases import DTYPES, assert_bit_equal, legacy
+from parity.harness.implementations import JAX_DTYPES, TORCH_DTYPES, randomize_
 
 os.environ.setdefault("NO_TORCH_COMPILE", "1")
 CFG = LMConfig.tiny()

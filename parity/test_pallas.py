@@ -30,9 +30,9 @@ from models_flax.kernels.flash_attention import (
     live_block_ranges,
     reference_attention,
 )
-from parity.checks import compare_pair
-from parity.compare import ParityError, assert_parity
-from parity.strategies import ATTENTION_MAGNITUDES, AttentionCase, attention_cases, cases, configs
+from parity.harness.checks import compare_pair
+from parity.harness.compare import ParityError, assert_parity
+from parity.harness.strategies import ATTENTION_MAGNITUDES, AttentionCase, attention_cases, cases, configs
 
 COMPONENT = "pallas_attention"
 TILES = BlockSizes(block_q=8, block_k=8)

@@ -331,7 +331,7 @@ def test_assert_parity_comparisons_reach_the_file_under_xdist(run) -> None:
     source = """
 import numpy as np
 import pytest
-from parity.compare import ParityError, assert_parity
+from parity.harness.compare import ParityError, assert_parity
 
 @pytest.mark.parametrize("n", range(6))
 def test_compare(n):

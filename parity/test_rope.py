@@ -6,10 +6,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from moshi_spec import TransformerConfig
-from parity.checks import SHORT_OFFSET, compare_pair, run_control
-from parity.compare import ParityError
-from parity.mutants import MUTANTS
-from parity.strategies import Case, cases, configs
+from parity.harness.checks import SHORT_OFFSET, compare_pair, run_control
+from parity.harness.compare import ParityError
+from parity.harness.mutants import MUTANTS
+from parity.harness.strategies import Case, cases, configs
 
 
 @pytest.mark.parametrize("pair", (("hf", "ref"), ("hf", "flax")), ids="->".join)

@@ -1,7 +1,7 @@
 """Sharding rules: every parameter has exactly one rule, bad rules fail loudly, the 7B plan divides by the mesh, and the
 tiny LM sharded over a (dp=2, fsdp=4) mesh of 8 CPU devices computes what it computes unsharded.
 
-The 8-device run is a subprocess (`parity.sharding_check`): this process initialised jax with one device.
+The 8-device run is a subprocess (`parity.harness.sharding_check`): this process initialised jax with one device.
 """
 
 import json
@@ -29,7 +29,7 @@ def tiny():
 def test_sharded_lm_matches_unsharded():
     env = os.environ | {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
     result = subprocess.run(
-        [sys.executable, "-m", "parity.sharding_check"],
+        [sys.executable, "-m", "parity.harness.sharding_check"],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -22,10 +22,10 @@ from models_flax.cache import KVCache
 from models_flax.sampling import AUDIO, GREEDY, TEXT, Sampler, sample, sample_with_noise
 from models_flax.streaming import UNGENERATED, Streamer
 from moshi_spec import LMConfig
-from parity.arrays import to_numpy
-from parity.compare import ParityError, assert_parity
-from parity.lm_implementations import build_lms
-from parity.streaming_runs import consumed_codes, run_lmgen, run_steps, user_codes
+from parity.harness.arrays import to_numpy
+from parity.harness.compare import ParityError, assert_parity
+from parity.harness.lm_implementations import build_lms
+from parity.harness.streaming_runs import consumed_codes, run_lmgen, run_steps, user_codes
 
 CFG = LMConfig.tiny()  # temporal context 8, delays (0, 0, 1, 1, 1, 0, 1, 1, 1)
 FRAMES = 60

@@ -1,8 +1,8 @@
 """One record per parity comparison: the schema, `emit()`, `validate()` (in reports/validate.py, importable from here)
 and reading a records file back.
 
-Flow: parity/compare.py builds the comparison fields and calls `emit(record)` once per comparison, pass or fail. emit()
-adds the context fields (node id, worker, time, platform, versions, hypothesis profile and reproduction blob), checks
+Flow: parity/harness/compare.py builds the comparison fields and calls `emit(record)` once per comparison, pass or
+fail. emit() adds the context fields (node id, worker, time, platform, versions, hypothesis profile and reproduction blob), checks
 the record with `validate()` (a bad record raises ValueError in the test that emitted it) and attaches it to the running
 pytest item as the user property `(RECORD_KEY, record)`. pytest copies user properties onto every test report, xdist
 carries the reports to the controller, and `reports.plugin` writes each record there as one JSON line. Only builtin JSON
@@ -70,7 +70,7 @@ class Dtypes(TypedDict):
 class Record(TypedDict):
     """One comparison. Declaration order is the key order of a written record.
 
-    Filled by the caller (parity/compare.py); `layer` .. `failures` may be omitted and default to None / []:
+    Filled by the caller (parity/harness/compare.py); `layer` .. `failures` may be omitted and default to None / []:
         component: policy component name ("attention", "rmsnorm", "logits", ...).
         pair: which implementation is the reference and which the candidate.
         layer: layer index for per-layer comparisons, else None.

@@ -5,7 +5,7 @@
 1. shape: equal, else fail at once (no metrics);
 2. dtype: reference and candidate both have `expected_dtype` (no silent upcast or downcast);
 3. finiteness: any NaN or Inf in either array fails, even where both hold the same NaN;
-4. metrics, in float64, against `parity.policy.tolerance_for(expected_dtype, component)`:
+4. metrics, in float64, against `parity.harness.policy.tolerance_for(expected_dtype, component)`:
    elementwise |cand - ref| <= atol * rms(ref) + rtol * |ref|, mean abs diff <= mae * rms(ref), and for logits the mean
    KL divergence over the last axis and the top-k agreement.
 
@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from parity.arrays import dtype_name, to_numpy
-from parity.policy import Tolerance, tolerance_for
+from parity.harness.arrays import dtype_name, to_numpy
+from parity.harness.policy import Tolerance, tolerance_for
 
 REL_FLOOR = 1e-3  # fraction of the reference RMS below which |ref| is floored in the relative diff
 

@@ -1,4 +1,5 @@
-"""The sharded tiny LM equals the unsharded one: run as `python -m parity.sharding_check` in a process with 8 devices.
+"""The sharded tiny LM equals the unsharded one: run as `python -m parity.harness.sharding_check` in a process with 8
+devices.
 
 `parity/test_sharding.py` starts it with `XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu` (the
 test process itself already initialised jax with one device). It prints one JSON line of measurements and exits
@@ -29,7 +30,7 @@ from jax.sharding import PartitionSpec as P
 from models_flax import sharding
 from models_flax.lm import LM
 from moshi_spec import LMConfig
-from parity.policy import tolerance_for
+from parity.harness.policy import tolerance_for
 
 DEVICES = 8
 DP, FSDP = 2, 4

@@ -25,8 +25,8 @@ import models_flax.mlp
 import models_flax.rope
 import models_ref.attention
 from moshi_spec import TransformerConfig
-from parity.implementations import Implementations
-from parity.strategies import Case
+from parity.harness.implementations import Implementations
+from parity.harness.strategies import Case
 
 BASE = TransformerConfig(dim=32, num_heads=4, num_layers=1, ffn_dim=64, context=3, num_kv_heads_override=2)
 FLEX = BASE.replace(flexible=True, num_codebooks=3, rope=False)

@@ -4,7 +4,7 @@ Policy:
 - float32 tolerances are tight enough that porting bugs fail them (a wrong rope theta, a swapped gate, an eps in the
   wrong place, a missing scale); every test module carries negative controls proving that its tolerance catches them.
 - bfloat16 is compared bf16-vs-bf16: reference and candidate both run in bfloat16 and both outputs must be bfloat16
-  (`parity.compare` refuses a silent upcast or downcast); the bounds reflect bf16 rounding, not porting slack.
+  (`parity.harness.compare` refuses a silent upcast or downcast); the bounds reflect bf16 rounding, not porting slack.
 - Numbers are measured, and each entry's `why` states the measurement behind it. A tolerance is never widened to make a
   failing comparison pass: a failure is either a bug to fix or a documented upstream divergence
   (`assert_parity(..., expected_divergence=...)`).
@@ -59,9 +59,9 @@ class Tolerance:
 
 
 # Measured with `python bench/measure_tolerances.py --examples 25` (torch 2.13 CPU, jax 0.10.2 CPU, 2026-11-26): the
-# worst
-# max|diff|/rms(ref) and MAE/rms(ref) over 25 drawn examples per (component, pair, dtype), pairs hf->ref, ref->flax,
-# hf->flax. Bounds are in units of rms(ref) (see parity.compare); rtol is 0 except where bf16 rounding is per element.
+# worst max|diff|/rms(ref) and MAE/rms(ref) over 25 drawn examples per (component, pair, dtype), pairs hf->ref,
+# ref->flax, hf->flax. Bounds are in units of rms(ref) (see parity.harness.compare); rtol is 0 except where bf16
+# rounding is per element.
 _FP32_WHY = "fp32 measured worst max|d|/rms {m:.1e}, mae/rms {a:.1e} over all pairs; bound = ~5x the worst"
 _FP32_MEASURED = {
     "flexible_linear": (9.2e-7, 1.0e-7),
@@ -108,8 +108,8 @@ POLICY: dict[tuple[str, str], Tolerance] = {
 
 
 # The whole LM (parity/test_lm.py, tiny preset, T=20 > context 8), measured over 3 weight/code seeds with
-# `parity.lm_implementations` runs (kyutai, ref, flax; worst over all pairs): fp32 hidden states 2.4e-6 max|d|/rms
-# (mae 3.5e-7), text logits 5.0e-6 (mae 3.7e-7, KL 1.3e-13), audio logits 8.5e-6 (mae 4.8e-7, KL 7.1e-13). bf16: ref and
+# `parity.harness.lm_implementations` runs (kyutai, ref, flax; worst over all pairs): fp32 hidden states 2.4e-6
+# max|d|/rms (mae 3.5e-7), text logits 5.0e-6 (mae 3.7e-7, KL 1.3e-13), audio logits 8.5e-6 (mae 4.8e-7, KL 7.1e-13). bf16: ref and
 # flax bit-identical; kyutai (bf16 SDPA and rope casts) hidden 4.5e-2 (mae 6.5e-3), text 7.2e-2 (mae 6.8e-3, KL 5.6e-5),
 # audio 9.0e-2 (mae 1.1e-2, KL 3.5e-4), top-5 agreement 0.92 (fp32: 1.0). Bounds: ~5x fp32, ~2x bf16.
 POLICY |= {
@@ -139,8 +139,8 @@ POLICY |= {
         )
         for c in ("text_logits", "audio_logits")
     },
-    # parity/sharding_check.py: a tiny LM sharded over 8 CPU devices (dp=2, fsdp=4) against itself unsharded, max |d| /
-    # rms. Its random audio logits have rms ~250 (hidden ~3): the depth transformer amplifies float32 rounding ~50x, so
+    # parity/harness/sharding_check.py: a tiny LM sharded over 8 CPU devices (dp=2, fsdp=4) against itself unsharded,
+    # max |d| / rms. Its random audio logits have rms ~250 (hidden ~3): the depth transformer amplifies float32 rounding ~50x, so
     # the UNSHARDED model differs from itself by up to 7.5e-5 (jit vs eager) over seeds 0-3; sharded runs measure
     # 1.5e-5..8.2e-5; text stays under 1.2e-6. A sharding bug moves logits by O(rms) (rolled-rows control: ~6-7).
     ("float32", "sharded_text_logits"): Tolerance(atol=1e-5, rtol=0.0, mae=1e-5, why="measured <= 1.2e-6"),

@@ -20,8 +20,8 @@ from models_flax.lm import LM as FlaxLM
 from models_ref import origin
 from models_ref.lm import LM as RefLM
 from moshi_spec import LMConfig
-from parity.arrays import to_numpy
-from parity.implementations import JAX_DTYPES, TORCH_DTYPES, randomize_
+from parity.harness.arrays import to_numpy
+from parity.harness.implementations import JAX_DTYPES, TORCH_DTYPES, randomize_
 
 
 def lm_config(hf_model) -> LMConfig:

@@ -20,7 +20,7 @@ import models_flax
 import models_ref
 from models_ref import origin
 from moshi_spec import TransformerConfig
-from parity.strategies import Case
+from parity.harness.strategies import Case
 
 CACHED = "_cached"
 """Suffix of a pseudo-implementation that runs ref or flax attention / layers one step at a time through a KV cache."""

@@ -16,7 +16,7 @@ import torch
 
 from models_flax.streaming import UNGENERATED, Streamer
 from moshi_spec import LMConfig
-from parity.arrays import to_numpy
+from parity.harness.arrays import to_numpy
 
 
 def user_codes(cfg: LMConfig, batch: int, frames: int, *, seed: int) -> np.ndarray:

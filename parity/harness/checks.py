@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from parity import implementations
-from parity.compare import Metrics, assert_parity
-from parity.strategies import Case
+from parity.harness import implementations
+from parity.harness.compare import Metrics, assert_parity
+from parity.harness.strategies import Case
 
 SHORT_OFFSET = 16
 """Largest per-row position offset for comparisons whose two sides compute rope frequencies with different float32
@@ -50,7 +50,7 @@ def run_control(mutant, monkeypatch) -> None:
     """Plants the mutant's bug and asserts that the comparison fails (the record names the control)."""
     import pytest
 
-    from parity.compare import ParityError
+    from parity.harness.compare import ParityError
 
     if mutant.patch is not None:
         mutant.patch(monkeypatch)
