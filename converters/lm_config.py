@@ -9,6 +9,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from moshi_spec import kyutai
 from moshi_spec.config import ACTIVATIONS, LMConfig, TransformerConfig
 
 # num_heads is an explicit LMModel argument, so the depformer never inherits it: depformer_num_heads is required.
@@ -47,11 +48,6 @@ KYUTAI_IGNORED = frozenset(
 )
 
 
-def _kyutai_hidden(dim: int, dim_feedforward: int) -> int:
-    """kyutai ActivationGating's hidden width for (dim, dim_feedforward)."""
-    return (21 * dim) // 8 if dim_feedforward == 4 * dim else (2 * dim_feedforward) // 3
-
-
 def from_kyutai_kwargs(kwargs: Mapping[str, Any]) -> LMConfig:
     """The LMConfig of kyutai `LMModel(**kwargs)` (as in `moshi.models.loaders._lm_kwargs` or a kyutai config.json).
 
@@ -81,7 +77,7 @@ def from_kyutai_kwargs(kwargs: Mapping[str, Any]) -> LMConfig:
         if heads % kv_repeat:
             raise ValueError(f"kyutai LM kwargs: num_heads {heads} is not a multiple of kv_repeat {kv_repeat}")
         return TransformerConfig(
-            dim=dim, num_heads=heads, num_layers=layers, ffn_dim=2 * _kyutai_hidden(dim, dff),
+            dim=dim, num_heads=heads, num_layers=layers, ffn_dim=2 * kyutai.gating_hidden(dim, dff),
             num_kv_heads_override=heads // kv_repeat if kv_repeat != 1 else None, activation=activation, **kw,
         )  # fmt: skip
 
