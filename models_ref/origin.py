@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from moshi_spec import LMConfig, TransformerConfig
+from moshi_spec import kyutai as kyutai_sizes
 
 COMPONENTS = ("flexible_linear", "rmsnorm", "gating_mlp", "rope", "attention", "decoder_layer")
 
@@ -67,11 +68,7 @@ def build_hf(component: str, cfg: TransformerConfig, *, dtype: torch.dtype = tor
 
 def kyutai_dim_feedforward(cfg: TransformerConfig) -> int:
     """The kyutai dim_feedforward whose gating hidden width equals cfg.hidden (kyutai derives hidden from it)."""
-    for dff in ((3 * cfg.hidden + 1) // 2, (3 * cfg.hidden) // 2, (3 * cfg.hidden + 2) // 2):
-        hidden = (21 * cfg.dim) // 8 if dff == 4 * cfg.dim else (2 * dff) // 3
-        if hidden == cfg.hidden:
-            return dff
-    raise ValueError(f"kyutai cannot express a gated hidden width of {cfg.hidden} for dim {cfg.dim}")
+    return kyutai_sizes.dim_feedforward(cfg.dim, cfg.hidden)
 
 
 def kyutai_supports(component: str, cfg: TransformerConfig) -> str | None:
