@@ -1,42 +1,63 @@
-"""Weight converters between the formats "kyutai", "hf", "ref" and "flax" (see registry.py for the rules' grammar).
+"""Weight converters between the formats "kyutai", "hf", "ref" and "flax": one engine for every component kind.
 
-Importing the package registers every edge: kyutai <-> hf <-> ref <-> flax. Whole-LM conversion (`convert_lm`, the LM
-configs of upstream files) is in lm.py, checkpoint files (safetensors, Orbax) in checkpoint.py, the CLI in cli.py.
+    convert(state, src="kyutai", dst="flax", cfg=lm_cfg, component="lm", progress=None)
+
+Importing the package registers the formats (formats.py: one descriptor each), the component kinds (layers.py: the
+layers and the decoder layer; lm.py: the whole LM) and the edges kyutai <-> hf <-> ref <-> flax (tables of rules,
+rules.py). The engine (engine.py, registry.py) finds the shortest path for any kind and checks every key with one
+accounting function (accounting.py); checkpoint files are in checkpoint.py, the CLI in cli.py, LM configs of upstream
+files in lm_config.py, module IO in modules.py.
 """
 
-from converters import hf_ref, kyutai_hf, ref_flax  # noqa: F401  (registers the edges)
+from converters import formats, hf_ref, kyutai_hf, layers, lm, ref_flax  # noqa: F401  (registers all of them)
+from converters.accounting import ConversionError, account
 from converters.arrays import from_jax, from_torch, to_jax, to_torch
-from converters.lm import (
-    check_lm_state,
-    convert_lm,
-    convert_lm_shapes,
-    expected_lm_shapes,
-    find_lm_path,
+from converters.edges import FunctionEdge, TableEdge, register, register_pairs
+from converters.engine import convert, convert_shapes, normalize, validate_shapes
+from converters.formats import Format, LMSpelling
+from converters.lm_config import (
+    config_kind,
     from_hf_config,
     from_kyutai_kwargs,
     lm_config_from_dict,
     lm_config_from_json,
     lm_config_to_dict,
-    validate_lm_shapes,
 )
 from converters.modules import flax_state, load_flax, load_torch, torch_state
-from converters.registry import EDGES, Pair, Rule, convert, find_path, register, register_pairs
-from converters.shapes import COMPONENTS, FORMATS, ConversionError, expected_shapes
+from converters.registry import (
+    COMPONENTS,
+    EDGES,
+    FORMATS,
+    Component,
+    Part,
+    check_state,
+    expected_shapes,
+    find_path,
+    register_component,
+    register_format,
+)
+from converters.rules import Pair, Rule, register_condition
+from converters.transforms import register_transform
 
 __all__ = [
     "COMPONENTS",
     "EDGES",
     "FORMATS",
+    "Component",
     "ConversionError",
+    "Format",
+    "FunctionEdge",
+    "LMSpelling",
     "Pair",
+    "Part",
     "Rule",
-    "check_lm_state",
+    "TableEdge",
+    "account",
+    "check_state",
+    "config_kind",
     "convert",
-    "convert_lm",
-    "convert_lm_shapes",
-    "expected_lm_shapes",
+    "convert_shapes",
     "expected_shapes",
-    "find_lm_path",
     "find_path",
     "flax_state",
     "from_hf_config",
@@ -48,10 +69,15 @@ __all__ = [
     "lm_config_to_dict",
     "load_flax",
     "load_torch",
+    "normalize",
     "register",
+    "register_component",
+    "register_condition",
+    "register_format",
     "register_pairs",
+    "register_transform",
     "to_jax",
     "to_torch",
     "torch_state",
-    "validate_lm_shapes",
+    "validate_shapes",
 ]

@@ -13,6 +13,9 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+"""The floating dtypes converted checkpoints are cast to on request, by name."""
+
 
 def from_torch(tensor: Any) -> np.ndarray:
     """Copies a torch tensor (any device, grad or not) into a numpy array with the same dtype, shape and bits.

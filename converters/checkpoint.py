@@ -6,6 +6,9 @@ holds no second copy of the weights for serialization. Dtypes travel bit for bit
 
 Orbax (Flax): a flat state `{"a.b.0.c": array}` is saved as the nested dict `{"a": {"b": {"0": {"c": array}}}}` with
 `orbax.checkpoint.StandardCheckpointer`; orbax is imported only when an Orbax checkpoint is read or written.
+
+The file names of a converted checkpoint directory (the CLI's OUT, read back by `models_flax.checkpoint`) live here,
+so that the writer and every reader agree on them.
 """
 
 from __future__ import annotations
@@ -19,10 +22,17 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from converters.shapes import ConversionError
+from converters.accounting import ConversionError
 
 State = dict[str, np.ndarray]
 Progress = Callable[[int], object]
+
+CONFIG_NAME = "moshi_parity_config.json"
+"""In a converted checkpoint directory: the record (format, LMConfig as `lm_config`, source, tool version, keys)."""
+SAFETENSORS_NAME = "model.safetensors"
+"""In a converted checkpoint directory: the weights of a torch-layout format."""
+ORBAX_NAME = "params"
+"""In a converted checkpoint directory: the Orbax checkpoint of an orbax-stored format (flax)."""
 
 SAFETENSORS_DTYPES: dict[str, np.dtype] = {
     "F64": np.dtype(np.float64),
@@ -123,7 +133,7 @@ def read_safetensors_index(path: str | Path) -> tuple[dict[str, TensorInfo], dic
 
 
 def safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
-    """{key: shape} of a safetensors file or directory of shards, from the headers alone (for `validate_lm_shapes`)."""
+    """{key: shape} of a safetensors file or directory of shards, from the headers alone (for `validate_shapes`)."""
     return {key: info.shape for key, info in read_safetensors_index(path)[0].items()}
 
 

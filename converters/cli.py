@@ -23,10 +23,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
+from converters import registry
+from converters.accounting import ConversionError
+from converters.arrays import DTYPES
 from converters.checkpoint import (
+    CONFIG_NAME,
+    ORBAX_NAME,
+    SAFETENSORS_NAME,
     load_orbax,
     load_safetensors,
     orbax_shapes,
@@ -34,15 +39,12 @@ from converters.checkpoint import (
     save_orbax,
     save_safetensors,
 )
-from converters.lm import convert_lm, convert_lm_shapes, expected_lm_shapes, lm_config_from_json, lm_config_to_dict
-from converters.shapes import FORMATS, ConversionError
+from converters.engine import convert, convert_shapes
+from converters.lm_config import lm_config_from_json, lm_config_to_dict
+from converters.registry import expected_shapes
 from moshi_spec.config import LMConfig
 
-CONFIG_NAME = "moshi_parity_config.json"
-SAFETENSORS_NAME = "model.safetensors"
-ORBAX_NAME = "params"
-DEFAULT_IGNORE = {"hf": ("audio_encoder.",)}  # MoshiForConditionalGeneration's Mimi: not part of the LM
-DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+COMPONENT = "lm"  # what the CLI converts: a whole LM checkpoint
 SHOWN = 8  # ignored keys printed in the summary; all of them go into moshi_parity_config.json
 
 
@@ -56,11 +58,13 @@ def tool_version() -> str:
 
 
 def parser() -> argparse.ArgumentParser:
+    foreign = "; ".join(f"--src {f.name}: {', '.join(f.foreign)}" for f in registry.FORMATS.values() if f.foreign)
     p = argparse.ArgumentParser(
         prog="python -m converters", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
-    p.add_argument("--src", choices=FORMATS, required=True, help="layout of IN")
-    p.add_argument("--dst", choices=FORMATS, required=True, help="layout of OUT")
+    formats = tuple(registry.FORMATS)
+    p.add_argument("--src", choices=formats, required=True, help="layout of IN")
+    p.add_argument("--dst", choices=formats, required=True, help="layout of OUT")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--preset", help="moshi_spec LMConfig preset (tiny, small, moshi_7b)")
     which.add_argument("--config", type=Path, help="kyutai LM kwargs JSON, HF config.json or moshi_parity_config.json")
@@ -74,8 +78,8 @@ def parser() -> argparse.ArgumentParser:
         "--ignore-prefix",
         action="append",
         metavar="PREFIX",
-        help="drop IN keys starting with PREFIX, listed in the summary (repeatable; default for --src hf:\n"
-        "audio_encoder., i.e. Mimi; --ignore-prefix '' ignores nothing)",
+        help="drop IN keys starting with PREFIX, listed in the summary (repeatable; default: the source format's\n"
+        f"foreign prefixes, {foreign}; --ignore-prefix '' ignores nothing)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (only once OUT.tmp is complete)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -106,7 +110,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[LMConfig, str]:
 
 def read_index(src: str, path: Path) -> tuple[dict[str, tuple[tuple[int, ...], np.dtype]], Any]:
     """({key: (shape, dtype)}, loader) of IN without reading weights; loader(keys) -> state."""
-    if src == "flax" and path.is_dir() and not any(path.glob("*.safetensors")):
+    if registry.get_format(src).checkpoint == "orbax" and path.is_dir() and not any(path.glob("*.safetensors")):
         orbax_dir = path / ORBAX_NAME if (path / ORBAX_NAME).is_dir() else path
         shapes = orbax_shapes(orbax_dir)
         return shapes, lambda keys: {k: v for k, v in load_orbax(orbax_dir).items() if k in keys}
@@ -134,7 +138,7 @@ def cast(state: dict[str, np.ndarray], dtype: str, progress: bool) -> dict[str, 
 
 
 def write(state: dict[str, np.ndarray], fmt: str, directory: Path, progress: bool) -> list[str]:
-    if fmt == "flax":
+    if registry.get_format(fmt).checkpoint == "orbax":
         save_orbax(state, directory / ORBAX_NAME)
         return [ORBAX_NAME]
     with bar(progress, len(state), f"write {SAFETENSORS_NAME}") as b:
@@ -157,20 +161,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise FileExistsError(f"{out} exists (pass --overwrite to replace it)")
     cfg, cfg_source = resolve_config(args)
     index, loader = read_index(args.src, args.input)
-    prefixes = tuple(args.ignore_prefix) if args.ignore_prefix is not None else DEFAULT_IGNORE.get(args.src, ())
+    prefixes = tuple(args.ignore_prefix) if args.ignore_prefix is not None else registry.get_format(args.src).foreign
     prefixes = tuple(p for p in prefixes if p)
     ignored = sorted(k for k in index if k.startswith(prefixes)) if prefixes else []
     kept = {k: v for k, v in index.items() if k not in set(ignored)}
     # Every key and shape checked, and the whole conversion dry-run on zero-byte placeholders, before reading weights.
-    convert_lm_shapes({k: shape for k, (shape, _) in kept.items()}, src=args.src, dst=args.dst, cfg=cfg)
+    shapes = {k: shape for k, (shape, _) in kept.items()}
+    convert_shapes(shapes, src=args.src, dst=args.dst, cfg=cfg, component=COMPONENT)
 
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     progress = not args.no_progress
     try:
         tmp.mkdir(parents=True)
         state = loader(list(kept))
-        with bar(progress, len(expected_lm_shapes(args.src, cfg)), f"convert {args.src}->{args.dst}") as b:
-            converted = convert_lm(state, src=args.src, dst=args.dst, cfg=cfg, progress=b.update)
+        total = len(expected_shapes(args.src, COMPONENT, cfg))
+        with bar(progress, total, f"convert {args.src}->{args.dst}") as b:
+            converted = convert(state, src=args.src, dst=args.dst, cfg=cfg, component=COMPONENT, progress=b.update)
         del state
         converted = cast(converted, args.dtype, progress)
         files = write(converted, args.dst, tmp, progress)

@@ -1,12 +1,15 @@
 """hf <-> ref: the refactored PyTorch keeps HF's names minus MoshiLinear's `.linear` level, in cfg.rope_layout.
 
 HF always lays q/k rows out for the half-split rope; ref uses cfg.rope_layout, so when rope is on and the layout is
-interleaved, q and k rows are permuted per head (k with the kv head count). Everything else is copied.
+interleaved, q and k rows are permuted per head (k with the kv head count). Everything else is copied; the LM's
+top-level modules drop HF's `decoder.model.` / `depth_decoder.` nesting.
 """
 
 from __future__ import annotations
 
-from converters.registry import Pair, register_pairs
+from converters import layers, lm  # noqa: F401  (registers the component kinds these tables name)
+from converters.edges import register_pairs
+from converters.rules import Pair
 
 TABLE: dict[str, tuple[Pair, ...]] = {
     "flexible_linear": (Pair("weight", "weight"),),
@@ -17,6 +20,16 @@ TABLE: dict[str, tuple[Pair, ...]] = {
         Pair("k_proj.linear.weight", "k_proj.weight", "k_half_to_layout", "k_layout_to_half"),
         Pair("v_proj.linear.weight", "v_proj.weight"),
         Pair("o_proj.linear.weight", "o_proj.weight"),
+    ),
+    "lm_top": (
+        Pair("embed_tokens.{c}.weight", "embed_tokens.{c}.weight"),
+        Pair("decoder.model.embed_tokens.weight", "text_embed_tokens.weight"),
+        Pair("decoder.model.norm.weight", "norm.weight"),
+        Pair("decoder.lm_head.weight", "lm_head.weight"),
+        Pair("depth_decoder.text_embed_tokens.weight", "depth.text_embed_tokens.weight"),
+        Pair("depth_decoder.embed_tokens.{c}.weight", "depth.embed_tokens.{c}.weight"),
+        Pair("depth_decoder.input_projections.weight", "depth.input_projections.weight"),
+        Pair("depth_decoder.lm_heads.weight", "depth.lm_heads.weight"),
     ),
 }
 

@@ -5,14 +5,17 @@
   codebooks to (W, out, in) when cfg.flexible; `out_projs.{c}.weight` -> o_proj.linear.weight likewise.
 - gating_mlp: `linear_in/linear_out` -> fc1/fc2; flexible: the ModuleList's `{c}.linear_in/out` stacked.
 - rmsnorm: `alpha` (1, 1, D) -> `weight` (D,).
-- released checkpoints use legacy fused names (`in_proj_weight` (W*(Q+2KV), D), `out_proj.weight` (W*D, Q), codebook
-  c at rows c*rows:(c+1)*rows, as kyutai's own `_load_hook` reads them); they are normalized to the current names first.
-hf -> kyutai emits the current names. kyutai has no standalone flexible linear (it uses ModuleLists of nn.Linear).
+- lm_top: embeddings renamed, `out_norm.alpha` reshaped, per-codebook `depformer_in.{c}` / `linears.{c}` stacked into
+  `depth_decoder.input_projections` (K, Dd, D) / `depth_decoder.lm_heads` (K, V, Dd).
+Released checkpoints' legacy fused names are normalized before this edge runs (see formats.KYUTAI.legacy); hf -> kyutai
+emits the current names. kyutai has no standalone flexible linear (it uses ModuleLists of nn.Linear).
 """
 
 from __future__ import annotations
 
-from converters.registry import Pair, Rule, register_normalizer, register_pairs
+from converters import layers, lm  # noqa: F401  (registers the component kinds and conditions these tables name)
+from converters.edges import register_pairs
+from converters.rules import Pair
 
 TABLE: dict[str, tuple[Pair, ...]] = {
     "rmsnorm": (Pair("alpha", "weight", "alpha_to_weight", "weight_to_alpha"),),
@@ -29,15 +32,19 @@ TABLE: dict[str, tuple[Pair, ...]] = {
             "unfuse_qkv",
             "fuse_qkv",
         ),
-        Pair("out_projs.{c}.weight", "o_proj.linear.weight", "stack", "unstack"),
+        Pair("out_projs.0.weight", "o_proj.linear.weight", when="plain"),
+        Pair("out_projs.{c}.weight", "o_proj.linear.weight", "stack", "unstack", when="flexible"),
+    ),
+    "lm_top": (
+        Pair("emb.{c}.weight", "embed_tokens.{c}.weight"),
+        Pair("text_emb.weight", "decoder.model.embed_tokens.weight"),
+        Pair("out_norm.alpha", "decoder.model.norm.weight", "alpha_to_weight", "weight_to_alpha"),
+        Pair("text_linear.weight", "decoder.lm_head.weight"),
+        Pair("depformer_in.{c}.weight", "depth_decoder.input_projections.weight", "stack", "unstack"),
+        Pair("depformer_emb.{c}.weight", "depth_decoder.embed_tokens.{c}.weight"),
+        Pair("depformer_text_emb.weight", "depth_decoder.text_embed_tokens.weight"),
+        Pair("linears.{c}.weight", "depth_decoder.lm_heads.weight", "stack", "unstack"),
     ),
 }
 
-LEGACY: tuple[Rule, ...] = (
-    Rule("{p}in_proj_weight", "{p}in_projs.{c}.weight", "split_steps"),
-    Rule("{p}in_proj.weight", "{p}in_projs.{c}.weight", "split_steps"),
-    Rule("{p}out_proj.weight", "{p}out_projs.{c}.weight", "split_steps"),
-)
-
 register_pairs("kyutai", "hf", TABLE)
-register_normalizer("kyutai", LEGACY)

@@ -1,312 +1,213 @@
-"""The converter registry: edges between formats declared as tables of rules, and `convert` along the shortest path.
+"""The converter registries (formats, component kinds, edges), what a component looks like in a format, the strict
+check of a state against it, and the one path search.
 
-A rule maps source key template(s) to target key template(s) through a transform named in `TRANSFORMS`. Templates are
-keys relative to the component (the prefix is stripped and re-added generically, see `shapes.split_prefixes`), with two
-placeholders compiled into regex groups:
-    {c}  a codebook index: all keys matching the template are gathered in index order (0..n-1, no gaps) into one list;
-         in a target, one key is emitted per array the transform returns.
-    {p}  any prefix ending in "." (or none); only used by normalizers, which run on whole keys.
-Keys matching a rule are grouped by their placeholders other than {c}; each group is one application of the transform.
+A component kind is either a leaf, whose `shapes(format, cfg)` gives its keys and shapes in a format, or a composite
+of named parts (`parts(format, cfg)`: each a component kind, a config and the key prefix it sits under in that format).
+A decoder layer is a composite of norms, attention and MLP; the whole LM a composite of its top-level weights and one
+decoder layer per layer of each stack. Parts are matched across formats by name, so converting a composite is
+converting each of its leaves, edges only ever hold tables for leaves, and one path search serves every kind.
 
-Accounting is strict on every edge: every source key must be claimed by exactly one rule, no two rules may write one
-target key, a rule's inputs must share one dtype and its outputs keep it, and `convert` checks each edge's input and
-output against `expected_shapes`. All problems of one check are raised together in one ConversionError.
+Configs are opaque here: each kind's `shapes` / `parts` and each transform reads what it needs (no config type is
+imported or checked).
 """
 
 from __future__ import annotations
 
-import itertools
-import re
 from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from functools import cache
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
-from converters.shapes import COMPONENTS, DECODER_CHILDREN, FORMATS, ConversionError, check_state, expected_shapes
-from converters.transforms import TRANSFORMS
-from moshi_spec.config import TransformerConfig
+from converters.accounting import Shape, account, split_prefixes
 
 State = dict[str, np.ndarray]
-EdgeFn = Callable[..., State]
-
-CONDITIONS: dict[str, Callable[[TransformerConfig], bool]] = {
-    "flexible": lambda cfg: cfg.flexible,
-    "plain": lambda cfg: not cfg.flexible,
-}
-"""Names a rule's `when` may take: the rule applies only to configs where the condition holds."""
 
 
 @dataclass(frozen=True)
-class Rule:
-    """One row of an edge table: source key template(s) -> target key template(s) through a named transform."""
+class Part:
+    """One named part of a composite in one format: its kind and config, and the prefix its keys sit under."""
 
-    source: tuple[str, ...] | str
-    target: tuple[str, ...] | str
-    transform: str = "identity"
-    when: str | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("source", "target"):
-            value = getattr(self, name)
-            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
-        if self.transform not in TRANSFORMS:
-            raise ValueError(f"Rule {self.source} -> {self.target}: unknown transform {self.transform!r}")
-        if self.when is not None and self.when not in CONDITIONS:
-            raise ValueError(f"Rule {self.source} -> {self.target}: unknown condition {self.when!r}")
-        for template in self.source + self.target:
-            _compile(template)
-
-    def applies(self, cfg: TransformerConfig) -> bool:
-        return self.when is None or CONDITIONS[self.when](cfg)
-
-    def __str__(self) -> str:
-        src, dst = ", ".join(self.source), ", ".join(self.target)
-        return f"[{src}] -> [{dst}] ({self.transform}{', when ' + self.when if self.when else ''})"
+    name: str
+    prefix: str
+    component: str
+    cfg: Any
 
 
 @dataclass(frozen=True)
-class Pair:
-    """Two-way row: keys `a` (format A) <-> `b` (format B), with the transform for each direction."""
+class Leaf:
+    """A leaf inside a component: part names from the top (the same in every format), full prefix, kind, config."""
 
-    a: tuple[str, ...] | str
-    b: tuple[str, ...] | str
-    a_to_b: str = "identity"
-    b_to_a: str = "identity"
-    when: str | None = None
-
-    def __post_init__(self) -> None:
-        self.forward(), self.backward()  # validates templates, transforms and condition now, not at first use
-
-    def forward(self, pa: str = "", pb: str = "") -> Rule:
-        return Rule(_prefixed(pa, self.a), _prefixed(pb, self.b), self.a_to_b, self.when)
-
-    def backward(self, pa: str = "", pb: str = "") -> Rule:
-        return Rule(_prefixed(pb, self.b), _prefixed(pa, self.a), self.b_to_a, self.when)
+    name: tuple[str, ...]
+    prefix: str
+    component: str
+    cfg: Any
 
 
-def _prefixed(prefix: str, templates: tuple[str, ...] | str) -> tuple[str, ...]:
-    return tuple(prefix + t for t in ((templates,) if isinstance(templates, str) else templates))
+@dataclass(frozen=True, kw_only=True)
+class Component:
+    """A component kind. Exactly one of `shapes` (a leaf) or `parts` (a composite of `uses`) is given.
 
-
-_PLACEHOLDERS = {"c": r"(?P<c>\d+)", "p": r"(?P<p>(?:.+\.)?)"}
-
-
-@cache
-def _compile(template: str) -> re.Pattern[str]:
-    parts = re.split(r"\{(\w*)\}", template)
-    regex = []
-    for i, part in enumerate(parts):
-        if i % 2 == 0:
-            regex.append(re.escape(part))
-        elif part in _PLACEHOLDERS and f"{{{part}}}" not in "".join(parts[:i]):
-            regex.append(_PLACEHOLDERS[part])
-        else:
-            raise ValueError(f"key template {template!r}: unknown or repeated placeholder {{{part}}}")
-    return re.compile("".join(regex))
-
-
-@dataclass
-class Applied:
-    """Result of applying rules to a state: outputs, which source keys made each output, and unclaimed keys."""
-
-    out: State = field(default_factory=dict)
-    origin: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    unmatched: list[str] = field(default_factory=list)
-
-
-def apply_rules(
-    state: Mapping[str, np.ndarray], rules: tuple[Rule, ...], cfg: TransformerConfig, *, where: str
-) -> Applied:
-    """Applies every rule that holds for `cfg` to `state`; keys no rule claims are returned in `unmatched`.
-
-    Raises:
-        ConversionError: a key claimed by two rules, codebook indices with gaps, a source template with no key in a
-            group, mixed input dtypes, a transform that fails or changes the dtype, or two outputs with one key (listed
-            together).
+    Attributes:
+        name: the kind's name (`component=` of `convert`).
+        shapes: (format descriptor, cfg) -> {key relative to the component: shape}, or None if the format lacks it.
+        parts: (format descriptor, cfg) -> the parts in that format, or None if the format lacks the kind.
+        uses: the kinds a composite's parts may be (a path must have edges for all of them).
+        whole: states hold exactly one instance with whole keys (a checkpoint); otherwise any number of instances
+            under any prefixes (`layers.3.`), recovered from the keys.
     """
-    problems: list[str] = []
-    claimed: dict[str, Rule] = {}
-    plans: list[tuple[Rule, dict[tuple[tuple[str, str], ...], list[list[tuple[int, str]]]]]] = []
-    for rule in (r for r in rules if r.applies(cfg)):
-        groups: dict[tuple[tuple[str, str], ...], list[list[tuple[int, str]]]] = {}
-        for i, template in enumerate(rule.source):
-            pattern = _compile(template)
-            for key in state:
-                match = pattern.fullmatch(key)
-                if match is None:
-                    continue
-                if key in claimed:
-                    problems.append(f"key {key} claimed by two rules: {claimed[key]} and {rule}")
-                claimed[key] = rule
-                found = match.groupdict()
-                index = int(found.pop("c", 0) or 0)
-                groups.setdefault(tuple(sorted(found.items())), [[] for _ in rule.source])[i].append((index, key))
-        plans.append((rule, groups))
 
-    applied = Applied(unmatched=[key for key in state if key not in claimed])
-    for rule, groups in plans:
-        for found_items, per_source in groups.items():
-            found = dict(found_items)
-            inputs: list[list[np.ndarray]] = []
-            sources: list[str] = []
-            before = len(problems)
-            for template, entries in zip(rule.source, per_source, strict=True):
-                entries.sort()
-                indices = [index for index, _ in entries]
-                if not entries:
-                    problems.append(f"rule {rule}: no key matches {template} (group {found or 'of the component'})")
-                elif "{c}" in template and indices != list(range(len(indices))):
-                    problems.append(f"rule {rule}: codebook indices of {template} are {indices}, expected 0..n-1")
-                inputs.append([state[key] for _, key in entries])
-                sources += [key for _, key in entries]
-            dtypes = {x.dtype for xs in inputs for x in xs}
-            if len(dtypes) > 1:
-                problems.append(f"rule {rule}: inputs {sources} mix dtypes {sorted(map(str, dtypes))}")
-            if len(problems) > before:
-                continue
-            (dtype,) = dtypes
-            try:
-                outputs = TRANSFORMS[rule.transform](inputs, cfg)
-            except ValueError as err:
-                problems.append(f"rule {rule} on {sources}: {err}")
-                continue
-            for template, arrays in zip(rule.target, outputs, strict=True):
-                if "{c}" not in template and len(arrays) != 1:
-                    problems.append(f"rule {rule}: {len(arrays)} arrays for the single key {template}")
-                    continue
-                for c, array in enumerate(arrays):
-                    key = template.format(c=c, **found)
-                    if array.dtype != dtype:
-                        problems.append(f"rule {rule}: transform turned {dtype} into {array.dtype} for {key}")
-                    elif key in applied.out:
-                        problems.append(f"key {key} written twice: from {applied.origin[key]} and {tuple(sources)}")
-                    else:
-                        applied.out[key] = np.ascontiguousarray(array)
-                        applied.origin[key] = tuple(sources)
-    if problems:
-        raise ConversionError(f"{where}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
-    return applied
+    name: str
+    shapes: Callable[[Any, Any], Mapping[str, Shape] | None] | None = None
+    parts: Callable[[Any, Any], Sequence[Part] | None] | None = None
+    uses: tuple[str, ...] = ()
+    whole: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.shapes is None) == (self.parts is None):
+            raise ValueError(f"component {self.name!r}: give exactly one of shapes (a leaf) or parts (a composite)")
+        if self.parts is not None and not self.uses:
+            raise ValueError(f"component {self.name!r}: a composite must name the kinds its parts use")
 
 
-class TableEdge:
-    """An edge declared as data: one tuple of rules per component it covers."""
+class Edge(Protocol):
+    """A registered conversion src -> dst for the leaf kinds in `components`."""
 
-    def __init__(self, src: str, dst: str, tables: Mapping[str, tuple[Rule, ...]]):
-        self.src, self.dst, self.tables = src, dst, dict(tables)
-        self.components = frozenset(self.tables)
-
-    def __call__(self, state: Mapping[str, np.ndarray], *, cfg: TransformerConfig, component: str) -> State:
-        where = f"edge {self.src}->{self.dst} ({component})"
-        groups = check_state(state, self.src, component, cfg, what=f"input of {where}")
-        out: State = {}
-        unmatched: list[str] = []
-        for prefix, group in groups.items():
-            applied = apply_rules(group, self.tables[component], cfg, where=where)
-            out |= {prefix + key: value for key, value in applied.out.items()}
-            unmatched += [prefix + key for key in applied.unmatched]
-        if unmatched:
-            raise ConversionError(f"{where}: {len(unmatched)} key(s) matched by no rule: {unmatched}")
-        return out
-
-    def __repr__(self) -> str:
-        return f"TableEdge({self.src!r}, {self.dst!r}, components={sorted(self.components)})"
-
-
-@dataclass(frozen=True)
-class FunctionEdge:
-    """An edge written as a function `(state, *, cfg, component) -> state` (for what a table cannot say)."""
-
-    fn: EdgeFn
     components: frozenset[str]
 
-    def __call__(self, state: Mapping[str, np.ndarray], *, cfg: TransformerConfig, component: str) -> State:
-        return self.fn(dict(state), cfg=cfg, component=component)
+    def __call__(self, state: Mapping[str, np.ndarray], *, cfg: Any, component: str) -> State: ...
 
 
-EDGES: dict[tuple[str, str], TableEdge | FunctionEdge] = {}
-NORMALIZERS: dict[str, tuple[Rule, ...]] = {}
+FORMATS: dict[str, Any] = {}
+"""Format name -> descriptor (converters.formats.Format)."""
+COMPONENTS: dict[str, Component] = {}
+EDGES: dict[tuple[str, str], Edge] = {}
 
 
-def register(
-    src: str,
-    dst: str,
-    table: Mapping[str, tuple[Rule, ...]] | None = None,
-    *,
-    components: tuple[str, ...] = COMPONENTS,
-    replace: bool = False,
-) -> Callable[[EdgeFn], EdgeFn] | TableEdge:
-    """Registers the edge src -> dst: a table (`register(src, dst, {component: rules})`) or a decorated function.
+def register_format(fmt: Any, *, replace: bool = False) -> None:
+    """Registers a format descriptor (anything with a `name`; converters.formats.Format for the built-in ones).
 
     Raises:
-        ValueError: unknown format or component, or the edge is already registered (unless `replace`).
+        ValueError: the name is taken (unless `replace`).
     """
-    for fmt in (src, dst):
-        if fmt not in FORMATS:
-            raise ValueError(f"register: unknown format {fmt!r}; known: {FORMATS}")
-    if (src, dst) in EDGES and not replace:
-        raise ValueError(f"register: edge {src}->{dst} is already registered ({EDGES[(src, dst)]!r})")
-    if table is not None:
-        unknown = set(table) - set(COMPONENTS)
-        if unknown:
-            raise ValueError(f"register {src}->{dst}: unknown components {sorted(unknown)}; known: {COMPONENTS}")
-        edge = EDGES[(src, dst)] = TableEdge(src, dst, table)
-        return edge
-
-    def decorate(fn: EdgeFn) -> EdgeFn:
-        EDGES[(src, dst)] = FunctionEdge(fn, frozenset(components))
-        return fn
-
-    return decorate
+    if fmt.name in FORMATS and not replace:
+        raise ValueError(f"register_format: format {fmt.name!r} is already registered")
+    FORMATS[fmt.name] = fmt
 
 
-def register_pairs(a: str, b: str, pairs: Mapping[str, tuple[Pair, ...]]) -> None:
-    """Registers both edges a -> b and b -> a from one two-way table; decoder_layer is derived from its children."""
-    forward = {component: tuple(p.forward() for p in rows) for component, rows in pairs.items()}
-    backward = {component: tuple(p.backward() for p in rows) for component, rows in pairs.items()}
-    children = list(zip(DECODER_CHILDREN[a], DECODER_CHILDREN[b], strict=True))
-    if all(child in pairs for (_, child), _ in children):
-        fwd, bwd = [], []
-        for (pa, child), (pb, child_b) in children:
-            assert child == child_b, f"DECODER_CHILDREN of {a} and {b} disagree: {child} vs {child_b}"
-            fwd += [p.forward(pa, pb) for p in pairs[child]]
-            bwd += [p.backward(pa, pb) for p in pairs[child]]
-        forward["decoder_layer"], backward["decoder_layer"] = tuple(fwd), tuple(bwd)
-    register(a, b, forward)
-    register(b, a, backward)
-
-
-def register_normalizer(fmt: str, rules: tuple[Rule, ...]) -> None:
-    """Rules run on whole keys of a `fmt` source state before anything else (legacy names -> current names)."""
-    NORMALIZERS[fmt] = rules
-
-
-def normalize(state: Mapping[str, np.ndarray], fmt: str, cfg: TransformerConfig) -> State:
-    """Rewrites legacy keys of a `fmt` state into current ones; keys no rule claims pass through unchanged.
+def register_component(kind: Component, *, replace: bool = False) -> None:
+    """Registers a component kind.
 
     Raises:
-        ConversionError: a legacy key and the current key it becomes are both present (listed together).
+        ValueError: the name is taken (unless `replace`), or a composite uses an unregistered kind.
     """
-    rules = NORMALIZERS.get(fmt)
-    if not rules:
-        return dict(state)
-    applied = apply_rules(state, rules, cfg, where=f"normalizing legacy {fmt} names")
-    clashes = [f"{applied.origin[k]} and {k}" for k in applied.unmatched if k in applied.out]
-    if clashes:
-        raise ConversionError(
-            f"{fmt} state holds both legacy and current names for the same weights ({len(clashes)}): "
-            + "; ".join(clashes)
-        )
-    return applied.out | {key: state[key] for key in applied.unmatched}
+    if kind.name in COMPONENTS and not replace:
+        raise ValueError(f"register_component: component {kind.name!r} is already registered")
+    unknown = [used for used in kind.uses if used not in COMPONENTS]
+    if unknown:
+        raise ValueError(f"register_component: {kind.name!r} uses unregistered kinds {unknown}")
+    COMPONENTS[kind.name] = kind
+
+
+def get_format(name: str) -> Any:
+    if name not in FORMATS:
+        raise ValueError(f"unknown format {name!r}; known: {tuple(FORMATS)}")
+    return FORMATS[name]
+
+
+def get_component(name: str) -> Component:
+    if name not in COMPONENTS:
+        raise ValueError(f"unknown component {name!r}; known: {tuple(COMPONENTS)}")
+    return COMPONENTS[name]
+
+
+def leaf_kinds(component: str) -> frozenset[str]:
+    """The leaf kinds a component is made of (itself, for a leaf)."""
+    kind = get_component(component)
+    if kind.parts is None:
+        return frozenset({component})
+    return frozenset().union(*(leaf_kinds(used) for used in kind.uses))
+
+
+def parts(fmt: str, component: str, cfg: Any) -> Sequence[Part]:
+    """The parts of a composite in format `fmt`.
+
+    Raises:
+        ValueError: unknown format or component, a format without the component, or two parts of one name.
+    """
+    kind, descriptor = get_component(component), get_format(fmt)
+    assert kind.parts is not None, f"{component} is a leaf"
+    found = kind.parts(descriptor, cfg)
+    if found is None:
+        raise ValueError(f"format {fmt!r} has no component {component!r}")
+    names = [part.name for part in found]
+    if len(set(names)) != len(names):
+        raise ValueError(f"component {component!r} in {fmt!r}: part names repeat: {names}")
+    return found
+
+
+def leaves(fmt: str, component: str, cfg: Any) -> list[Leaf]:
+    """Every leaf of a component in format `fmt`, in part order, with its full prefix and config."""
+    if get_component(component).parts is None:
+        expected_shapes(fmt, component, cfg)  # unknown format, or a format without the component
+        return [Leaf((), "", component, cfg)]
+    found = []
+    for part in parts(fmt, component, cfg):
+        for leaf in leaves(fmt, part.component, part.cfg):
+            found.append(Leaf((part.name, *leaf.name), part.prefix + leaf.prefix, leaf.component, leaf.cfg))
+    return found
+
+
+def expected_shapes(fmt: str, component: str, cfg: Any) -> dict[str, Shape]:
+    """The keys (relative to the component) and shapes of one `component` in format `fmt` for `cfg`.
+
+    Raises:
+        ValueError: unknown format or component, or a component the format does not have (kyutai flexible_linear).
+    """
+    kind, descriptor = get_component(component), get_format(fmt)
+    if kind.shapes is None:
+        shapes: dict[str, Shape] = {}
+        for part in parts(fmt, component, cfg):
+            inner = expected_shapes(fmt, part.component, part.cfg)
+            shapes |= {part.prefix + key: shape for key, shape in inner.items()}
+        return shapes
+    found = kind.shapes(descriptor, cfg)
+    if found is None:
+        raise ValueError(f"format {fmt!r} has no component {component!r}")
+    return dict(found)
+
+
+def check_state(
+    state: Mapping[str, object], fmt: str, component: str, cfg: Any, *, what: str = "state"
+) -> dict[str, dict[str, np.ndarray]]:
+    """Checks that `state` holds exactly the keys and shapes of `component`(s) in format `fmt` (no legacy names).
+
+    Returns:
+        The state grouped by instance prefix, `{prefix: {relative key: array}}` (a `whole` kind: one group, "").
+
+    Raises:
+        ConversionError: listing, all at once, every missing key (expected shape), unexpected key (its shape), key
+            with the wrong shape (expected vs got) and value that is not a numpy array.
+    """
+    expected = expected_shapes(fmt, component, cfg)
+    if get_component(component).whole:
+        groups, where = {"": dict(state)}, ""
+    else:
+        groups = split_prefixes(state, expected)
+        where = f" (instances under {sorted(groups)})"
+    full = {prefix + key: shape for prefix in groups for key, shape in expected.items()}
+    account(state, full, what=f"{what}: not a {fmt} {component} for this config{where}")
+    return groups  # type: ignore[return-value]  (checked: numpy arrays only)
 
 
 def find_path(src: str, dst: str, component: str) -> list[str]:
-    """Shortest list of formats from src to dst through edges covering `component` (breadth-first search).
+    """Shortest list of formats from src to dst through edges covering every leaf kind of `component` (BFS).
 
     Raises:
-        ValueError: no such path; the message names the formats and lists the registered edges.
+        ValueError: unknown component, or no such path; the message names the formats and lists the registered edges.
     """
+    needed = leaf_kinds(component)
     previous: dict[str, str | None] = {src: None}
     queue = deque([src])
     while queue:
@@ -317,37 +218,10 @@ def find_path(src: str, dst: str, component: str) -> list[str]:
                 path.append(before)
             return path[::-1]
         for a, b in sorted(EDGES):
-            if a == fmt and b not in previous and component in EDGES[(a, b)].components:
+            if a == fmt and b not in previous and needed <= EDGES[(a, b)].components:
                 previous[b] = fmt
                 queue.append(b)
     edges = ", ".join(f"{a}->{b} {sorted(e.components)}" for (a, b), e in sorted(EDGES.items()))
     raise ValueError(
         f"no converter path from {src!r} to {dst!r} for component {component!r}; registered edges: {edges}"
     )
-
-
-def convert(state: Mapping[str, np.ndarray], *, src: str, dst: str, cfg: TransformerConfig, component: str) -> State:
-    """Converts a state of `component` (or several, under different prefixes) from format `src` to format `dst`.
-
-    Args:
-        state: flat {key: numpy array}; keys are the component's keys behind any prefix (e.g. `layers.3.`).
-        src, dst: formats, in FORMATS ("kyutai", "hf", "ref", "flax").
-        cfg: the transformer's config (shapes, heads, flexible, rope, rope_layout).
-        component: one of COMPONENTS.
-
-    Returns:
-        A new flat state in `dst`'s layout with the same prefixes and dtypes. Round trips are bit-exact.
-
-    Raises:
-        ValueError: unknown format/component, or no path between the formats for this component.
-        ConversionError: the input, or any edge's output, does not account for every key with the right shape.
-    """
-    for fmt in (src, dst):
-        expected_shapes(fmt, component, cfg)  # unknown format/component, or a component the format lacks
-    path = find_path(src, dst, component)
-    state = normalize(state, src, cfg)
-    check_state(state, src, component, cfg, what=f"input of convert {src}->{dst}")
-    for a, b in itertools.pairwise(path):
-        state = EDGES[(a, b)](state, cfg=cfg, component=component)
-        check_state(state, b, component, cfg, what=f"output of edge {a}->{b}")
-    return dict(state)

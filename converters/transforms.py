@@ -1,9 +1,10 @@
-"""The named transforms that converter tables refer to, in one dict (`TRANSFORMS`).
+"""The named transforms that converter tables refer to, in one registry (`TRANSFORMS`, `register_transform`).
 
 Every transform has one signature: `(inputs, cfg) -> outputs`, where `inputs` holds one list of arrays per source
-key template of the rule (a template with `{c}` gathers its keys in codebook order; one without gives a one-element
+key template of the rule (a template with `{c}` gathers its keys in index order; one without gives a one-element
 list) and `outputs` one list per target template. Elementwise transforms are lifted with `_each`. Transforms only move
-bits (reshape, transpose, slice, stack, concatenate); they never cast.
+bits (reshape, transpose, slice, stack, concatenate); they never cast. `cfg` is whatever config the component kind
+uses: each transform that reads it names the attributes it reads, and none checks its type.
 
 Rope layouts (per head, on the output rows of q and k, weight in torch layout (..., out, in)):
     half        rows (i, i + hd/2) form a rotary pair (HF `rotate_half`)
@@ -13,13 +14,12 @@ Rope layouts (per head, on the output rows of q and k, weight in torch layout (.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-from moshi_spec.config import TransformerConfig
-
 Arrays = list[list[np.ndarray]]
-Transform = Callable[[Arrays, TransformerConfig], Arrays]
+Transform = Callable[[Arrays, Any], Arrays]
 
 
 def _heads_rows(w: np.ndarray, heads: int) -> tuple[tuple[int, ...], int, int]:
@@ -41,10 +41,10 @@ def half_to_interleaved(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(*lead, heads, 2, hd // 2, inp).swapaxes(-3, -2).reshape(w.shape)
 
 
-def _each(fn: Callable[[np.ndarray, TransformerConfig], np.ndarray]) -> Transform:
+def _each(fn: Callable[[np.ndarray, Any], np.ndarray]) -> Transform:
     """Lifts a one-array function to a transform of one source template onto one target template."""
 
-    def transform(inputs: Arrays, cfg: TransformerConfig) -> Arrays:
+    def transform(inputs: Arrays, cfg: Any) -> Arrays:
         (xs,) = inputs
         return [[fn(x, cfg) for x in xs]]
 
@@ -52,13 +52,13 @@ def _each(fn: Callable[[np.ndarray, TransformerConfig], np.ndarray]) -> Transfor
     return transform
 
 
-def _ref_interleaved(cfg: TransformerConfig) -> bool:
-    """Whether ref/flax weights use the interleaved rope layout (HF always uses half)."""
+def _ref_interleaved(cfg: Any) -> bool:
+    """Whether ref/flax weights use the interleaved rope layout (HF always uses half). Reads cfg.rope, .rope_layout."""
     return cfg.rope and cfg.rope_layout == "interleaved"
 
 
-def _stack(xs: list[np.ndarray], cfg: TransformerConfig) -> np.ndarray:
-    """W per-codebook arrays -> (W, ...) when cfg.flexible; the single array otherwise."""
+def _stack(xs: list[np.ndarray], cfg: Any) -> np.ndarray:
+    """W per-codebook arrays -> (W, ...) when cfg.flexible; the single array otherwise. Reads cfg.flexible."""
     if cfg.flexible:
         return np.stack(xs)
     if len(xs) != 1:
@@ -66,12 +66,15 @@ def _stack(xs: list[np.ndarray], cfg: TransformerConfig) -> np.ndarray:
     return xs[0]
 
 
-def _unstack(x: np.ndarray, cfg: TransformerConfig) -> list[np.ndarray]:
+def _unstack(x: np.ndarray, cfg: Any) -> list[np.ndarray]:
     return list(x) if cfg.flexible else [x]
 
 
-def _unfuse_qkv(inputs: Arrays, cfg: TransformerConfig) -> Arrays:
-    """kyutai `in_projs.{c}` rows [q; k; v] (interleaved rope) -> HF q, k, v (half rope), stacked over codebooks."""
+def _unfuse_qkv(inputs: Arrays, cfg: Any) -> Arrays:
+    """kyutai `in_projs.{c}` rows [q; k; v] (interleaved rope) -> HF q, k, v (half rope), stacked over codebooks.
+
+    Reads cfg.q_dim, .kv_dim, .rope, .num_heads, .num_kv_heads, .flexible.
+    """
     (fused,) = inputs
     Q, KV = cfg.q_dim, cfg.kv_dim
     qs, ks, vs = [], [], []
@@ -83,7 +86,7 @@ def _unfuse_qkv(inputs: Arrays, cfg: TransformerConfig) -> Arrays:
     return [[_stack(qs, cfg)], [_stack(ks, cfg)], [_stack(vs, cfg)]]
 
 
-def _fuse_qkv(inputs: Arrays, cfg: TransformerConfig) -> Arrays:
+def _fuse_qkv(inputs: Arrays, cfg: Any) -> Arrays:
     """Inverse of `_unfuse_qkv`."""
     (q,), (k,), (v,) = inputs
     fused = []
@@ -94,27 +97,30 @@ def _fuse_qkv(inputs: Arrays, cfg: TransformerConfig) -> Arrays:
     return [fused]
 
 
-def _split_steps(inputs: Arrays, cfg: TransformerConfig) -> Arrays:
-    """kyutai legacy fused (W * rows, in), step-major (codebook c at rows c*rows:(c+1)*rows) -> W arrays."""
+def _split_steps(inputs: Arrays, cfg: Any) -> Arrays:
+    """kyutai legacy fused (W * rows, in), step-major (codebook c at rows c*rows:(c+1)*rows) -> W arrays.
+
+    Reads cfg.weight_sets.
+    """
     ((w,),) = inputs
     if w.shape[0] % cfg.weight_sets:
         raise ValueError(f"legacy fused weight of {w.shape[0]} rows does not split into {cfg.weight_sets} codebooks")
     return [list(w.reshape(cfg.weight_sets, -1, *w.shape[1:]))]
 
 
-def _q_half_to_layout(w: np.ndarray, cfg: TransformerConfig) -> np.ndarray:
+def _q_half_to_layout(w: np.ndarray, cfg: Any) -> np.ndarray:
     return half_to_interleaved(w, cfg.num_heads) if _ref_interleaved(cfg) else w
 
 
-def _k_half_to_layout(w: np.ndarray, cfg: TransformerConfig) -> np.ndarray:
+def _k_half_to_layout(w: np.ndarray, cfg: Any) -> np.ndarray:
     return half_to_interleaved(w, cfg.num_kv_heads) if _ref_interleaved(cfg) else w
 
 
-def _q_layout_to_half(w: np.ndarray, cfg: TransformerConfig) -> np.ndarray:
+def _q_layout_to_half(w: np.ndarray, cfg: Any) -> np.ndarray:
     return interleaved_to_half(w, cfg.num_heads) if _ref_interleaved(cfg) else w
 
 
-def _k_layout_to_half(w: np.ndarray, cfg: TransformerConfig) -> np.ndarray:
+def _k_layout_to_half(w: np.ndarray, cfg: Any) -> np.ndarray:
     return interleaved_to_half(w, cfg.num_kv_heads) if _ref_interleaved(cfg) else w
 
 
@@ -123,15 +129,27 @@ TRANSFORMS: dict[str, Transform] = {
     "transpose": _each(lambda x, cfg: x.swapaxes(-1, -2)),  # torch (..., out, in) <-> flax (..., in, out)
     "alpha_to_weight": _each(lambda x, cfg: x.reshape(x.shape[-1])),  # kyutai (1, 1, D) -> (D,)
     "weight_to_alpha": _each(lambda x, cfg: x.reshape(1, 1, x.shape[-1])),
-    # HF half layout <-> cfg.rope_layout (a no-op unless rope is on and the layout interleaved).
+    # HF half layout <-> cfg.rope_layout (a no-op unless rope is on and the layout interleaved); q reads cfg.num_heads,
+    # k cfg.num_kv_heads.
     "q_half_to_layout": _each(_q_half_to_layout),
     "k_half_to_layout": _each(_k_half_to_layout),
     "q_layout_to_half": _each(_q_layout_to_half),
     "k_layout_to_half": _each(_k_layout_to_half),
-    # kyutai per-codebook ModuleLists <-> HF stacked (W, ...) weights.
-    "stack": lambda inputs, cfg: [[_stack(inputs[0], cfg)]],
-    "unstack": lambda inputs, cfg: [_unstack(inputs[0][0], cfg)],
+    # per-codebook ModuleLists (n arrays, a {c} template) <-> one stacked (n, ...) array; conditions pick the rows.
+    "stack": lambda inputs, cfg: [[np.stack(inputs[0])]],
+    "unstack": lambda inputs, cfg: [list(inputs[0][0])],
     "unfuse_qkv": _unfuse_qkv,
     "fuse_qkv": _fuse_qkv,
     "split_steps": _split_steps,
 }
+
+
+def register_transform(name: str, transform: Transform, *, replace: bool = False) -> None:
+    """Makes `name` available to rules (a new format's or component kind's own moves).
+
+    Raises:
+        ValueError: the name is taken (unless `replace`).
+    """
+    if name in TRANSFORMS and not replace:
+        raise ValueError(f"register_transform: {name!r} is already registered")
+    TRANSFORMS[name] = transform

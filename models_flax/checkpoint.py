@@ -36,10 +36,8 @@ def from_checkpoint(path: str | Path, *, dtype: object = None, precision: jax.la
         ValueError: the directory holds another format, or mixed dtypes with dtype=None.
         ConversionError: the checkpoint's keys or shapes do not match the LM of its config.
     """
-    from converters.checkpoint import load_orbax, orbax_shapes
-    from converters.cli import CONFIG_NAME, ORBAX_NAME
-    from converters.lm import lm_config_from_dict, validate_lm_shapes
-    from converters.modules import load_flax
+    from converters import lm_config_from_dict, load_flax, validate_shapes
+    from converters.checkpoint import CONFIG_NAME, ORBAX_NAME, load_orbax, orbax_shapes
 
     path = Path(path)
     config_file, params = path / CONFIG_NAME, path / ORBAX_NAME
@@ -52,7 +50,7 @@ def from_checkpoint(path: str | Path, *, dtype: object = None, precision: jax.la
     cfg = lm_config_from_dict(record["lm_config"])
 
     stored = orbax_shapes(params)
-    validate_lm_shapes({key: shape for key, (shape, _) in stored.items()}, fmt="flax", cfg=cfg)
+    validate_shapes({key: shape for key, (shape, _) in stored.items()}, fmt="flax", cfg=cfg, component="lm")
     dtypes = {np.dtype(d) for _, d in stored.values()}
     if dtype is None:
         if len(dtypes) != 1:

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from converters import (
-    COMPONENTS,
     ConversionError,
     convert,
     expected_shapes,
@@ -29,7 +28,9 @@ from converters import (
     torch_state,
     transforms,
 )
-from converters.registry import FunctionEdge, Pair, Rule, TableEdge, apply_rules
+from converters.edges import FunctionEdge, TableEdge
+from converters.layers import LAYER_COMPONENTS
+from converters.rules import Pair, Rule, apply_rules
 from parity.harness.converter_cases import (
     CONFIGS,
     DTYPES,
@@ -48,7 +49,9 @@ ROUND_TRIPS = [("hf", "ref"), ("ref", "flax"), ("kyutai", "hf"), ("hf", "flax"),
 
 
 # kyutai has no standalone flexible linear (it uses per-step ModuleLists), so those combinations are not generated.
-TRIPS = [(a, b, c) for a, b in ROUND_TRIPS for c in COMPONENTS if not (c == "flexible_linear" and "kyutai" in (a, b))]
+TRIPS = [
+    (a, b, c) for a, b in ROUND_TRIPS for c in LAYER_COMPONENTS if not (c == "flexible_linear" and "kyutai" in (a, b))
+]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -242,7 +245,7 @@ def test_edge_output_is_checked(monkeypatch):
     def lossy(state, *, cfg, component):
         return {k.replace(".linear", ""): v for k, v in state.items() if "o_proj" not in k}
 
-    monkeypatch.setitem(registry.EDGES, ("hf", "ref"), FunctionEdge(lossy, frozenset(COMPONENTS)))
+    monkeypatch.setitem(registry.EDGES, ("hf", "ref"), FunctionEdge(lossy, frozenset(LAYER_COMPONENTS)))
     message = conversion_error(random_state("hf", "attention", make_cfg()), component="attention")
     assert "output of edge hf->ref" in message and "missing     o_proj.weight: expected (16, 16)" in message
 

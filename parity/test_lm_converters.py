@@ -25,26 +25,28 @@ from jax import lax
 from safetensors.numpy import save_file
 
 import converters
-from converters import ConversionError, convert_lm, expected_lm_shapes
-from converters import cli as cli_module
-from converters.checkpoint import load_orbax, read_safetensors_index, safetensors_shapes, save_safetensors
-from converters.cli import main
-from converters.lm import (
+from converters import (
+    ConversionError,
     config_kind,
-    convert_lm_shapes,
+    convert,
+    convert_shapes,
+    expected_shapes,
     from_hf_config,
     from_kyutai_kwargs,
     lm_config_from_dict,
     lm_config_to_dict,
-    validate_lm_shapes,
+    validate_shapes,
 )
+from converters import cli as cli_module
+from converters.checkpoint import load_orbax, read_safetensors_index, safetensors_shapes, save_safetensors
+from converters.cli import main
 from models_flax.checkpoint import from_checkpoint
 from models_flax.lm import LM as FlaxLM
 from models_ref import origin
 from models_ref.lm import LM as RefLM
 from moshi_spec import LMConfig
+from parity.harness.adapters.base import randomize_, torch_dtype
 from parity.harness.converter_cases import DTYPES, assert_bit_equal, legacy
-from parity.harness.implementations import JAX_DTYPES, TORCH_DTYPES, randomize_
 
 os.environ.setdefault("NO_TORCH_COMPILE", "1")
 CFG = LMConfig.tiny()
@@ -61,7 +63,7 @@ def kyutai_lm(dtype: str = "float32") -> torch.nn.Module:
                   depformer_num_heads=2, depformer_num_layers=2, depformer_multi_linear=True,
                   depformer_weights_per_step=True, depformer_pos_emb="none", existing_text_padding_id=3)  # fmt: skip
     assert from_kyutai_kwargs(kwargs) == CFG
-    return LMModel(**kwargs).to(TORCH_DTYPES[dtype])
+    return LMModel(**kwargs).to(torch_dtype(dtype))
 
 
 @cache
@@ -119,12 +121,12 @@ def leftovers(tmp_path: Path) -> list[str]:
 
 
 def test_expected_layouts_are_the_real_modules():
-    assert {k: v.shape for k, v in kyutai_state().items()} == expected_lm_shapes("kyutai", CFG)
-    assert hf_shapes(hf_tiny_config()) == expected_lm_shapes("hf", CFG)
-    assert {k: tuple(v.shape) for k, v in RefLM(CFG).state_dict().items()} == expected_lm_shapes("ref", CFG)
+    assert {k: v.shape for k, v in kyutai_state().items()} == expected_shapes("kyutai", "lm", CFG)
+    assert hf_shapes(hf_tiny_config()) == expected_shapes("hf", "lm", CFG)
+    assert {k: tuple(v.shape) for k, v in RefLM(CFG).state_dict().items()} == expected_shapes("ref", "lm", CFG)
     flax = nnx.eval_shape(lambda: FlaxLM(CFG, rngs=nnx.Rngs(0)))
     flat = nnx.to_flat_state(nnx.state(flax, nnx.Param))
-    assert {".".join(map(str, p)): v.get_value().shape for p, v in flat} == expected_lm_shapes("flax", CFG)
+    assert {".".join(map(str, p)): v.get_value().shape for p, v in flat} == expected_shapes("flax", "lm", CFG)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -133,24 +135,25 @@ def test_round_trip_through_every_format_is_bit_exact(dtype):
     chain, current = ["kyutai", "hf", "ref", "flax", "ref", "hf", "kyutai"], state
     seen = {}
     for src, dst in itertools.pairwise(chain):
-        current = convert_lm(current, src=src, dst=dst, cfg=CFG)
+        current = convert(current, src=src, dst=dst, cfg=CFG, component="lm")
         assert {v.dtype for v in current.values()} == {DTYPES[dtype]}, (src, dst)
         if dst in seen:
             assert_bit_equal(current, seen[dst])
         seen[dst] = current
     assert_bit_equal(current, state)
-    assert converters.find_lm_path("kyutai", "flax") == ["kyutai", "hf", "ref", "flax"]
-    assert_bit_equal(convert_lm(state, src="kyutai", dst="flax", cfg=CFG), seen["flax"])  # shortest path, same bits
-    ref = RefLM(CFG, dtype=TORCH_DTYPES[dtype])
+    assert converters.find_path("kyutai", "flax", "lm") == ["kyutai", "hf", "ref", "flax"]
+    direct = convert(state, src="kyutai", dst="flax", cfg=CFG, component="lm")  # shortest path
+    assert_bit_equal(direct, seen["flax"])  # same bits
+    ref = RefLM(CFG, dtype=torch_dtype(dtype))
     converters.load_torch(ref, seen["ref"])  # strict: every key, shape and dtype of the real module
-    flax = FlaxLM(CFG, dtype=JAX_DTYPES[dtype], param_dtype=JAX_DTYPES[dtype], rngs=nnx.Rngs(0))
+    flax = FlaxLM(CFG, dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(dtype), rngs=nnx.Rngs(0))
     converters.load_flax(flax, seen["flax"])
 
 
 def test_top_level_keys_land_where_upstream_puts_them():
     """The kyutai -> hf key map of /work/shared/UPSTREAM.md, written out by hand (independent of the tables)."""
     k = kyutai_state()
-    hf, flax = (convert_lm(k, src="kyutai", dst=fmt, cfg=CFG) for fmt in ("hf", "flax"))
+    hf, flax = (convert(k, src="kyutai", dst=fmt, cfg=CFG, component="lm") for fmt in ("hf", "flax"))
     same = np.testing.assert_array_equal
     for c in range(CFG.dep_q):
         same(hf["depth_decoder.input_projections.weight"][c], k[f"depformer_in.{c}.weight"])
@@ -181,11 +184,12 @@ def test_legacy_fused_names_give_the_same_params():
     model.load_state_dict({k: converters.to_torch(v) for k, v in old.items()})  # kyutai's own legacy loader agrees
     assert_bit_equal(converters.torch_state(model), state)
     assert_bit_equal(
-        convert_lm(old, src="kyutai", dst="flax", cfg=CFG), convert_lm(state, src="kyutai", dst="flax", cfg=CFG)
+        convert(old, src="kyutai", dst="flax", cfg=CFG, component="lm"),
+        convert(state, src="kyutai", dst="flax", cfg=CFG, component="lm"),
     )
-    assert_bit_equal(convert_lm(old, src="kyutai", dst="kyutai", cfg=CFG), state)
+    assert_bit_equal(convert(old, src="kyutai", dst="kyutai", cfg=CFG, component="lm"), state)
     calls = []
-    convert_lm(old, src="kyutai", dst="flax", cfg=CFG, progress=calls.append)  # one call per block
+    convert(old, src="kyutai", dst="flax", cfg=CFG, component="lm", progress=calls.append)  # one call per block
     assert len(calls) == 1 + CFG.temporal.num_layers + CFG.depth.num_layers and sum(calls) == len(state)
 
 
@@ -196,16 +200,17 @@ def test_errors_name_every_missing_extra_and_misshaped_key():
     state["linears.3.weight"] = np.zeros((32, 17), np.float32)
     state["out_norm.alpha"] = np.ones(32, np.float32)
     with pytest.raises(ConversionError) as err:
-        convert_lm(state, src="kyutai", dst="flax", cfg=CFG)
+        convert(state, src="kyutai", dst="flax", cfg=CFG, component="lm")
     msg = str(err.value)
     assert "4 problem(s)" in msg
     assert "missing     depformer_emb.2.weight: expected (33, 16)" in msg
     assert "unexpected  transformer.layers.0.self_attn.in_projs.1.weight: expected nothing, got (96, 32)" in msg
     assert "wrong shape linears.3.weight: expected (32, 16), got (32, 17)" in msg
     assert "wrong shape out_norm.alpha: expected (1, 1, 32), got (32,)" in msg
-    hf = convert_lm(kyutai_state(), src="kyutai", dst="hf", cfg=CFG)
+    hf = convert(kyutai_state(), src="kyutai", dst="hf", cfg=CFG, component="lm")
     with pytest.raises(ConversionError, match=r"unexpected  audio_encoder\.x"):
-        convert_lm(hf | {"audio_encoder.x": np.zeros(3, np.float32)}, src="hf", dst="ref", cfg=CFG)  # never silent
+        mimi = {"audio_encoder.x": np.zeros(3, np.float32)}  # never silently dropped by the engine
+        convert(hf | mimi, src="hf", dst="ref", cfg=CFG, component="lm")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -226,7 +231,7 @@ def kyutai_7b_shapes() -> dict[str, tuple[int, ...]]:
 def test_7b_parameter_count_of_every_layout():
     cfg = LMConfig.moshi_7b()
     for fmt in ("kyutai", "hf", "ref", "flax"):
-        assert sum(int(np.prod(s)) for s in expected_lm_shapes(fmt, cfg).values()) == PARAMS_7B, fmt
+        assert sum(int(np.prod(s)) for s in expected_shapes(fmt, "lm", cfg).values()) == PARAMS_7B, fmt
 
 
 def test_7b_shapes_validate_and_convert_without_allocating():
@@ -236,14 +241,15 @@ def test_7b_shapes_validate_and_convert_without_allocating():
     hf_config = MoshiConfig.from_audio_encoder_config(MimiConfig())  # HF's defaults are the 7B
     assert from_hf_config(hf_config.to_dict()) == cfg
     hf = hf_shapes(hf_config)
-    assert kyutai == expected_lm_shapes("kyutai", cfg) and hf == expected_lm_shapes("hf", cfg)
+    assert kyutai == expected_shapes("kyutai", "lm", cfg) and hf == expected_shapes("hf", "lm", cfg)
     fused = legacy_7b(kyutai, cfg)
     tracemalloc.start()
     try:
-        assert validate_lm_shapes(kyutai, fmt="kyutai", cfg=cfg) == kyutai
-        assert validate_lm_shapes(fused, fmt="kyutai", cfg=cfg) == kyutai  # released checkpoints' legacy names
-        assert convert_lm_shapes(fused, src="kyutai", dst="hf", cfg=cfg) == hf
-        assert convert_lm_shapes(hf, src="hf", dst="flax", cfg=cfg) == expected_lm_shapes("flax", cfg)
+        assert validate_shapes(kyutai, fmt="kyutai", cfg=cfg, component="lm") == kyutai
+        # released checkpoints' legacy names
+        assert validate_shapes(fused, fmt="kyutai", cfg=cfg, component="lm") == kyutai
+        assert convert_shapes(fused, src="kyutai", dst="hf", cfg=cfg, component="lm") == hf
+        assert convert_shapes(hf, src="hf", dst="flax", cfg=cfg, component="lm") == expected_shapes("flax", "lm", cfg)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -251,7 +257,7 @@ def test_7b_shapes_validate_and_convert_without_allocating():
     bad = dict(hf) | {"decoder.model.layers.31.mlp.fc2.weight": (4096, 11265)}
     del bad["depth_decoder.lm_heads.weight"]
     with pytest.raises(ConversionError) as err:
-        validate_lm_shapes(bad, fmt="hf", cfg=cfg)
+        validate_shapes(bad, fmt="hf", cfg=cfg, component="lm")
     assert "wrong shape decoder.model.layers.31.mlp.fc2.weight: expected (4096, 11264), got (4096, 11265)" in str(
         err.value
     )
@@ -285,11 +291,11 @@ def test_cli_kyutai_to_flax_then_from_checkpoint(tmp_path, capsys, dtype):
     record = json.loads((out / "moshi_parity_config.json").read_text())
     assert record["format"] == "flax" and record["src_format"] == "kyutai" and record["version"]
     assert lm_config_from_dict(record["lm_config"]) == CFG
-    expected = convert_lm(state, src="kyutai", dst="flax", cfg=CFG)
+    expected = convert(state, src="kyutai", dst="flax", cfg=CFG, component="lm")
     assert_bit_equal(load_orbax(out / "params"), expected)
     lm = from_checkpoint(out, precision=lax.Precision.HIGHEST)
     assert_bit_equal(converters.flax_state(lm), expected)
-    direct = FlaxLM(CFG, dtype=JAX_DTYPES[dtype], param_dtype=JAX_DTYPES[dtype], precision=lax.Precision.HIGHEST,
+    direct = FlaxLM(CFG, dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(dtype), precision=lax.Precision.HIGHEST,
                     rngs=nnx.Rngs(1))  # fmt: skip
     converters.load_flax(direct, expected)
     rng = np.random.default_rng(3)
@@ -298,7 +304,7 @@ def test_cli_kyutai_to_flax_then_from_checkpoint(tmp_path, capsys, dtype):
     codes[rng.random(codes.shape) < 0.1] = -1  # kyutai's zero token
     codes = jnp.asarray(codes.astype(np.int32))
     got, want = lm(codes), direct(codes)
-    assert got.text_logits.dtype == JAX_DTYPES[dtype]
+    assert got.text_logits.dtype == jnp.dtype(dtype)
     assert np.array_equal(np.asarray(got.audio_logits), np.asarray(want.audio_logits), equal_nan=True)
     assert np.array_equal(np.asarray(got.text_logits), np.asarray(want.text_logits), equal_nan=True)
     assert np.isfinite(np.asarray(got.text_logits)[np.asarray(got.text_mask)]).all()
@@ -315,9 +321,10 @@ def test_cli_round_trip_through_files_and_dtype_cast(tmp_path, capsys):
     assert cli("flax", "hf", tmp_path / "flax", tmp_path / "hf", preset=None) == 0
     index, meta = read_safetensors_index(tmp_path / "hf" / "model.safetensors")
     assert meta == {"format": "pt"}
-    assert validate_lm_shapes(safetensors_shapes(tmp_path / "hf"), fmt="hf", cfg=CFG) == expected_lm_shapes("hf", CFG)
+    on_disk = safetensors_shapes(tmp_path / "hf")
+    assert validate_shapes(on_disk, fmt="hf", cfg=CFG, component="lm") == expected_shapes("hf", "lm", CFG)
     hf = {k: info.load() for k, info in index.items()}
-    assert_bit_equal(hf, convert_lm(state, src="kyutai", dst="hf", cfg=CFG))
+    assert_bit_equal(hf, convert(state, src="kyutai", dst="hf", cfg=CFG, component="lm"))
     assert cli("hf", "kyutai", tmp_path / "hf", tmp_path / "back") == 0
     from safetensors.torch import load_file
 
@@ -326,13 +333,14 @@ def test_cli_round_trip_through_files_and_dtype_cast(tmp_path, capsys):
     assert_bit_equal(converters.torch_state(model), state)
     assert cli("kyutai", "ref", src, tmp_path / "bf", "--dtype", "bfloat16") == 0
     bf = {k: i.load() for k, i in read_safetensors_index(tmp_path / "bf" / "model.safetensors")[0].items()}
-    want = {k: v.astype(ml_dtypes.bfloat16) for k, v in convert_lm(state, src="kyutai", dst="ref", cfg=CFG).items()}
+    ref = convert(state, src="kyutai", dst="ref", cfg=CFG, component="lm")
+    want = {k: v.astype(ml_dtypes.bfloat16) for k, v in ref.items()}
     assert_bit_equal(bf, want)
     assert "--dtype bfloat16" in capsys.readouterr().out
 
 
 def test_cli_hf_source_ignores_mimi_explicitly_and_reads_shards(tmp_path, capsys):
-    hf = convert_lm(kyutai_state(), src="kyutai", dst="hf", cfg=CFG)
+    hf = convert(kyutai_state(), src="kyutai", dst="hf", cfg=CFG, component="lm")
     mimi = {f"audio_encoder.encoder.layers.{i}.conv.weight": np.ones((2, 3), np.float32) for i in range(10)}
     keys = sorted(hf | mimi)
     shards = tmp_path / "shards"
@@ -344,7 +352,7 @@ def test_cli_hf_source_ignores_mimi_explicitly_and_reads_shards(tmp_path, capsys
     assert "ignored 10 key(s) under ['audio_encoder.']: audio_encoder.encoder.layers.0.conv.weight" in out
     assert "(2 more)" in out
     assert json.loads((tmp_path / "o" / "moshi_parity_config.json").read_text())["ignored_keys"] == sorted(mimi)
-    assert_bit_equal(load_orbax(tmp_path / "o" / "params"), convert_lm(hf, src="hf", dst="flax", cfg=CFG))
+    assert_bit_equal(load_orbax(tmp_path / "o" / "params"), convert(hf, src="hf", dst="flax", cfg=CFG, component="lm"))
     assert cli("hf", "flax", shards, tmp_path / "strict", "--ignore-prefix", "") == 1
     assert "unexpected  audio_encoder.encoder.layers.9.conv.weight" in capsys.readouterr().err
     save_safetensors({"decoder.lm_head.weight": hf["decoder.lm_head.weight"]}, shards / "z-duplicate.safetensors")

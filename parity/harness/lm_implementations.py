@@ -1,6 +1,6 @@
 """Builds the whole LM in kyutai (upstream origin), ref and flax from one set of random kyutai weights, and runs it.
 
-Weights go kyutai -> ref and kyutai -> flax only through `converters.convert_lm` (the rope permutation, fused qkv
+Weights go kyutai -> ref and kyutai -> flax only through `converters.convert` "lm" (the rope permutation, fused qkv
 split and per-codebook stacking are all on the path). Each run returns the logits, their masks and the temporal hidden
 states (the embedding sum and every layer's output), so that drift can be measured layer by layer.
 """
@@ -56,17 +56,17 @@ def build_lms(cfg: LMConfig, dtype: str, *, impls=("kyutai", "ref", "flax"), see
         hf = origin.build_hf_lm(cfg, dtype=TORCH_DTYPES[dtype])
         hf.moshi_parity_config = cfg
         codec = {k: v for k, v in converters.torch_state(hf).items() if k.startswith("audio_encoder.")}
-        converters.load_torch(hf, codec | converters.convert_lm(state, src="kyutai", dst="hf", cfg=cfg))
+        converters.load_torch(hf, codec | converters.convert(state, src="kyutai", dst="hf", cfg=cfg, component="lm"))
         out["hf"] = hf
     if "ref" in impls:
         ref = RefLM(cfg, dtype=TORCH_DTYPES[dtype]).eval()
-        converters.load_torch(ref, converters.convert_lm(state, src="kyutai", dst="ref", cfg=cfg))
+        converters.load_torch(ref, converters.convert(state, src="kyutai", dst="ref", cfg=cfg, component="lm"))
         out["ref"] = ref
     for name, impl in (("flax", "xla"), ("flax_pallas", "pallas")):
         if name in impls:
             dt = JAX_DTYPES[dtype]
             flax = FlaxLM(cfg, dtype=dt, param_dtype=dt, precision=lax.Precision.HIGHEST, impl=impl, rngs=nnx.Rngs(0))
-            converters.load_flax(flax, converters.convert_lm(state, src="kyutai", dst="flax", cfg=cfg))
+            converters.load_flax(flax, converters.convert(state, src="kyutai", dst="flax", cfg=cfg, component="lm"))
             out[name] = flax
     return out
 

@@ -1,0 +1,155 @@
+"""The converter engine: `convert` any component kind between formats along the shortest path of edges, with strict
+accounting before, between and after the edges; `convert_shapes` / `validate_shapes`, the same on zero-byte
+placeholders (a key/shape table checked and converted without a weight in memory); `normalize` for legacy names.
+
+A conversion walks the component block by block (a block is one top-level part of one instance: the LM's embeddings
+and heads, then one decoder layer at a time; a decoder layer's norms, attention and MLP), each block's leaves through
+every edge of the path before the next block starts, so only one block's intermediates are alive at a time: a 7B
+conversion never holds two full copies of the weights.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from converters import registry
+from converters.accounting import ConversionError, account, placeholders
+from converters.registry import Leaf
+from converters.rules import Rule, apply_rules
+
+State = dict[str, np.ndarray]
+Progress = Callable[[int], object]
+
+
+def normalize(state: Mapping[str, np.ndarray], fmt: str, component: str, cfg: Any) -> State:
+    """Rewrites a `fmt` state's legacy keys into current ones (the format's `legacy` rules, each leaf with its own
+    config: the LM's temporal and depth layers split their fused weights into different numbers of codebooks).
+
+    Keys no rule claims pass through unchanged.
+
+    Raises:
+        ConversionError: a legacy key and the current key it becomes are both present (listed together).
+    """
+    legacy = registry.get_format(fmt).legacy
+    # A whole state's keys are exact; otherwise {p} takes any instance prefix.
+    lead = "" if registry.get_component(component).whole else "{p}"
+    by_cfg: dict[int, tuple[Any, list[Rule]]] = {}
+    for leaf in registry.leaves(fmt, component, cfg) if legacy else ():
+        for rule in legacy.get(leaf.component, ()):
+            by_cfg.setdefault(id(leaf.cfg), (leaf.cfg, []))[1].append(rule.under(lead + leaf.prefix))
+    out = dict(state)
+    for leaf_cfg, rules in by_cfg.values():
+        applied = apply_rules(out, tuple(rules), leaf_cfg, where=f"normalizing legacy {fmt} names")
+        clashes = [f"{applied.origin[key]} and {key}" for key in applied.unmatched if key in applied.out]
+        if clashes:
+            raise ConversionError(
+                f"{fmt} state holds both legacy and current names for the same weights ({len(clashes)}): "
+                + "; ".join(clashes)
+            )
+        out = applied.out | {key: out[key] for key in applied.unmatched}
+    return out
+
+
+def _chain(path: list[str], component: str, cfg: Any) -> list[dict[tuple[str, ...], Leaf]]:
+    """The component's leaves in every format of the path, by name; the names must agree between formats."""
+    chain = [{leaf.name: leaf for leaf in registry.leaves(fmt, component, cfg)} for fmt in path]
+    for fmt, leaves in zip(path[1:], chain[1:], strict=True):
+        if list(leaves) != list(chain[0]):
+            raise ValueError(f"{component}: parts of {path[0]} {list(chain[0])} and {fmt} {list(leaves)} disagree")
+    return chain
+
+
+def _through(part: State, path: list[str], chain: list[dict[tuple[str, ...], Leaf]], name: tuple[str, ...], at: str):
+    """One leaf instance through every edge of the path, each edge's output checked; `at` is the instance prefix."""
+    leaf = chain[0][name]
+    for (a, b), leaves in zip(itertools.pairwise(path), chain[1:], strict=True):
+        part = registry.EDGES[(a, b)](part, cfg=leaf.cfg, component=leaf.component)
+        prefix = at + leaves[name].prefix
+        expected = registry.expected_shapes(b, leaf.component, leaf.cfg)
+        account(
+            {prefix + key: value for key, value in part.items()},
+            {prefix + key: shape for key, shape in expected.items()},
+            what=f"output of edge {a}->{b}" + (f" ({prefix}*)" if prefix else ""),
+        )
+    return part
+
+
+def convert(
+    state: Mapping[str, np.ndarray],
+    *,
+    src: str,
+    dst: str,
+    cfg: Any,
+    component: str,
+    progress: Progress | None = None,
+) -> State:
+    """Converts a state of `component` from format `src` to format `dst`, bit for bit.
+
+    Args:
+        state: flat {key: numpy array}. A `whole` kind (the LM): exactly its keys; other kinds: one or more instances
+            under any prefixes (`layers.3.`). Legacy names of `src` (kyutai's fused attention) are accepted.
+        src, dst: registered formats; src == dst validates (and normalizes legacy names) without converting.
+        cfg: the component's config (TransformerConfig for layers, LMConfig for "lm", any object for a registered kind).
+        component: a registered component kind ("lm", "decoder_layer", "attention", ...).
+        progress: called with the number of input keys of each block once converted; the calls add up to the
+            number of (normalized) input keys.
+
+    Returns:
+        A new flat state in dst's layout, with the same instance prefixes and dtypes. Round trips are bit-exact.
+
+    Raises:
+        ValueError: unknown format or component, a format without the component, or no path between the formats.
+        ConversionError: the input, or any edge's output, does not account for every key with the right shape.
+    """
+    for fmt in (src, dst):
+        registry.expected_shapes(fmt, component, cfg)
+    path = registry.find_path(src, dst, component)
+    chain = _chain(path, component, cfg)
+    state = normalize(state, src, component, cfg)
+    instances = registry.check_state(state, src, component, cfg, what=f"input of convert {src}->{dst}")
+    blocks: dict[str, list[tuple[str, ...]]] = {}
+    for name in chain[0]:  # grouped by top-level part, in part order
+        blocks.setdefault(name[0] if name else "", []).append(name)
+    out: State = {}
+    for at in instances:
+        for names in blocks.values():
+            size = 0
+            for name in names:
+                leaf = chain[0][name]
+                keys = registry.expected_shapes(src, leaf.component, leaf.cfg)
+                part = _through({key: state[at + leaf.prefix + key] for key in keys}, path, chain, name, at)
+                out |= {at + chain[-1][name].prefix + key: value for key, value in part.items()}
+                size += len(keys)
+            if progress:
+                progress(size)
+    registry.check_state(out, dst, component, cfg, what=f"output of convert {src}->{dst}")
+    return out
+
+
+def convert_shapes(
+    shapes: Mapping[str, Any], *, src: str, dst: str, cfg: Any, component: str
+) -> dict[str, tuple[int, ...]]:
+    """`convert` on zero-byte placeholders: the output's keys and shapes, every check done, no weights allocated.
+
+    Raises:
+        ConversionError: entries that are not shapes, or anything `convert` refuses.
+    """
+    state = placeholders(shapes, what=f"{src} {component} shapes")
+    out = convert(state, src=src, dst=dst, cfg=cfg, component=component)
+    return {key: tuple(value.shape) for key, value in out.items()}
+
+
+def validate_shapes(shapes: Mapping[str, Any], *, fmt: str, cfg: Any, component: str) -> dict[str, tuple[int, ...]]:
+    """Strict accounting of a component from its key -> shape table only (e.g. safetensors headers): no weights.
+
+    Returns:
+        The shapes under current names (legacy names normalized).
+
+    Raises:
+        ConversionError: every missing, unexpected and misshaped key, listed together.
+    """
+    return convert_shapes(shapes, src=fmt, dst=fmt, cfg=cfg, component=component)

@@ -1,0 +1,161 @@
+"""Every format described as data, one descriptor each: how it names, lays out and stores weights.
+
+A `Format` holds what any component kind may read (a linear's parameter name and layout, the checkpoint kind the CLI
+writes, foreign key prefixes, legacy names) and, in `lm`, how it spells Moshi's LM (`LMSpelling`: norm, MLP and
+attention names, fused or per-codebook weights, decoder-layer children, layer stacks, the modules outside the stacks).
+The shape tables (converters/layers.py, converters/lm.py) are built from these fields alone; the edges
+(kyutai_hf.py, hf_ref.py, ref_flax.py) say how weights move between two formats. Adding a format (MLX) is a descriptor
+here plus the edge tables that reach it; adding a component kind (Mimi) is its spelling field plus its tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from converters.registry import register_format
+from converters.rules import Rule
+
+
+@dataclass(frozen=True, kw_only=True)
+class LMSpelling:
+    """How one format names Moshi's LM weights (temporal and depth transformers, embeddings, heads).
+
+    Attributes:
+        norm: the RMSNorm scale's parameter name.
+        norm_alpha: the scale is stored (1, 1, D) (kyutai's `alpha`) rather than (D,).
+        embedding: an embedding table's parameter name.
+        mlp: the gated MLP's input (D -> 2 * hidden) and output (hidden -> D) linears.
+        proj: attention's q/k/v/o projection modules, `{n}` standing for q, k, v, o.
+        fused: (input, output) ModuleLists of one linear per weight set, input rows [q; k; v] (kyutai); None: `proj`.
+        lists: per-codebook weights are ModuleLists, entry c under `{c}.` (of linears: `depformer_in.{c}.weight`; of
+            whole MLPs: `{c}.linear_in.weight`), rather than one stacked (W, out, in) weight.
+        flexible_linear: the format has HF's standalone per-codebook linear as a module of its own.
+        children: decoder-layer role (norm1, norm2, attention, mlp) -> key prefix.
+        stacks: "temporal" / "depth" -> layer-stack prefix; layer l's keys are `{prefix}{l}.` + the layer's keys.
+        top: role -> module prefix of the LM outside its stacks: audio_emb (n_q embeddings), text_emb, norm (final
+            norm), text_head, depth_in (per-codebook temporal -> depth projections), depth_emb (dep_q - 1 embeddings),
+            depth_text_emb, depth_heads (per-codebook audio heads).
+    """
+
+    norm: str = "weight"
+    norm_alpha: bool = False
+    embedding: str = "weight"
+    mlp: tuple[str, str] = ("fc1.", "fc2.")
+    proj: str = "{n}_proj."
+    fused: tuple[str, str] | None = None
+    lists: bool = False
+    flexible_linear: bool = True
+    children: Mapping[str, str]
+    stacks: Mapping[str, str]
+    top: Mapping[str, str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Format:
+    """One weight format.
+
+    Attributes:
+        name: the format's name (`--src` / `--dst` of the CLI).
+        kernel: a linear's parameter name.
+        transposed: linears are stored (..., in, out) (Flax) rather than torch's (..., out, in).
+        checkpoint: the file kind the CLI reads and writes: "safetensors" or "orbax".
+        foreign: key prefixes of other models in this format's checkpoints (HF's Mimi), which the CLI drops and lists
+            unless told otherwise.
+        legacy: component kind -> rules from released checkpoints' old names to current ones, relative to the
+            component; run before anything else, with the config of each instance.
+        lm: how the format spells Moshi's LM; None: the format has no Moshi LM.
+    """
+
+    name: str
+    kernel: str = "weight"
+    transposed: bool = False
+    checkpoint: str = "safetensors"
+    foreign: tuple[str, ...] = ()
+    legacy: Mapping[str, tuple[Rule, ...]] = field(default_factory=dict)
+    lm: LMSpelling | None = None
+
+
+HF_CHILDREN = {
+    "norm1": "input_layernorm.",
+    "norm2": "post_attention_layernorm.",
+    "attention": "self_attn.",
+    "mlp": "mlp.",
+}
+OUR_STACKS = {"temporal": "layers.", "depth": "depth.layers."}
+OUR_TOP = {
+    "audio_emb": "embed_tokens.",
+    "text_emb": "text_embed_tokens.",
+    "norm": "norm.",
+    "text_head": "lm_head.",
+    "depth_in": "depth.input_projections.",
+    "depth_emb": "depth.embed_tokens.",
+    "depth_text_emb": "depth.text_embed_tokens.",
+    "depth_heads": "depth.lm_heads.",
+}
+
+KYUTAI = Format(
+    name="kyutai",
+    # Released checkpoints fuse each stack's per-codebook projections step-major (codebook c at rows c*n:(c+1)*n),
+    # as kyutai's own `_load_hook` reads them.
+    legacy={
+        "attention": (
+            Rule("in_proj_weight", "in_projs.{c}.weight", "split_steps"),
+            Rule("in_proj.weight", "in_projs.{c}.weight", "split_steps"),
+            Rule("out_proj.weight", "out_projs.{c}.weight", "split_steps"),
+        )
+    },
+    lm=LMSpelling(
+        norm="alpha",
+        norm_alpha=True,
+        mlp=("linear_in.", "linear_out."),
+        fused=("in_projs.", "out_projs."),
+        lists=True,
+        flexible_linear=False,  # kyutai uses ModuleLists of nn.Linear inside attention and gating instead
+        children={"norm1": "norm1.", "norm2": "norm2.", "attention": "self_attn.", "mlp": "gating."},
+        stacks={"temporal": "transformer.layers.", "depth": "depformer.layers."},
+        top={
+            "audio_emb": "emb.",
+            "text_emb": "text_emb.",
+            "norm": "out_norm.",
+            "text_head": "text_linear.",
+            "depth_in": "depformer_in.",
+            "depth_emb": "depformer_emb.",
+            "depth_text_emb": "depformer_text_emb.",
+            "depth_heads": "linears.",
+        },
+    ),
+)
+
+HF = Format(
+    name="hf",
+    foreign=("audio_encoder.",),  # MoshiForConditionalGeneration carries Mimi: not part of the LM
+    lm=LMSpelling(
+        proj="{n}_proj.linear.",  # MoshiLinear wraps nn.Linear / MoshiFlexibleLinear
+        children=HF_CHILDREN,
+        stacks={"temporal": "decoder.model.layers.", "depth": "depth_decoder.layers."},
+        top={
+            "audio_emb": "embed_tokens.",
+            "text_emb": "decoder.model.embed_tokens.",
+            "norm": "decoder.model.norm.",
+            "text_head": "decoder.lm_head.",
+            "depth_in": "depth_decoder.input_projections.",
+            "depth_emb": "depth_decoder.embed_tokens.",
+            "depth_text_emb": "depth_decoder.text_embed_tokens.",
+            "depth_heads": "depth_decoder.lm_heads.",
+        },
+    ),
+)
+
+REF = Format(name="ref", lm=LMSpelling(children=HF_CHILDREN, stacks=OUR_STACKS, top=OUR_TOP))
+
+FLAX = Format(
+    name="flax",
+    kernel="kernel",
+    transposed=True,
+    checkpoint="orbax",
+    lm=LMSpelling(children=HF_CHILDREN, stacks=OUR_STACKS, top=OUR_TOP),
+)
+
+for _fmt in (KYUTAI, HF, REF, FLAX):
+    register_format(_fmt)
