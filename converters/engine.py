@@ -110,7 +110,8 @@ def convert(
     path = registry.find_path(src, dst, component)
     chain = _chain(path, component, cfg)
     state = normalize(state, src, component, cfg)
-    instances = registry.check_state(state, src, component, cfg, what=f"input of convert {src}->{dst}")
+    task = f"convert {src}->{dst}" if src != dst else f"validate {src}"
+    instances = registry.check_state(state, src, component, cfg, what=f"input of {task}")
     blocks: dict[str, list[tuple[str, ...]]] = {}
     for name in chain[0]:  # grouped by top-level part, in part order
         blocks.setdefault(name[0] if name else "", []).append(name)
@@ -126,7 +127,7 @@ def convert(
                 size += len(keys)
             if progress:
                 progress(size)
-    registry.check_state(out, dst, component, cfg, what=f"output of convert {src}->{dst}")
+    registry.check_state(out, dst, component, cfg, what=f"output of {task}")
     return out
 
 

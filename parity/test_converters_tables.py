@@ -1,31 +1,38 @@
 """Converters on their own: bit-exact round trips between kyutai, hf, ref and flax (prefixes kept, instances apart,
 shortest paths); the layouts the tables produce; kyutai's legacy names; strict accounting (every problem listed, never a
-silent cast) with registry, path and component errors; module IO and array moves.
+silent cast) with registry, path and component errors; the engine taking any component kind and config (a throwaway
+codec-like kind registered here) and knowing no config type.
 
 Checks against the real kyutai and HF modules are in test_converters_upstream.py; shared cases in converter_cases.py.
 """
 
 from __future__ import annotations
 
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
 import ml_dtypes
 import numpy as np
 import pytest
 
 from converters import (
+    Component,
     ConversionError,
+    Format,
     convert,
+    convert_shapes,
     expected_shapes,
     find_path,
-    flax_state,
-    from_jax,
-    from_torch,
-    load_flax,
-    load_torch,
     register,
+    register_component,
+    register_condition,
+    register_format,
+    register_pairs,
+    register_transform,
     registry,
-    to_jax,
+    rules,
     to_torch,
-    torch_state,
     transforms,
 )
 from converters.edges import FunctionEdge, TableEdge
@@ -291,98 +298,112 @@ def test_unknown_or_missing_components_are_refused():
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Module IO and arrays
+# Any component kind, any config: a throwaway codec-like kind registered here
 
 
-def tiny_torch(dtype):
-    import torch
+@dataclass(frozen=True, kw_only=True)
+class ToyCodecConfig:
+    """A codec-like config: nothing the layer kinds read (no dim, no flexible), yet the same engine converts it."""
 
-    class Tiny(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lin = torch.nn.Linear(4, 3, bias=False, dtype=dtype)
-            self.weight = torch.nn.Parameter(torch.randn(3, dtype=dtype))
-
-    return Tiny()
-
-
-def tiny_flax(dtype):
-    import jax.numpy as jnp
-    from flax import nnx
-
-    class Tiny(nnx.Module):
-        def __init__(self, rngs):
-            self.lin = nnx.Linear(4, 3, use_bias=False, param_dtype=dtype, rngs=rngs)
-            self.weight = nnx.Param(jnp.ones((3,), dtype))
-            self.count = nnx.BatchStat(jnp.zeros(()))  # not a Param: neither read nor loaded
-
-    return Tiny(nnx.Rngs(0))
+    channels: int = 4
+    kernel_size: int = 3
+    num_quantizers: int = 3
+    codebook_size: int = 5
+    bias: bool = True
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_torch_module_state_round_trip(dtype):
-    import torch
-
-    module = tiny_torch(getattr(torch, dtype))
-    state = random_state("hf", "rmsnorm", make_cfg(), dtype)["weight"]
-    new = {"lin.weight": np.full((3, 4), 0.5, DTYPES[dtype]), "weight": state[:3]}
-    load_torch(module, new)
-    assert_bit_equal(torch_state(module), new)
-    assert module.lin.weight.dtype == getattr(torch, dtype)
+def toy_shapes(fmt, cfg: ToyCodecConfig):
+    """A conv (torch (out, in, k), Flax (k, in, out)), codebooks (a list in torch layout, stacked in Flax), a bias."""
+    C, N, Q = cfg.channels, cfg.codebook_size, cfg.num_quantizers
+    conv = (cfg.kernel_size, C, C) if fmt.transposed else (C, C, cfg.kernel_size)
+    codebooks = {"codebooks": (Q, N, C)} if fmt.transposed else {f"quantizer.{q}.embedding": (N, C) for q in range(Q)}
+    return {f"conv.{fmt.kernel}": conv} | codebooks | ({"bias": (C,)} if cfg.bias else {})
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_flax_module_state_round_trip(dtype):
-    import jax.numpy as jnp
-
-    module = tiny_flax(getattr(jnp, dtype))
-    assert sorted(flax_state(module)) == ["lin.kernel", "weight"]
-    assert flax_state(module)["lin.kernel"].shape == (4, 3)
-    new = {"lin.kernel": np.full((4, 3), 0.25, DTYPES[dtype]), "weight": np.arange(3).astype(DTYPES[dtype])}
-    load_flax(module, new)
-    assert_bit_equal(flax_state(module), new)
-    assert module.lin.kernel[...].dtype == DTYPES[dtype]
-
-
-@pytest.mark.parametrize("kind", ["torch", "flax"])
-def test_module_load_lists_every_problem_and_never_casts(kind):
-    load, module, key = (
-        (load_torch, tiny_torch(__import__("torch").float32), "lin.weight")
-        if kind == "torch"
-        else (load_flax, tiny_flax(np.float32), "lin.kernel")
+@pytest.fixture
+def toy_codec(monkeypatch):
+    """Two formats, one component kind, one two-way table, a condition and a transform; gone after the test."""
+    for module, name in (
+        (registry, "FORMATS"),
+        (registry, "COMPONENTS"),
+        (registry, "EDGES"),
+        (rules, "CONDITIONS"),
+        (transforms, "TRANSFORMS"),
+    ):
+        monkeypatch.setattr(module, name, dict(getattr(module, name)))
+    register_format(Format(name="toy_torch"))
+    register_format(Format(name="toy_flax", kernel="kernel", transposed=True))
+    register_condition("biased", lambda cfg: cfg.bias)
+    register_transform("reverse_axes", lambda inputs, cfg: [[x.transpose(2, 1, 0) for x in inputs[0]]])
+    register_component(Component(name="toy_codec", shapes=toy_shapes))
+    table = (
+        Pair("conv.weight", "conv.kernel", "reverse_axes", "reverse_axes"),
+        Pair("quantizer.{c}.embedding", "codebooks", "stack", "unstack"),
+        Pair("bias", "bias", when="biased"),
     )
-    before = torch_state(module) if kind == "torch" else flax_state(module)
-    bad = {key: np.zeros((5, 5), np.float32), "extra": np.zeros(2, np.float32)}
+    register_pairs("toy_torch", "toy_flax", {"toy_codec": table})
+
+
+def toy_state(cfg: ToyCodecConfig, dtype: str, prefixes=("encoder.", "decoder.")):
+    rng = np.random.default_rng(1)
+    shapes = toy_shapes(registry.get_format("toy_torch"), cfg)
+    return {
+        p + k: rng.standard_normal(s).astype(np.float32).astype(DTYPES[dtype])
+        for p in prefixes
+        for k, s in shapes.items()
+    }
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_new_component_kind_round_trips_bit_exact(toy_codec, dtype, bias):
+    cfg = ToyCodecConfig(bias=bias)
+    state = toy_state(cfg, dtype)
+    assert find_path("toy_torch", "toy_flax", "toy_codec") == ["toy_torch", "toy_flax"]
+    calls = []
+    flax = convert(state, src="toy_torch", dst="toy_flax", cfg=cfg, component="toy_codec", progress=calls.append)
+    assert calls == [len(state) // 2] * 2  # one block per instance
+    assert sorted(flax) == sorted(
+        p + k for p in ("encoder.", "decoder.") for k in expected_shapes("toy_flax", "toy_codec", cfg)
+    )
+    assert np.array_equal(flax["decoder.conv.kernel"], state["decoder.conv.weight"].transpose(2, 1, 0))
+    assert np.array_equal(flax["encoder.codebooks"][2], state["encoder.quantizer.2.embedding"])
+    assert {v.dtype for v in flax.values()} == {DTYPES[dtype]}
+    assert_bit_equal(convert(flax, src="toy_flax", dst="toy_torch", cfg=cfg, component="toy_codec"), state)
+    shapes = {k: v.shape for k, v in state.items()}
+    assert convert_shapes(shapes, src="toy_torch", dst="toy_flax", cfg=cfg, component="toy_codec") == {
+        k: v.shape for k, v in flax.items()
+    }
+
+
+def test_a_new_component_kind_is_strictly_accounted(toy_codec):
+    cfg = ToyCodecConfig(bias=False)
+    state = toy_state(ToyCodecConfig(bias=True), "float32", prefixes=("",))  # a bias this config does not have
+    del state["quantizer.1.embedding"]
+    state["conv.weight"] = np.zeros((4, 4, 2), np.float32)
     with pytest.raises(ConversionError, match=r"3 problem\(s\)") as err:
-        load(module, bad)
-    for fragment in (f"wrong shape {key}", "missing     weight: expected (3,)", "unexpected  extra"):
-        assert fragment in str(err.value)
-    cast = {k: v.astype(ml_dtypes.bfloat16) for k, v in before.items()}
-    with pytest.raises(ConversionError, match=r"wrong dtype weight: module has float32, state has bfloat16"):
-        load(module, cast)
-    assert_bit_equal(torch_state(module) if kind == "torch" else flax_state(module), before)  # nothing written
+        convert(state, src="toy_torch", dst="toy_flax", cfg=cfg, component="toy_codec")
+    for line in (
+        "missing     quantizer.1.embedding: expected (5, 4), got nothing",
+        "wrong shape conv.weight: expected (4, 4, 3), got (4, 4, 2)",
+        "unexpected  bias: expected nothing, got (4,)",
+    ):
+        assert line in str(err.value)
+    with pytest.raises(ValueError, match="no converter path from 'toy_torch' to 'hf'"):
+        convert(state, src="toy_torch", dst="hf", cfg=cfg, component="toy_codec")
+    with pytest.raises(ValueError, match="format 'toy_flax' has no component 'attention'"):
+        expected_shapes("toy_flax", "attention", make_cfg())
 
 
-def test_arrays_move_every_bfloat16_bit_pattern():
-    import torch
-
-    bits = np.arange(-(2**15), 2**15, dtype=np.int16)
-    bf16 = bits.view(ml_dtypes.bfloat16)
-    tensor = torch.from_numpy(bits.copy()).view(torch.bfloat16)
-    assert np.array_equal(from_torch(tensor).view(np.int16), bits)
-    assert torch.equal(to_torch(bf16).view(torch.int16), tensor.view(torch.int16))
-    assert np.array_equal(from_jax(to_jax(bf16)).view(np.int16), bits)
-    assert from_torch(tensor).dtype == ml_dtypes.bfloat16 and from_jax(to_jax(bf16)).dtype == ml_dtypes.bfloat16
+ENGINE = ("accounting", "rules", "transforms", "registry", "edges", "engine", "formats")
 
 
-def test_arrays_copy_and_refuse_silent_casts():
-    import jax
-    import torch
-
-    tensor = torch.zeros(3)
-    array = from_torch(tensor)
-    tensor.add_(1.0)
-    assert array.tolist() == [0.0, 0.0, 0.0]
-    if not jax.config.jax_enable_x64:
-        with pytest.raises(TypeError, match="float64 array as float32"):
-            to_jax(np.zeros(2))
+@pytest.mark.parametrize("module", ENGINE)
+def test_the_engine_knows_no_config_type(module):
+    """Configs are opaque to the engine: no moshi_spec import, no config class named."""
+    tree = ast.parse((Path(registry.__file__).parent / f"{module}.py").read_text())
+    imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in imported if m and m.startswith("moshi_spec")]
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    assert not names & {"TransformerConfig", "LMConfig"}

@@ -1,18 +1,32 @@
-"""Converters checked against the real upstream modules: kyutai and HF attention and decoder layers converted both
-ways compute the same (the rope permutation with a negative control that drops it), the ref -> flax kernel transpose
-run through torch and nnx modules, and kyutai's own load hook reading legacy fused weights as our normalization does.
+"""Converters checked against the real upstream modules and frameworks: kyutai and HF attention and decoder layers
+converted both ways compute the same (the rope permutation with a negative control that drops it), the ref -> flax
+kernel transpose run through torch and nnx modules, kyutai's own load hook reading legacy fused weights as our
+normalization does, and module IO and array moves (load_torch / load_flax accounting, every bfloat16 bit pattern).
 
 The converter-only tests are in test_converters_tables.py; shared cases in converter_cases.py.
 """
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 
-from converters import convert, load_flax, load_torch, to_jax, to_torch, torch_state, transforms
+from converters import (
+    ConversionError,
+    convert,
+    flax_state,
+    from_jax,
+    from_torch,
+    load_flax,
+    load_torch,
+    to_jax,
+    to_torch,
+    torch_state,
+    transforms,
+)
 from moshi_spec.config import TransformerConfig
-from parity.harness.converter_cases import assert_bit_equal, legacy, make_cfg, random_state
+from parity.harness.converter_cases import DTYPES, assert_bit_equal, legacy, make_cfg, random_state
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Against the real upstream modules
@@ -190,3 +204,101 @@ def test_legacy_split_matches_kyutais_own_load_hook(weights_per_step):
     attn = StreamingMultiheadAttention(embed_dim=16, num_heads=4, causal=True, weights_per_step=weights_per_step)
     attn.load_state_dict({k: to_torch(v) for k, v in legacy(modern, cfg).items()})
     assert_bit_equal(torch_state(attn), modern)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Module IO and arrays, through torch and jax themselves
+
+
+def tiny_torch(dtype):
+    import torch
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 3, bias=False, dtype=dtype)
+            self.weight = torch.nn.Parameter(torch.randn(3, dtype=dtype))
+
+    return Tiny()
+
+
+def tiny_flax(dtype):
+    import jax.numpy as jnp
+    from flax import nnx
+
+    class Tiny(nnx.Module):
+        def __init__(self, rngs):
+            self.lin = nnx.Linear(4, 3, use_bias=False, param_dtype=dtype, rngs=rngs)
+            self.weight = nnx.Param(jnp.ones((3,), dtype))
+            self.count = nnx.BatchStat(jnp.zeros(()))  # not a Param: neither read nor loaded
+
+    return Tiny(nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_torch_module_state_round_trip(dtype):
+    import torch
+
+    module = tiny_torch(getattr(torch, dtype))
+    state = random_state("hf", "rmsnorm", make_cfg(), dtype)["weight"]
+    new = {"lin.weight": np.full((3, 4), 0.5, DTYPES[dtype]), "weight": state[:3]}
+    load_torch(module, new)
+    assert_bit_equal(torch_state(module), new)
+    assert module.lin.weight.dtype == getattr(torch, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_flax_module_state_round_trip(dtype):
+    import jax.numpy as jnp
+
+    module = tiny_flax(getattr(jnp, dtype))
+    assert sorted(flax_state(module)) == ["lin.kernel", "weight"]
+    assert flax_state(module)["lin.kernel"].shape == (4, 3)
+    new = {"lin.kernel": np.full((4, 3), 0.25, DTYPES[dtype]), "weight": np.arange(3).astype(DTYPES[dtype])}
+    load_flax(module, new)
+    assert_bit_equal(flax_state(module), new)
+    assert module.lin.kernel[...].dtype == DTYPES[dtype]
+
+
+@pytest.mark.parametrize("kind", ["torch", "flax"])
+def test_module_load_lists_every_problem_and_never_casts(kind):
+    load, module, key = (
+        (load_torch, tiny_torch(__import__("torch").float32), "lin.weight")
+        if kind == "torch"
+        else (load_flax, tiny_flax(np.float32), "lin.kernel")
+    )
+    before = torch_state(module) if kind == "torch" else flax_state(module)
+    bad = {key: np.zeros((5, 5), np.float32), "extra": np.zeros(2, np.float32)}
+    with pytest.raises(ConversionError, match=r"3 problem\(s\)") as err:
+        load(module, bad)
+    for fragment in (f"wrong shape {key}", "missing     weight: expected (3,)", "unexpected  extra"):
+        assert fragment in str(err.value)
+    cast = {k: v.astype(ml_dtypes.bfloat16) for k, v in before.items()}
+    with pytest.raises(ConversionError, match=r"wrong dtype weight: module has float32, state has bfloat16"):
+        load(module, cast)
+    assert_bit_equal(torch_state(module) if kind == "torch" else flax_state(module), before)  # nothing written
+
+
+def test_arrays_move_every_bfloat16_bit_pattern():
+    import torch
+
+    bits = np.arange(-(2**15), 2**15, dtype=np.int16)
+    bf16 = bits.view(ml_dtypes.bfloat16)
+    tensor = torch.from_numpy(bits.copy()).view(torch.bfloat16)
+    assert np.array_equal(from_torch(tensor).view(np.int16), bits)
+    assert torch.equal(to_torch(bf16).view(torch.int16), tensor.view(torch.int16))
+    assert np.array_equal(from_jax(to_jax(bf16)).view(np.int16), bits)
+    assert from_torch(tensor).dtype == ml_dtypes.bfloat16 and from_jax(to_jax(bf16)).dtype == ml_dtypes.bfloat16
+
+
+def test_arrays_copy_and_refuse_silent_casts():
+    import jax
+    import torch
+
+    tensor = torch.zeros(3)
+    array = from_torch(tensor)
+    tensor.add_(1.0)
+    assert array.tolist() == [0.0, 0.0, 0.0]
+    if not jax.config.jax_enable_x64:
+        with pytest.raises(TypeError, match="float64 array as float32"):
+            to_jax(np.zeros(2))
