@@ -63,8 +63,11 @@ def _chain(path: list[str], component: str, cfg: Any) -> list[dict[tuple[str, ..
     return chain
 
 
-def _through(part: State, path: list[str], chain: list[dict[tuple[str, ...], Leaf]], name: tuple[str, ...], at: str):
-    """One leaf instance through every edge of the path, each edge's output checked; `at` is the instance prefix."""
+def _through(
+    part: State, path: list[str], chain: list[dict[tuple[str, ...], Leaf]], name: tuple[str, ...], at: str
+) -> State:
+    """Leaf `name` of the instance at prefix `at` (its keys relative to the leaf) through every edge of the path, each
+    edge's output checked against the next format's shapes."""
     leaf = chain[0][name]
     for (a, b), leaves in zip(itertools.pairwise(path), chain[1:], strict=True):
         part = registry.EDGES[(a, b)](part, cfg=leaf.cfg, component=leaf.component)
