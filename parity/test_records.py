@@ -7,6 +7,8 @@ was actually emitted, by which process.
 
 from __future__ import annotations
 
+import ast
+import graphlib
 import json
 import math
 import os
@@ -16,7 +18,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from reports import records
+from reports import analysis, recordfile, records, schema
+from reports.validate import validate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,7 +121,7 @@ def _load_valid(path: Path) -> list[dict]:
     lines = path.read_text().splitlines()
     recs = [json.loads(line) for line in lines]  # every line parses on its own
     assert len(recs) == len(lines)
-    problems = {i: records.validate(r) for i, r in enumerate(recs) if records.validate(r)}
+    problems = {i: validate(r) for i, r in enumerate(recs) if validate(r)}
     assert not problems
     return recs
 
@@ -147,10 +150,10 @@ def test_one_line_per_emit(run, pytester: pytest.Pytester, workers: str) -> None
     result.stdout.fnmatch_lines(
         [f"parity records: 25 comparisons (22 pass, 1 fail, 1 negative controls, 1 expected divergences) -> {path}"]
     )
-    meta = json.loads(records.meta_path(path).read_text())
+    meta = json.loads(recordfile.meta_path(path).read_text())
     assert meta["exitstatus"] == 1
     assert meta["workers"] == (2 if workers == "2" else 0)
-    assert meta["counts"] == records.summarize(recs)
+    assert meta["counts"] == analysis.count(recs)
     assert meta["crashed_workers"] == []
     assert not list(path.parent.glob("*.tmp"))
 
@@ -183,7 +186,7 @@ def test_after():
     passed = {r["node_id"] for r in recs if r["verdict"] == "pass"}
     assert passed == {"test_generated.py::test_before", "test_generated.py::test_after"}
     result.stdout.fnmatch_lines(["parity records: 2 comparisons (2 pass, *), 1 worker crash -> *"])
-    assert json.loads(records.meta_path(path).read_text())["crashed_workers"] == [crashes[0]["worker"]]
+    assert json.loads(recordfile.meta_path(path).read_text())["crashed_workers"] == [crashes[0]["worker"]]
 
 
 def test_crashed_run_leaves_the_previous_file(run, pytester: pytest.Pytester) -> None:
@@ -206,7 +209,7 @@ def test_controller_dies():
     assert path.read_text() == "previous run\n"
     [partial] = path.parent.glob(".records.jsonl.*.tmp")
     assert len(partial.read_text().splitlines()) == 1  # written and flushed as the report arrived
-    assert not records.meta_path(path).exists()
+    assert not recordfile.meta_path(path).exists()
 
 
 def test_env_path_and_no_records(run, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -250,10 +253,10 @@ def test_emit_attaches_a_complete_json_record(item: SimpleNamespace) -> None:
     records.emit(source)
     assert json.dumps(source, default=repr) == before  # the caller's dict is not modified
     [(key, rec)] = item.user_properties
-    assert key == records.RECORD_KEY
-    assert records.validate(rec) == []
-    assert list(rec)[: len(records.RECORD_FIELDS)] == list(records.RECORD_FIELDS)
-    assert (rec["node_id"], rec["worker"], rec["layer"]) == ("x.py::t", "gw7", 3)
+    assert key == schema.RECORD_KEY
+    assert validate(rec) == []
+    assert list(rec)[: len(schema.RECORD_FIELDS)] == list(schema.RECORD_FIELDS)
+    assert (rec["node_id"], rec["worker"], rec["layer"], rec["pair_class"]) == ("x.py::t", "gw7", 3, None)
     assert rec["metrics"]["max_abs_index"] == [0, 1]
     assert (rec["metrics"]["kl"], rec["metrics"]["mae"]) == ("Infinity", "NaN")
     assert rec["failures"] == [] and rec["hypothesis"] is None
@@ -282,6 +285,7 @@ def test_emit_without_an_item_goes_to_unattached(monkeypatch: pytest.MonkeyPatch
         ({"pair": ["hf", "flax"]}, ValueError, "pair must be"),
         ({"metrics": {"max_abs": 1.0}}, ValueError, "metrics must be"),
         ({"inputs": {"x": [2, -1]}}, ValueError, "inputs must be"),
+        ({"pair_class": "upstream-vs-ours"}, ValueError, "pair_class must be one of"),
     ],
 )
 def test_emit_rejects_bad_records(item: SimpleNamespace, fields: dict, error: type, match: str) -> None:
@@ -295,17 +299,33 @@ def test_emit_requires_the_comparison_fields(item: SimpleNamespace) -> None:
         records.emit({k: v for k, v in _record().items() if k != "tolerance"})
 
 
+def test_emit_keeps_the_pair_class(item: SimpleNamespace) -> None:
+    for pair_class in schema.PAIR_CLASSES:
+        records.emit(_record(pair_class=pair_class))
+    assert [rec["pair_class"] for _, rec in item.user_properties] == list(schema.PAIR_CLASSES)
+
+
+def test_records_written_before_pair_class_stay_valid(item: SimpleNamespace) -> None:
+    records.emit(_record())
+    [(_, rec)] = item.user_properties
+    old = {k: v for k, v in rec.items() if k != "pair_class"}
+    assert validate(old) == []
+    assert "missing field 'component'" in validate({k: v for k, v in rec.items() if k != "component"})
+
+
 def test_validate_lists_every_problem() -> None:
-    assert records.validate([]) == ["record is a list, not a dict"]
-    problems = records.validate({"verdict": "pass", "layer": -1})
+    assert validate([]) == ["record is a list, not a dict"]
+    problems = validate({"verdict": "pass", "layer": -1})
     assert "missing field 'node_id'" in problems
+    assert "missing field 'pair_class'" not in problems  # added to schema 1 later: optional
     assert any(p.startswith("layer must be") for p in problems)
     assert "a 'pass' record needs metrics and no failures" in problems
+    assert any(p.startswith("metrics must be") for p in validate({"metrics": {"max_abs": [1.0]}}))
 
 
 def test_crash_record_and_summary() -> None:
     crash = records.crash_record(node_id=None, worker="gw3", failures=["worker 'gw3' went down"])
-    assert records.validate(crash) == []
+    assert validate(crash) == []
     rows = [
         {"verdict": "pass", "control": None},
         {"verdict": "fail", "control": None},
@@ -314,14 +334,15 @@ def test_crash_record_and_summary() -> None:
         {"verdict": "expected_divergence", "control": None},
         crash,
     ]
-    assert records.summarize(rows) == {
+    assert analysis.count(rows) == {
         "total": 6,
         "pass": 1,
         "fail": 1,
         "controls": 2,
-        "controls_passed": 1,
+        "controls_not_failing": 1,
         "expected_divergence": 1,
         "worker_crash": 1,
+        "shrink_attempts": 0,
     }
 
 
@@ -347,3 +368,28 @@ def test_compare(n):
     assert len(recs) == sum(range(6)) + 6  # 15 passing comparisons + 6 negative controls
     assert sum(r["control"] == "shifted" for r in recs) == 6
     assert {r["worker"] for r in recs} == {"gw0", "gw1"}
+
+
+def _reports_imports(source: str) -> set[str]:
+    """The reports modules a module's source imports anywhere (function-level imports included)."""
+    deps = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module == "reports":
+            deps |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("reports."):
+            deps.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            deps |= {a.name.split(".")[1] for a in node.names if a.name.startswith("reports.")}
+    return deps
+
+
+def test_reports_import_graph_has_no_cycle() -> None:
+    lazy = "from reports import diff\ndef f():\n    from reports.records import X\n    import reports.schema\n"
+    assert _reports_imports(lazy) == {"diff", "records", "schema"}  # control: the scan sees function-level imports
+    graph = {p.stem: _reports_imports(p.read_text()) - {p.stem} for p in (REPO / "reports").glob("*.py")}
+    assert graph["schema"] == set(), "reports.schema is the leaf: it imports nothing from reports"
+    assert graph["validate"] == {"schema"}
+    assert {"schema", "validate"} <= graph["records"]
+    assert "records" not in graph["recordfile"] | graph["analysis"]  # reading and aggregating need no emit machinery
+    order = list(graphlib.TopologicalSorter(graph).static_order())  # raises CycleError on a cycle
+    assert set(order) >= {"schema", "validate", "records", "recordfile", "analysis", "summary", "render", "diff"}

@@ -15,19 +15,22 @@ from typing import Any
 
 import pytest
 
-from reports import analysis, records
+from reports import analysis, recordfile, records
 from reports.__main__ import main as cli
+from reports.schema import SCHEMA_VERSION
+from reports.validate import validate
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PROFILE = "ci"
 
 
 def _rec(component: str = "rmsnorm", *, verdict: str = "pass", max_abs: float = 1e-7, **kw: Any) -> dict[str, Any]:
-    """A valid record (checked with records.validate) with max|d|/rms(ref) = max_abs (ref_rms 1)."""
+    """A valid record (checked with validate) with max|d|/rms(ref) = max_abs (ref_rms 1); without `pair_class`
+    unless given, as records written before that field existed."""
     ref, cand = kw.pop("pair", ("hf", "flax"))
     dtype = kw.pop("dtype", "float32")
     r = {
-        "schema": records.SCHEMA_VERSION,
+        "schema": SCHEMA_VERSION,
         "node_id": kw.pop("node_id", f"parity/test_{component}.py::test_parity[{ref}-{cand}-{dtype}]"),
         "component": component,
         "pair": {"reference": ref, "candidate": cand},
@@ -58,8 +61,10 @@ def _rec(component: str = "rmsnorm", *, verdict: str = "pass", max_abs: float = 
         "worker": "gw0",
         "time": "2026-01-01T00:00:00.000+00:00",
     }
+    if "pair_class" in kw:
+        r["pair_class"] = kw.pop("pair_class")
     assert not kw, kw
-    assert records.validate(r) == [], records.validate(r)
+    assert validate(r) == [], validate(r)
     return r
 
 
@@ -116,7 +121,7 @@ def _write(path: Path, recs: list[dict[str, Any]], *, extra_lines: tuple[str, ..
 
 def test_render_fixture(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = _write(tmp_path / "records.jsonl", _fixture())
-    records.meta_path(src).write_text(json.dumps({"hypothesis_profile": PROFILE, "duration_s": 1.5, "workers": 2}))
+    recordfile.meta_path(src).write_text(json.dumps({"hypothesis_profile": PROFILE, "duration_s": 1.5, "workers": 2}))
     assert cli(["render", str(src), "-o", str(tmp_path / "html")]) == 0
     page = tmp_path / "html" / "report.html"
     assert f"parity report: {page.resolve()}" in capsys.readouterr().out
@@ -205,6 +210,68 @@ def test_nonfinite_metrics_render(tmp_path: Path) -> None:
     worst = {m["component"]: m["worst"] for m in s["matrix"]}
     assert worst == {"logits": "Infinity", "lm_hidden": "NaN"}
     assert analysis.num("NaN") != analysis.num("NaN")
+
+
+def _nonfinite(r: dict[str, Any], name: str) -> dict[str, Any]:
+    """`r` with its errors stored as emit() stores a non-finite float."""
+    r["metrics"].update(max_abs=name, mae=name, max_rel=name)
+    return r
+
+
+def test_summary_rows_are_the_report_matrix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m reports summary` prints the rows of the matrix that summary.json (and the page) show: the same counts
+    and the same worst error, with NaN ranked worst, on a file holding every case the views once disagreed on."""
+    logits = [
+        _rec("logits", pair=("kyutai", "flax"), max_abs=1e-7, pair_class="upstream-ours"),
+        _nonfinite(_rec("logits", pair=("kyutai", "flax"), verdict="fail", pair_class="upstream-ours"), "Infinity"),
+        _nonfinite(_rec("logits", pair=("kyutai", "flax"), verdict="fail", pair_class="upstream-ours"), "NaN"),
+        _rec("logits", pair=("kyutai", "flax"), verdict="fail", max_abs=3.0, pair_class="upstream-ours"),
+        _rec("logits", pair=("kyutai", "flax"), control="unscaled", pair_class="upstream-ours"),  # passed: a bug
+    ]
+    recs = [*_fixture(), *logits]  # + hypothesis shrink attempts, a worker crash, records without pair_class
+    src = _write(tmp_path / "r.jsonl", recs, extra_lines=('{"verdict": "pass", "comp\n',))
+
+    assert cli(["summary", str(src)]) == 0
+    text = capsys.readouterr().out.splitlines()
+    assert cli(["render", str(src), "-o", str(tmp_path / "html")]) == 0
+    s = json.loads((tmp_path / "html" / "summary.json").read_text())
+
+    header = text.index(next(line for line in text if line.startswith("component ")))
+    end = next(i for i, line in enumerate(text) if " records from " in line)
+    printed = [line.split() for line in text[header + 1 : end]]
+    assert len(printed) == len(s["matrix"]) > 5
+    for words, row in zip(printed, s["matrix"], strict=True):
+        counts = ("pass", "fail", "controls", "expected_divergence")
+        want = [row["component"], row["pair"], row["pair_class"] or "-", row["dtype"], *(str(row[k]) for k in counts)]
+        assert words[:8] == want
+        worst = row["worst"]
+        if isinstance(worst, float):
+            assert float(words[8]) == pytest.approx(worst, rel=1e-2)
+        else:
+            assert words[8] == ("-" if worst is None else worst)  # "NaN", "Infinity": the records' names
+        assert ("<-" in words) == bool(row["controls_not_failing"])
+
+    cell = next(r for r in s["matrix"] if r["component"] == "logits")
+    assert (cell["worst"], cell["pair_class"], cell["status"]) == ("NaN", "upstream-ours", "fail")
+    assert (cell["pass"], cell["fail"], cell["controls"], cell["controls_not_failing"]) == (1, 3, 1, 1)
+    assert s["worst"]["logits"][0]["max_abs_rms"] == "NaN"
+    assert next(r for r in s["matrix"] if r["component"] == "rmsnorm")["pair_class"] is None
+    c = s["counts"]
+    for k in ("pass", "fail", "controls", "controls_not_failing", "expected_divergence"):
+        assert c[k] == sum(r[k] for r in s["matrix"]), k  # the totals are the matrix's column sums
+    assert (
+        c["total"]
+        == len(recs)
+        == c["shrink_attempts"]
+        + c["worker_crash"]
+        + sum(c[k] for k in ("pass", "fail", "controls", "expected_divergence"))
+    )
+    assert (c["shrink_attempts"], c["worker_crash"]) == (2, 1)
+    assert text[end].startswith(f"{len(recs)} records from ")
+    assert "1 worker crash(es)" in text[end] and "2 hypothesis shrink attempt(s) not counted" in text[end]
+    assert text[end + 1 :] == [f"{src}:{len(recs) + 1}: skipped malformed line: {s['malformed_lines'][0]['problem']}"]
+    assert s["malformed_lines"][0]["problem"].startswith("not JSON")
+    assert "upstream-ours" in (tmp_path / "html" / "report.html").read_text()
 
 
 def test_5000_records_render_in_seconds(tmp_path: Path) -> None:

@@ -1,5 +1,10 @@
-"""Records of every parity comparison: the record type (`records`), the pytest plugin that collects them (`plugin`) and
-the command line (`python -m reports`).
+"""Records of every parity comparison and the views built from them.
 
-The report is built only from records; see `reports.records` for the schema.
+- `schema`: the record's fields, verdicts and types (a leaf: imports nothing from `reports`); `validate`: checks one.
+- `records`: `emit()`, called once per comparison, and the context every record carries.
+- `plugin`: the pytest plugin that writes the records of a run to one JSONL file (xdist-safe).
+- `recordfile`: the one reader of a records file; `analysis`: the one aggregation (dedupe, counts, matrix, drift).
+- `summary`, `render`, `diff` (+ `charts`, `templates/`): the views, run as `python -m reports summary|render|diff`.
+
+The report is built only from records.
 """

@@ -2,7 +2,11 @@
 
 python -m reports summary RECORDS.jsonl     text matrix: component x pair x dtype (pass / fail / controls / ...)
 python -m reports render RECORDS.jsonl -o DIR [--previous OLD.jsonl]   report.html + summary.json (reports/render.py)
-python -m reports diff OLD.jsonl NEW.jsonl [--factor 2.0]   metric regressions; exits 1 on any (reports/diff.py)
+python -m reports diff OLD.jsonl NEW.jsonl [--factor 2.0] [--floor 0.01]   metric regressions; exits 1 on any
+    (reports/diff.py)
+
+All three read records with `reports.recordfile.read` and aggregate them with `reports.analysis`; summary and render
+exit 0 whatever the verdicts, diff exits 1 on a regression or a new failure.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from reports.summary import render_text
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs one command; returns its exit status."""
     parser = argparse.ArgumentParser(prog="python -m reports")
     sub = parser.add_subparsers(dest="command", required=True)
     summary = sub.add_parser("summary", help="print the text summary of a records file")

@@ -1,70 +1,90 @@
-"""What the HTML report and `python -m reports diff` compute from records: lenient reading, the summary matrix, the
-worst cases per component, the per-layer drift series, the expected divergences and the environment.
+"""The one aggregation of records that every view shows: the text summary, the HTML report and summary.json, the run
+diff and the plugin's closing counts.
 
-Errors are compared in units of the reference's rms: `max_abs / ref_rms` and `mae / ref_rms`, the same units as the
-policy's `atol` and `mae` budgets. Hypothesis replays a failing example many times while shrinking; only the final
-replay of each test counts (`reports.summary._final`).
+- `counted()`: hypothesis replays a failing example many times while shrinking; only the final replay of each test
+  counts, the shrink attempts are dropped.
+- `normalized()`: errors in units of the reference's rms, `max_abs / ref_rms` and `mae / ref_rms` (the units of the
+  policy's `atol` and `mae` budgets), the records' "NaN"/"Infinity" strings read as floats; `severity()` ranks them,
+  NaN worst of all (no number at all), then infinity.
+- `classify()` / `count()`: the disjoint classes pass, fail, controls (negative controls, whatever their verdict),
+  expected_divergence and worker_crash, plus controls_not_failing (controls that passed: a porting bug the suite no
+  longer catches).
+- `matrix()`: one row per component x pair x dtype with those counts and the worst normalized error.
+
+The remaining functions are the HTML report's further sections: worst cases, per-layer drift, expected divergences,
+negative controls, worker crashes and the environment.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from reports.records import meta_path
-from reports.summary import _final
+from reports.schema import NONFINITE, json_number
 
-Record = Mapping[str, Any]
-_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-
-
-@dataclass
-class Loaded:
-    """A records file read leniently: the records that parse, and `malformed` (line number, problem) for the rest."""
-
-    path: Path
-    records: list[dict[str, Any]]
-    malformed: list[tuple[int, str]] = field(default_factory=list)
-    meta: dict[str, Any] | None = None
+Record = Mapping[str, Any]  # a `schema.Record` as read back (one from before `ADDED_FIELDS` lacks those)
+_CELL_COUNTS = {"pass": 0, "fail": 0, "controls": 0, "controls_not_failing": 0, "expected_divergence": 0}
 
 
-def read(path: str | os.PathLike[str]) -> Loaded:
-    """Reads a records JSONL file; a line that is not a JSON object (truncated, garbage) is listed and skipped."""
-    path = Path(path)
-    out = Loaded(path=path, records=[])
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                out.malformed.append((n, f"not JSON: {e.msg} at column {e.colno}"))
-                continue
-            if not isinstance(rec, dict) or "verdict" not in rec:
-                out.malformed.append((n, f"not a parity record: {line.strip()[:80]}"))
-                continue
-            out.records.append(rec)
-    try:
-        out.meta = json.loads(meta_path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        out.meta = None
-    return out
+def counted(records: Iterable[Record]) -> list[Record]:
+    """The records a view counts: all but the shrink attempts of failing hypothesis tests.
+
+    A test whose records include hypothesis' final replay (`hypothesis.is_final`) counts only the final replay's
+    records; every other record of that test was emitted while shrinking.
+    """
+    records = list(records)
+    finals = {r.get("node_id") for r in records if _is_final(r)}
+    return [r for r in records if r.get("node_id") not in finals or _is_final(r)]
+
+
+def _is_final(r: Record) -> bool:
+    return bool((r.get("hypothesis") or {}).get("is_final"))
+
+
+def classify(r: Record) -> str:
+    """The class of one record: "pass", "fail", "controls", "expected_divergence" or "worker_crash".
+
+    A record with a control counts as a control whatever its verdict; a verdict outside the schema counts as "fail".
+    """
+    verdict = r.get("verdict")
+    if verdict == "worker_crash":
+        return "worker_crash"
+    if r.get("control") is not None:
+        return "controls"
+    if verdict == "expected_divergence":
+        return "expected_divergence"
+    return "pass" if verdict == "pass" else "fail"
+
+
+def _tally(counts: dict[str, int], r: Record) -> None:
+    cls = classify(r)
+    counts[cls] += 1
+    counts["controls_not_failing"] += cls == "controls" and r.get("verdict") == "pass"
+
+
+def count(records: Iterable[Record]) -> dict[str, int]:
+    """Class counts of a run: `total` records; per `classify` class the counted ones (see `counted`);
+    `controls_not_failing` among the controls; and the `shrink_attempts` not counted. total = shrink_attempts + pass +
+    fail + controls + expected_divergence + worker_crash."""
+    records = list(records)
+    kept = counted(records)
+    counts = {"total": len(records), **_CELL_COUNTS, "worker_crash": 0, "shrink_attempts": len(records) - len(kept)}
+    for r in kept:
+        _tally(counts, r)
+    return counts
 
 
 def num(x: Any) -> float | None:
-    """A metric as a float (the strings "NaN"/"Infinity"/"-Infinity" included), None when absent or not a number."""
+    """A metric as a float (the `NONFINITE` strings "NaN"/"Infinity"/"-Infinity" included), None when absent or not a
+    number."""
     if isinstance(x, bool) or x is None:
         return None
     if isinstance(x, int | float):
         return float(x)
-    return _NONFINITE.get(x) if isinstance(x, str) else None
+    return NONFINITE.get(x) if isinstance(x, str) else None
 
 
 def normalized(r: Record, metric: str = "max_abs") -> float | None:
@@ -78,52 +98,70 @@ def normalized(r: Record, metric: str = "max_abs") -> float | None:
     return value / rms if rms and math.isfinite(rms) and rms > 0 else None
 
 
+def text(x: float | None, spec: str) -> str:
+    """A metric as the views print it: "-" when unknown, the records' names ("NaN", "Infinity") when non-finite, else
+    formatted with `spec` (".3g", ".2e")."""
+    if x is None:
+        return "-"
+    shown = json_number(x)
+    return shown if isinstance(shown, str) else format(shown, spec)
+
+
 def pair_name(r: Record) -> str:
+    """ "reference->candidate", or "?->?" for a record without a pair (a worker crash)."""
     p = r.get("pair") or {}
     return f"{p.get('reference', '?')}->{p.get('candidate', '?')}"
 
 
 def dtype_name(r: Record) -> str:
+    """The dtype the policy expected, "?" when the record has none."""
     return (r.get("dtypes") or {}).get("expected") or "?"
 
 
-def severity(x: float | None) -> float:
-    """Sort key: larger is worse; NaN and Inf are the worst, unknown the least bad."""
+def severity(x: float | None) -> tuple[int, float]:
+    """Sort key: larger is worse. Unknown (None) is the least bad, then numbers by value, then NaN: a comparison that
+    produced no number at all ranks above one that overflowed to infinity."""
     if x is None:
-        return -1.0
-    return math.inf if math.isnan(x) else x
+        return (0, 0.0)
+    return (2, 0.0) if math.isnan(x) else (1, x)
 
 
-def counted(records: Iterable[Record]) -> list[Record]:
-    """The records a report counts: all but the shrink attempts of failing hypothesis tests."""
-    return list(_final(list(records)))
+def worse(x: float | None, than: float | None) -> bool:
+    """Whether `x` ranks strictly worse than `than` (`severity`)."""
+    return severity(x) > severity(than)
 
 
 def matrix(records: Iterable[Record]) -> list[dict[str, Any]]:
-    """One row per component x pair x dtype: counts, the worst normalized error and a status for the cell's colour."""
-    rows: dict[tuple[str, str, str], dict[str, Any]] = defaultdict(
-        lambda: {"pass": 0, "fail": 0, "controls": 0, "controls_not_failing": 0, "divergences": 0, "worst": None}
-    )
+    """One row per component x pair x dtype of the counted records (see `counted`; worker crashes belong to no cell).
+
+    Each row holds the class counts of `count` (pass, fail, controls, controls_not_failing, expected_divergence), the
+    pair's tolerance class (`pair_class`: the records' value, distinct values joined by "/" should they disagree,
+    None when no record names one), `worst` (the worst `normalized` error among the pass and fail records) and a
+    `status` for the cell's colour: fail, xdiv (expected divergences only), pass, or controls (nothing but controls).
+    """
+    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+    classes: dict[tuple[str, str, str], set[str]] = defaultdict(set)
     for r in records:
-        if r.get("verdict") == "worker_crash":
+        cls = classify(r)
+        if cls == "worker_crash":
             continue
-        row = rows[(str(r.get("component")), pair_name(r), dtype_name(r))]
-        if r.get("control"):
-            row["controls"] += 1
-            row["controls_not_failing"] += r.get("verdict") == "pass"
-        elif r.get("verdict") == "expected_divergence":
-            row["divergences"] += 1
-        else:
-            row["pass" if r.get("verdict") == "pass" else "fail"] += 1
-            e = normalized(r)
-            if e is not None and severity(e) > severity(row["worst"]):
-                row["worst"] = e
+        key = (str(r.get("component")), pair_name(r), dtype_name(r))
+        row = rows.setdefault(key, {**_CELL_COUNTS, "worst": None})
+        _tally(row, r)
+        if r.get("pair_class") is not None:
+            classes[key].add(str(r["pair_class"]))
+        e = normalized(r)
+        if cls in ("pass", "fail") and worse(e, row["worst"]):
+            row["worst"] = e
     out = []
     for (component, pair, dtype), v in sorted(rows.items()):
-        status = "fail" if v["fail"] or v["controls_not_failing"] else "xdiv" if v["divergences"] else "pass"
-        if not (v["pass"] or v["fail"] or v["divergences"]):
+        status = "fail" if v["fail"] or v["controls_not_failing"] else "xdiv" if v["expected_divergence"] else "pass"
+        if not (v["pass"] or v["fail"] or v["expected_divergence"]):
             status = "controls"
-        out.append({"component": component, "pair": pair, "dtype": dtype, "status": status, **v})
+        pair_class = "/".join(sorted(classes[(component, pair, dtype)])) or None
+        out.append(
+            {"component": component, "pair": pair, "pair_class": pair_class, "dtype": dtype, "status": status, **v}
+        )
     return out
 
 
@@ -131,7 +169,7 @@ def worst_cases(records: Iterable[Record], *, per_component: int = 10) -> dict[s
     """Per component, the comparisons (not controls, not expected divergences) with the largest max|d|/rms."""
     by: dict[str, list[Record]] = defaultdict(list)
     for r in records:
-        if r.get("verdict") in ("pass", "fail") and not r.get("control"):
+        if classify(r) in ("pass", "fail"):
             by[str(r.get("component"))].append(r)
     return {
         c: sorted(rs, key=lambda r: (r.get("verdict") == "fail", severity(normalized(r))), reverse=True)[:per_component]
@@ -145,11 +183,11 @@ def drift(records: Iterable[Record]) -> list[dict[str, Any]]:
     groups: dict[tuple[Any, ...], dict[str, dict[int, Record]]] = defaultdict(lambda: defaultdict(dict))
     for r in records:
         layer, stage = r.get("layer"), r.get("stage")
-        if layer is None or stage is None or r.get("verdict") == "worker_crash":
+        if layer is None or stage is None or classify(r) == "worker_crash":
             continue
         key = (str(r.get("node_id")), str(r.get("component")), pair_name(r), dtype_name(r), r.get("control"))
         old = groups[key][stage].get(layer)
-        if old is None or severity(normalized(r)) > severity(normalized(old)):
+        if old is None or worse(normalized(r), normalized(old)):
             groups[key][stage][layer] = r
     out = []
     for (node_id, component, pair, dtype, control), stages in sorted(groups.items(), key=lambda kv: str(kv[0])):
@@ -160,7 +198,7 @@ def drift(records: Iterable[Record]) -> list[dict[str, Any]]:
                 r = layers[layer]
                 budget = num((r.get("tolerance") or {}).get("atol"))
                 err = normalized(r)
-                over = r.get("verdict") != "pass" or (err is not None and budget is not None and severity(err) > budget)
+                over = r.get("verdict") != "pass" or (budget is not None and worse(err, budget))
                 points.append(
                     {
                         "layer": layer,
@@ -190,13 +228,13 @@ def expected_divergences(records: Iterable[Record]) -> list[dict[str, Any]]:
     """The documented upstream disagreements: one row per (reason, component, pair, dtype), its count and worst."""
     rows: dict[tuple[str, str, str, str], dict[str, Any]] = {}
     for r in records:
-        if r.get("verdict") != "expected_divergence":
+        if classify(r) != "expected_divergence":
             continue
         key = (str(r.get("expected_divergence")), str(r.get("component")), pair_name(r), dtype_name(r))
         row = rows.setdefault(key, {"count": 0, "worst": None, "node_id": r.get("node_id")})
         row["count"] += 1
         e = normalized(r)
-        if e is not None and severity(e) > severity(row["worst"]):
+        if worse(e, row["worst"]):
             row.update(worst=e, node_id=r.get("node_id"))
     return [{"reason": k[0], "component": k[1], "pair": k[2], "dtype": k[3], **v} for k, v in sorted(rows.items())]
 
@@ -205,7 +243,7 @@ def controls(records: Iterable[Record]) -> list[dict[str, Any]]:
     """Negative controls: each deliberately broken variant and whether it failed, as it must."""
     rows: dict[tuple[str, str, str, str], dict[str, Any]] = {}
     for r in records:
-        if not r.get("control") or r.get("verdict") == "worker_crash":
+        if classify(r) != "controls":
             continue
         key = (str(r.get("component")), str(r.get("control")), pair_name(r), dtype_name(r))
         row = rows.setdefault(key, {"count": 0, "not_failing": 0, "node_id": r.get("node_id")})
@@ -214,33 +252,30 @@ def controls(records: Iterable[Record]) -> list[dict[str, Any]]:
     return [{"component": k[0], "control": k[1], "pair": k[2], "dtype": k[3], **v} for k, v in sorted(rows.items())]
 
 
-def environment(loaded: Loaded) -> dict[str, Any]:
-    """Versions, platforms and hypothesis profiles found in the records (all distinct values), plus the run's meta."""
+def environment(records: Iterable[Record], meta: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Versions, platforms and hypothesis profiles found in the records (all distinct values), plus the run's sidecar
+    `meta` (start, end, duration, exit status, workers, ...; see `reports.plugin`)."""
+    records = list(records)
 
     def distinct(field_: str) -> list[Any]:
         seen: dict[str, Any] = {}
-        for r in loaded.records:
+        for r in records:
             v = r.get(field_)
             seen.setdefault(json.dumps(v, sort_keys=True), v)
         return list(seen.values())
 
-    meta = loaded.meta or {}
+    meta = meta or {}
     run = {k: meta.get(k) for k in ("start", "end", "duration_s", "exitstatus", "workers", "jax_platforms", "args")}
     return {
         "versions": distinct("versions"),
         "platforms": distinct("platform"),
         "hypothesis_profiles": [p for p in distinct("hypothesis_profile") if p is not None]
         or ([meta["hypothesis_profile"]] if meta.get("hypothesis_profile") else []),
-        "workers": sorted({str(r.get("worker")) for r in loaded.records}),
+        "workers": sorted({str(r.get("worker")) for r in records}),
         "run": run if meta else None,
     }
 
 
 def crashes(records: Iterable[Record]) -> list[Record]:
-    return [r for r in records if r.get("verdict") == "worker_crash"]
-
-
-def count(records: Iterable[Record]) -> dict[str, int]:
-    from reports.records import summarize
-
-    return summarize(records)
+    """The worker crash records."""
+    return [r for r in records if classify(r) == "worker_crash"]

@@ -19,7 +19,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from reports import analysis
+from reports import analysis, recordfile
 
 METRICS: tuple[tuple[str, str], ...] = (("max_abs_rms", "atol"), ("mae_rms", "mae"), ("kl", "kl"))
 _RANK = {"pass": 0, "expected_divergence": 1, "fail": 2}
@@ -27,6 +27,7 @@ _TINY = 1e-30
 
 
 def key(r: analysis.Record) -> tuple[Any, ...]:
+    """What matches a comparison across runs: node id, component, pair, dtype, layer, stage."""
     return (
         r.get("node_id"),
         r.get("component"),
@@ -38,6 +39,7 @@ def key(r: analysis.Record) -> tuple[Any, ...]:
 
 
 def key_text(k: tuple[Any, ...]) -> str:
+    """A `key` for people: "NODE_ID [component pair dtype layer N stage]"."""
     node_id, component, pair, dtype, layer, stage = k
     where = "".join(f" {x}" for x in (f"layer {layer}" if layer is not None else None, stage) if x is not None)
     return f"{node_id} [{component} {pair} {dtype}{where}]"
@@ -47,11 +49,12 @@ def worst_by_key(records: Iterable[analysis.Record]) -> dict[tuple[Any, ...], di
     """Per key: the worst of each metric, the worst verdict and the budgets (from the record that set the worst)."""
     out: dict[tuple[Any, ...], dict[str, Any]] = {}
     for r in analysis.counted(records):
-        if r.get("control") or r.get("verdict") not in _RANK:
+        verdict = analysis.classify(r)
+        if verdict not in _RANK:  # controls must fail, crashes have no metrics
             continue
         row = out.setdefault(key(r), {"verdict": "pass", "budgets": {}, **dict.fromkeys(m for m, _ in METRICS)})
-        if _RANK[r["verdict"]] > _RANK[row["verdict"]]:
-            row["verdict"] = r["verdict"]
+        if _RANK[verdict] > _RANK[row["verdict"]]:
+            row["verdict"] = verdict
         tol = r.get("tolerance") or {}
         values = {
             "max_abs_rms": analysis.normalized(r),
@@ -60,7 +63,7 @@ def worst_by_key(records: Iterable[analysis.Record]) -> dict[tuple[Any, ...], di
         }
         for metric, budget_key in METRICS:
             v = values[metric]
-            if v is not None and analysis.severity(v) > analysis.severity(row[metric]):
+            if analysis.worse(v, row[metric]):
                 row[metric] = v
             budget = analysis.num(tol.get(budget_key))
             if budget is not None:
@@ -104,10 +107,12 @@ def compare(
 
 
 def failing(result: dict[str, list[dict[str, Any]]]) -> bool:
+    """Whether `compare` found a regression or a new failure (the command then exits 1)."""
     return bool(result["regressions"] or result["new_failures"])
 
 
 def format_text(result: dict[str, list[dict[str, Any]]], *, factor: float) -> str:
+    """The command's report: one line per regression, new failure and fix, then the totals."""
     lines = []
     for r in result["regressions"]:
         budget = f", budget {r['budget']:.3g}" if r["budget"] is not None else ""
@@ -127,16 +132,17 @@ def format_text(result: dict[str, list[dict[str, Any]]], *, factor: float) -> st
 
 
 def main(args: argparse.Namespace) -> int:
-    old, new = analysis.read(args.old), analysis.read(args.new)
-    for loaded in (old, new):
-        for n, problem in loaded.malformed:
-            print(f"{loaded.path}:{n}: skipped malformed line: {problem}")
+    """`python -m reports diff`: prints the skipped lines and `format_text`; exits 1 when `failing`."""
+    old, new = recordfile.read(args.old), recordfile.read(args.new)
+    for line in old.warnings() + new.warnings():
+        print(line)
     result = compare(old.records, new.records, factor=args.factor, floor=args.floor)
     print(format_text(result, factor=args.factor))
     return 1 if failing(result) else 0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the `diff` command's arguments to `parser` (a subcommand parser of reports/__main__.py)."""
     parser.add_argument("old", help="records of the previous run")
     parser.add_argument("new", help="records of this run")
     parser.add_argument("--factor", type=float, default=2.0, help="a metric regresses when it grows beyond this factor")

@@ -14,8 +14,11 @@ each of its test reports; xdist carries the reports to the controller. Only the 
 - a `worker_crash` record for every test whose xdist worker died under it, and for every worker that went down with
   an error while running no test: nothing is dropped silently. Records the crashed test emitted after its last
   delivered report are lost with the worker, which the record says;
-- the sidecar `records.meta.json` (see `reports.records.meta_path`): start and end time, exit status, hypothesis
+- the sidecar `records.meta.json` (see `reports.recordfile.meta_path`): start and end time, exit status, hypothesis
   profile, workers, versions, counts.
+
+The closing counts (terminal line and sidecar) are `reports.analysis.count` of the finished file read back with
+`reports.recordfile.read`: the numbers `python -m reports summary` and the HTML report show for the same file.
 
 Options: `--records PATH` (default `$MOSHI_PARITY_RECORDS`, else `reports/out/records.jsonl` under the rootdir; a
 relative path is relative to the invocation directory) and `--no-records`.
@@ -33,7 +36,9 @@ from typing import Any
 
 import pytest
 
-from reports import records
+from reports import analysis, recordfile, records
+from reports.schema import RECORD_KEY, SCHEMA_VERSION
+from reports.validate import validate
 
 ENV_RECORDS = "MOSHI_PARITY_RECORDS"
 DEFAULT_RECORDS = Path("reports/out/records.jsonl")  # under the rootdir
@@ -91,7 +96,7 @@ class RecordsWriter:
     def __init__(self, config: pytest.Config, path: Path) -> None:
         self.config = config
         self.path = path.resolve()
-        self.counts = records.summarize([])
+        self.counts = analysis.count([])
         self._file: Any = None
         self._tmp: Path | None = None
         self._start: tuple[str, float] | None = None
@@ -117,7 +122,7 @@ class RecordsWriter:
             return
         # user_properties accumulate on the item and every report carries a copy of all of them so far: the setup
         # report holds the setup records, the call report those plus the call's, ... Write each one once.
-        found = [p[1] for p in report.user_properties if len(p) == 2 and p[0] == records.RECORD_KEY]
+        found = [p[1] for p in report.user_properties if len(p) == 2 and p[0] == RECORD_KEY]
         for record in found[self._seen.get(report.nodeid, 0) :]:
             self._write(record)
         if report.when == "teardown":
@@ -147,8 +152,11 @@ class RecordsWriter:
         assert self._tmp is not None and self._start is not None
         os.replace(self._tmp, self.path)
         self._finished = True
+        written = recordfile.read(self.path)
+        self.unwritten += [f"line {n} does not read back: {problem}" for n, problem in written.malformed]
+        self.counts = analysis.count(written.records)
         meta = {
-            "schema": records.SCHEMA_VERSION,
+            "schema": SCHEMA_VERSION,
             "records": str(self.path),
             "counts": self.counts,
             "start": self._start[0],
@@ -166,7 +174,7 @@ class RecordsWriter:
             "versions": records.versions(),
             "platform": records.platform_info(),
         }
-        _write_atomic(records.meta_path(self.path), json.dumps(meta, indent=2) + "\n")
+        _write_atomic(recordfile.meta_path(self.path), json.dumps(meta, indent=2) + "\n")
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self._finished:
@@ -177,14 +185,16 @@ class RecordsWriter:
             f"parity records: {comparisons} comparisons ({c['pass']} pass, {c['fail']} fail, "
             f"{c['controls']} negative controls, {c['expected_divergence']} expected divergences)"
         )
+        if c["shrink_attempts"]:
+            line += f", {c['shrink_attempts']} hypothesis shrink attempts not counted"
         if c["worker_crash"]:
             line += f", {c['worker_crash']} worker crash{'es' if c['worker_crash'] != 1 else ''}"
         terminalreporter.write_line(f"{line} -> {self.path}")
         for problem in self.unwritten:
             terminalreporter.write_line(f"parity records: NOT WRITTEN: {problem}", red=True, bold=True)
-        if c["controls_passed"]:
+        if c["controls_not_failing"]:
             terminalreporter.write_line(
-                f"parity records: {c['controls_passed']} negative control(s) did NOT fail", red=True, bold=True
+                f"parity records: {c['controls_not_failing']} negative control(s) did NOT fail", red=True, bold=True
             )
 
     def close(self) -> None:
@@ -203,8 +213,9 @@ class RecordsWriter:
 
     def _write(self, record: Any) -> None:
         # Only a record that bypassed emit() can fail here; it is listed in the summary and the sidecar, not dropped.
-        if not isinstance(record, dict):
-            self.unwritten.append(f"not a dict: {record!r:.200}")
+        problems = validate(record)
+        if problems:
+            self.unwritten.append(f"invalid ({'; '.join(problems)}): {record!r:.200}")
             return
         try:
             line = json.dumps(record, allow_nan=False, separators=(",", ":"))
@@ -213,8 +224,6 @@ class RecordsWriter:
             return
         self._file.write(line + "\n")
         self._file.flush()
-        for key, n in records.summarize([record]).items():
-            self.counts[key] += n
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -1,21 +1,17 @@
-"""One record per parity comparison: the schema, `emit()`, `validate()` (in reports/validate.py, importable from here)
-and reading a records file back.
+"""Building one record per parity comparison: `emit()`, the crash record, and the context every record carries.
 
 Flow: parity/harness/compare.py builds the comparison fields and calls `emit(record)` once per comparison, pass or
-fail. emit() adds the context fields (node id, worker, time, platform, versions, hypothesis profile and reproduction blob), checks
-the record with `validate()` (a bad record raises ValueError in the test that emitted it) and attaches it to the running
-pytest item as the user property `(RECORD_KEY, record)`. pytest copies user properties onto every test report, xdist
-carries the reports to the controller, and `reports.plugin` writes each record there as one JSON line. Only builtin JSON
-types travel: emit() converts tuples to lists and numpy scalars/arrays through `.tolist()`, and raises TypeError on
-anything else.
+fail. emit() adds the context fields (node id, worker, time, platform, versions, hypothesis profile and reproduction
+blob), checks the record with `reports.validate.validate` (a bad record raises ValueError in the test that emitted it)
+and attaches it to the running pytest item as the user property `(RECORD_KEY, record)`. pytest copies user properties
+onto every test report, xdist carries the reports to the controller, and `reports.plugin` writes each record there as
+one JSON line. Only builtin JSON types travel: emit() converts tuples to lists and numpy scalars/arrays through
+`.tolist()`, stores non-finite floats under their `NONFINITE` names, and raises TypeError on anything else. The schema
+itself (fields, verdicts, defaults) is `reports.schema`.
 
 Outside a test (a bench script calling compare, code run at import or collection time) no item is current: emit()
 appends the finished record to the module-level list `UNATTACHED` instead, so nothing is lost. The plugin does not
 write those; a script that wants them reads the list itself (`json.dumps` works on every entry).
-
-Non-finite floats are not JSON: emit() stores them as the strings "NaN", "Infinity" and "-Infinity" (`NONFINITE`, the
-JavaScript names), so every line of a records file is strict JSON. `validate()` accepts them wherever a metric is a
-number.
 """
 
 from __future__ import annotations
@@ -23,121 +19,23 @@ from __future__ import annotations
 import datetime
 import functools
 import importlib.metadata
-import json
-import math
 import os
 import platform as _platform
 import sys
-from collections.abc import Iterable, Mapping
-from pathlib import Path
-from typing import Any, Literal, TypedDict
+from collections.abc import Mapping
+from typing import Any
 
-from reports.validate import validate
-
-SCHEMA_VERSION = 1
-RECORD_KEY = "parity_record"  # the user_properties name a record travels under
-
-Verdict = Literal["pass", "fail", "expected_divergence", "worker_crash"]
-Stage = Literal["propagated", "teacher_forced"]
-VERDICTS: tuple[str, ...] = ("pass", "fail", "expected_divergence", "worker_crash")
-STAGES: tuple[str, ...] = ("propagated", "teacher_forced")
-NONFINITE: tuple[str, ...] = ("NaN", "Infinity", "-Infinity")
-REQUIRED_METRICS: tuple[str, ...] = ("max_abs", "max_abs_index", "mae", "max_rel")
-VERSION_PACKAGES: tuple[str, ...] = (
-    "torch",
-    "transformers",
-    "moshi",
-    "jax",
-    "jaxlib",
-    "flax",
-    "numpy",
-    "hypothesis",
-    "pytest",
+from reports.schema import (
+    CALLER_DEFAULTS,
+    CALLER_REQUIRED,
+    CONTEXT_FIELDS,
+    RECORD_FIELDS,
+    RECORD_KEY,
+    SCHEMA_VERSION,
+    VERSION_PACKAGES,
+    json_number,
 )
-
-
-class Pair(TypedDict):
-    reference: str  # implementation name: "hf", "kyutai", "ref" or "flax"
-    candidate: str
-
-
-class Dtypes(TypedDict):
-    reference: str
-    candidate: str
-    expected: str  # the dtype the policy expects both to have
-
-
-class Record(TypedDict):
-    """One comparison. Declaration order is the key order of a written record.
-
-    Filled by the caller (parity/harness/compare.py); `layer` .. `failures` may be omitted and default to None / []:
-        component: policy component name ("attention", "rmsnorm", "logits", ...).
-        pair: which implementation is the reference and which the candidate.
-        layer: layer index for per-layer comparisons, else None.
-        stage: "propagated" or "teacher_forced" for whole-model drift, else None.
-        control: name of the deliberately broken variant of a negative control (its expected verdict is "fail").
-        verdict: "pass", "fail", "expected_divergence" (a failure documented as an upstream disagreement) or
-            "worker_crash" (written by the plugin only: the xdist worker died; `failures` holds the error text).
-        expected_divergence: why a failure is expected, when it is.
-        failures: one message per failed check; empty exactly when the verdict is "pass".
-        metrics: max_abs, max_abs_index (list[int]), mae, max_rel, optional kl and topk_agreement and any further
-            numbers; None when they could not be computed (shape mismatch, non-finite values).
-        tolerance: the policy entry the metrics were checked against.
-        dtypes: reference, candidate and expected dtype names.
-        shapes: reference and candidate output shapes.
-        inputs: input name -> shape.
-        config: the config the implementations were built from.
-        hypothesis: reproduction data. Inside a hypothesis test emit() adds "reproduce" (the `@reproduce_failure(...)`
-            decorator for the choices drawn so far) and "is_final" (True only on hypothesis' final replay of a failing
-            example; a failing hypothesis test also emits one record per example tried while shrinking); the
-            caller's keys win.
-
-    Filled by emit() (the caller must not pass them):
-        schema, node_id (None when unattached), worker ("gw0".. or "master"), time (ISO 8601, UTC),
-        platform (backend, device_kind, device_count, python, system, machine), versions (package -> version or None),
-        hypothesis_profile (the loaded hypothesis settings profile, or None).
-
-    Records may carry further keys; they are kept, after these.
-    """
-
-    schema: int
-    node_id: str | None
-    component: str | None
-    pair: Pair | None
-    layer: int | None
-    stage: Stage | None
-    control: str | None
-    verdict: Verdict
-    expected_divergence: str | None
-    failures: list[str]
-    metrics: dict[str, Any] | None
-    tolerance: dict[str, Any] | None
-    dtypes: Dtypes | None
-    shapes: dict[str, list[int]] | None
-    inputs: dict[str, list[int]] | None
-    config: dict[str, Any] | None
-    hypothesis: dict[str, Any] | None
-    hypothesis_profile: str | None
-    platform: dict[str, Any]
-    versions: dict[str, str | None]
-    worker: str
-    time: str
-
-
-RECORD_FIELDS: tuple[str, ...] = tuple(Record.__annotations__)
-CONTEXT_FIELDS: tuple[str, ...] = ("schema", "node_id", "worker", "time", "platform", "versions", "hypothesis_profile")
-CALLER_REQUIRED: tuple[str, ...] = ("component", "pair", "verdict", "metrics", "tolerance", "dtypes")
-_CALLER_DEFAULTS: dict[str, Any] = {
-    "layer": None,
-    "stage": None,
-    "control": None,
-    "expected_divergence": None,
-    "failures": [],
-    "shapes": None,
-    "inputs": None,
-    "config": None,
-    "hypothesis": None,
-}
+from reports.validate import validate
 
 UNATTACHED: list[dict[str, Any]] = []
 """Records emitted while no pytest item was running (see the module docstring)."""
@@ -170,7 +68,7 @@ def emit(record: Mapping[str, Any]) -> None:
     missing = [f for f in CALLER_REQUIRED if f not in record]
     if missing:
         raise ValueError(f"parity record lacks required fields {missing}; got {sorted(record)}")
-    body = _jsonable(record, "record")
+    body = jsonable(record, "record")
     item = _current_item
     hyp, auto = body.get("hypothesis"), _hypothesis_context()
     if auto is not None and (hyp is None or isinstance(hyp, dict)):
@@ -184,7 +82,7 @@ def emit(record: Mapping[str, Any]) -> None:
         "versions": versions(),
         "hypothesis_profile": hypothesis_profile(),
     }
-    out = _ordered({**_CALLER_DEFAULTS, "failures": [], **body, "hypothesis": hyp, **context})
+    out = _ordered({**CALLER_DEFAULTS, "failures": [], **body, "hypothesis": hyp, **context})
     problems = validate(out)
     if problems:
         raise ValueError("invalid parity record: " + "; ".join(problems))
@@ -198,7 +96,7 @@ def crash_record(*, node_id: str | None, worker: str, failures: list[str]) -> di
     """The record the plugin writes for a test (or a worker) lost to a crashed xdist worker."""
     out = _ordered(
         {
-            **_CALLER_DEFAULTS,
+            **CALLER_DEFAULTS,
             "component": None,
             "pair": None,
             "verdict": "worker_crash",
@@ -219,46 +117,6 @@ def crash_record(*, node_id: str | None, worker: str, failures: list[str]) -> di
     if problems:
         raise ValueError("invalid crash record: " + "; ".join(problems))
     return out
-
-
-def summarize(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-    """Counts records into disjoint classes: pass, fail, controls, expected_divergence, worker_crash (+ total).
-
-    A record with a `control` counts as a negative control whatever its verdict; `controls_passed` counts the controls
-    that did not fail, i.e. a porting bug the suite no longer catches.
-    """
-    counts = dict.fromkeys(("total", "pass", "fail", "controls", "controls_passed", "expected_divergence"), 0)
-    counts["worker_crash"] = 0
-    for r in records:
-        counts["total"] += 1
-        verdict = r.get("verdict")
-        if verdict == "worker_crash":
-            counts["worker_crash"] += 1
-        elif r.get("control") is not None:
-            counts["controls"] += 1
-            counts["controls_passed"] += verdict == "pass"
-        elif verdict in counts:
-            counts[verdict] += 1
-    return counts
-
-
-def load(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Reads a records JSONL file; raises ValueError naming the line that does not parse."""
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not JSON: {e}") from e
-    return out
-
-
-def meta_path(records_path: str | os.PathLike[str]) -> Path:
-    """The session sidecar of a records file: records.jsonl -> records.meta.json."""
-    return Path(records_path).with_suffix(".meta.json")
 
 
 @functools.cache
@@ -359,15 +217,19 @@ def _ordered(record: dict[str, Any]) -> dict[str, Any]:
     return {**{f: record[f] for f in RECORD_FIELDS if f in record}, **record}
 
 
-def _jsonable(x: Any, path: str) -> Any:
+def jsonable(x: Any, path: str = "value") -> Any:
+    """`x` as builtin JSON types: tuples as lists, numpy values through `.tolist()`, non-finite floats as their
+    `NONFINITE` names (so `json.dumps(..., allow_nan=False)` accepts the result).
+
+    Raises:
+        TypeError: naming `path` and the offending type, for a non-str key or a value with no JSON form.
+    """
     if x is None or isinstance(x, bool):
         return x
     if isinstance(x, int):
         return int(x)
     if isinstance(x, float):
-        if math.isfinite(x):
-            return float(x)
-        return "NaN" if math.isnan(x) else ("Infinity" if x > 0 else "-Infinity")
+        return json_number(float(x))
     if isinstance(x, str):
         return str(x)
     if isinstance(x, Mapping):
@@ -375,10 +237,10 @@ def _jsonable(x: Any, path: str) -> Any:
         for k, v in x.items():
             if not isinstance(k, str):
                 raise TypeError(f"{path}: key {k!r} is a {type(k).__name__}; record keys are str")
-            out[str(k)] = _jsonable(v, f"{path}.{k}")
+            out[str(k)] = jsonable(v, f"{path}.{k}")
         return out
     if isinstance(x, list | tuple):
-        return [_jsonable(v, f"{path}[{i}]") for i, v in enumerate(x)]
+        return [jsonable(v, f"{path}[{i}]") for i, v in enumerate(x)]
     if callable(getattr(x, "tolist", None)):  # numpy scalars and arrays, without importing numpy
-        return _jsonable(x.tolist(), path)
+        return jsonable(x.tolist(), path)
     raise TypeError(f"{path}: {type(x).__name__} {x!r:.80} is not a builtin JSON type")

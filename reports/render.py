@@ -10,14 +10,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
-from reports import analysis, charts, diff
+from reports import analysis, charts, diff, recordfile
+from reports.records import jsonable
 
 MAX_CHARTS = 60  # drift charts drawn; more runs are listed in summary.json and the page says how many were left out
 MAX_FAILURES = 300  # rows of the failing-comparisons table
@@ -30,51 +30,53 @@ def build(
     factor: float = 2.0,
     per_component: int = 10,
 ) -> dict[str, Any]:
-    """Everything the page and summary.json show, from a records file (and the previous run's, when given)."""
-    loaded = analysis.read(records_path)
+    """Everything the page and summary.json show, from a records file (and the previous run's, when given).
+
+    Counts and the matrix are `analysis.count` and `analysis.matrix`, the numbers `python -m reports summary` prints.
+    """
+    loaded = recordfile.read(records_path)
     recs = analysis.counted(loaded.records)
     summary: dict[str, Any] = {
         "records": str(Path(records_path).resolve()),
         "generated": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "counts": analysis.count(loaded.records),
         "counted_after_hypothesis_dedupe": len(recs),
-        "malformed_lines": [{"line": n, "problem": p} for n, p in loaded.malformed],
+        "malformed_lines": _malformed(loaded),
+        "warnings": loaded.warnings(),
         "matrix": analysis.matrix(recs),
         "drift": analysis.drift(recs),
         "expected_divergences": analysis.expected_divergences(recs),
         "controls": analysis.controls(recs),
         "worker_crashes": [
             {"node_id": r.get("node_id"), "worker": r.get("worker"), "failures": r.get("failures")}
-            for r in analysis.crashes(loaded.records)
+            for r in analysis.crashes(recs)
         ],
-        "environment": analysis.environment(loaded),
+        "environment": analysis.environment(loaded.records, loaded.meta),
         "worst": {
             c: [_case(r) for r in rs] for c, rs in analysis.worst_cases(recs, per_component=per_component).items()
         },
-        "failures": [_case(r) for r in recs if r.get("verdict") == "fail" and not r.get("control")],
+        "failures": [_case(r) for r in recs if analysis.classify(r) == "fail"],
         "previous": None,
     }
     if previous is not None:
-        old = analysis.read(previous)
+        old = recordfile.read(previous)
         result = diff.compare(old.records, loaded.records, factor=factor)
         summary["previous"] = {
             "records": str(Path(previous).resolve()),
             "factor": factor,
-            "malformed_lines": [{"line": n, "problem": p} for n, p in old.malformed],
+            "malformed_lines": _malformed(old),
             **result,
         }
+        summary["warnings"] += old.warnings()
     return summary
 
 
-def render(
-    records_path: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    *,
-    previous: str | os.PathLike[str] | None = None,
-    factor: float = 2.0,
-) -> Path:
-    """Writes report.html and summary.json into out_dir; returns the path of report.html."""
-    summary = build(records_path, previous=previous, factor=factor)
+def _malformed(loaded: recordfile.Loaded) -> list[dict[str, Any]]:
+    return [{"line": n, "problem": p} for n, p in loaded.malformed]
+
+
+def write(summary: dict[str, Any], out_dir: str | os.PathLike[str]) -> Path:
+    """Writes a `build()` result as report.html (with its drift charts) and summary.json; returns report.html."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     chart_runs = summary["drift"][:MAX_CHARTS]
@@ -87,11 +89,14 @@ def render(
         lstrip_blocks=True,
     )
     env.filters["fmt"] = _fmt
-    env.filters["js"] = lambda x: json.dumps(_jsonsafe(x), indent=1, sort_keys=True)
+    env.filters["js"] = lambda x: json.dumps(jsonable(x), indent=1, sort_keys=True)
     html = env.get_template("report.html.j2").render(
-        s=summary, charts=list(zip(chart_runs, svgs, strict=True)), charts_left_out=len(summary["drift"]) - len(svgs)
+        s=summary,
+        charts=list(zip(chart_runs, svgs, strict=True)),
+        charts_left_out=len(summary["drift"]) - len(svgs),
+        max_failures=MAX_FAILURES,
     )
-    (out / "summary.json").write_text(json.dumps(_jsonsafe(summary), indent=1, allow_nan=False) + "\n")
+    (out / "summary.json").write_text(json.dumps(jsonable(summary, "summary"), indent=1, allow_nan=False) + "\n")
     page = out / "report.html"
     page.write_text(html, encoding="utf-8")
     return page
@@ -128,29 +133,15 @@ def _chart_title(run: dict[str, Any]) -> str:
 
 
 def _fmt(x: Any) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float):
-        return f"{x:.3g}" if math.isfinite(x) else str(x)
-    return str(x)
-
-
-def _jsonsafe(x: Any) -> Any:
-    """Non-finite floats as the records' strings ("NaN", "Infinity"), so summary.json is strict JSON."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return "NaN" if math.isnan(x) else ("Infinity" if x > 0 else "-Infinity")
-    if isinstance(x, dict):
-        return {str(k): _jsonsafe(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonsafe(v) for v in x]
-    return x
+    return analysis.text(x, ".3g") if x is None or isinstance(x, float) else str(x)
 
 
 def main(args: argparse.Namespace) -> int:
-    page = render(args.records, args.output, previous=args.previous, factor=args.factor)
-    summary = json.loads((page.parent / "summary.json").read_text())
-    for item in summary["malformed_lines"]:
-        print(f"{args.records}:{item['line']}: skipped malformed line: {item['problem']}")
+    """`python -m reports render`: writes the page, prints the skipped lines, the crash count and the page's path."""
+    summary = build(args.records, previous=args.previous, factor=args.factor)
+    page = write(summary, args.output)
+    for line in summary["warnings"]:
+        print(line)
     if summary["worker_crashes"]:
         print(f"{len(summary['worker_crashes'])} worker crash record(s); see the report")
     print(f"parity report: {page.resolve()}")
@@ -158,6 +149,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the `render` command's arguments to `parser` (a subcommand parser of reports/__main__.py)."""
     parser.add_argument("records", help="records JSONL file (reports/out/records.jsonl)")
     parser.add_argument("-o", "--output", default="reports/out/html", help="directory for report.html + summary.json")
     parser.add_argument("--previous", default=None, help="records of a previous run: adds a 'since previous' section")

@@ -1,8 +1,7 @@
-"""`validate()`: the problems of one parity record against the schema in `reports.records`, empty when it is valid.
+"""`validate()`: the problems of one parity record against `reports.schema`, empty when it is valid.
 
-`reports.records` imports `validate` from here (emit() and crash_record() check every record with it, and it stays
-importable as `reports.records.validate`). This module reads the schema constants from `reports.records` when called,
-not at import, so either module can be imported first.
+emit() and crash_record() check every record they build with it; `reports.recordfile.read` skips (and lists) a line
+whose record it finds invalid, so the views aggregate only well-formed records.
 """
 
 from __future__ import annotations
@@ -11,19 +10,35 @@ import datetime
 from collections.abc import Mapping
 from typing import Any
 
+from reports.schema import (
+    ADDED_FIELDS,
+    NONFINITE,
+    PAIR_CLASSES,
+    RECORD_FIELDS,
+    REQUIRED_METRICS,
+    SCHEMA_VERSION,
+    STAGES,
+    VERDICTS,
+)
+
+# What a field must be, as the problem message says it (formatted once: validate runs on every line a view reads).
+_METRICS_WANT = f"None or a dict with numbers {REQUIRED_METRICS} (max_abs_index a list of int)"
+_PAIR_CLASS_WANT = f"one of {PAIR_CLASSES} or None"
+_STAGE_WANT = f"one of {STAGES} or None"
+_VERDICT_WANT = f"one of {VERDICTS}"
+_REQUIRED_FIELDS = tuple(f for f in RECORD_FIELDS if f not in ADDED_FIELDS)
+
 
 def validate(record: Any) -> list[str]:
     """Returns the problems of a record (missing fields, wrong types, inconsistent verdict); empty when it is valid.
 
-    Keys outside `RECORD_FIELDS` are allowed. A "worker_crash" record may leave the comparison fields None.
+    Keys outside `RECORD_FIELDS` are allowed, and so is the absence of an `ADDED_FIELDS` field (an older record). A
+    "worker_crash" record may leave the comparison fields None.
     """
-    from reports.records import RECORD_FIELDS, REQUIRED_METRICS, SCHEMA_VERSION, STAGES, VERDICTS  # see module doc
-
-    metrics_want = f"None or a dict with numbers {REQUIRED_METRICS} (max_abs_index a list of int)"
     if not isinstance(record, Mapping):
         return [f"record is a {type(record).__name__}, not a dict"]
-    problems = [f"missing field {f!r}" for f in RECORD_FIELDS if f not in record]
-    r = dict(record)
+    problems = [f"missing field {f!r}" for f in _REQUIRED_FIELDS if f not in record]
+    r = record
     crash = r.get("verdict") == "worker_crash"
 
     def check(field: str, ok: bool, want: str) -> None:
@@ -33,18 +48,20 @@ def validate(record: Any) -> list[str]:
     def opt(field: str, types: type | tuple[type, ...]) -> bool:
         return r.get(field) is None or isinstance(r.get(field), types)
 
-    check("schema", r.get("schema") == SCHEMA_VERSION, f"{SCHEMA_VERSION}")
+    check("schema", r.get("schema") == SCHEMA_VERSION, str(SCHEMA_VERSION))
     check("node_id", opt("node_id", str), "a str or None")
     check("component", (isinstance(r.get("component"), str) and bool(r["component"])) or crash, "a non-empty str")
     check("pair", _str_dict(r.get("pair"), ("reference", "candidate")) or (crash and r.get("pair") is None), "a pair")
+    pair_class_ok = r.get("pair_class") is None or r["pair_class"] in PAIR_CLASSES
+    check("pair_class", pair_class_ok, _PAIR_CLASS_WANT)
     check("layer", r.get("layer") is None or (_is_int(r["layer"]) and r["layer"] >= 0), "an int >= 0 or None")
-    check("stage", r.get("stage") is None or r["stage"] in STAGES, f"one of {STAGES} or None")
+    check("stage", r.get("stage") is None or r["stage"] in STAGES, _STAGE_WANT)
     check("control", opt("control", str), "a str or None")
-    check("verdict", r.get("verdict") in VERDICTS, f"one of {VERDICTS}")
+    check("verdict", r.get("verdict") in VERDICTS, _VERDICT_WANT)
     check("expected_divergence", opt("expected_divergence", str), "a str or None")
     failures = r.get("failures")
     check("failures", isinstance(failures, list) and all(isinstance(f, str) for f in failures), "a list of str")
-    check("metrics", r.get("metrics") is None or _metrics_ok(r["metrics"]), metrics_want)
+    check("metrics", r.get("metrics") is None or _metrics_ok(r["metrics"]), _METRICS_WANT)
     check("tolerance", isinstance(r.get("tolerance"), dict) or (crash and r.get("tolerance") is None), "a dict")
     dtypes_ok = _str_dict(r.get("dtypes"), ("reference", "candidate", "expected"))
     check("dtypes", dtypes_ok or (crash and r.get("dtypes") is None), "reference/candidate/expected dtype names")
@@ -74,9 +91,7 @@ def _is_int(x: Any) -> bool:
 
 
 def _is_number(x: Any) -> bool:
-    from reports.records import NONFINITE
-
-    return (isinstance(x, int | float) and not isinstance(x, bool)) or x in NONFINITE
+    return (isinstance(x, int | float) and not isinstance(x, bool)) or (isinstance(x, str) and x in NONFINITE)
 
 
 def _opt_str(x: Any) -> bool:
@@ -98,8 +113,6 @@ def _shape_dict(x: Any, keys: tuple[str, ...] | None = None) -> bool:
 
 
 def _metrics_ok(m: Any) -> bool:
-    from reports.records import REQUIRED_METRICS
-
     if not isinstance(m, dict) or any(k not in m for k in REQUIRED_METRICS):
         return False
     if not all(_is_number(m[k]) for k in ("max_abs", "mae", "max_rel")):
