@@ -32,16 +32,6 @@ FRAMES = 60
 IMPLS = ("flax", "flax_pallas")
 
 
-@pytest.fixture
-def patch(monkeypatch):
-    """monkeypatch for bugs planted inside traced code. JAX caches a trace per function (every Streamer jits the same
-    module-level `_commit`), so a trace made under a patch would outlive it; drop all traces before and after."""
-    jax.clear_caches()
-    yield monkeypatch
-    monkeypatch.undo()
-    jax.clear_caches()
-
-
 @cache
 def _lms(dtype: str, seed: int, impl: str):
     return build_lms(CFG, dtype, impls=("kyutai", impl), seed=seed)
