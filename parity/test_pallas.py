@@ -6,7 +6,8 @@ Flax Attention layer (monkeypatch, the layer itself stays on the XLA path) and c
 attention, in one pass and step by step through the ring cache. Structural tests check that the live key-block ranges
 are conservative and that nothing but the kernel reads the keys and values (no padded copy, no separate mean of V).
 Negative controls plant an off-by-one mask, the 1.0 scale of JAX's own Pallas examples, a skipped key block and a key
-range one block short, through the kernels' private `_mutation`.
+range one block short by monkeypatching one module-level function of the kernel modules (`_visible`, `softmax_scale`,
+`attend_block`, `live_block_ranges`), with JAX's trace caches cleared around the patch; the same case passes unpatched.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import pytest
 from hypothesis import given, settings
 
 import models_flax.attention as xla_attention
+import models_flax.kernels.decode as decode_module
+import models_flax.kernels.flash_attention as flash_module
 from models_flax.kernels.decode import DecodeBlockSizes, decode_attention, reference_decode
 from models_flax.kernels.flash_attention import (
     BlockSizes,
-    _Mutation,
     dot_precision,
     flash_attention,
     live_block_ranges,
@@ -66,15 +68,17 @@ def _compare(reference, candidate, case: AttentionCase, pair: tuple[str, str], c
     )
 
 
-def _prefill(case: AttentionCase, mutation: _Mutation | None = None):
+def _prefill(case: AttentionCase):
     (q, k, v), kw = _inputs(case)
-    return flash_attention(q, k, v, **kw, context=case.context, block_sizes=TILES, _mutation=mutation or _Mutation())
+    return flash_attention(q, k, v, **kw, context=case.context, block_sizes=TILES)
 
 
-def _decode(case: AttentionCase, mutation: _Mutation | None = None):
+def _decode(case: AttentionCase):
     (q, k, v), kw = _inputs(case)
-    mutation = mutation or _Mutation()
-    return decode_attention(q, k, v, **kw, context=case.context, block_sizes=DECODE_TILES, _mutation=mutation)
+    return decode_attention(q, k, v, **kw, context=case.context, block_sizes=DECODE_TILES)
+
+
+KERNELS = {"prefill": _prefill, "decode": _decode}
 
 
 # Interpret-mode kernels compile once per shape (~1 s each) and drawn shapes rarely repeat: the layer-level tests run a
@@ -129,7 +133,7 @@ def test_default_tiles_and_row_without_keys(kv_len):
         np.testing.assert_allclose(np.asarray(out[0, 0, 0]), case.v[0].mean(axis=0)[0], rtol=1e-6, atol=1e-6)
 
 
-_RANGES = jax.jit(live_block_ranges, static_argnames=("block_q", "block_k", "context", "mutation"))
+_RANGES = jax.jit(live_block_ranges, static_argnames=("block_q", "block_k", "context"))
 
 
 @settings(max_examples=2 * KERNEL_EXAMPLES)
@@ -143,7 +147,7 @@ def test_live_block_ranges_are_conservative(case):
     q_pos[:, : case.q.shape[1]], k_pos[:, : case.k.shape[1]] = case.q_positions, case.k_positions
     ranges = np.asarray(
         _RANGES(jnp.asarray(q_pos, jnp.int32), jnp.asarray(k_pos, jnp.int32), block_q=block_q, block_k=block_k,
-                context=case.context, mutation=_Mutation())
+                context=case.context)
     )  # fmt: skip
     delta = q_pos[:, :, None] - k_pos[:, None, :]
     visible = (k_pos[:, None, :] >= 0) & (delta >= 0) & (delta < (case.context or np.inf))
@@ -157,7 +161,7 @@ def test_live_block_ranges_are_conservative(case):
 def test_live_block_ranges_narrow_a_causal_window():
     """Sorted causal positions with a window: early query blocks stop at the diagonal, late ones start past 0."""
     pos = jnp.arange(64, dtype=jnp.int32)[None]
-    ranges = np.asarray(live_block_ranges(pos, pos, block_q=16, block_k=16, context=16, mutation=_Mutation()))
+    ranges = np.asarray(live_block_ranges(pos, pos, block_q=16, block_k=16, context=16))
     np.testing.assert_array_equal(ranges[0], [[0, 1], [0, 2], [1, 3], [2, 4]])
 
 
@@ -252,30 +256,64 @@ def test_cache_steps_with_pallas_decode(case):
 
 # --- negative controls ----------------------------------------------------------------------------------------------
 
-CONTROL_CASE = attention_cases(steps=(9,), kv_lengths=(21,), head_dims=(16,), dtype="float32")
-MUTATIONS = {
-    "mask_off_by_one": _Mutation(mask_offset=1),
-    "scale_1.0": _Mutation(scale=1.0),
-    "skipped_kv_block": _Mutation(skip_kv_block=1),
-    "kv_range_one_short": _Mutation(short_range=True),
+
+def _skipping_block_1(attend_block):
+    def step(j, carry, **kw):
+        return jax.lax.cond(j == 1, lambda c: c, functools.partial(attend_block, j, **kw), carry)
+
+    return step
+
+
+def _one_block_short(live_block_ranges):
+    def ranges(*args, **kw):
+        ranges = live_block_ranges(*args, **kw)
+        return ranges.at[..., 1].set(jnp.maximum(ranges[..., 1] - 1, ranges[..., 0]))
+
+    return ranges
+
+
+# name -> (the module-level function of the kernel modules that the bug replaces, the bug made from the original)
+CONTROLS = {
+    "mask_off_by_one": ("_visible", lambda visible: lambda q_pos, k_pos, ctx: visible(q_pos + 1, k_pos, ctx)),
+    "scale_1.0": ("softmax_scale", lambda _: lambda head_dim: 1.0),
+    "skipped_kv_block": ("attend_block", _skipping_block_1),  # the key-block loop step of both kernels
+    "kv_range_one_short": ("live_block_ranges", _one_block_short),
 }
 
 
-@pytest.mark.parametrize("kernel", ("prefill", "decode"))
-@pytest.mark.parametrize("name", sorted(MUTATIONS))
-def test_negative_control(kernel, name):
-    """Each planted bug must fail the same comparison the real kernels pass."""
+def _plant(patch: pytest.MonkeyPatch, name: str) -> None:
+    """Replaces the function in each kernel module that binds it (decode.py imports some of flash_attention.py's)."""
+    attribute, bug = CONTROLS[name]
+    jax.clear_caches()  # a kernel trace made before the patch would serve the patched call
+    for module in (flash_module, decode_module):
+        if hasattr(module, attribute):
+            patch.setattr(module, attribute, bug(getattr(module, attribute)))
+
+
+@functools.cache
+def _control_case(kernel: str, context: int | None) -> tuple[AttentionCase, jax.Array, jax.Array]:
+    """A case with a ring-ordered row, its XLA reference and the unpatched kernel's output (arrays, not traces: cached
+    across the controls, whose patches drop every trace)."""
     rng = np.random.default_rng(1)
     length = 9 if kernel == "prefill" else 3
     q = rng.standard_normal((2, length, 4, 16)).astype(np.float32)
     k, v = (rng.standard_normal((2, 21, 2, 16)).astype(np.float32) for _ in range(2))
     k_pos = np.stack([np.arange(21), np.roll(np.arange(30, 51), 5)])  # row 1: ring order
     q_pos = k_pos.max(axis=1, keepdims=True) - length + 1 + np.arange(length)
-    case = AttentionCase("float32", q, k, v, q_pos, k_pos, 7 if name == "mask_off_by_one" else None)
-    run = _prefill if kernel == "prefill" else _decode
-    _compare(_xla(case), run(case), case, ("xla", f"pallas_{kernel}"))
+    case = AttentionCase("float32", q, k, v, q_pos, k_pos, context)
+    return case, _xla(case), KERNELS[kernel](case)
+
+
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
+@pytest.mark.parametrize("name", sorted(CONTROLS))
+def test_negative_control(kernel, name, patch):
+    """Each planted bug must fail the same comparison the unpatched kernel passes on the same case."""
+    case, reference, unpatched = _control_case(kernel, 7 if name == "mask_off_by_one" else None)
+    pair = ("xla", f"pallas_{kernel}")
+    _compare(reference, unpatched, case, pair)
+    _plant(patch, name)
     with pytest.raises(ParityError):
-        _compare(_xla(case), run(case, MUTATIONS[name]), case, ("xla", f"pallas_{kernel}"), control=name)
+        _compare(reference, KERNELS[kernel](case), case, pair, control=name)
 
 
 @pytest.mark.parametrize(

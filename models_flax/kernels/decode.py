@@ -22,7 +22,6 @@ rest is small: q, positions, and the partials (B*Hkv*splits*rows*(D+2) float32) 
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 
 import jax
@@ -30,8 +29,6 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from models_flax.kernels.flash_attention import (
-    _NO_MUTATION,
-    _Mutation,
     _pad,
     _visible,
     attend_blocks,
@@ -108,10 +105,8 @@ def _decode_kernel(
     blocks_per_split,
     kv_len,
     block_k,
-    scale,
     context,
     precision,
-    mutation,
 ):
     first = pl.program_id(2) * blocks_per_split
     last = jnp.minimum(first + blocks_per_split, pl.cdiv(kv_len, block_k))
@@ -125,10 +120,8 @@ def _decode_kernel(
         hi=jnp.minimum(info_ref[1], last),
         block_k=block_k,
         kv_len=kv_len,
-        scale=scale,
         context=context,
         precision=precision,
-        mutation=mutation,
     )
     acc_ref[...] = acc
     m_ref[...] = m
@@ -152,7 +145,6 @@ def decode_attention(
     precision: jax.lax.Precision | str | None = None,
     kv_layout: str = "BSHD",
     interpret: bool | None = None,
-    _mutation: _Mutation = _NO_MUTATION,
 ) -> jax.Array:
     """q (B, T, H, D) with 1 <= T <= 4, cache k/v (B, S, Hkv, D), positions (B, T) / (B, S) -> (B, T, H, D).
 
@@ -172,15 +164,11 @@ def decode_attention(
     if not 1 <= q.shape[1] <= MAX_STEPS:
         raise ValueError(f"decode_attention: {q.shape[1]} query steps; decode takes 1..{MAX_STEPS}")
     block_sizes = block_sizes or DecodeBlockSizes.for_backend()
-    return _decode_attention(
-        q, k, v, q_positions, k_positions, context, block_sizes, interpret, _mutation, precision, kv_layout
-    )
+    return _decode_attention(q, k, v, q_positions, k_positions, context, block_sizes, interpret, precision, kv_layout)
 
 
-@functools.partial(jax.jit, static_argnums=(5, 6, 7, 8, 9, 10))
-def _decode_attention(
-    q, k, v, q_positions, k_positions, context, block_sizes, interpret, mutation, precision, kv_layout
-):
+@functools.partial(jax.jit, static_argnums=(5, 6, 7, 8, 9))
+def _decode_attention(q, k, v, q_positions, k_positions, context, block_sizes, interpret, precision, kv_layout):
     batch, steps, heads, head_dim = q.shape
     _, kv_len, kv_heads, _ = kv_shape(k, kv_layout)
     groups = heads // kv_heads
@@ -194,23 +182,20 @@ def _decode_attention(
     q_positions = q_positions.astype(jnp.int32)
     q_pos = _pad(jnp.repeat(q_positions, groups, axis=1), 1, r_pad, -1)
     k_pos = _pad(k_positions.astype(jnp.int32), 1, s_pad, -1)  # keys past kv_len are invalid (k, v are not padded)
-    ranges = live_block_ranges(q_pos, k_pos, block_q=r_pad, block_k=block_k, context=context, mutation=mutation)
+    ranges = live_block_ranges(q_pos, k_pos, block_q=r_pad, block_k=block_k, context=context)
     # Some real query step sees no key at all: the kernel then also sums V for the fallback (reads positions only).
     sees = jax.vmap(lambda qp, kp: jnp.any(_visible(qp, kp, context), axis=1))(
         q_positions, k_positions.astype(jnp.int32)
     )
     missing = jnp.any(~sees, axis=1).astype(jnp.int32)
     info = jnp.concatenate([ranges[:, 0], missing[:, None], jnp.zeros_like(missing)[:, None]], axis=1)  # (B, 4)
-    scale = 1.0 / math.sqrt(head_dim) if mutation.scale is None else mutation.scale
     kernel = functools.partial(
         _decode_kernel,
         blocks_per_split=blocks_per_split,
         kv_len=kv_len,
         block_k=block_k,
-        scale=scale,
         context=context,
         precision=precision,
-        mutation=mutation,
     )
     f32 = jnp.float32
     acc, m, den, vsum = pl.pallas_call(

@@ -76,19 +76,6 @@ class BlockSizes:
         return cls(block_q=128, block_k=128)
 
 
-@dataclass(frozen=True)
-class _Mutation:
-    """Planted bugs for the negative controls (parity/test_pallas.py); never set in real use."""
-
-    mask_offset: int = 0  # added to q_pos - k_pos before the causal/window tests: an off-by-one mask
-    scale: float | None = None  # replaces 1/sqrt(D): a wrong scale
-    skip_kv_block: int | None = None  # this key block (global index) is never read: a skipped block
-    short_range: bool = False  # the live key-block range stops one block early: an off-by-one loop bound
-
-
-_NO_MUTATION = _Mutation()
-
-
 def dot_precision(dtype, precision: jax.lax.Precision | str | None) -> jax.lax.Precision | None:
     """The precision of the kernels' dots: None -> HIGHEST for float32 (exact f32), the backend default for bf16.
 
@@ -103,17 +90,22 @@ def dot_precision(dtype, precision: jax.lax.Precision | str | None) -> jax.lax.P
         raise ValueError(f"precision must be None or a jax.lax.Precision (or its name), got {precision!r}") from None
 
 
-def _visible(q_pos: jax.Array, k_pos: jax.Array, context: int | None, mask_offset: int = 0) -> jax.Array:
+def _visible(q_pos: jax.Array, k_pos: jax.Array, context: int | None) -> jax.Array:
     """(R,) query and (K,) key positions -> (R, K) bool, the rule of models_flax.attention.attention_mask."""
-    delta = q_pos[:, None] - k_pos[None, :] + mask_offset
+    delta = q_pos[:, None] - k_pos[None, :]
     visible = (k_pos[None, :] >= 0) & (delta >= 0)
     if context is not None:
         visible = visible & (delta < context)
     return visible
 
 
+def softmax_scale(head_dim: int) -> float:
+    """The scores' scale, 1/sqrt(D) (not the 1.0 of JAX's Pallas examples)."""
+    return 1.0 / math.sqrt(head_dim)
+
+
 def live_block_ranges(
-    q_pos: jax.Array, k_pos: jax.Array, *, block_q: int, block_k: int, context: int | None, mutation: _Mutation
+    q_pos: jax.Array, k_pos: jax.Array, *, block_q: int, block_k: int, context: int | None
 ) -> jax.Array:
     """Per (batch, query block), the range [lo, hi) of key blocks that may hold a visible (query, key) pair.
 
@@ -128,9 +120,6 @@ def live_block_ranges(
     """
     batch = q_pos.shape[0]
     kv_blocks = k_pos.shape[1] // block_k
-    if mutation.mask_offset:  # the planted mask sees pairs the real rule does not: walk every block
-        full = jnp.array([0, kv_blocks], jnp.int32)
-        return jnp.broadcast_to(full, (batch, q_pos.shape[1] // block_q, 2))
     qb = q_pos.reshape(batch, -1, block_q)
     kb = k_pos.reshape(batch, kv_blocks, block_k)
     # A query at a negative position sees no key (k >= 0 and q - k >= 0), so only q >= 0 bounds the range.
@@ -144,8 +133,6 @@ def live_block_ranges(
     index = jnp.arange(kv_blocks, dtype=jnp.int32)
     hi = jnp.max(jnp.where(live, index + 1, 0), axis=-1)
     lo = jnp.minimum(jnp.min(jnp.where(live, index, kv_blocks), axis=-1), hi)
-    if mutation.short_range:
-        hi = jnp.maximum(hi - 1, lo)
     return jnp.stack([lo, hi], axis=-1).astype(jnp.int32)
 
 
@@ -167,6 +154,48 @@ def sum_rows(v_ref, *, lo: jax.Array | int, hi: jax.Array | int, block_k: int, k
     return jax.lax.fori_loop(lo, hi, step, jnp.zeros((v_ref.shape[-1],), jnp.float32))
 
 
+def attend_block(
+    j: jax.Array,
+    carry: tuple[jax.Array, jax.Array, jax.Array],
+    *,
+    q: jax.Array,
+    q_pos: jax.Array,
+    k_ref,
+    v_ref,
+    kpos_ref,
+    block_k: int,
+    kv_len: int,
+    context: int | None,
+    precision: jax.lax.Precision | None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Folds key block j of k_ref/v_ref (kv_len, D) into the online softmax (acc, m, den) of q (R, D) at q_pos (R,).
+
+    A block whose positions (kpos_ref) show no visible pair is passed over without reading its keys and values.
+    """
+    start = pl.multiple_of(j * block_k, block_k)
+    visible = _visible(q_pos, kpos_ref[pl.ds(start, block_k)], context)
+
+    def compute(carry):
+        acc, m, den = carry
+        k = load_rows(k_ref, start, block_k, kv_len)
+        v = load_rows(v_ref, start, block_k, kv_len)
+        s = jax.lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32, precision=precision)
+        s = jnp.where(visible, s * softmax_scale(q.shape[1]), -jnp.inf)
+        m_new = jnp.maximum(m, jnp.max(s, axis=1))
+        m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # no visible key yet: keep exp() away from inf - inf
+        alpha = jnp.exp(m - m_safe)
+        p = jnp.exp(s - m_safe[:, None])
+        den_new = alpha * den + jnp.sum(p, axis=1)
+        pv = jax.lax.dot_general(
+            p.astype(v.dtype), v, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32, precision=precision
+        )
+        return acc * alpha[:, None] + pv, m_new, den_new
+
+    # int max, not jnp.any: Triton lowers integer reductions, not boolean ones.
+    live = jnp.max(visible.astype(jnp.int32)) > 0
+    return jax.lax.cond(live, compute, lambda c: c, carry)
+
+
 def attend_blocks(
     q: jax.Array,
     q_pos: jax.Array,
@@ -178,10 +207,8 @@ def attend_blocks(
     hi: jax.Array | int,
     block_k: int,
     kv_len: int,
-    scale: float,
     context: int | None,
     precision: jax.lax.Precision | None,
-    mutation: _Mutation,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Online softmax of q (R, D) over key blocks [lo, hi) of k_ref/v_ref (kv_len, D) at positions kpos_ref.
 
@@ -190,36 +217,10 @@ def attend_blocks(
     visible key keeps den == 0 and m == -inf.
     """
     rows, head_dim = q.shape
-
-    def step(j, carry):
-        start = pl.multiple_of(j * block_k, block_k)
-        k_pos = kpos_ref[pl.ds(start, block_k)]
-        visible = _visible(q_pos, k_pos, context, mutation.mask_offset)
-
-        def compute(carry):
-            acc, m, den = carry
-            k = load_rows(k_ref, start, block_k, kv_len)
-            v = load_rows(v_ref, start, block_k, kv_len)
-            s = jax.lax.dot_general(
-                q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32, precision=precision
-            )
-            s = jnp.where(visible, s * scale, -jnp.inf)
-            m_new = jnp.maximum(m, jnp.max(s, axis=1))
-            m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # no visible key yet: keep exp() away from inf - inf
-            alpha = jnp.exp(m - m_safe)
-            p = jnp.exp(s - m_safe[:, None])
-            den_new = alpha * den + jnp.sum(p, axis=1)
-            pv = jax.lax.dot_general(
-                p.astype(v.dtype), v, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32, precision=precision
-            )
-            return acc * alpha[:, None] + pv, m_new, den_new
-
-        # int max, not jnp.any: Triton lowers integer reductions, not boolean ones.
-        live = jnp.max(visible.astype(jnp.int32)) > 0
-        if mutation.skip_kv_block is not None:
-            live = live & (j != mutation.skip_kv_block)
-        return jax.lax.cond(live, compute, lambda c: c, carry)
-
+    step = functools.partial(
+        attend_block, q=q, q_pos=q_pos, k_ref=k_ref, v_ref=v_ref, kpos_ref=kpos_ref,
+        block_k=block_k, kv_len=kv_len, context=context, precision=precision,
+    )  # fmt: skip
     init = (
         jnp.zeros((rows, head_dim), jnp.float32),
         jnp.full((rows,), -jnp.inf, jnp.float32),
@@ -240,10 +241,8 @@ def _prefill_kernel(
     length,
     kv_len,
     block_k,
-    scale,
     context,
     precision,
-    mutation,
 ):
     acc, _, den = attend_blocks(
         q_ref[...],
@@ -255,10 +254,8 @@ def _prefill_kernel(
         hi=range_ref[1],
         block_k=block_k,
         kv_len=kv_len,
-        scale=scale,
         context=context,
         precision=precision,
-        mutation=mutation,
     )
     block_q = den.shape[0]
     rows = pl.program_id(2) * block_q + jnp.arange(block_q, dtype=jnp.int32)
@@ -359,7 +356,6 @@ def flash_attention(
     precision: jax.lax.Precision | str | None = None,
     kv_layout: str = "BSHD",
     interpret: bool | None = None,
-    _mutation: _Mutation = _NO_MUTATION,
 ) -> jax.Array:
     """Flash attention forward: q (B, T, H, D), k/v (B, S, Hkv, D), positions (B, T) / (B, S) -> (B, T, H, D).
 
@@ -382,15 +378,11 @@ def flash_attention(
         interpret=interpret, precision=precision, kv_layout=kv_layout,
     )  # fmt: skip
     block_sizes = block_sizes or BlockSizes.for_backend(head_dim=head_dim)
-    return _flash_attention(
-        q, k, v, q_positions, k_positions, context, block_sizes, interpret, _mutation, precision, kv_layout
-    )
+    return _flash_attention(q, k, v, q_positions, k_positions, context, block_sizes, interpret, precision, kv_layout)
 
 
-@functools.partial(jax.jit, static_argnums=(5, 6, 7, 8, 9, 10))
-def _flash_attention(
-    q, k, v, q_positions, k_positions, context, block_sizes, interpret, mutation, precision, kv_layout
-):
+@functools.partial(jax.jit, static_argnums=(5, 6, 7, 8, 9))
+def _flash_attention(q, k, v, q_positions, k_positions, context, block_sizes, interpret, precision, kv_layout):
     batch, length, heads, head_dim = q.shape
     _, kv_len, kv_heads, _ = kv_shape(k, kv_layout)
     groups = heads // kv_heads
@@ -401,17 +393,9 @@ def _flash_attention(
     qp = _pad(q, 1, t_pad, 0)
     q_pos = _pad(q_positions.astype(jnp.int32), 1, t_pad, -1)  # padded queries see nothing; their rows are dropped
     k_pos = _pad(k_positions.astype(jnp.int32), 1, s_pad, -1)  # keys past kv_len are invalid (k, v are not padded)
-    ranges = live_block_ranges(q_pos, k_pos, block_q=block_q, block_k=block_k, context=context, mutation=mutation)
-    scale = 1.0 / math.sqrt(head_dim) if mutation.scale is None else mutation.scale
+    ranges = live_block_ranges(q_pos, k_pos, block_q=block_q, block_k=block_k, context=context)
     kernel = functools.partial(
-        _prefill_kernel,
-        length=length,
-        kv_len=kv_len,
-        block_k=block_k,
-        scale=scale,
-        context=context,
-        precision=precision,
-        mutation=mutation,
+        _prefill_kernel, length=length, kv_len=kv_len, block_k=block_k, context=context, precision=precision
     )
     out = pl.pallas_call(
         kernel,
