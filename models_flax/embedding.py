@@ -7,8 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from models_flax.checks import check_dtype, concrete
-
-ZERO_TOKEN = -1
+from moshi_spec import ZERO_TOKEN
 
 
 class Embedding(nnx.Module):

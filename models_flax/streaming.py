@@ -31,9 +31,9 @@ import numpy as np
 from flax import nnx, struct
 
 from models_flax.cache import KVCache
-from models_flax.embedding import ZERO_TOKEN
 from models_flax.lm import LM
 from models_flax.sampling import AUDIO, TEXT, Sampler, sample
+from moshi_spec import ZERO_TOKEN
 
 UNGENERATED = -2  # kyutai LMModel.ungenerated_token_id: a buffer slot not written yet
 
@@ -43,7 +43,7 @@ class StreamState:
     """Everything a stream carries between frames (a pytree; `Streamer.step` consumes it).
 
     Attributes:
-        caches: temporal KV ring caches, one per layer, (B, capacity, Hkv, D) each; positions -1 where empty.
+        caches: temporal KV ring caches, one per layer, head-major (B, Hkv, capacity, D) each; positions -1 where empty.
         tokens: (B, 1 + n_q, max_delay + 2) int32 delay buffer, slot = frame % width, UNGENERATED where unwritten.
         offsets: (B,) int32 frames stepped so far (the temporal position of the next step).
     """

@@ -6,8 +6,7 @@ import torch
 from torch import nn
 
 from models_ref.checks import check_dtype
-
-ZERO_TOKEN = -1
+from moshi_spec import ZERO_TOKEN
 
 
 class Embedding(nn.Module):

@@ -3,6 +3,6 @@
 Imports neither torch nor jax, so every implementation (and a TPU user with only jax) can depend on it.
 """
 
-from moshi_spec.config import ACTIVATIONS, ROPE_LAYOUTS, LMConfig, TransformerConfig
+from moshi_spec.config import ACTIVATIONS, ROPE_LAYOUTS, ZERO_TOKEN, LMConfig, TransformerConfig
 
-__all__ = ["ACTIVATIONS", "ROPE_LAYOUTS", "LMConfig", "TransformerConfig"]
+__all__ = ["ACTIVATIONS", "ROPE_LAYOUTS", "ZERO_TOKEN", "LMConfig", "TransformerConfig"]

@@ -13,6 +13,10 @@ from typing import Any, Literal
 ACTIVATIONS = ("silu", "gelu", "relu", "sigmoid", "tanh")
 """Activation names every implementation knows; anything else is an error, never a fallback."""
 
+ZERO_TOKEN = -1
+"""kyutai's zero token: a code that embeds to an exact zero vector (no input for that stream at that step) and that
+the loss never scores."""
+
 ROPE_LAYOUTS = ("half", "interleaved")
 """`half`: HF's rotate_half, pairs (i, i + D/2). `interleaved`: kyutai's pairs (2i, 2i + 1)."""
 
@@ -143,10 +147,6 @@ class LMConfig:
                 f"LMConfig: depth must be flexible with num_codebooks == dep_q ({self.dep_q}), "
                 f"got flexible={self.depth.flexible}, num_codebooks={self.depth.num_codebooks}"
             )
-
-    @property
-    def zero_token_id(self) -> int:
-        return -1
 
     @property
     def initial_audio_token(self) -> int:
