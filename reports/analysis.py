@@ -114,7 +114,11 @@ def pair_name(r: Record) -> str:
 
 
 def dtype_name(r: Record) -> str:
-    """The dtype the policy expected, "?" when the record has none."""
+    """The dtype the comparison was judged in: the policy key's (the dtype the implementations computed in, e.g.
+    bfloat16 for the float32 loss of a bfloat16 model), else the expected dtype of the arrays, "?" when neither."""
+    key = (r.get("tolerance") or {}).get("key")
+    if isinstance(key, list) and key and isinstance(key[0], str):
+        return key[0]
     return (r.get("dtypes") or {}).get("expected") or "?"
 
 

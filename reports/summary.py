@@ -13,10 +13,8 @@ from pathlib import Path
 
 from reports import analysis, recordfile
 
-HEADER = (
-    f"{'component':16} {'pair':20} {'class':17} {'dtype':9} {'pass':>5} {'fail':>5} {'ctrl':>5} {'xdiv':>5} "
-    f"{'worst|d|/rms':>13}"
-)
+COLUMNS = (("component", 16), ("pair", 20), ("class", 17), ("dtype", 9))
+"""The text columns and their least widths; a column widens to its longest value so rows stay aligned."""
 
 
 def render_text(path: str | os.PathLike[str]) -> str:
@@ -24,13 +22,17 @@ def render_text(path: str | os.PathLike[str]) -> str:
     malformed line skipped."""
     loaded = recordfile.read(path)
     counts = analysis.count(loaded.records)
-    out = [HEADER]
-    for row in analysis.matrix(analysis.counted(loaded.records)):
+    rows = analysis.matrix(analysis.counted(loaded.records))
+    texts = [(row["component"], row["pair"], row["pair_class"] or "-", row["dtype"]) for row in rows]
+    widths = [max([least, *(len(t[i]) for t in texts)]) for i, (_, least) in enumerate(COLUMNS)]
+    head = " ".join(f"{name:{w}}" for (name, _), w in zip(COLUMNS, widths, strict=True))
+    out = [f"{head} {'pass':>5} {'fail':>5} {'ctrl':>5} {'xdiv':>5} {'worst|d|/rms':>13}"]
+    for row, text in zip(rows, texts, strict=True):
         flag = "  <- a negative control passed" if row["controls_not_failing"] else ""
         worst = analysis.text(row["worst"], ".2e")
         out.append(
-            f"{row['component']:16} {row['pair']:20} {row['pair_class'] or '-':17} {row['dtype']:9} {row['pass']:5} "
-            f"{row['fail']:5} {row['controls']:5} {row['expected_divergence']:5} {worst:>13}{flag}"
+            " ".join(f"{t:{w}}" for t, w in zip(text, widths, strict=True))
+            + f" {row['pass']:5} {row['fail']:5} {row['controls']:5} {row['expected_divergence']:5} {worst:>13}{flag}"
         )
     notes = [f"{counts['worker_crash']} worker crash(es)"] if counts["worker_crash"] else []
     if counts["shrink_attempts"]:
