@@ -165,9 +165,9 @@ def random_codes(cfg: LMConfig, frames: int, seed: int = 0) -> np.ndarray:
 
 
 def build_kyutai(cfg: LMConfig, dtype: str, codes: np.ndarray):
-    from models_ref import origin
+    from parity.harness import adapters
 
-    lm = origin.build_kyutai_lm(cfg, dtype=TORCH_DTYPES[dtype])
+    lm = adapters.adapter("kyutai").build("lm", cfg, dtype=dtype).module
     tc = torch.from_numpy(codes)
 
     @torch.no_grad()
@@ -237,41 +237,10 @@ def build_flax(cfg: LMConfig, dtype: str, codes: np.ndarray):
     return model, full, parts, compile_s
 
 
-def hf_model_config(cfg: LMConfig):
-    """The MoshiConfig of cfg (HF adds a Mimi codec; n_q = 2 * num_codebooks: Moshi's and the user's streams)."""
-    from transformers import MimiConfig, MoshiConfig
-
-    t, d = cfg.temporal, cfg.depth
-    if cfg.n_q != 2 * cfg.dep_q:
-        raise ValueError(f"HF Moshi needs n_q == 2 * dep_q, got n_q {cfg.n_q}, dep_q {cfg.dep_q}")
-    layer = lambda c: dict(  # noqa: E731
-        hidden_size=c.dim,
-        num_hidden_layers=c.num_layers,
-        num_attention_heads=c.num_heads,
-        num_key_value_heads=c.num_kv_heads,
-        head_dim=c.head_dim,
-        ffn_dim=c.ffn_dim,
-        hidden_act=c.activation,
-        rms_norm_eps=c.norm_eps,
-        use_cache=False,
-    )
-    return MoshiConfig.from_audio_encoder_config(
-        MimiConfig(),
-        **layer(t),
-        sliding_window=t.context or 2**31 - 1,
-        max_position_embeddings=t.context or 2**31 - 1,
-        rope_parameters={"rope_type": "default", "rope_theta": float(t.rope_theta)},
-        vocab_size=cfg.text_card,
-        audio_vocab_size=cfg.card,
-        num_codebooks=cfg.dep_q,
-        depth_decoder_config=dict(**layer(d), sliding_window=cfg.dep_q, max_position_embeddings=cfg.dep_q),
-    )
-
-
 def build_hf(cfg: LMConfig, dtype: str, codes: np.ndarray, depth_frames: int):
-    from transformers import MoshiForConditionalGeneration
+    from parity.harness import adapters
 
-    model = MoshiForConditionalGeneration(hf_model_config(cfg)).to(TORCH_DTYPES[dtype]).eval()
+    model = adapters.adapter("hf").build("lm", cfg, dtype=dtype).module
     lm_params = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in model.audio_encoder.parameters())
     if lm_params != cfg.num_params():
         raise ValueError(f"HF LM has {lm_params} parameters (Mimi excluded), the config says {cfg.num_params()}")

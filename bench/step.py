@@ -137,10 +137,10 @@ def kyutai_stepper(cfg, dtype, codes, stack: contextlib.ExitStack) -> Callable[[
     import torch
     from moshi.models.lm import LMGen
 
-    from models_ref import origin
+    from parity.harness import adapters
 
     torch.set_num_threads(os.cpu_count() or 1)
-    lm = origin.build_kyutai_lm(cfg, dtype={"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype])
+    lm = adapters.adapter("kyutai").build("lm", cfg, dtype=dtype).module
     gen = LMGen(lm)
     stack.enter_context(gen.streaming(1))
     stack.enter_context(torch.no_grad())

@@ -24,7 +24,6 @@ class LMOutput:
     text_mask: jax.Array  # (B, 1, T)
     audio_logits: jax.Array  # (B, dep_q, T, card), NaN where invalid
     audio_mask: jax.Array  # (B, dep_q, T)
-    hidden: list[jax.Array]  # temporal input and every temporal layer's output, (B, T, D) each
 
 
 class DepthTransformer(nnx.Module):
@@ -134,11 +133,9 @@ class LM(nnx.Module):
         delayed = jnp.concatenate([first, delay(codes, cfg.delays, initial)], axis=2)
         inputs, targets = delayed[:, :, :-1], delayed[:, :, 1:]
         x = self.embed(inputs)
-        hidden = [x]
         positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
         for layer in self.layers:
             x, _ = layer(x, positions=positions)
-            hidden.append(x)
         x = self.norm(x)
         text_logits = self.lm_head(x)[:, None]
         depth_tokens = targets[:, : cfg.dep_q].transpose(0, 2, 1).reshape(batch * length, cfg.dep_q)
@@ -148,4 +145,4 @@ class LM(nnx.Module):
         text_logits, text_mask = undelay(text_logits, cfg.delays[:1])
         audio_mask = audio_mask & (codes[:, 1 : 1 + cfg.dep_q] != -1)
         text_mask = text_mask & (codes[:, :1] != -1)
-        return LMOutput(text_logits, text_mask, audio_logits, audio_mask, hidden)
+        return LMOutput(text_logits, text_mask, audio_logits, audio_mask)

@@ -17,6 +17,12 @@ def inverse_frequencies(head_dim: int, theta: float) -> jax.Array:
     return jnp.exp(jnp.arange(head_dim // 2, dtype=jnp.float32) * jnp.float32(-math.log(theta) * 2 / head_dim))
 
 
+def rotation_angles(positions: jax.Array, head_dim: int, theta: float) -> jax.Array:
+    """(B, T) positions -> (B, T, 1, D/2) angles, position x frequency, in float32 whatever the activations' dtype
+    (kyutai and HF both do: a bfloat16 angle is off by up to position x 2^-9 rad)."""
+    return positions.astype(jnp.float32)[..., None, None] * inverse_frequencies(head_dim, theta)
+
+
 class RotaryEmbedding(nnx.Module):
     """Rotates (B, T, H, D) queries or keys by their positions (B, T)."""
 
@@ -29,7 +35,7 @@ class RotaryEmbedding(nnx.Module):
             raise ValueError(f"RotaryEmbedding: expected (B, T, H, {self.head_dim}), got {tuple(x.shape)}")
         check_positions("RotaryEmbedding", positions, x.shape[0], x.shape[1])
         half = self.head_dim // 2
-        angles = positions.astype(jnp.float32)[..., None, None] * inverse_frequencies(self.head_dim, self.theta)
+        angles = rotation_angles(positions, self.head_dim, self.theta)
         cos, sin = jnp.cos(angles), jnp.sin(angles)  # (B, T, 1, D/2)
         x32 = x.astype(jnp.float32)
         if self.layout == "interleaved":

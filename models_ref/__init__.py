@@ -1,7 +1,7 @@
 """Refactored PyTorch Moshi: clean, typed, one concept per file, mirroring `models_flax` name for name.
 
-`origin.py` builds the upstream modules (HF transformers, kyutai moshi) from a moshi_spec config; everything else here
-is our own code.
+Only our own code lives here: the upstream modules (HF transformers, kyutai moshi) are built and run by the harness's
+adapters (parity/harness/adapters/hf.py, kyutai.py), imported from the installed packages.
 """
 
 from models_ref.attention import Attention

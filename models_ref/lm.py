@@ -25,7 +25,6 @@ class LMOutput:
     text_mask: torch.Tensor  # (B, 1, T)
     audio_logits: torch.Tensor  # (B, dep_q, T, card), NaN where invalid
     audio_mask: torch.Tensor  # (B, dep_q, T)
-    hidden: list[torch.Tensor]  # temporal input and every temporal layer's output, (B, T, D) each
 
 
 class DepthTransformer(nn.Module):
@@ -89,11 +88,9 @@ class LM(nn.Module):
         delayed = torch.cat([initial.view(1, -1, 1).expand(batch, -1, 1), delay(codes, cfg.delays, initial)], dim=2)
         inputs, targets = delayed[:, :, :-1], delayed[:, :, 1:]
         x = self.embed(inputs)
-        hidden = [x]
         positions = torch.arange(length).expand(batch, -1)
         for layer in self.layers:
             x, _ = layer(x, positions=positions)
-            hidden.append(x)
         x = self.norm(x)
         text_logits = self.lm_head(x)[:, None]
         depth_tokens = targets[:, : cfg.dep_q].permute(0, 2, 1).reshape(batch * length, cfg.dep_q)
@@ -103,4 +100,4 @@ class LM(nn.Module):
         text_logits, text_mask = undelay(text_logits, cfg.delays[:1])
         audio_mask &= codes[:, 1 : 1 + cfg.dep_q] != -1
         text_mask &= codes[:, :1] != -1
-        return LMOutput(text_logits, text_mask, audio_logits, audio_mask, hidden)
+        return LMOutput(text_logits, text_mask, audio_logits, audio_mask)

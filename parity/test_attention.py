@@ -31,7 +31,7 @@ def test_kyutai_to_hf(case):
 def test_cache_step_equals_full(impl, data):
     """Decoding one step at a time through a ring cache of capacity = context equals the full pass, past the window."""
     case = data.draw(cases(configs(), modes=MODES, max_offset=SHORT_OFFSET, magnitudes=ATTENTION_MAGNITUDES))
-    compare_pair("attention", ("ref", f"{impl}_cached"), case)
+    compare_pair("attention", ("ref", f"{impl}[cached]"), case)
 
 
 @pytest.mark.parametrize("mutant", MUTANTS["attention"], ids=lambda m: m.name)

@@ -6,7 +6,6 @@ import json
 import math
 import subprocess
 import sys
-import types
 
 import jax.numpy as jnp
 import ml_dtypes
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import reports.records
 from parity.harness import compare, policy
 from parity.harness.arrays import dtype_name, to_numpy
 from parity.harness.compare import ParityError, assert_parity, check_parity
@@ -24,18 +24,16 @@ PAIR = ("hf", "flax")
 
 @pytest.fixture
 def records(monkeypatch):
-    """Collects emitted records through the real lookup path (reports.records.emit), not the real plugin."""
+    """Collects emitted records where compare hands them over (reports.records.emit), instead of the plugin."""
     collected = []
-    fake = types.ModuleType("reports.records")
-    fake.emit = collected.append
-    monkeypatch.setitem(sys.modules, "reports.records", fake)
+    monkeypatch.setattr(reports.records, "emit", collected.append)
     return collected
 
 
 @pytest.fixture
 def logits_tolerance(monkeypatch):
     tol = Tolerance(atol=1.0, rtol=0.0, mae=1.0, kl=1e-3, topk=2, topk_agreement=1.0, why="unit test")
-    monkeypatch.setitem(policy.POLICY, ("float32", "test_logits"), tol)
+    monkeypatch.setitem(policy.POLICY, ("float32", "test_logits", "upstream-ours"), tol)
     return tol
 
 
@@ -82,7 +80,7 @@ def test_message_names_component_pair_layer_and_checks(records):
     with pytest.raises(ParityError) as info:
         assert_parity(ref, ref + 0.1, component="attention", pair=("kyutai", "ref"), expected_dtype="float32", layer=3)
     message = str(info.value)
-    assert message.startswith("attention [kyutai -> ref] float32 layer 3: ")
+    assert message.startswith("attention [kyutai -> ref, upstream-ours] float32 layer 3: ")
     assert "*rms(ref)" in message and "*|ref|" in message and "mae 1.00e-01 > " in message
     assert len(info.value.failures) == 2
 
@@ -227,6 +225,7 @@ def test_record_contents(records):
     assert set(record) == {
         "component",
         "pair",
+        "pair_class",
         "layer",
         "stage",
         "config",
@@ -245,7 +244,7 @@ def test_record_contents(records):
     assert record["layer"] == 1 and type(record["layer"]) is int
     assert record["config"] == {"dim": 16, "theta": 10000.0, "delays": [0, 1, 1]}
     assert record["inputs"] == {"x": [2, 3, 4], "positions": [2, 3]}
-    assert record["tolerance"]["why"] == tolerance_for("float32", "decoder_layer").why
+    assert record["tolerance"]["why"] == tolerance_for("float32", "decoder_layer", "upstream-ours").why
     assert set(record["metrics"]) == {f.name for f in compare.dataclasses.fields(compare.Metrics)}
 
 
@@ -299,17 +298,31 @@ def test_expected_divergence_passing_is_a_pass(records):
     assert _only(records)["verdict"] == "pass"
 
 
-def test_missing_plugin_skips_emit(monkeypatch):
-    monkeypatch.setitem(sys.modules, "reports.records", None)  # makes the import raise ImportError
-    x = _x()
-    assert_parity(x, x, component="rope", pair=PAIR, expected_dtype="float32")
-
-
 def test_unknown_policy_key_raises_before_recording(records):
     x = _x()
-    with pytest.raises(KeyError, match=r"known keys: .*'float32', 'attention'"):
+    with pytest.raises(KeyError, match=r"known keys: .*\('float32', 'attention', 'upstream-ours'\)"):
         assert_parity(x, x, component="atention", pair=PAIR, expected_dtype="float32")
+    with pytest.raises(KeyError, match=r"unknown implementation 'flx'; registered: \[.*'flax'"):
+        assert_parity(x, x, component="attention", pair=("hf", "flx"), expected_dtype="float32")
     assert records == []
+
+
+def test_record_names_the_pair_class_and_policy_entry(records):
+    x = _x()
+    assert_parity(x, x, component="attention", pair=("ref", "flax[attention=pallas]"), expected_dtype="float32")
+    assert_parity(x, x, component="attention", pair=("kyutai", "hf"), expected_dtype="float32")
+    first, second = records
+    assert first["pair_class"] == "ours-ours" and first["tolerance"]["key"] == ["float32", "attention", "ours-ours"]
+    assert second["pair_class"] == "upstream-upstream"
+    assert first["tolerance"]["why"] == tolerance_for("float32", "attention", "ours-ours").why
+
+
+def test_compute_dtype_picks_the_policy_entry(records):
+    x = _x((1,))
+    assert_parity(x, x, component="lm_loss", pair=("ref", "flax"), expected_dtype="float32", compute_dtype="bfloat16")
+    record = _only(records)
+    assert record["tolerance"]["key"] == ["bfloat16", "lm_loss", "ours-ours"]
+    assert record["dtypes"]["expected"] == "float32"
 
 
 def test_bad_pair_raises(records):
@@ -404,17 +417,26 @@ def test_modules_import_neither_torch_nor_jax():
 
 def test_unknown_policy_key_lists_known_keys():
     with pytest.raises(KeyError) as info:
-        tolerance_for("float16", "attention")
+        tolerance_for("float16", "attention", "ours-ours")
     message = str(info.value)
-    assert "no tolerance for dtype 'float16', component 'attention'" in message
-    for dtype, component in policy.POLICY:
-        assert f"({dtype!r}, {component!r})" in message
+    assert "no tolerance for dtype 'float16', component 'attention', pair class 'ours-ours'" in message
+    for key in policy.POLICY:
+        assert repr(key) in message
 
 
-def test_policy_covers_initial_components():
+def test_policy_covers_every_layer_pair_class():
     for dtype in ("float32", "bfloat16"):
         for component in ("flexible_linear", "rmsnorm", "gating_mlp", "rope", "attention", "decoder_layer"):
-            assert tolerance_for(dtype, component).why
+            for klass in ("ours-ours", "upstream-ours"):
+                assert tolerance_for(dtype, component, klass).why
+
+
+def test_ours_ours_bf16_bounds_are_tighter_than_upstream_ones():
+    """Where our two implementations agree to the bit, their bound says so: it is never the upstream's."""
+    for (dtype, component, klass), tol in policy.POLICY.items():
+        upstream = policy.POLICY.get((dtype, component, "upstream-ours"))
+        if dtype == "bfloat16" and klass == "ours-ours" and upstream is not None:
+            assert tol.atol <= upstream.atol and tol.mae <= upstream.mae, (component, tol, upstream)
 
 
 def test_tolerance_validates():

@@ -26,7 +26,7 @@ def test_kyutai_to_hf(case):
 
 @given(case=cases(configs(), modes=MODES, max_offset=SHORT_OFFSET))
 def test_cache_step_equals_full(case):
-    compare_pair("decoder_layer", ("ref", "flax_cached"), case)
+    compare_pair("decoder_layer", ("ref", "flax[cached]"), case)
 
 
 @pytest.mark.parametrize("mutant", MUTANTS["decoder_layer"], ids=lambda m: m.name)

@@ -4,24 +4,20 @@ bf16: text and audio logits (KL, top-k agreement, max abs), the loss, and every 
 
 from functools import cache
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from jax import lax
 from safetensors.numpy import save_file
 
 import converters.transforms
 from converters.cli import main as cli_main
 from models_flax.checkpoint import from_checkpoint
-from models_flax.loss import lm_loss as flax_loss
-from models_ref import origin
-from models_ref.loss import lm_loss as ref_loss
 from moshi_spec import LMConfig
-from parity.harness.arrays import to_numpy
+from parity.harness import adapters
 from parity.harness.compare import ParityError, assert_parity, check_parity
 from parity.harness.converter_cases import legacy
-from parity.harness.lm_implementations import LMRun, build_lms, random_codes, run_layer, run_lm
+from parity.harness.implementations import build
+from parity.harness.strategies import random_codes
 
 CFG = LMConfig.tiny()  # temporal context 8
 LENGTH = 20  # longer than the context window
@@ -29,21 +25,32 @@ PAIRS = (("kyutai", "ref"), ("ref", "flax"), ("kyutai", "flax"))
 DTYPES = ("float32", "bfloat16")
 
 
+IMPLS = ("kyutai", "ref", "flax")
+
+
+def _codes(length: int = LENGTH, *, seed: int = 1, zero_fraction: float = 0.1) -> np.ndarray:
+    return random_codes(CFG, 2, length, seed=seed, zero_fraction=zero_fraction)
+
+
+def _run_all(models, codes, impls=IMPLS, capture=()):
+    return {impl: models.run(impl, {"codes": codes}, capture=capture) for impl in impls}
+
+
 @cache
-def _runs(dtype: str, zero_fraction: float = 0.1):
-    lms = build_lms(CFG, dtype)
-    codes = random_codes(CFG, 2, LENGTH, seed=1, zero_fraction=zero_fraction)
-    return lms, codes, {impl: run_lm(impl, lm, codes) for impl, lm in lms.items()}
+def _runs(dtype: str):
+    models = build("lm", CFG, dtype, impls=IMPLS)
+    codes = _codes()
+    return models, codes, _run_all(models, codes, capture=("hidden",))
 
 
 def _compare_logits(ref, cand, pair, dtype, *, components=("text_logits", "audio_logits"), **kw):
     """Compares logits at the valid positions (the masks must agree: they encode the delay pattern)."""
-    assert np.array_equal(ref.text_mask, cand.text_mask), f"{pair}: text masks differ (delay pattern)"
-    assert np.array_equal(ref.audio_mask, cand.audio_mask), f"{pair}: audio masks differ (delay pattern)"
-    length = ref.text_mask.shape[-1]
+    assert np.array_equal(ref["text_mask"], cand["text_mask"]), f"{pair}: text masks differ (delay pattern)"
+    assert np.array_equal(ref["audio_mask"], cand["audio_mask"]), f"{pair}: audio masks differ (delay pattern)"
+    length = ref["text_mask"].shape[-1]
     for component in components:
-        mask = ref.text_mask if component == "text_logits" else ref.audio_mask
-        a, b = getattr(ref, component)[mask], getattr(cand, component)[mask]
+        mask = ref["text_mask"] if component == "text_logits" else ref["audio_mask"]
+        a, b = ref[component][mask], cand[component][mask]
         assert_parity(a, b, component=component, pair=pair, expected_dtype=dtype, logits=True,
                       config={"preset": "tiny", "length": length}, inputs={"codes": (2, 1 + CFG.n_q, length)},
                       **kw)  # fmt: skip
@@ -60,14 +67,15 @@ def test_logits(pair, dtype):
 @pytest.mark.parametrize("pair", PAIRS, ids="->".join)
 def test_layer_drift(pair, dtype):
     """Records every layer twice; the assertion names the first layer whose error exceeds its budget."""
-    lms, _, runs = _runs(dtype)
-    ref, cand = runs[pair[0]], runs[pair[1]]
+    models, _, runs = _runs(dtype)
+    ref, cand = runs[pair[0]]["hidden"], runs[pair[1]]["hidden"]
     failures = []
     for layer in range(CFG.temporal.num_layers + 1):
-        stages = [("propagated", ref.hidden[layer], cand.hidden[layer])]
+        stages = [("propagated", ref[layer], cand[layer])]
         if layer > 0:
-            forced = run_layer(pair[1], lms[pair[1]], layer - 1, ref.hidden[layer - 1], dtype)
-            stages.append(("teacher_forced", ref.hidden[layer], forced))
+            inputs = {"x": ref[layer - 1].astype(np.float32), "layer": layer - 1}
+            forced = models.run(pair[1], inputs, entry="temporal_layer")["y"]
+            stages.append(("teacher_forced", ref[layer], forced))
         for stage, a, b in stages:
             ok, _, why = check_parity(a, b, component="lm_hidden", pair=pair, expected_dtype=dtype, layer=layer,
                                       stage=stage, config={"preset": "tiny", "length": LENGTH})  # fmt: skip
@@ -78,52 +86,47 @@ def test_layer_drift(pair, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_loss(dtype):
-    lms, codes, _ = _runs(dtype)
-    with torch.no_grad():
-        expected, _ = ref_loss(lms["ref"](torch.from_numpy(codes)), torch.from_numpy(codes))
-    got, parts = flax_loss(lms["flax"](jnp.asarray(codes)), jnp.asarray(codes))
-    assert int(parts["out_of_range"]) == 0
-    assert_parity(expected.float().reshape(1), np.asarray(got, np.float32).reshape(1), component="lm_loss",
-                  pair=("ref", "flax"), expected_dtype="float32")  # fmt: skip
+    models, codes, _ = _runs(dtype)
+    expected, got = (models.run(impl, {"codes": codes}, entry="loss") for impl in ("ref", "flax"))
+    assert int(got["out_of_range"]) == 0
+    assert_parity(expected["loss"].reshape(1), got["loss"].reshape(1), component="lm_loss", pair=("ref", "flax"),
+                  expected_dtype="float32", compute_dtype=dtype)  # fmt: skip
 
 
 @pytest.mark.parametrize("impl", ("ref", "flax"))
 def test_loss_rejects_labels_outside_vocabulary(impl):
-    lms, codes, _ = _runs("float32")
+    models, codes, _ = _runs("float32")
     bad = codes.copy()
     bad[0, 1, 0] = CFG.card + 5  # an audio label past the vocabulary, at a valid position
     with pytest.raises(ValueError, match=r"audio label\(s\) outside \[0, 32\)"):
-        if impl == "ref":
-            ref_loss(lms["ref"](torch.from_numpy(codes)), torch.from_numpy(bad))
-        else:
-            flax_loss(lms["flax"](jnp.asarray(codes)), jnp.asarray(bad))
+        models.run(impl, {"codes": codes, "labels": bad}, entry="loss")
 
 
 @pytest.mark.parametrize("impl", ("ref", "flax"))
 def test_codes_out_of_range_rejected(impl):
-    lms, codes, _ = _runs("float32")
+    models, codes, _ = _runs("float32")
     bad = codes.copy()
     bad[0, 3, 4] = CFG.card + 1  # beyond the initial token
     with pytest.raises(ValueError, match="ids must be in"):
-        run_lm(impl, lms[impl], bad)
+        models.run(impl, {"codes": bad})
 
 
 # Negative controls: plausible whole-model porting bugs must fail the logits comparison against kyutai.
 
 
-def _swap_audio_embeddings(lms):
-    e = lms["flax"].embed_tokens
+def _swap_audio_embeddings(models):
+    e = models.module("flax").embed_tokens
     w0, w1 = e[0].weight[...], e[1].weight[...]
     e[0].weight.set_value(w1)
     e[1].weight.set_value(w0)
 
 
-def _wrong_delays(lms):
-    lms["flax"].cfg = CFG.replace(delays=(0, 0, 0, 1, 1, 0, 1, 1, 1))
+def _wrong_delays(models):
+    models.module("flax").cfg = CFG.replace(delays=(0, 0, 0, 1, 1, 0, 1, 1, 1))
 
 
-def _depth_codebooks_reversed(lms):
-    heads = lms["flax"].depth.lm_heads
+def _depth_codebooks_reversed(models):
+    heads = models.module("flax").depth.lm_heads
     heads.kernel.set_value(heads.kernel[...][::-1])
 
 
@@ -145,11 +148,11 @@ def test_negative_control(name, monkeypatch):
     edit, patch, component = CONTROLS[name]
     if patch is not None:
         patch(monkeypatch)
-    lms = build_lms(CFG, "float32")
+    models = build("lm", CFG, "float32", impls=("kyutai", "flax"))
     if edit is not None:
-        edit(lms)
-    codes = random_codes(CFG, 2, LENGTH, seed=1, zero_fraction=0.1)
-    ref, cand = run_lm("kyutai", lms["kyutai"], codes), run_lm("flax", lms["flax"], codes)
+        edit(models)
+    runs = _run_all(models, _codes(), impls=("kyutai", "flax"))
+    ref, cand = runs["kyutai"], runs["flax"]
     with pytest.raises((ParityError, AssertionError)):
         _compare_logits(ref, cand, ("kyutai", "flax"), "float32", components=(component,), control=name)
 
@@ -160,15 +163,14 @@ def test_negative_control(name, monkeypatch):
 
 @cache
 def _hf_runs(dtype: str, length: int):
-    lms = build_lms(CFG, dtype, impls=("kyutai", "hf"))
-    codes = random_codes(CFG, 2, length, seed=1)
-    return lms, codes, {impl: run_lm(impl, lm, codes) for impl, lm in lms.items()}
+    impls = ("kyutai", "hf", "hf[depth_mask=default]")
+    return _run_all(build("lm", CFG, dtype, impls=impls), _codes(length, zero_fraction=0.0), impls=impls)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_hf_logits_within_context(dtype):
     """Up to the context window, with an explicit depth attention mask, HF computes kyutai's logits."""
-    _, _, runs = _hf_runs(dtype, CFG.temporal.context)
+    runs = _hf_runs(dtype, CFG.temporal.context)
     _compare_logits(runs["kyutai"], runs["hf"], ("kyutai", "hf"), dtype)
 
 
@@ -177,7 +179,7 @@ def test_expected_divergence_hf_ignores_context_window():
     """HF's MoshiModel builds a plain causal mask (create_causal_mask), not the sliding window of its config: past
     `context` frames it attends to keys kyutai (and the released model's training) cannot see. Measured at T=20 with
     context 8: text logits differ by 2.0 x rms (0.47 x rms already at T=9). The port follows kyutai."""
-    _, _, runs = _hf_runs("float32", LENGTH)
+    runs = _hf_runs("float32", LENGTH)
     _compare_logits(runs["kyutai"], runs["hf"], ("kyutai", "hf"), "float32", components=("text_logits",),
                     expected_divergence="HF temporal decoder ignores sliding_window in forward")  # fmt: skip
 
@@ -187,10 +189,9 @@ def test_expected_divergence_hf_depth_decoder_not_causal():
     """MoshiDepthDecoder builds its causal mask only when given an attention_mask; MoshiForConditionalGeneration's
     forward passes none by default, so each codebook attends to the later ones. Measured at T=8: audio logits differ
     by 2.7 x rms (2.4e-6 with the mask)."""
-    lms, codes, runs = _hf_runs("float32", CFG.temporal.context)
-    out = origin.call_hf_lm(lms["hf"], torch.from_numpy(codes), CFG, depth_attention_mask=False)
-    hf = LMRun(*(to_numpy(out[k]) for k in ("text_logits", "text_mask", "audio_logits", "audio_mask")), [])
-    _compare_logits(runs["kyutai"], hf, ("kyutai", "hf"), "float32", components=("audio_logits",),
+    runs = _hf_runs("float32", CFG.temporal.context)
+    hf = "hf[depth_mask=default]"
+    _compare_logits(runs["kyutai"], runs[hf], ("kyutai", hf), "float32", components=("audio_logits",),
                     expected_divergence="HF depth decoder without attention_mask is bidirectional")  # fmt: skip
 
 
@@ -208,8 +209,8 @@ def _legacy_layout(state: dict) -> dict:
 
 @pytest.mark.parametrize("layout", ("state_dict", "legacy_fused"))
 def test_cli_checkpoint_matches_kyutai(layout, tmp_path, capsys):
-    kyutai = build_lms(CFG, "float32", impls=("kyutai",))["kyutai"]
-    state = converters.torch_state(kyutai)
+    models = build("lm", CFG, "float32", impls=("kyutai",))
+    state = models.states["kyutai"]
     if layout == "legacy_fused":
         state = _legacy_layout(state)
         assert any(k.endswith("self_attn.in_proj_weight") for k in state)
@@ -217,16 +218,17 @@ def test_cli_checkpoint_matches_kyutai(layout, tmp_path, capsys):
     out = tmp_path / "flax"
     args = ["--no-progress", "--src", "kyutai", "--dst", "flax", "--preset", "tiny"]
     assert cli_main([*args, str(tmp_path / "model.safetensors"), str(out)]) == 0
-    flax = from_checkpoint(out, precision=lax.Precision.HIGHEST)
-    codes = random_codes(CFG, 2, LENGTH, seed=3, zero_fraction=0.1)
-    _compare_logits(run_lm("kyutai", kyutai, codes), run_lm("flax", flax, codes), ("kyutai", "flax"), "float32")
+    flax = adapters.adapter("flax")
+    loaded = flax.wrap(from_checkpoint(out, precision=lax.Precision.HIGHEST), "lm", CFG, dtype="float32")
+    codes = _codes(seed=3)
+    expected = models.run("kyutai", {"codes": codes})
+    _compare_logits(expected, flax.run(loaded, {"codes": codes}), ("kyutai", "flax"), "float32")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_logits_with_pallas_attention(dtype):
     """The LM with impl="pallas" (the flash kernel, interpret mode on CPU) computes kyutai's logits past the context
     window, within the same policy as impl="xla"."""
-    lms = build_lms(CFG, dtype, impls=("kyutai", "flax_pallas"))
-    codes = random_codes(CFG, 2, LENGTH, seed=1, zero_fraction=0.1)
-    kyutai, pallas = run_lm("kyutai", lms["kyutai"], codes), run_lm("flax_pallas", lms["flax_pallas"], codes)
-    _compare_logits(kyutai, pallas, ("kyutai", "flax_pallas"), dtype)
+    pallas = "flax[attention=pallas]"
+    runs = _run_all(build("lm", CFG, dtype, impls=("kyutai", pallas)), _codes(), impls=("kyutai", pallas))
+    _compare_logits(runs["kyutai"], runs[pallas], ("kyutai", pallas), dtype)

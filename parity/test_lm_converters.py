@@ -42,9 +42,9 @@ from converters.checkpoint import load_orbax, read_safetensors_index, safetensor
 from converters.cli import main
 from models_flax.checkpoint import from_checkpoint
 from models_flax.lm import LM as FlaxLM
-from models_ref import origin
 from models_ref.lm import LM as RefLM
 from moshi_spec import LMConfig
+from parity.harness.adapters import kyutai
 from parity.harness.adapters.base import randomize_, torch_dtype
 from parity.harness.converter_cases import DTYPES, assert_bit_equal, legacy
 
@@ -424,7 +424,7 @@ def test_module_entry_point_in_a_subprocess(tmp_path):
 
 def test_config_files_are_detected(tmp_path, capsys):
     src = write_kyutai(tmp_path, kyutai_state())
-    kyutai_kwargs, hf = origin.kyutai_lm_kwargs(CFG), hf_tiny_config().to_dict()
+    kyutai_kwargs, hf = kyutai.lm_kwargs(CFG), hf_tiny_config().to_dict()
     assert config_kind(kyutai_kwargs) == "kyutai" and config_kind(hf) == "hf"
     assert from_kyutai_kwargs(kyutai_kwargs) == CFG and from_hf_config(hf) == CFG
     assert lm_config_from_dict(json.loads(json.dumps(lm_config_to_dict(CFG)))) == CFG

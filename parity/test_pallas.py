@@ -1,9 +1,9 @@
 """Pallas attention kernels (interpret mode on CPU) against the XLA path, their jnp references and kyutai.
 
 Prefill and decode draw lengths that are not block multiples (tiles of 8 here), q_len != kv_len, per-row offsets,
-context windows, grouped kv heads, empty (-1) and ring-ordered cache slots. The kyutai tests swap the kernels into the
-Flax Attention layer (monkeypatch, the layer itself stays on the XLA path) and compare it with upstream kyutai
-attention, in one pass and step by step through the ring cache. Structural tests check that the live key-block ranges
+context windows, grouped kv heads, empty (-1) and ring-ordered cache slots. The layer tests run the Flax Attention
+layer on the kernels ("flax[attention=pallas]", on small tiles) against kyutai's attention in one pass and against our
+PyTorch ref step by step through the ring cache. Structural tests check that the live key-block ranges
 are conservative and that nothing but the kernel reads the keys and values (no padded copy, no separate mean of V).
 Negative controls plant an off-by-one mask, the 1.0 scale of JAX's own Pallas examples, a skipped key block and a key
 range one block short by monkeypatching one module-level function of the kernel modules (`_visible`, `softmax_scale`,
@@ -37,6 +37,9 @@ from parity.harness.compare import ParityError, assert_parity
 from parity.harness.strategies import ATTENTION_MAGNITUDES, AttentionCase, attention_cases, cases, configs
 
 COMPONENT = "pallas_attention"
+XLA = "flax[attention=xla]"  # the reference of every kernel comparison: the XLA path of the same Flax attention
+KERNEL_LABELS = {"prefill": "flax[attention=pallas]", "decode": "flax[attention=pallas,decode]"}
+JNP_REFERENCE = "flax[attention=jnp_reference]"
 TILES = BlockSizes(block_q=8, block_k=8)
 DECODE_TILES = DecodeBlockSizes(block_k=4, num_splits=3)
 JAX_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -93,8 +96,8 @@ def test_prefill_matches_xla(case):
     """The kernel and its jnp reference both equal the XLA path."""
     (q, k, v), kw = _inputs(case)
     reference = _xla(case)
-    _compare(reference, _prefill(case), case, ("xla", "pallas"))
-    _compare(reference, reference_attention(q, k, v, **kw, context=case.context), case, ("xla", "jnp_reference"))
+    _compare(reference, _prefill(case), case, (XLA, KERNEL_LABELS["prefill"]))
+    _compare(reference, reference_attention(q, k, v, **kw, context=case.context), case, (XLA, JNP_REFERENCE))
 
 
 @settings(max_examples=KERNEL_EXAMPLES)
@@ -103,8 +106,8 @@ def test_decode_matches_xla(case):
     """One to four steps against a ring cache: slots out of position order, empty slots, a window past the capacity."""
     (q, k, v), kw = _inputs(case)
     reference = _xla(case)
-    _compare(reference, _decode(case), case, ("xla", "pallas_decode"))
-    _compare(reference, reference_decode(q, k, v, **kw, context=case.context), case, ("xla", "jnp_reference"))
+    _compare(reference, _decode(case), case, (XLA, KERNEL_LABELS["decode"]))
+    _compare(reference, reference_decode(q, k, v, **kw, context=case.context), case, (XLA, JNP_REFERENCE))
 
 
 def _no_key_case(kv_len: int) -> AttentionCase:
@@ -123,13 +126,13 @@ def test_default_tiles_and_row_without_keys(kv_len):
     i.e. the mean of the values over all S slots (the empty one included)."""
     case = _no_key_case(kv_len)
     (qj, kj, vj), kw = _inputs(case)
-    for label, out in (
-        ("pallas", flash_attention(qj, kj, vj, **kw, context=2)),
-        ("pallas", _prefill(case)),
-        ("pallas_decode", decode_attention(qj, kj, vj, **kw, context=2)),
-        ("pallas_decode", _decode(case)),
+    for kernel, out in (
+        ("prefill", flash_attention(qj, kj, vj, **kw, context=2)),
+        ("prefill", _prefill(case)),
+        ("decode", decode_attention(qj, kj, vj, **kw, context=2)),
+        ("decode", _decode(case)),
     ):
-        _compare(_xla(case), out, case, ("xla", label))
+        _compare(_xla(case), out, case, (XLA, KERNEL_LABELS[kernel]))
         np.testing.assert_allclose(np.asarray(out[0, 0, 0]), case.v[0].mean(axis=0)[0], rtol=1e-6, atol=1e-6)
 
 
@@ -219,13 +222,9 @@ def test_precision_argument():
 # --- kyutai: the kernels inside the Flax Attention layer ------------------------------------------------------------
 
 
-def _swap_in_kernels(monkeypatch, *, decode: bool) -> None:
-    """Builds every Flax attention with impl="pallas" on the small test tiles (several key blocks per case); with
-    decode, cached steps of up to 4 queries take the decode kernel (as in `Attention`), else the prefill kernel."""
-    init = xla_attention.Attention.__init__
-    monkeypatch.setattr(
-        xla_attention.Attention, "__init__", lambda self, cfg, **kw: init(self, cfg, **{**kw, "impl": "pallas"})
-    )
+def _small_tiles(monkeypatch, *, decode: bool) -> None:
+    """The kernels of "flax[attention=pallas]" on the small test tiles (several key blocks per case); with decode,
+    cached steps of up to 4 queries take the decode kernel (as in `Attention`), else the prefill kernel."""
     flash = functools.partial(flash_attention, block_sizes=TILES)
     monkeypatch.setattr(xla_attention, "flash_attention", flash)
     decode_kernel = functools.partial(decode_attention, block_sizes=DECODE_TILES) if decode else flash
@@ -241,8 +240,8 @@ def _swap_in_kernels(monkeypatch, *, decode: bool) -> None:
 def test_kyutai_attention_with_pallas(case):
     """kyutai's attention (SDPA with its position mask) against the Flax layer running on the prefill kernel."""
     with pytest.MonkeyPatch.context() as mp:
-        _swap_in_kernels(mp, decode=False)
-        compare_pair("attention", ("kyutai", "flax"), case)
+        _small_tiles(mp, decode=False)
+        compare_pair("attention", ("kyutai", "flax[attention=pallas]"), case)
 
 
 @settings(max_examples=LAYER_EXAMPLES)
@@ -250,8 +249,8 @@ def test_kyutai_attention_with_pallas(case):
 def test_cache_steps_with_pallas_decode(case):
     """Step-by-step decoding through the ring cache on the decode kernel equals the full pass of our PyTorch ref."""
     with pytest.MonkeyPatch.context() as mp:
-        _swap_in_kernels(mp, decode=True)
-        compare_pair("attention", ("ref", "flax_cached"), case)
+        _small_tiles(mp, decode=True)
+        compare_pair("attention", ("ref", "flax[attention=pallas,cached]"), case)
 
 
 # --- negative controls ----------------------------------------------------------------------------------------------
@@ -309,7 +308,7 @@ def _control_case(kernel: str, context: int | None) -> tuple[AttentionCase, jax.
 def test_negative_control(kernel, name, patch):
     """Each planted bug must fail the same comparison the unpatched kernel passes on the same case."""
     case, reference, unpatched = _control_case(kernel, 7 if name == "mask_off_by_one" else None)
-    pair = ("xla", f"pallas_{kernel}")
+    pair = (XLA, KERNEL_LABELS[kernel])
     _compare(reference, unpatched, case, pair)
     _plant(patch, name)
     with pytest.raises(ParityError):

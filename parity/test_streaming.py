@@ -22,19 +22,22 @@ from models_flax.cache import KVCache
 from models_flax.sampling import AUDIO, GREEDY, TEXT, Sampler, sample, sample_with_noise
 from models_flax.streaming import UNGENERATED, Streamer
 from moshi_spec import LMConfig
+from parity.harness.adapters import Impl
 from parity.harness.arrays import to_numpy
 from parity.harness.compare import ParityError, assert_parity
-from parity.harness.lm_implementations import build_lms
+from parity.harness.implementations import build
 from parity.harness.streaming_runs import consumed_codes, run_lmgen, run_steps, user_codes
 
 CFG = LMConfig.tiny()  # temporal context 8, delays (0, 0, 1, 1, 1, 0, 1, 1, 1)
 FRAMES = 60
-IMPLS = ("flax", "flax_pallas")
+IMPLS = ("flax", "flax[attention=pallas]")
 
 
 @cache
 def _lms(dtype: str, seed: int, impl: str):
-    return build_lms(CFG, dtype, impls=("kyutai", impl), seed=seed)
+    """kyutai's LMModel and our Flax LM (`impl`) with the same weights, by implementation name."""
+    models = build("lm", CFG, dtype, impls=("kyutai", impl), seed=seed)
+    return {name: models.module(name) for name in ("kyutai", impl)}
 
 
 @cache
@@ -65,7 +68,7 @@ def _assert_tokens(expected: np.ndarray, got: np.ndarray, impl: str, **kw) -> No
 # (b) greedy generation vs kyutai LMGen ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("seed", "impl"), [(0, "flax"), (1, "flax"), (2, "flax"), (0, "flax_pallas")])
+@pytest.mark.parametrize(("seed", "impl"), [(0, "flax"), (1, "flax"), (2, "flax"), (0, "flax[attention=pallas]")])
 def test_greedy_tokens_match_lmgen(seed, impl):
     expected = _lmgen_tokens(seed)
     got = _greedy_tokens(seed, impl)
@@ -143,8 +146,9 @@ def test_step_logits_match_full_forward(dtype, impl):
     text, audio = _step_vs_full(dtype, impl)
     for component, (full, step) in (("stream_text_logits", text), ("stream_audio_logits", audio)):
         # The step returns float32 logits upcast (exactly) from the model dtype: compare in the model dtype.
-        assert_parity(full, step.astype(full.dtype), component=component, pair=("full", "step"), expected_dtype=dtype,
-                      logits=True, config={"preset": "tiny", "frames": 40, "impl": impl})  # fmt: skip
+        pair = (str(Impl.parse(impl).variant("full")), str(Impl.parse(impl).variant("step")))
+        assert_parity(full, step.astype(full.dtype), component=component, pair=pair, expected_dtype=dtype, logits=True,
+                      config={"preset": "tiny", "frames": 40, "impl": impl})  # fmt: skip
 
 
 def test_step_vs_full_control_fails(patch):
@@ -152,8 +156,8 @@ def test_step_vs_full_control_fails(patch):
     patch.setattr(KVCache, "update", _update_one_behind)
     text, _ = _step_vs_full("float32", "flax", fresh=True)
     with pytest.raises(ParityError):
-        assert_parity(*text, component="stream_text_logits", pair=("full", "step"), expected_dtype="float32",
-                      logits=True, control="cache_positions_minus_one")  # fmt: skip
+        assert_parity(*text, component="stream_text_logits", pair=("flax[full]", "flax[step]"),
+                      expected_dtype="float32", logits=True, control="cache_positions_minus_one")  # fmt: skip
 
 
 # generate loop, (d) causality ----------------------------------------------------------------------------------------
@@ -352,7 +356,8 @@ def test_bad_generate_and_state_input():
         streamer.init_state(0)
     with pytest.raises(ValueError, match="needs a PRNG key"):
         _sampling_streamer().step(_sampling_streamer().init_state(2), _codes())
-    other = Streamer(build_lms(LMConfig.tiny(context=4), "float32", impls=("flax",))["flax"], text=GREEDY, audio=GREEDY)
+    other = Streamer(build("lm", LMConfig.tiny(context=4), "float32", impls=("flax",)).module("flax"), text=GREEDY,
+                     audio=GREEDY)  # fmt: skip
     with pytest.raises(ValueError, match="not made for this model"):
         streamer.step(other.init_state(2), _codes())
     with pytest.raises(TypeError, match="expected a models_flax LM"):
@@ -360,7 +365,7 @@ def test_bad_generate_and_state_input():
 
 
 def test_unbounded_context_needs_and_respects_capacity():
-    lm = build_lms(LMConfig.tiny(context=None), "float32", impls=("flax",))["flax"]
+    lm = build("lm", LMConfig.tiny(context=None), "float32", impls=("flax",)).module("flax")
     streamer = Streamer(lm, text=GREEDY, audio=GREEDY)
     with pytest.raises(ValueError, match="unbounded; pass capacity"):
         streamer.init_state(1)

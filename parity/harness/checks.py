@@ -25,12 +25,12 @@ def compare_pair(
 ) -> Metrics:
     """Builds both implementations with shared weights, runs them on the case and asserts parity (one record).
 
-    mutate: an optional callable(Implementations) applied after building, for negative controls.
+    mutate: an optional callable(Models) applied after building, for negative controls.
     """
-    impls = implementations.build(component, case.cfg, case.dtype, impls=pair)
+    models = implementations.build(component, case.cfg, case.dtype, impls=pair)
     if mutate is not None:
-        mutate(impls)
-    reference, candidate = impls(pair[0], case), impls(pair[1], case)
+        mutate(models)
+    reference, candidate = (models.run(impl, case.inputs())["y"] for impl in pair)
     inputs = {"x": tuple(case.x.shape), "positions": tuple(case.positions.shape)}
     return assert_parity(
         reference,
@@ -54,5 +54,10 @@ def run_control(mutant, monkeypatch) -> None:
 
     if mutant.patch is not None:
         mutant.patch(monkeypatch)
-    with pytest.raises(ParityError):
+    with pytest.raises(ParityError) as failed:
         compare_pair(mutant.component, mutant.pair, mutant.case(), control=mutant.name, mutate=mutant.edit)
+    before, m = mutant.passed_before, failed.value.metrics
+    if before is not None:  # the bound this bug used to meet must still let it through: the new one is what catches it
+        assert m is not None and m.max_abs <= before.atol * m.ref_rms and m.mae <= before.mae * m.ref_rms, (
+            f"{mutant.name}: max|d|/rms {m.max_abs / m.ref_rms:.3g}, mae/rms {m.mae / m.ref_rms:.3g} exceed {before}"
+        )

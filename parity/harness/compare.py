@@ -5,7 +5,9 @@
 1. shape: equal, else fail at once (no metrics);
 2. dtype: reference and candidate both have `expected_dtype` (no silent upcast or downcast);
 3. finiteness: any NaN or Inf in either array fails, even where both hold the same NaN;
-4. metrics, in float64, against `parity.harness.policy.tolerance_for(expected_dtype, component)`:
+4. metrics, in float64, against `parity.harness.policy.tolerance_for(dtype, component, pair class)`, where dtype is
+   the dtype the implementations computed in (`compute_dtype`, by default `expected_dtype`) and the pair class comes
+   from the adapter table ("ours-ours", "upstream-ours", "upstream-upstream": `parity.harness.adapters.pair_class`):
    elementwise |cand - ref| <= atol * rms(ref) + rtol * |ref|, mean abs diff <= mae * rms(ref), and for logits the mean
    KL divergence over the last axis and the top-k agreement.
 
@@ -14,7 +16,8 @@ decades of magnitude, and a float32 rounding error is relative to the tensor's s
 eps, a swapped gate, a mask off by one) moves elements by a sizeable fraction of it.
 
 Every call, pass or fail, emits exactly one record (builtin types only, JSON-serializable) through
-`reports.records.emit`, before `ParityError` is raised. `check_parity` is the non-raising core.
+`reports.records.emit`, before `ParityError` is raised; the record names the policy entry it was judged by.
+`check_parity` is the non-raising core.
 
 Max relative diff is reported, not bounded: |cand - ref| / max(|ref|, floor) with floor = REL_FLOOR * rms(ref) (1.0 for
 an all-zero reference), so elements that are tiny next to the tensor's scale do not blow the ratio up.
@@ -24,14 +27,15 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import importlib
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from parity.harness.adapters import pair_class
 from parity.harness.arrays import dtype_name, to_numpy
 from parity.harness.policy import Tolerance, tolerance_for
+from reports import records
 
 REL_FLOOR = 1e-3  # fraction of the reference RMS below which |ref| is floored in the relative diff
 
@@ -163,19 +167,13 @@ def _shape(x: Any) -> list[int]:
 
 
 def _emit(record: dict[str, Any]) -> None:
-    """Hands a record to the report plugin; skipped only when reports.records is not installed."""
-    try:
-        records = importlib.import_module("reports.records")
-    except ImportError as e:
-        if e.name in ("reports", "reports.records"):
-            return
-        raise  # an import failing inside the plugin is a bug, not an absent plugin
+    """Hands a record to the report plugin (outside a test it is kept in `reports.records.UNATTACHED`)."""
     records.emit(record)
 
 
 def _header(component: str, pair: tuple[str, str], dtype: str, layer: int | None, stage: str | None) -> str:
     where = "".join([f" layer {layer}" if layer is not None else "", f" ({stage})" if stage is not None else ""])
-    return f"{component} [{pair[0]} -> {pair[1]}] {dtype}{where}"
+    return f"{component} [{pair[0]} -> {pair[1]}, {pair_class(*pair)}] {dtype}{where}"
 
 
 def check_parity(
@@ -193,6 +191,7 @@ def check_parity(
     control: str | None = None,
     hypothesis: dict | None = None,
     expected_divergence: str | None = None,
+    compute_dtype: str | None = None,
 ) -> tuple[bool, Metrics | None, list[str]]:
     """Compares `candidate` against `reference` and emits one record; never raises on a parity failure.
 
@@ -200,7 +199,8 @@ def check_parity(
         reference: output of the reference implementation (torch tensor, jax array or numpy array).
         candidate: output of the implementation under test, same shape.
         component: policy component name ("attention", "rmsnorm", ...).
-        pair: (reference implementation, candidate implementation), e.g. ("hf", "flax").
+        pair: (reference implementation, candidate implementation), e.g. ("hf", "flax[attention=pallas]"): names
+            registered in the adapter table, which decide the pair class.
         expected_dtype: dtype name both outputs must have; also the policy's dtype key.
         layer: layer index, for per-layer comparisons.
         stage: "teacher_forced" or "propagated", for whole-model drift comparisons.
@@ -211,21 +211,24 @@ def check_parity(
         hypothesis: hypothesis reproduction data (recorded).
         expected_divergence: reason this is a documented upstream disagreement; a failure is then recorded with
             verdict "expected_divergence" instead of "fail".
+        compute_dtype: the dtype the implementations computed in, when it differs from `expected_dtype` (a float32
+            loss of a bfloat16 model); the policy entry is looked up by it.
 
     Returns:
         (passed, metrics or None when they could not be computed, one string per failed check).
 
     Raises:
-        KeyError: no policy entry for (expected_dtype, component).
+        KeyError: no policy entry for (dtype, component, pair class), or a pair name the adapter table lacks.
         ValueError/TypeError: malformed arguments (pair, logits without logits tolerance, ...); no record is emitted.
     """
     if not (isinstance(pair, tuple | list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
         raise ValueError(f"pair must be (reference name, candidate name), got {pair!r}")
     pair = (pair[0], pair[1])
-    tol = tolerance_for(expected_dtype, component)
+    key = (compute_dtype or expected_dtype, component, pair_class(*pair))
+    tol = tolerance_for(*key)
     if logits != tol.is_logits:
         raise ValueError(
-            f"logits={logits} but the tolerance for ({expected_dtype!r}, {component!r}) "
+            f"logits={logits} but the tolerance for {key} "
             f"{'bounds' if tol.is_logits else 'does not bound'} KL/top-k; they must agree"
         )
     ref, cand = to_numpy(reference), to_numpy(candidate)
@@ -262,7 +265,8 @@ def check_parity(
             "shapes": {"reference": _shape(ref), "candidate": _shape(cand)},
             "dtypes": {"reference": dtype_name(ref), "candidate": dtype_name(cand), "expected": expected_dtype},
             "metrics": None if metrics is None else _builtin(metrics),
-            "tolerance": _builtin(tol),
+            "tolerance": {**_builtin(tol), "key": list(key)},
+            "pair_class": key[2],
             "verdict": verdict,
             "control": control,
             "hypothesis": _builtin(hypothesis),
@@ -307,6 +311,7 @@ def assert_parity(
     control: str | None = None,
     hypothesis: dict | None = None,
     expected_divergence: str | None = None,
+    compute_dtype: str | None = None,
 ) -> Metrics:
     """Compares `candidate` against `reference`, emits one record, and raises ParityError on failure.
 
@@ -333,6 +338,7 @@ def assert_parity(
         control=control,
         hypothesis=hypothesis,
         expected_divergence=expected_divergence,
+        compute_dtype=compute_dtype,
     )
     if not passed:
         message = f"{_header(component, tuple(pair), expected_dtype, layer, stage)}: {'; '.join(failures)}"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from hypothesis import strategies as st
 
-from moshi_spec import ACTIVATIONS, TransformerConfig
+from moshi_spec import ACTIVATIONS, ZERO_TOKEN, LMConfig, TransformerConfig
 
 DTYPES = ("float32", "bfloat16")
 LAYER_IDX_MODES = ("none", "int", "0d", "1d", "broadcast")
@@ -35,6 +35,10 @@ class Case:
     positions: np.ndarray  # (B, T) int64, offset per row + arange(T)
     layer_idx: object  # None, int, or an int64 array (0-d or 1-D)
     mode: str
+
+    def inputs(self) -> dict:
+        """The layer's inputs as the adapters take them (parity/harness/adapters/base.py)."""
+        return {"x": self.x, "positions": self.positions, "layer_idx": self.layer_idx}
 
     def describe(self) -> dict:
         """Builtin-typed summary for the record (the reproduction of this example)."""
@@ -127,6 +131,15 @@ def cases(
     shape = (batch, length, cfg.num_heads, features) if width == "head" else (batch, length, features)
     x = (magnitude * rng.standard_normal(shape)).astype(np.float32)
     return Case(cfg, dtype or draw(st.sampled_from(DTYPES)), x, positions.astype(np.int64), layer_idx, mode)
+
+
+def random_codes(cfg: LMConfig, batch: int, length: int, *, seed: int, zero_fraction: float = 0.0) -> np.ndarray:
+    """Valid LM codes (B, 1 + n_q, T): text ids < text_card, audio ids < card, some set to the zero token -1."""
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, cfg.card, size=(batch, 1 + cfg.n_q, length))
+    codes[:, 0] = rng.integers(0, cfg.text_card, size=(batch, length))
+    codes[rng.random(codes.shape) < zero_fraction] = ZERO_TOKEN
+    return codes.astype(np.int64)
 
 
 @dataclass(frozen=True)

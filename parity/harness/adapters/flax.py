@@ -1,0 +1,95 @@
+"""flax: the Flax NNX port (models_flax), run in our calling convention (parity/harness/adapters/ours.py).
+
+Options: "attention" = "xla" (the plain path, default) or "pallas" (the Pallas kernels, interpret mode on CPU) for
+attention, decoder layers and the LM; "cached" (attention, decoder layers) decodes step by step through the KV cache.
+Modules are built with `precision=HIGHEST`, so that an accelerator's default reduced-precision matmuls cannot hide a
+bug in a float32 comparison. Intermediates come from `nnx.capture` (the model code carries no instrumentation).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+import models_flax
+from models_flax.lm import LM
+from models_flax.loss import lm_loss
+from moshi_spec import TransformerConfig
+from parity.harness.adapters import ours
+from parity.harness.adapters.base import Adapter, Built, State, fields
+
+ATTENTION = ("xla", "pallas")
+
+
+def jax_dtype(dtype: str) -> Any:
+    import jax.numpy as jnp
+
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[dtype]
+
+
+class JaxBackend:
+    classes: ClassVar[dict[str, type]] = ours.classes(models_flax, LM)
+    loss = staticmethod(lm_loss)
+
+    def construct(self, cls: type, args: tuple, kwargs: dict, *, dtype: str, options: dict, weights: bool) -> Any:
+        from flax import nnx
+        from jax import lax
+
+        if not weights:
+            return cls(*args, **kwargs)
+        dt = jax_dtype(dtype)
+        kwargs = {**kwargs, "dtype": dt, "param_dtype": dt}
+        if cls is not models_flax.RMSNorm:
+            kwargs |= {"precision": lax.Precision.HIGHEST, "rngs": nnx.Rngs(0)}
+        if "attention" in options:
+            kwargs["impl"] = options["attention"]
+        return cls(*args, **kwargs)
+
+    def dtype(self, name: str) -> Any:
+        return jax_dtype(name)
+
+    def array(self, x: np.ndarray, dtype: str | None = None) -> Any:
+        import jax.numpy as jnp
+
+        return jnp.asarray(x, None if dtype is None else jax_dtype(dtype))
+
+    def cache(self, batch: int, capacity: int, cfg: TransformerConfig, dtype: str) -> Any:
+        return models_flax.KVCache.init(batch, capacity, cfg.num_kv_heads, cfg.head_dim, dtype=jax_dtype(dtype))
+
+    def concat(self, arrays: list[Any], axis: int) -> Any:
+        import jax.numpy as jnp
+
+        return jnp.concatenate(arrays, axis=axis)
+
+    def lm_forward(self, module: Any, codes: np.ndarray, capture: tuple[str, ...]) -> dict[str, Any]:
+        """LM.__call__; "hidden" is read from `nnx.capture`'s method outputs: `embed`, then each layer's output."""
+        import jax.numpy as jnp
+        from flax import nnx
+
+        codes = jnp.asarray(codes)
+        if "hidden" not in capture:
+            return fields(module(codes))
+        out, seen = nnx.capture(module, nnx.Intermediate, method_outputs=nnx.Intermediate)(codes)
+        hidden = [seen["embed"][0]] + [seen["layers"][i]["__call__"][0][0] for i in range(len(module.layers))]
+        return {**fields(out), "hidden": jnp.stack(hidden)}
+
+
+class FlaxAdapter(Adapter):
+    name = "flax"
+    format = "flax"
+    backend = JaxBackend()
+    bindings: ClassVar = {
+        **ours.layer_bindings(backend, options={"attention": ATTENTION}),
+        "lm": ours.lm_binding(backend, options={"attention": ATTENTION}),
+    }
+
+    def state(self, built: Built) -> State:
+        from converters import flax_state
+
+        return flax_state(built.module)
+
+    def load(self, built: Built, state: State) -> None:
+        from converters import load_flax
+
+        load_flax(built.module, state)

@@ -1,0 +1,197 @@
+"""kyutai `moshi` (the upstream the released checkpoints come from), built from our configs and run in our inputs.
+
+Nothing is copied: the classes are imported from the installed package. kyutai's layers take no positions and no mask:
+outside streaming every row starts at position 0 (a case with other positions is refused, never silently shifted), and
+its per-codebook weights follow the step index. The whole LM takes codes (B, 1 + n_q, T) and applies its own delays.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from moshi_spec import LMConfig, TransformerConfig
+from moshi_spec.kyutai import dim_feedforward
+from parity.harness.adapters.base import (
+    Binding,
+    Built,
+    Inputs,
+    Outputs,
+    TorchAdapter,
+    native_inputs,
+    numpy_outputs,
+    torch_dtype,
+)
+
+
+def layer_support(component: str):
+    """Why kyutai cannot build a standalone `component` for cfg (None when it can)."""
+
+    def supports(cfg: TransformerConfig) -> str | None:
+        if component == "rope" and cfg.rope_layout != "interleaved":
+            return f"kyutai's rope pairs dimensions (2i, 2i + 1) (interleaved), the config asks for {cfg.rope_layout!r}"
+        if component == "gating_mlp" and cfg.flexible:
+            return "kyutai's per-codebook gating exists only inside a layer"
+        if component in ("attention", "decoder_layer") and cfg.head_dim * cfg.num_heads != cfg.dim:
+            return f"kyutai ties head_dim to dim / num_heads ({cfg.dim} / {cfg.num_heads}), got head_dim {cfg.head_dim}"
+        if component == "decoder_layer" and cfg.norm_eps != 1e-8:
+            return f"kyutai's rms_norm_f32 fixes eps at 1e-8, got {cfg.norm_eps}"
+        return None
+
+    return supports
+
+
+def kyutai_dim_feedforward(cfg: TransformerConfig) -> int:
+    """The dim_feedforward kyutai derives cfg's gated hidden width from."""
+    return dim_feedforward(cfg.dim, cfg.hidden)
+
+
+def _rope(cfg: TransformerConfig):
+    from moshi.modules import rope
+
+    return rope.RotaryEmbedding(interleave=True, max_period=cfg.rope_theta)
+
+
+def _layer_kwargs(cfg: TransformerConfig) -> dict[str, Any]:
+    return {
+        "num_heads": cfg.num_heads,
+        "causal": True,
+        "context": cfg.context,
+        "rope": _rope(cfg) if cfg.rope else None,
+        "kv_repeat": cfg.num_heads // cfg.num_kv_heads,
+        "weights_per_step": cfg.num_codebooks if cfg.flexible else 0,
+    }
+
+
+def _build_layer(component: str):
+    def build(cfg: TransformerConfig, dtype: str, options: dict) -> Any:
+        import torch
+        from moshi.modules import gating, transformer
+
+        if component == "rmsnorm":
+            module = transformer.RMSNorm(cfg.dim, eps=cfg.norm_eps, dtype=torch.float32)
+        elif component == "gating_mlp":
+            module = gating.make_gating(cfg.activation, cfg.dim, kyutai_dim_feedforward(cfg))
+        elif component == "rope":
+            module = _rope(cfg)
+        elif component == "attention":
+            module = transformer.StreamingMultiheadAttention(embed_dim=cfg.dim, **_layer_kwargs(cfg))
+        else:
+            module = transformer.StreamingTransformerLayer(
+                d_model=cfg.dim, dim_feedforward=kyutai_dim_feedforward(cfg), norm="rms_norm_f32",
+                gating=cfg.activation, **_layer_kwargs(cfg),
+            )  # fmt: skip
+        return module.to(torch_dtype(dtype)).eval()
+
+    return build
+
+
+def _offsets(positions: Any, *, zero: bool) -> Any:
+    """kyutai positions are an offset per row plus arange(T); anything else is refused (zero: offsets must be 0)."""
+    import torch
+
+    offsets = positions[:, 0]
+    if not torch.equal(positions, offsets[:, None] + torch.arange(positions.shape[1])):
+        raise ValueError("kyutai: positions must be contiguous per row (offset + arange(T))")
+    if zero and int(offsets.abs().max()) != 0:
+        raise ValueError("kyutai: attention outside streaming starts every row at position 0")
+    return offsets
+
+
+def _run_layer(component: str):
+    def run(built: Built, inputs: Inputs, capture: tuple) -> Outputs:
+        arrays = native_inputs(inputs, built.dtype)
+        x, module = arrays["x"], built.module
+        if component == "rope":  # x: (B, T, H, D)
+            y, _ = module(x, x, _offsets(arrays["positions"], zero=False), time_before_heads=True)
+        elif component in ("rmsnorm", "gating_mlp"):
+            y = module(x)
+        else:
+            _offsets(arrays["positions"], zero=True)
+            y = module(x, x, x) if component == "attention" else module(x)
+        return numpy_outputs({"y": y})
+
+    return run
+
+
+def lm_kwargs(cfg: LMConfig) -> dict[str, Any]:
+    """kyutai `LMModel` keyword arguments for cfg, in the layout of `moshi.models.loaders._lm_kwargs`."""
+    t, d = cfg.temporal, cfg.depth
+    dff = kyutai_dim_feedforward(t)
+    hidden_scale = dff / t.dim
+    if int(hidden_scale * t.dim) != dff:
+        raise ValueError(f"kyutai cannot express dim_feedforward {dff} as int(hidden_scale * {t.dim})")
+    return {
+        "delays": list(cfg.delays), "n_q": cfg.n_q, "dep_q": cfg.dep_q, "card": cfg.card, "text_card": cfg.text_card,
+        "dim": t.dim, "num_heads": t.num_heads, "num_layers": t.num_layers, "hidden_scale": hidden_scale,
+        "norm": "rms_norm_f32", "context": t.context, "max_period": t.rope_theta, "gating": t.activation,
+        "positional_embedding": "rope", "causal": True, "existing_text_padding_id": cfg.existing_text_padding_id,
+        "depformer_dim": d.dim, "depformer_dim_feedforward": kyutai_dim_feedforward(d),
+        "depformer_num_heads": d.num_heads, "depformer_num_layers": d.num_layers, "depformer_multi_linear": True,
+        "depformer_weights_per_step": True, "depformer_pos_emb": "none",
+    }  # fmt: skip
+
+
+def lm_support(cfg: LMConfig) -> str | None:
+    t, d = cfg.temporal, cfg.depth
+    for name, sub in (("temporal", t), ("depth", d)):
+        if sub.norm_eps != 1e-8 or sub.num_kv_heads != sub.num_heads or sub.head_dim * sub.num_heads != sub.dim:
+            return f"kyutai LMModel needs eps 1e-8, no grouped kv heads and head_dim = dim / heads ({name})"
+    if d.activation != t.activation or d.context is not None or d.rope or not t.rope:
+        return "kyutai LMModel: one activation for both stacks, rope only in the temporal one, no depth context"
+    return None
+
+
+def build_lm(cfg: LMConfig, dtype: str, options: dict) -> Any:
+    from moshi.models.lm import LMModel
+
+    return LMModel(**lm_kwargs(cfg)).to(torch_dtype(dtype)).eval()
+
+
+def run_lm(built: Built, inputs: Inputs, capture: tuple) -> Outputs:
+    """LMModel.forward; "hidden" hooks the temporal transformer's input and every layer's output."""
+    import torch
+
+    module = built.module
+    hidden: list[Any] = []
+    hooks = []
+    if "hidden" in capture:
+        hooks.append(module.transformer.register_forward_pre_hook(lambda _m, args: hidden.append(args[0])))
+        hooks += [
+            layer.register_forward_hook(lambda _m, _a, y: hidden.append(y)) for layer in module.transformer.layers
+        ]
+    try:
+        out = module(torch.from_numpy(np.asarray(inputs["codes"], np.int64)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    result = {"text_logits": out.text_logits, "text_mask": out.text_mask, "audio_logits": out.logits,
+              "audio_mask": out.mask}  # fmt: skip
+    if hidden:
+        result["hidden"] = torch.stack(hidden)
+    return numpy_outputs(result)
+
+
+def run_temporal_layer(built: Built, inputs: Inputs, capture: tuple) -> Outputs:
+    """Teacher forcing: temporal layer `inputs["layer"]` applied to a given input x (B, T, D) at positions 0..T-1."""
+    layer = built.module.transformer.layers[int(inputs["layer"])]
+    return numpy_outputs({"y": layer(native_inputs(inputs, built.dtype)["x"])})
+
+
+class KyutaiAdapter(TorchAdapter):
+    name = "kyutai"
+    format = "kyutai"
+    bindings: ClassVar = {
+        **{
+            c: Binding(build=_build_layer(c), run=_run_layer(c), supports=layer_support(c), weights=c != "rope")
+            for c in ("rmsnorm", "gating_mlp", "rope", "attention", "decoder_layer")
+        },
+        "lm": Binding(
+            build=build_lm,
+            run=run_lm,
+            entries={"temporal_layer": run_temporal_layer},
+            supports=lm_support,
+            captures=("hidden",),
+        ),
+    }

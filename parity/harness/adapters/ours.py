@@ -1,0 +1,162 @@
+"""Our two implementations (ref: PyTorch, flax: Flax NNX) share one calling convention, name for name; this module
+holds it once, over a small `Backend` that knows the framework (arrays, caches, layer classes, hooks).
+
+Layer components take x (B, T, D) (rope: (B, T, H, head_dim)), positions (B, T) and a layer_idx; with the option
+"cached" attention and decoder layers decode one position at a time through a KV ring cache of capacity = context
+(T when unbounded), which must equal the full pass. The LM takes codes (B, 1 + n_q, T); "hidden" captures the
+temporal stack's input and every layer's output; the "temporal_layer" entry runs one temporal layer on a given input
+at positions 0..T-1 (teacher forcing); the "loss" entry is the training loss of the forward (models_*/loss.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from moshi_spec import TransformerConfig
+from parity.harness.adapters.base import (
+    Binding,
+    Built,
+    Inputs,
+    Outputs,
+    flexible_linear_shape,
+    native_inputs,
+    numpy_outputs,
+)
+
+LAYERS = ("flexible_linear", "rmsnorm", "gating_mlp", "rope", "attention", "decoder_layer")
+CACHED = ("attention", "decoder_layer")
+CLASS_NAMES = {
+    "flexible_linear": "FlexibleLinear",
+    "rmsnorm": "RMSNorm",
+    "gating_mlp": "GatingMLP",
+    "rope": "RotaryEmbedding",
+    "attention": "Attention",
+    "decoder_layer": "DecoderLayer",
+}
+"""Our class of each layer component: models_ref and models_flax mirror each other name for name."""
+
+
+def classes(package: Any, lm: type) -> dict[str, type]:
+    """component -> class of models_ref or models_flax (`package`), plus the LM."""
+    return {component: getattr(package, name) for component, name in CLASS_NAMES.items()} | {"lm": lm}
+
+
+class Backend(Protocol):
+    """What ours needs from a framework (also what framework-specific tests use to make native inputs)."""
+
+    classes: dict[str, type]  # component -> our class ("lm" included)
+    loss: Any  # the framework's `lm_loss(output, codes) -> (loss, parts)`
+
+    def dtype(self, name: str) -> Any:
+        """The framework's dtype of that name ("float32", "bfloat16", "float16")."""
+
+    def array(self, x: np.ndarray, dtype: str | None = None) -> Any:
+        """A numpy array as a framework array, cast to `dtype` when given (else the same dtype)."""
+
+    def construct(self, cls: type, args: tuple, kwargs: dict, *, dtype: str, options: dict, weights: bool) -> Any:
+        """cls(*args, **kwargs) plus the framework's dtype / precision / rng arguments."""
+
+    def cache(self, batch: int, capacity: int, cfg: TransformerConfig, dtype: str) -> Any:
+        """An empty KV ring cache."""
+
+    def concat(self, arrays: list[Any], axis: int) -> Any: ...
+
+    def lm_forward(self, module: Any, codes: np.ndarray, capture: tuple[str, ...]) -> dict[str, Any]:
+        """LM outputs (text/audio logits and masks) plus "hidden" (L + 1, B, T, D) when captured."""
+
+
+def constructor_args(component: str, cfg: TransformerConfig) -> tuple[tuple, dict]:
+    if component == "flexible_linear":
+        layers, fan_in, fan_out = flexible_linear_shape(cfg)
+        return (fan_in, fan_out, layers), {}
+    if component == "rmsnorm":
+        return (cfg.dim,), {"eps": cfg.norm_eps}
+    if component == "rope":
+        return (cfg.head_dim,), {"theta": cfg.rope_theta, "layout": cfg.rope_layout}
+    return (cfg,), {}
+
+
+def call(component: str, module: Any, x: Any, positions: Any, layer_idx: Any, cfg: TransformerConfig) -> Any:
+    """Our calling convention, identical for ref and flax."""
+    if component == "flexible_linear":
+        return module(x, layer_idx=layer_idx)
+    if component == "rmsnorm":
+        return module(x)
+    if component == "gating_mlp":
+        return module(x, layer_idx=layer_idx if cfg.flexible else None)
+    if component == "rope":
+        return module(x, positions=positions)
+    return module(x, positions=positions, layer_idx=layer_idx if cfg.flexible else None)[0]
+
+
+def step_index(layer_idx: Any, t: int) -> Any:
+    """The layer_idx of step t when a flexible layer runs one position at a time."""
+    if layer_idx is None:
+        return t
+    if getattr(layer_idx, "ndim", 0) == 1:
+        return layer_idx[t : t + 1]
+    return layer_idx
+
+
+def decode_steps(backend: Backend, built: Built, x: Any, positions: Any, layer_idx: Any) -> Any:
+    """Runs an attention or decoder layer one position at a time through a KV ring cache."""
+    cfg = built.cfg
+    batch, length = x.shape[:2]
+    cache = backend.cache(batch, cfg.context or length, cfg, built.dtype)
+    outs = []
+    for t in range(length):
+        idx = step_index(layer_idx, t) if cfg.flexible else None
+        y, cache = built.module(x[:, t : t + 1], positions=positions[:, t : t + 1], layer_idx=idx, cache=cache)
+        outs.append(y)
+    return backend.concat(outs, 1)
+
+
+def layer_bindings(backend: Backend, *, options: dict[str, tuple]) -> dict[str, Binding]:
+    """One Binding per layer component; `options` are the framework's extra options of attention and layers."""
+
+    def binding(component: str) -> Binding:
+        weights = component != "rope"
+
+        def build(cfg: TransformerConfig, dtype: str, opts: dict) -> Any:
+            args, kwargs = constructor_args(component, cfg)
+            cls = backend.classes[component]
+            return backend.construct(cls, args, kwargs, dtype=dtype, options=opts, weights=weights)
+
+        def run(built: Built, inputs: Inputs, capture: tuple) -> Outputs:
+            a = native_inputs(inputs, built.dtype, backend.array)
+            if built.options.get("cached"):
+                y = decode_steps(backend, built, a["x"], a["positions"], a.get("layer_idx"))
+            else:
+                y = call(component, built.module, a["x"], a.get("positions"), a.get("layer_idx"), built.cfg)
+            return numpy_outputs({"y": y})
+
+        extra = {"cached": (True,), **options} if component in CACHED else {}
+        return Binding(build=build, run=run, options=extra, weights=weights)
+
+    return {component: binding(component) for component in LAYERS}
+
+
+def lm_binding(backend: Backend, *, options: dict[str, tuple]) -> Binding:
+    def build(cfg: Any, dtype: str, opts: dict) -> Any:
+        return backend.construct(backend.classes["lm"], (cfg,), {}, dtype=dtype, options=opts, weights=True)
+
+    def run(built: Built, inputs: Inputs, capture: tuple) -> Outputs:
+        return numpy_outputs(backend.lm_forward(built.module, np.asarray(inputs["codes"]), capture))
+
+    def temporal_layer(built: Built, inputs: Inputs, capture: tuple) -> Outputs:
+        a = native_inputs(inputs, built.dtype, backend.array)
+        batch, length = inputs["x"].shape[:2]
+        positions = backend.array(np.broadcast_to(np.arange(length), (batch, length)).copy())
+        return numpy_outputs({"y": built.module.layers[int(inputs["layer"])](a["x"], positions=positions)[0]})
+
+    def loss(built: Built, inputs: Inputs, capture: tuple) -> Outputs:
+        """The training loss of the forward of "codes" against "labels" (default: the codes themselves)."""
+        labels = inputs.get("labels", inputs["codes"])
+        output = built.module(backend.array(np.asarray(inputs["codes"])))
+        value, parts = backend.loss(output, backend.array(np.asarray(labels)))
+        return numpy_outputs({"loss": value, **parts})
+
+    entries = {"temporal_layer": temporal_layer, "loss": loss}
+    return Binding(build=build, run=run, entries=entries, options=options, captures=("hidden",))
