@@ -1,7 +1,8 @@
 """Config dataclasses for Moshi's transformers and LM, with presets traceable to upstream numbers.
 
-Field names follow kyutai where they exist (`n_q`, `dep_q`, `card`, `text_card`, `context`, `delays`); the adapters at
-the bottom turn a config into the keyword dictionaries the two upstreams take (HF `MoshiConfig`, kyutai `LMModel`).
+Field names follow kyutai where they exist (`n_q`, `dep_q`, `card`, `text_card`, `context`, `delays`). What the two
+upstreams take is derived elsewhere: kyutai `LMModel` kwargs and HF `MoshiConfig`s by the harness's adapters
+(parity/harness/adapters/kyutai.py, hf.py), and configs are read back from upstream files by converters/lm_config.py.
 """
 
 from __future__ import annotations

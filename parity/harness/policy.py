@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from parity.harness.adapters import LAYERS, PAIR_CLASSES
+
 
 @dataclass(frozen=True, kw_only=True)
 class Tolerance:
@@ -68,8 +70,7 @@ class Tolerance:
         return self.kl is not None
 
 
-OURS, UPSTREAM_OURS, UPSTREAM = "ours-ours", "upstream-ours", "upstream-upstream"
-LAYERS = ("flexible_linear", "rmsnorm", "gating_mlp", "rope", "attention", "decoder_layer")
+OURS, UPSTREAM_OURS, UPSTREAM = PAIR_CLASSES
 
 POLICY: dict[tuple[str, str, str], Tolerance] = {}
 

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from parity.harness.adapters.base import Adapter, Binding
 
+LAYERS = ("flexible_linear", "rmsnorm", "gating_mlp", "rope", "attention", "decoder_layer")
+"""The layer components of the layer-level suite (each adapter binds those it has; "lm" is the whole model)."""
 KINDS = ("upstream", "ours")
 PAIR_CLASSES = ("ours-ours", "upstream-ours", "upstream-upstream")
 WEIGHT_SOURCES = ("kyutai", "hf")

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from moshi_spec import LMConfig, TransformerConfig
+from parity.harness.adapters import LAYERS
 from parity.harness.adapters.base import (
     Binding,
     Built,
@@ -186,10 +187,7 @@ class HFAdapter(TorchAdapter):
     name = "hf"
     format = "hf"
     bindings: ClassVar = {
-        **{
-            c: Binding(build=_build_layer(c), run=_run_layer(c), weights=c != "rope")
-            for c in ("flexible_linear", "rmsnorm", "gating_mlp", "rope", "attention", "decoder_layer")
-        },
+        **{c: Binding(build=_build_layer(c), run=_run_layer(c), weights=c != "rope") for c in LAYERS},
         "lm": Binding(
             build=build_lm, run=run_lm, supports=lm_support, captures=("hidden",), options={"depth_mask": ("default",)}
         ),

@@ -13,6 +13,7 @@ import numpy as np
 
 from moshi_spec import LMConfig, TransformerConfig
 from moshi_spec.kyutai import dim_feedforward
+from parity.harness.adapters import LAYERS
 from parity.harness.adapters.base import (
     Binding,
     Built,
@@ -185,7 +186,8 @@ class KyutaiAdapter(TorchAdapter):
     bindings: ClassVar = {
         **{
             c: Binding(build=_build_layer(c), run=_run_layer(c), supports=layer_support(c), weights=c != "rope")
-            for c in ("rmsnorm", "gating_mlp", "rope", "attention", "decoder_layer")
+            for c in LAYERS
+            if c != "flexible_linear"  # kyutai has none standalone (per-step ModuleLists inside its layers)
         },
         "lm": Binding(
             build=build_lm,

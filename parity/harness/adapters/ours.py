@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from moshi_spec import TransformerConfig
+from parity.harness.adapters import LAYERS
 from parity.harness.adapters.base import (
     Binding,
     Built,
@@ -25,7 +26,6 @@ from parity.harness.adapters.base import (
     numpy_outputs,
 )
 
-LAYERS = ("flexible_linear", "rmsnorm", "gating_mlp", "rope", "attention", "decoder_layer")
 CACHED = ("attention", "decoder_layer")
 CLASS_NAMES = {
     "flexible_linear": "FlexibleLinear",
