@@ -9,7 +9,6 @@ import json
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -274,7 +273,9 @@ def test_summary_rows_are_the_report_matrix(tmp_path: Path, capsys: pytest.Captu
     assert "upstream-ours" in (tmp_path / "html" / "report.html").read_text()
 
 
-def test_5000_records_render_in_seconds(tmp_path: Path) -> None:
+def test_5000_records_render(tmp_path: Path) -> None:
+    """A suite-sized records file (with drift runs and a previous run) renders completely. Not timed: a wall-clock
+    bound in a test measures the machine's load, not the code (about 4 s on 2 cores, 2026-11-30)."""
     comps = ("attention", "rmsnorm", "rope", "gating_mlp", "flexible_linear", "decoder_layer")
     pairs = (("hf", "ref"), ("ref", "flax"), ("hf", "flax"), ("kyutai", "hf"))
     recs = []
@@ -285,10 +286,7 @@ def test_5000_records_render_in_seconds(tmp_path: Path) -> None:
     for k in range(8):
         recs.extend(_drift(pairs[k % 4], over_from=None if k % 2 else 2 + k % 3))
     src = _write(tmp_path / "r.jsonl", recs)
-    start = time.perf_counter()
     assert cli(["render", str(src), "-o", str(tmp_path / "html"), "--previous", str(src)]) == 0
-    elapsed = time.perf_counter() - start
-    assert elapsed < 10, f"rendering 5000 records took {elapsed:.1f} s"
     assert json.loads((tmp_path / "html" / "summary.json").read_text())["counts"]["total"] == 5000
 
 
