@@ -27,7 +27,7 @@ from parity.harness.strategies import Case, cases, configs
 # The worker of the out-of-process run imports this module for NumpyAdapter: nothing here imports torch or jax.
 
 
-def _build(cfg: Any, dtype: str, options: dict) -> dict[str, Any]:
+def _build(cfg: Any, dtype: str, options: dict, init: bool) -> dict[str, Any]:
     return {"weight": np.ones(cfg.dim, np.float32), "eps": cfg.norm_eps, "dtype": dtype}
 
 
@@ -105,8 +105,11 @@ def test_remote_errors_come_back_named():
 
 def test_bind_teaches_an_implementation_a_component_from_another_file():
     """A new component kind binds each implementation's build and run from its own module (docs/extending.md)."""
-    identity = Binding(build=lambda cfg, dtype, options: None, run=lambda built, inputs, capture: {"y": inputs["x"]},
-                       weights=False)  # fmt: skip
+    identity = Binding(
+        build=lambda cfg, dtype, options, init: None,
+        run=lambda built, inputs, capture: {"y": inputs["x"]},
+        weights=False,
+    )
     adapters.bind("numpy", "identity", identity)
     try:
         built = adapters.adapter("numpy").build("identity", CFG, dtype="float32")

@@ -87,7 +87,7 @@ def build(
         if label in models.built:
             continue
         adapter = adapters.adapter(spec)
-        built = adapter.build(component, cfg, dtype=dtype, options=spec.opts)
+        built = adapter.build(component, cfg, dtype=dtype, options=spec.opts, init=source is None)
         if source is not None:
             weights = models.states[source]
             state = converters.convert(weights, src=source, dst=adapter.format, cfg=cfg, component=component)

@@ -35,7 +35,8 @@ class Binding:
     """How one adapter builds and runs one component.
 
     Attributes:
-        build: (cfg, dtype name, options) -> the native module.
+        build: (cfg, dtype name, options, init) -> the native module; init=False: its weights need not be
+            initialised, they will be loaded (the Flax adapter then builds it abstractly: no random-init compiles).
         run: (built, inputs, capture) -> outputs; the "forward" entry (`Built` carries the module, config, dtype
             and options).
         entries: further entry points by name, same signature as `run` (e.g. the LM's "temporal_layer").
@@ -93,8 +94,11 @@ class Adapter:
         """Whether `component` has weights (rope has none: nothing to draw, convert or load)."""
         return self.binding(component).weights
 
-    def build(self, component: str, cfg: Any, *, dtype: str, options: Mapping[str, Any] | None = None) -> Built:
-        """A randomly initialised module of `component` for `cfg` in `dtype` ("float32" or "bfloat16").
+    def build(
+        self, component: str, cfg: Any, *, dtype: str, options: Mapping[str, Any] | None = None, init: bool = True
+    ) -> Built:
+        """A module of `component` for `cfg` in `dtype` ("float32" or "bfloat16"), randomly initialised unless `init`
+        is False (then only `load` may give it weights).
 
         Raises:
             ValueError: an unknown component, dtype or option value, or a config this implementation cannot build.
@@ -112,7 +116,7 @@ class Adapter:
         if reason:
             raise ValueError(f"{self.name} cannot build {component}: {reason}")
         impl = Impl(self.name, tuple(sorted(options.items())))
-        return Built(impl, component, cfg, dtype, binding.build(cfg, dtype, options))
+        return Built(impl, component, cfg, dtype, binding.build(cfg, dtype, options, init))
 
     def wrap(
         self, module: Any, component: str, cfg: Any, *, dtype: str, options: Mapping[str, Any] | None = None

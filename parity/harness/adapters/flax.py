@@ -32,7 +32,9 @@ class JaxBackend:
     classes: ClassVar[dict[str, type]] = ours.classes(models_flax, LM)
     loss = staticmethod(lm_loss)
 
-    def construct(self, cls: type, args: tuple, kwargs: dict, *, dtype: str, options: dict, weights: bool) -> Any:
+    def construct(
+        self, cls: type, args: tuple, kwargs: dict, *, dtype: str, options: dict, weights: bool, init: bool
+    ) -> Any:
         from flax import nnx
         from jax import lax
 
@@ -40,11 +42,17 @@ class JaxBackend:
             return cls(*args, **kwargs)
         dt = jax_dtype(dtype)
         kwargs = {**kwargs, "dtype": dt, "param_dtype": dt}
-        if cls is not models_flax.RMSNorm:
-            kwargs |= {"precision": lax.Precision.HIGHEST, "rngs": nnx.Rngs(0)}
+        linears = cls is not models_flax.RMSNorm  # everything but a norm has matmuls and random-init weights
+        if linears:
+            kwargs["precision"] = lax.Precision.HIGHEST
         if "attention" in options:
             kwargs["impl"] = options["attention"]
-        return cls(*args, **kwargs)
+
+        def make() -> Any:  # the Rngs are made inside: nnx.eval_shape traces the constructor
+            return cls(*args, **kwargs, **({"rngs": nnx.Rngs(0)} if linears else {}))
+
+        # init=False: the weights come from `load`, so skip the random init (a compile per parameter shape).
+        return make() if init else nnx.eval_shape(make)
 
     def dtype(self, name: str) -> Any:
         return jax_dtype(name)
@@ -90,6 +98,14 @@ class FlaxAdapter(Adapter):
         return flax_state(built.module)
 
     def load(self, built: Built, state: State) -> None:
+        """Loads the weights (into an abstract module too: every parameter is assigned, and nothing else is state)."""
+        import jax
+        from flax import nnx
+
         from converters import load_flax
 
         load_flax(built.module, state)
+        flat = nnx.to_flat_state(nnx.state(built.module))
+        empty = [".".join(map(str, p)) for p, v in flat if isinstance(v.get_value(), jax.ShapeDtypeStruct)]
+        if empty:
+            raise ValueError(f"flax {built.component}: state left without values after loading: {empty}")

@@ -53,7 +53,7 @@ def hf_config(cfg: TransformerConfig) -> Any:
 
 
 def _build_layer(component: str):
-    def build(cfg: TransformerConfig, dtype: str, options: dict) -> Any:
+    def build(cfg: TransformerConfig, dtype: str, options: dict, init: bool) -> Any:
         from transformers.models.moshi import modeling_moshi as hf
 
         config = hf_config(cfg)
@@ -144,7 +144,7 @@ def lm_support(cfg: LMConfig) -> str | None:
     return None
 
 
-def build_lm(cfg: LMConfig, dtype: str, options: dict) -> Any:
+def build_lm(cfg: LMConfig, dtype: str, options: dict, init: bool) -> Any:
     from transformers.models.moshi.modeling_moshi import MoshiForConditionalGeneration
 
     return MoshiForConditionalGeneration(lm_config(cfg)).to(torch_dtype(dtype)).eval()

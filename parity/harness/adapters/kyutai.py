@@ -66,7 +66,7 @@ def _layer_kwargs(cfg: TransformerConfig) -> dict[str, Any]:
 
 
 def _build_layer(component: str):
-    def build(cfg: TransformerConfig, dtype: str, options: dict) -> Any:
+    def build(cfg: TransformerConfig, dtype: str, options: dict, init: bool) -> Any:
         import torch
         from moshi.modules import gating, transformer
 
@@ -144,7 +144,7 @@ def lm_support(cfg: LMConfig) -> str | None:
     return None
 
 
-def build_lm(cfg: LMConfig, dtype: str, options: dict) -> Any:
+def build_lm(cfg: LMConfig, dtype: str, options: dict, init: bool) -> Any:
     from moshi.models.lm import LMModel
 
     return LMModel(**lm_kwargs(cfg)).to(torch_dtype(dtype)).eval()

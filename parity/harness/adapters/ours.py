@@ -55,8 +55,10 @@ class Backend(Protocol):
     def array(self, x: np.ndarray, dtype: str | None = None) -> Any:
         """A numpy array as a framework array, cast to `dtype` when given (else the same dtype)."""
 
-    def construct(self, cls: type, args: tuple, kwargs: dict, *, dtype: str, options: dict, weights: bool) -> Any:
-        """cls(*args, **kwargs) plus the framework's dtype / precision / rng arguments."""
+    def construct(
+        self, cls: type, args: tuple, kwargs: dict, *, dtype: str, options: dict, weights: bool, init: bool
+    ) -> Any:
+        """cls(*args, **kwargs) plus the framework's dtype / precision / rng arguments (init: see Binding.build)."""
 
     def cache(self, batch: int, capacity: int, cfg: TransformerConfig, dtype: str) -> Any:
         """An empty KV ring cache."""
@@ -119,10 +121,10 @@ def layer_bindings(backend: Backend, *, options: dict[str, tuple]) -> dict[str, 
     def binding(component: str) -> Binding:
         weights = component != "rope"
 
-        def build(cfg: TransformerConfig, dtype: str, opts: dict) -> Any:
+        def build(cfg: TransformerConfig, dtype: str, opts: dict, init: bool) -> Any:
             args, kwargs = constructor_args(component, cfg)
             cls = backend.classes[component]
-            return backend.construct(cls, args, kwargs, dtype=dtype, options=opts, weights=weights)
+            return backend.construct(cls, args, kwargs, dtype=dtype, options=opts, weights=weights, init=init)
 
         def run(built: Built, inputs: Inputs, capture: tuple) -> Outputs:
             a = native_inputs(inputs, built.dtype, backend.array)
@@ -139,8 +141,9 @@ def layer_bindings(backend: Backend, *, options: dict[str, tuple]) -> dict[str, 
 
 
 def lm_binding(backend: Backend, *, options: dict[str, tuple]) -> Binding:
-    def build(cfg: Any, dtype: str, opts: dict) -> Any:
-        return backend.construct(backend.classes["lm"], (cfg,), {}, dtype=dtype, options=opts, weights=True)
+    def build(cfg: Any, dtype: str, opts: dict, init: bool) -> Any:
+        lm = backend.classes["lm"]
+        return backend.construct(lm, (cfg,), {}, dtype=dtype, options=opts, weights=True, init=init)
 
     def run(built: Built, inputs: Inputs, capture: tuple) -> Outputs:
         return numpy_outputs(backend.lm_forward(built.module, np.asarray(inputs["codes"]), capture))

@@ -18,7 +18,9 @@ class TorchBackend:
     classes: ClassVar[dict[str, type]] = ours.classes(models_ref, LM)
     loss = staticmethod(lm_loss)
 
-    def construct(self, cls: type, args: tuple, kwargs: dict, *, dtype: str, options: dict, weights: bool) -> Any:
+    def construct(
+        self, cls: type, args: tuple, kwargs: dict, *, dtype: str, options: dict, weights: bool, init: bool
+    ) -> Any:
         if not weights:
             return cls(*args, **kwargs)
         return cls(*args, **kwargs, dtype=torch_dtype(dtype)).eval()

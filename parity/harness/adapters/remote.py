@@ -144,9 +144,9 @@ class RemoteAdapter(Adapter):
     def has_weights(self, component: str) -> bool:
         return self._call("has_weights", component=component)
 
-    def build(self, component: str, cfg: Any, *, dtype: str, options: dict | None = None) -> Built:
+    def build(self, component: str, cfg: Any, *, dtype: str, options: dict | None = None, init: bool = True) -> Built:
         options = dict(options or {})
-        handle = self._call("build", component=component, cfg=cfg, dtype=dtype, options=options)
+        handle = self._call("build", component=component, cfg=cfg, dtype=dtype, options=options, init=init)
         return Built(Impl(self.name, tuple(sorted(options.items()))), component, cfg, dtype, handle)
 
     def run(self, built: Built, inputs: Inputs, *, entry: str = "forward", capture: tuple[str, ...] = ()) -> Outputs:
@@ -185,7 +185,9 @@ def _handle(adapter: Adapter, built: dict[int, Built], op: str, args: dict) -> A
         return adapter.has_weights(args["component"])
     if op == "build":
         handle = len(built)
-        built[handle] = adapter.build(args["component"], args["cfg"], dtype=args["dtype"], options=args["options"])
+        built[handle] = adapter.build(
+            args["component"], args["cfg"], dtype=args["dtype"], options=args["options"], init=args["init"]
+        )
         return handle
     if op == "run":
         return adapter.run(built[args["handle"]], args["inputs"], entry=args["entry"], capture=tuple(args["capture"]))
