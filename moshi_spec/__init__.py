@@ -4,5 +4,15 @@ Imports neither torch nor jax, so every implementation (and a TPU user with only
 """
 
 from moshi_spec.config import ACTIVATIONS, ROPE_LAYOUTS, ZERO_TOKEN, LMConfig, TransformerConfig
+from moshi_spec.validation import ConfigError, ConfigTypeError, Problem
 
-__all__ = ["ACTIVATIONS", "ROPE_LAYOUTS", "ZERO_TOKEN", "LMConfig", "TransformerConfig"]
+__all__ = [
+    "ACTIVATIONS",
+    "ROPE_LAYOUTS",
+    "ZERO_TOKEN",
+    "ConfigError",
+    "ConfigTypeError",
+    "LMConfig",
+    "Problem",
+    "TransformerConfig",
+]

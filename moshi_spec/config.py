@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from moshi_spec.validation import Checker
+
 ACTIVATIONS = ("silu", "gelu", "relu", "sigmoid", "tanh")
 """Activation names every implementation knows; anything else is an error, never a fallback."""
 
@@ -26,20 +28,25 @@ ROPE_LAYOUTS = ("half", "interleaved")
 class TransformerConfig:
     """One stack of pre-norm decoder layers (Moshi's temporal or depth transformer).
 
+    Every field is checked at construction (and by `replace`); moshi_spec.validation states the type rule, the bounds
+    are given below, and all problems of one config are raised together in a ConfigError.
+
     Attributes:
-        dim: hidden size D.
-        num_heads: query heads H.
-        num_layers: decoder layers.
-        ffn_dim: output width of the MLP's first linear (HF `ffn_dim`): twice the gated hidden width.
-        head_dim: per-head width; defaults to dim // num_heads but may differ (HF allows it, kyutai does not).
-        num_kv_heads: key/value heads (grouped-query attention); defaults to num_heads.
+        dim: hidden size D (>= 1).
+        num_heads: query heads H (>= 1); must divide dim unless head_dim_override is given.
+        num_layers: decoder layers (>= 1).
+        ffn_dim: output width of the MLP's first linear (HF `ffn_dim`): twice the gated hidden width (even, >= 2).
+        head_dim_override: per-head width when it differs from dim // num_heads (HF allows it, kyutai does not);
+            None or >= 1, and even when rope is on (as is the derived head_dim).
+        num_kv_heads_override: key/value heads (grouped-query attention) when they differ from num_heads; None or a
+            divisor of num_heads.
         activation: gate activation, one of ACTIVATIONS.
-        norm_eps: RMSNorm epsilon (Moshi: 1e-8, inside the square root).
+        norm_eps: RMSNorm epsilon (Moshi: 1e-8, inside the square root); finite, >= 0.
         rope: whether attention applies rotary embeddings (the depth transformer does not).
-        rope_theta: rotary base (kyutai `max_period`).
+        rope_theta: rotary base (kyutai `max_period`); finite, > 1 (checked even when rope is off).
         rope_layout: pairing of rotary dimensions, one of ROPE_LAYOUTS; the weights must be laid out to match.
-        context: attention window: query at position p sees keys at p - context < k <= p. None: unbounded.
-        num_codebooks: weight sets of the per-codebook ("flexible") linears; 1 for the temporal transformer.
+        context: attention window: query at position p sees keys at p - context < k <= p. None (unbounded) or >= 1.
+        num_codebooks: weight sets of the per-codebook ("flexible") linears (>= 1); 1 for the temporal transformer.
         flexible: whether attention and MLP use one weight set per codebook (the depth transformer).
     """
 
@@ -59,31 +66,57 @@ class TransformerConfig:
     flexible: bool = False
 
     def __post_init__(self) -> None:
-        def need(cond: bool, msg: str) -> None:
-            if not cond:
-                raise ValueError(f"TransformerConfig: {msg}")
+        """Checks every field (types as moshi_spec.validation states, ranges) and the rules between them.
 
+        Raises:
+            ConfigError: a ValueError (a TypeError too when every problem is a wrong type) listing every problem.
+        """
+        c = Checker(self)
         for name in ("dim", "num_heads", "num_layers", "ffn_dim", "num_codebooks"):
-            need(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
-        need(self.ffn_dim % 2 == 0, f"ffn_dim must be even (gate and value halves), got {self.ffn_dim}")
-        need(self.activation in ACTIVATIONS, f"unknown activation {self.activation!r}; known: {ACTIVATIONS}")
-        need(self.rope_layout in ROPE_LAYOUTS, f"unknown rope_layout {self.rope_layout!r}; known: {ROPE_LAYOUTS}")
-        need(self.head_dim % 2 == 0 or not self.rope, f"rope needs an even head_dim, got {self.head_dim}")
-        need(
-            self.num_heads % self.num_kv_heads == 0,
-            f"num_heads {self.num_heads} not a multiple of num_kv_heads {self.num_kv_heads}",
-        )
-        need(self.context is None or self.context > 0, f"context must be positive or None, got {self.context}")
-        need(self.norm_eps >= 0, f"norm_eps must be >= 0, got {self.norm_eps}")
-        need(not self.flexible or self.num_codebooks >= 1, "flexible layers need num_codebooks >= 1")
+            c.integer(name)
+        for name in ("head_dim_override", "num_kv_heads_override", "context"):
+            c.integer(name, optional=True)
+        c.choice("activation", ACTIVATIONS)
+        c.choice("rope_layout", ROPE_LAYOUTS)
+        c.real("norm_eps", at_least=0.0)
+        c.real("rope_theta", above=1.0)
+        c.flag("rope")
+        c.flag("flexible")
+        if c.valid("ffn_dim"):
+            c.require(
+                "ffn_dim", self.ffn_dim % 2 == 0, f"ffn_dim must be even (gate and value halves), got {self.ffn_dim}"
+            )
+        heads, dim, override = self.num_heads, self.dim, self.head_dim_override
+        if c.valid("dim", "num_heads", "head_dim_override") and override is None:
+            c.require(
+                "num_heads",
+                dim % heads == 0,
+                f"dim {dim} is not divisible by num_heads {heads} (head_dim would be {dim / heads:g}); "
+                "give head_dim_override or another num_heads",
+            )
+        if c.valid("dim", "num_heads", "head_dim_override", "rope") and self.rope:
+            c.require(
+                "head_dim_override" if override is not None else "num_heads",
+                self.head_dim % 2 == 0,
+                f"rope needs an even head_dim, got {self.head_dim} "
+                + (f"(head_dim_override {override})" if override is not None else f"(dim {dim} // num_heads {heads})"),
+            )
+        kv = self.num_kv_heads_override
+        if c.valid("num_heads", "num_kv_heads_override") and kv is not None:
+            c.require(
+                "num_kv_heads_override",
+                heads % kv == 0,
+                f"num_heads {heads} is not a multiple of num_kv_heads_override {kv}",
+            )
+        c.raise_if_any()
 
     @property
     def head_dim(self) -> int:
-        return self.head_dim_override or self.dim // self.num_heads
+        return self.dim // self.num_heads if self.head_dim_override is None else self.head_dim_override
 
     @property
     def num_kv_heads(self) -> int:
-        return self.num_kv_heads_override or self.num_heads
+        return self.num_heads if self.num_kv_heads_override is None else self.num_kv_heads_override
 
     @property
     def q_dim(self) -> int:
@@ -117,16 +150,18 @@ class TransformerConfig:
 class LMConfig:
     """The Moshi LM: a temporal transformer over frames and a depth transformer over codebooks.
 
+    Checked at construction like TransformerConfig; the stacks are checked against the LM's sizes.
+
     Attributes:
-        temporal: the temporal transformer (rope, context window).
+        temporal: the temporal transformer (rope, context window); not flexible.
         depth: the depth transformer (no positional encoding, one weight set per codebook, no context window: kyutai's
-            LMModel overrides depformer_context with None).
-        n_q: audio streams fed to the temporal transformer (Moshi's dep_q and the user's).
-        dep_q: audio codebooks Moshi predicts (depth steps after the text step).
-        card: audio codebook size; id `card` is the initial audio token.
-        text_card: text vocabulary size; id `text_card` is the initial text token.
-        delays: per-stream delays, text first (1 + n_q entries).
-        existing_text_padding_id: kyutai's text padding id.
+            LMModel overrides depformer_context with None); flexible with num_codebooks == dep_q.
+        n_q: audio streams fed to the temporal transformer (Moshi's dep_q and the user's); >= 1.
+        dep_q: audio codebooks Moshi predicts (depth steps after the text step); 1 <= dep_q <= n_q.
+        card: audio codebook size (>= 1); id `card` is the initial audio token.
+        text_card: text vocabulary size (>= 1); id `text_card` is the initial text token.
+        delays: per-stream delays, text first: a tuple of 1 + n_q ints >= 0.
+        existing_text_padding_id: kyutai's text padding id, a text token: 0 <= id < text_card.
     """
 
     temporal: TransformerConfig
@@ -139,15 +174,50 @@ class LMConfig:
     existing_text_padding_id: int = 3
 
     def __post_init__(self) -> None:
-        if len(self.delays) != 1 + self.n_q:
-            raise ValueError(f"LMConfig: delays has {len(self.delays)} entries, expected 1 + n_q = {1 + self.n_q}")
-        if self.dep_q > self.n_q:
-            raise ValueError(f"LMConfig: dep_q {self.dep_q} exceeds n_q {self.n_q}")
-        if not self.depth.flexible or self.depth.num_codebooks != self.dep_q:
-            raise ValueError(
-                f"LMConfig: depth must be flexible with num_codebooks == dep_q ({self.dep_q}), "
-                f"got flexible={self.depth.flexible}, num_codebooks={self.depth.num_codebooks}"
+        """Checks every field, the delays entry by entry, and the two stacks against the LM's sizes.
+
+        Raises:
+            ConfigError: a ValueError (a TypeError too when every problem is a wrong type) listing every problem.
+        """
+        c = Checker(self)
+        for name in ("temporal", "depth"):
+            if not isinstance(c.value(name), TransformerConfig):
+                c.wrong_type(name, "a TransformerConfig")
+        for name in ("n_q", "dep_q", "card", "text_card"):
+            c.integer(name)
+        c.integer("existing_text_padding_id", minimum=0)
+        c.integers("delays", minimum=0)
+        pad, n_q, dep_q = self.existing_text_padding_id, self.n_q, self.dep_q
+        if c.valid("existing_text_padding_id", "text_card"):
+            c.require(
+                "existing_text_padding_id",
+                pad < self.text_card,
+                f"existing_text_padding_id must be a text token (< text_card {self.text_card}), got {pad}",
             )
+        if c.valid("delays", "n_q"):
+            c.require(
+                "delays",
+                len(self.delays) == 1 + n_q,
+                f"delays has {len(self.delays)} entries {self.delays}, expected 1 + n_q = {1 + n_q}",
+            )
+        if c.valid("n_q", "dep_q"):
+            c.require("dep_q", dep_q <= n_q, f"dep_q {dep_q} exceeds n_q {n_q}")
+        if c.valid("temporal"):
+            c.require(
+                "temporal.flexible",
+                not self.temporal.flexible,
+                "temporal.flexible must be False (the LM runs its temporal layers without layer_idx), got True",
+            )
+        if c.valid("depth"):
+            c.require(
+                "depth.flexible",
+                self.depth.flexible,
+                "depth.flexible must be True (a weight set per codebook), got False",
+            )
+        if c.valid("depth", "dep_q"):
+            k = self.depth.num_codebooks
+            c.require("depth.num_codebooks", k == dep_q, f"depth.num_codebooks {k} must equal dep_q {dep_q}")
+        c.raise_if_any()
 
     @property
     def initial_audio_token(self) -> int:
