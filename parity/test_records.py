@@ -147,9 +147,8 @@ def test_one_line_per_emit(run, pytester: pytest.Pytester, workers: str) -> None
     assert all(r["hypothesis_profile"] for r in hyp)
     assert {r["worker"] for r in recs} == ({"gw0", "gw1"} if workers == "2" else {"master"})
 
-    result.stdout.fnmatch_lines(
-        [f"parity records: 25 comparisons (22 pass, 1 fail, 1 negative controls, 1 expected divergences) -> {path}"]
-    )
+    counts = "25 comparisons (22 pass, 1 fail, 1 negative controls, 1 expected divergences); 25 records"
+    result.stdout.fnmatch_lines([f"parity records: {counts} -> {path}"])
     meta = json.loads(recordfile.meta_path(path).read_text())
     assert meta["exitstatus"] == 1
     assert meta["workers"] == (2 if workers == "2" else 0)
@@ -185,7 +184,7 @@ def test_after():
     assert crashes[0]["worker"].startswith("gw")
     passed = {r["node_id"] for r in recs if r["verdict"] == "pass"}
     assert passed == {"test_generated.py::test_before", "test_generated.py::test_after"}
-    result.stdout.fnmatch_lines(["parity records: 2 comparisons (2 pass, *), 1 worker crash -> *"])
+    result.stdout.fnmatch_lines(["parity records: 2 comparisons (2 pass, *), 1 worker crash; 3 records -> *"])
     assert json.loads(recordfile.meta_path(path).read_text())["crashed_workers"] == [crashes[0]["worker"]]
 
 
@@ -336,6 +335,7 @@ def test_crash_record_and_summary() -> None:
     ]
     assert analysis.count(rows) == {
         "total": 6,
+        "comparisons": 5,
         "pass": 1,
         "fail": 1,
         "controls": 2,

@@ -10,11 +10,12 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from reports import analysis, recordfile, records
+from reports import analysis, plugin, recordfile, records
 from reports.__main__ import main as cli
 from reports.schema import SCHEMA_VERSION
 from reports.validate import validate
@@ -89,7 +90,9 @@ def _drift(pair: tuple[str, str] = ("kyutai", "flax"), *, over_from: int | None 
     return out
 
 
-def _fixture() -> list[dict[str, Any]]:
+def _fixture(*, crash: bool = True) -> list[dict[str, Any]]:
+    """Records of every kind: passes, a control, an expected divergence, a failing hypothesis test with 2 shrink
+    attempts, two whole-model drift runs and (unless `crash` is False) a worker crash."""
     shrink = [
         _rec("attention", verdict="fail", max_abs=m, node_id="parity/test_attention.py::test_h", hypothesis=h)
         for m, h in (
@@ -98,10 +101,7 @@ def _fixture() -> list[dict[str, Any]]:
             (2e-4, {"is_final": True, "reproduce": "@reproduce_failure('6', b'FINAL')"}),
         )
     ]
-    crash = records.crash_record(
-        node_id="parity/test_rope.py::test_crash", worker="gw1", failures=["worker 'gw1' died"]
-    )
-    return [
+    out = [
         _rec("rmsnorm"),
         _rec("rmsnorm", pair=("hf", "ref"), max_abs=3e-7),
         _rec("rmsnorm", control="eps_1e-5", verdict="fail", max_abs=1e-2),
@@ -109,8 +109,10 @@ def _fixture() -> list[dict[str, Any]]:
         *shrink,
         *_drift(),
         *_drift(("ref", "flax"), over_from=None),
-        crash,
     ]
+    if crash:
+        out.append(records.crash_record(node_id="parity/test_rope.py::test_crash", worker="gw1", failures=["gw1 died"]))
+    return out
 
 
 def _write(path: Path, recs: list[dict[str, Any]], *, extra_lines: tuple[str, ...] = ()) -> Path:
@@ -136,7 +138,7 @@ def test_render_fixture(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 
     s = json.loads((tmp_path / "html" / "summary.json").read_text())
     assert s["counts"]["total"] == len(_fixture()) and s["counts"]["worker_crash"] == 1
-    assert s["counted_after_hypothesis_dedupe"] == len(_fixture()) - 2
+    assert s["counts"]["comparisons"] == len(_fixture()) - 3  # less the 2 shrink attempts and the crash
     cells = {(m["component"], m["pair"], m["dtype"]): m for m in s["matrix"]}
     assert cells[("rmsnorm", "hf->flax", "float32")]["status"] == "pass"
     assert cells[("rmsnorm", "hf->flax", "float32")]["controls"] == 1
@@ -154,7 +156,14 @@ def test_render_fixture(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert s["worst"]["attention"][0]["reproduce"] == "@reproduce_failure('6', b'FINAL')"
     assert s["expected_divergences"][0]["reason"] == "HF ignores the theta override"
     assert s["worker_crashes"][0]["node_id"] == "parity/test_rope.py::test_crash"
-    assert s["environment"]["hypothesis_profiles"] == [PROFILE]
+    env = s["environment"]  # the crash record's context is the controller's (no device): not a variant of the run
+    assert (env["platforms"], env["versions"], env["workers"]) == (
+        [_rec()["platform"]],
+        [_rec()["versions"]],
+        ["gw0", "gw1"],
+    )
+    assert "(variant" not in html
+    assert env["hypothesis_profiles"] == [PROFILE]
     assert s["environment"]["run"]["duration_s"] == 1.5
     assert s["previous"] is None
 
@@ -174,41 +183,167 @@ def test_malformed_lines_are_reported_and_skipped(tmp_path: Path, capsys: pytest
     assert "malformed record line(s) skipped" in (tmp_path / "html" / "report.html").read_text()
 
 
-def test_diff_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    old = _write(tmp_path / "old.jsonl", _fixture())
-    assert cli(["diff", str(old), str(old)]) == 0
+NODE = "parity/test_rmsnorm.py::test_parity[hf-ref-float32]"
+GONE = f"{NODE} [rmsnorm hf->ref float32]"
+CRASH = "parity/test_rope.py::test_crash (worker gw1)"
 
-    def run_with(changed: dict[str, Any], factor: str = "2.0") -> int:
-        recs = [changed if r["node_id"] == changed["node_id"] and r["layer"] is None else r for r in _fixture()]
-        return cli(["diff", str(old), str(_write(tmp_path / "new.jsonl", recs)), "--factor", factor])
 
-    node = "parity/test_rmsnorm.py::test_parity[hf-ref-float32]"
-    assert run_with(_rec("rmsnorm", pair=("hf", "ref"), max_abs=9e-7, node_id=node)) == 1  # 3x, above the floor
-    assert "REGRESSION max_abs_rms: 3e-07 -> 9e-07" in capsys.readouterr().out
-    assert run_with(_rec("rmsnorm", pair=("hf", "ref"), max_abs=9e-7, node_id=node), factor="4") == 0
-    assert run_with(_rec("rmsnorm", pair=("hf", "ref"), max_abs=4e-7, node_id=node)) == 0  # 1.3x
-    assert run_with(_rec("rmsnorm", pair=("hf", "ref"), max_abs=1e-5 * 0.5e-3, node_id=node)) == 0  # under the floor
-    assert run_with(_rec("rmsnorm", pair=("hf", "ref"), max_abs=float("nan"), node_id=node)) == 1
-    capsys.readouterr()
-    assert run_with(_rec("rmsnorm", pair=("hf", "ref"), verdict="fail", max_abs=5e-7, node_id=node)) == 1
-    assert "NEW FAILURE (was pass)" in capsys.readouterr().out
-    # a previous run adds its section to the page
-    new = _write(tmp_path / "new.jsonl", [*_fixture(), _rec("gating_mlp", verdict="fail", max_abs=1.0)])
-    assert cli(["render", str(new), "-o", str(tmp_path / "html"), "--previous", str(old)]) == 0
-    assert 'id="previous"' in (tmp_path / "html" / "report.html").read_text()
+def _runs(tmp_path: Path) -> dict[str, Path]:
+    """Records of a previous run ("old") and of later runs: its hf->ref rmsnorm comparison (3e-7) changed, lost, a
+    worker crashed, nothing recorded."""
+    recs = _fixture(crash=False)
+
+    def changed(**kw: Any) -> list[dict[str, Any]]:
+        return [_rec("rmsnorm", pair=("hf", "ref"), node_id=NODE, **kw) if r["node_id"] == NODE else r for r in recs]
+
+    runs = {
+        "old": recs,
+        "x3": changed(max_abs=9e-7),
+        "x1.3": changed(max_abs=4e-7),
+        "under_floor": changed(max_abs=1e-5 * 0.5e-3),  # 3e-7 -> 5e-9: below 1% of the budget
+        "nan": changed(max_abs=float("nan")),
+        "fails": changed(verdict="fail", max_abs=5e-7),
+        "removed": [r for r in recs if r["node_id"] != NODE],
+        "crashed": _fixture(),
+        "empty": [],
+    }
+    return {name: _write(tmp_path / f"{name}.jsonl", rs) for name, rs in runs.items()}
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "flags", "status", "says"),
+    [
+        ("old", "old", [], 0, "gate: pass"),
+        ("old", "x3", [], 1, f"REGRESSION max_abs_rms: 3e-07 -> 9e-07 (x3, budget 1e-05) {GONE}"),
+        ("old", "x3", ["--factor", "4"], 0, "gate: pass"),
+        ("old", "x1.3", [], 0, "gate: pass"),
+        ("old", "under_floor", [], 0, "gate: pass"),
+        ("old", "nan", [], 1, f"REGRESSION max_abs_rms: 3e-07 -> NaN (xInfinity, budget 1e-05) {GONE}"),
+        ("old", "fails", [], 1, f"NEW FAILURE (was pass): {GONE}"),
+        ("old", "removed", [], 1, f"REMOVED: {GONE} (was pass)"),
+        ("old", "removed", ["--allow-removed"], 0, f"removed (allowed): {GONE} (was pass)"),
+        ("old", "crashed", [], 1, f"WORKER CRASH: {CRASH}"),
+        ("old", "crashed", ["--allow-crashes"], 0, f"worker crash (allowed): {CRASH}"),
+        ("old", "empty", ["--allow-removed"], 1, "NO COMPARISONS: the new run recorded none"),
+        ("empty", "empty", [], 1, "NO COMPARISONS: the new run recorded none"),
+    ],
+)
+def test_diff_gate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], old: str, new: str, flags: list[str], status: int, says: str
+) -> None:
+    """A metric grown beyond the factor (and above the floor), a new failure, a comparison that disappeared and a
+    worker crash fail the gate, each named; a flag allows the last two; a run that recorded nothing fails it whatever
+    the flags (lost comparisons, crashes and empty runs once exited 0)."""
+    runs = _runs(tmp_path)
+    assert cli(["diff", str(runs[old]), str(runs[new]), *flags]) == status
+    out = capsys.readouterr().out.splitlines()
+    assert says in out
+    assert out[-1].startswith("gate: FAIL (" if status else "gate: pass")
+
+
+def test_page_names_what_the_gate_found(tmp_path: Path) -> None:
+    """The page's "since previous run" section and summary.json name new failures, removed comparisons and crashes."""
+    runs = _runs(tmp_path)
+    lost = [r for r in _fixture() if r["node_id"] != NODE] + [_rec("gating_mlp", verdict="fail", max_abs=1.0)]
+    new = _write(tmp_path / "lost.jsonl", lost)
+    assert cli(["render", str(new), "-o", str(tmp_path / "html"), "--previous", str(runs["old"])]) == 0
     prev = json.loads((tmp_path / "html" / "summary.json").read_text())["previous"]
+    assert [r["key"] for r in prev["removed"]] == [GONE] and [r["key"] for r in prev["crashes"]] == [CRASH]
     assert len(prev["new_failures"]) == 1 and "gating_mlp" in prev["new_failures"][0]["key"]
+    assert prev["failing"] == ["new_failures", "removed", "crashes"]
+    section = (tmp_path / "html" / "report.html").read_text().split('id="previous"')[1].split('id="matrix"')[0]
+    assert GONE.replace(">", "&gt;") in section and CRASH in section and "gate: <b>FAIL</b>" in section
 
 
-def test_nonfinite_metrics_render(tmp_path: Path) -> None:
-    recs = [_rec("logits", verdict="fail", max_abs=float("inf")), *_drift()]
-    recs[-1]["metrics"]["max_abs"] = "NaN"  # as emit() writes non-finite values
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["summary", "{missing}"], "{missing}: No such file or directory"),
+        (["summary", "{config}"], "{config}: no parity record in 4 non-blank line(s); line 1: not JSON"),
+        (["render", "{missing}", "-o", "{out}"], "{missing}: No such file or directory"),
+        (["render", "{good}", "--previous", "{config}", "-o", "{out}"], "{config}: no parity record"),
+        (["render", "{good}", "-o", "{good}/html"], "{good}/html: Not a directory"),
+        (["diff", "{missing}", "{good}"], "{missing}: No such file or directory"),
+        (["diff", "{good}", "{config}"], "{config}: no parity record"),
+    ],
+)
+def test_input_errors_are_one_line_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], says: str
+) -> None:
+    """A missing file, a file that holds no record (a config file) or an unwritable output: one line, exit 1."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"preset": "tiny", "dim": 32}, indent=1))
+    paths = {"good": _write(tmp_path / "r.jsonl", [_rec()]), "config": config, "missing": tmp_path / "missing.jsonl"}
+    paths["out"] = tmp_path / "html"
+    assert cli([a.format(**paths) for a in argv]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"python -m reports {argv[0]}: error: {says.format(**paths)}") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["diff", "a", "b", "--factor", "0.5"],
+        ["render", "a", "--previous", "b", "--factor", "1"],
+        ["diff", "a", "b", "--floor", "-1"],
+        ["summary"],
+        ["nonsense"],
+    ],
+)
+def test_usage_errors_are_one_line_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("python -m reports") and err.count("\n") == 1, err
+
+
+def test_one_count_in_every_view(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The terminal line, the summary, the page and summary.json state a run's counts in one sentence
+    (`analysis.headline`): shrink attempts and crashes are named beside the comparisons, never among them (the terminal
+    line once counted every shrink attempt as a comparison)."""
+    recs = _fixture()
     src = _write(tmp_path / "r.jsonl", recs)
+    counts = analysis.count(recs)
+    line = analysis.headline(counts)
+    assert line == (
+        f"{len(recs) - 3} comparisons (23 pass, 4 fail, 1 negative controls, 1 expected divergences), "
+        f"1 worker crash, 2 hypothesis shrink attempts not counted; {len(recs)} records"
+    )
+    writer = plugin.RecordsWriter(SimpleNamespace(), src)
+    writer.counts, writer._finished = counts, True
+    shown: list[str] = []
+    writer.pytest_terminal_summary(SimpleNamespace(write_line=lambda text, **_: shown.append(text)))
+    assert shown == [f"parity records: {line} -> {src.resolve()}"]
+    assert cli(["summary", str(src)]) == 0
+    assert f"{line} from {src.resolve()}" in capsys.readouterr().out.splitlines()
     assert cli(["render", str(src), "-o", str(tmp_path / "html")]) == 0
     s = json.loads((tmp_path / "html" / "summary.json").read_text())
-    worst = {m["component"]: m["worst"] for m in s["matrix"]}
-    assert worst == {"logits": "Infinity", "lm_hidden": "NaN"}
-    assert analysis.num("NaN") != analysis.num("NaN")
+    assert (s["headline"], s["counts"]) == (line, counts)
+    assert line in (tmp_path / "html" / "report.html").read_text()
+
+
+def test_no_number_reads_the_same_in_every_view(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """NaN, Infinity and "no number" read the same (`analysis.text`) in the summary, the diff and the page: the records'
+    names and "-", never Python's "nan"/"inf" nor a zero."""
+    xdiv = _rec("rope", verdict="expected_divergence", expected_divergence="theta", max_abs=0.2)  # no worst in its cell
+    old = _write(tmp_path / "old.jsonl", [_rec("logits", max_abs=1e-7), _rec("lm_hidden"), xdiv])
+    inf = _nonfinite(_rec("lm_hidden", verdict="fail"), "Infinity")
+    new = _write(tmp_path / "new.jsonl", [_nonfinite(_rec("logits", verdict="fail"), "NaN"), inf, xdiv])
+
+    assert cli(["summary", str(new)]) == 0
+    worst = {line.split()[0]: line.split()[-1] for line in capsys.readouterr().out.splitlines()[1:4]}
+    assert worst == {"logits": "NaN", "lm_hidden": "Infinity", "rope": "-"}
+    assert cli(["diff", str(old), str(new)]) == 1
+    diff_text = capsys.readouterr().out
+    assert "REGRESSION max_abs_rms: 1e-07 -> Infinity (xInfinity, budget 1e-05)" in diff_text  # NaN: test_diff_gate
+    assert cli(["render", str(new), "-o", str(tmp_path / "html"), "--previous", str(old)]) == 0
+    s = json.loads((tmp_path / "html" / "summary.json").read_text())
+    assert {m["component"]: m["worst"] for m in s["matrix"]} == {"logits": "NaN", "lm_hidden": "Infinity", "rope": None}
+    html = (tmp_path / "html" / "report.html").read_text()
+    assert '<td class="n">NaN</td><td class="n">Infinity</td>' in html  # a regression row: new, ratio
+    assert re.search(r"<td>rope</td>.*<td class=\"n\">-</td></tr>", html)  # the matrix row's worst
+    for shown in (diff_text, html):
+        assert not re.search(r"(?<![A-Za-z])(nan|inf)(?![A-Za-z])", shown)
 
 
 def _nonfinite(r: dict[str, Any], name: str) -> dict[str, Any]:
@@ -228,7 +363,8 @@ def test_summary_rows_are_the_report_matrix(tmp_path: Path, capsys: pytest.Captu
         _rec("logits", pair=("kyutai", "flax"), control="unscaled", pair_class="upstream-ours"),  # passed: a bug
     ]
     recs = [*_fixture(), *logits]  # + hypothesis shrink attempts, a worker crash, records without pair_class
-    src = _write(tmp_path / "r.jsonl", recs, extra_lines=('{"verdict": "pass", "comp\n',))
+    bad = ('{"verdict": "pass", "comp\n', "[1, 2]\n", '{"preset": "tiny", "dim": 32}\n')  # cut off; JSON, no record
+    src = _write(tmp_path / "r.jsonl", recs, extra_lines=bad)
 
     assert cli(["summary", str(src)]) == 0
     text = capsys.readouterr().out.splitlines()
@@ -266,10 +402,13 @@ def test_summary_rows_are_the_report_matrix(tmp_path: Path, capsys: pytest.Captu
         + sum(c[k] for k in ("pass", "fail", "controls", "expected_divergence"))
     )
     assert (c["shrink_attempts"], c["worker_crash"]) == (2, 1)
-    assert text[end].startswith(f"{len(recs)} records from ")
-    assert "1 worker crash(es)" in text[end] and "2 hypothesis shrink attempt(s) not counted" in text[end]
-    assert text[end + 1 :] == [f"{src}:{len(recs) + 1}: skipped malformed line: {s['malformed_lines'][0]['problem']}"]
-    assert s["malformed_lines"][0]["problem"].startswith("not JSON")
+    assert text[end] == f"{s['headline']} from {src.resolve()}"
+    problems = [m["problem"] for m in s["malformed_lines"]]
+    warnings = [f"{src}:{len(recs) + i}: skipped malformed line: {p}" for i, p in enumerate(problems, 1)]
+    assert text[end + 1 :] == [f"worker crash: {CRASH}", *warnings]  # the crashed test by name
+    assert problems[0] == "not JSON: Unterminated string starting at column 21"  # once read "starting at at column"
+    assert problems[1] == "not a parity record: record is a list, not a dict"
+    assert problems[2].startswith("not a parity record: missing field 'schema'")
     assert "upstream-ours" in (tmp_path / "html" / "report.html").read_text()
 
 

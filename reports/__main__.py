@@ -2,37 +2,58 @@
 
 python -m reports summary RECORDS.jsonl     text matrix: component x pair x dtype (pass / fail / controls / ...)
 python -m reports render RECORDS.jsonl -o DIR [--previous OLD.jsonl]   report.html + summary.json (reports/render.py)
-python -m reports diff OLD.jsonl NEW.jsonl [--factor 2.0] [--floor 0.01]   metric regressions; exits 1 on any
-    (reports/diff.py)
+python -m reports diff OLD.jsonl NEW.jsonl [--factor 2.0] [--floor 0.01] [--allow-removed] [--allow-crashes]
+    the run-to-run gate: metric regressions, new failures, removed comparisons, worker crashes (reports/diff.py)
 
-All three read records with `reports.recordfile.read` and aggregate them with `reports.analysis`; summary and render
-exit 0 whatever the verdicts, diff exits 1 on a regression or a new failure.
+All three read records with `reports.recordfile.read` and aggregate them with `reports.analysis`. A malformed line is
+reported by number and skipped.
+
+Exit status:
+    0  done: summary and render whatever the verdicts; diff when the gate passes.
+    1  diff's gate failed, or an input error: a records file that cannot be read, a file with lines but no record
+       (a config file), an output directory that cannot be written.
+    2  a usage error: an unknown command or option, a missing argument, --factor <= 1, --floor < 0.
+Errors are one line on stderr, `python -m reports COMMAND: error: ...`, without a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from typing import NoReturn
 
-from reports import diff, render
-from reports.summary import render_text
+from reports import diff, recordfile, render, summary
+
+COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {
+    "summary": (summary.add_arguments, summary.main, "print the text summary of a records file"),
+    "render": (render.add_arguments, render.main, "write the HTML report and summary.json"),
+    "diff": (diff.add_arguments, diff.main, "the run-to-run gate; exits 1 when it fails"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error (exit 2): the message and where to read the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs one command; returns its exit status."""
-    parser = argparse.ArgumentParser(prog="python -m reports")
+    """Runs one command; returns its exit status (a usage error exits 2 from argument parsing)."""
+    parser = _Parser(prog="python -m reports")
     sub = parser.add_subparsers(dest="command", required=True)
-    summary = sub.add_parser("summary", help="print the text summary of a records file")
-    summary.add_argument("records")
-    render.add_arguments(sub.add_parser("render", help="write the HTML report and summary.json"))
-    diff.add_arguments(sub.add_parser("diff", help="per-metric regressions between two runs; exits 1 on any"))
+    for name, (add_arguments, _, help_) in COMMANDS.items():
+        add_arguments(sub.add_parser(name, help=help_))
     args = parser.parse_args(argv)
-    if args.command == "summary":
-        print(render_text(args.records))
-        return 0
-    if args.command == "render":
-        return render.main(args)
-    return diff.main(args)
+    try:
+        return COMMANDS[args.command][1](args)
+    except OSError as e:
+        problem = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
+    except recordfile.NoRecords as e:
+        problem = str(e)
+    print(f"{parser.prog} {args.command}: error: {problem}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ diff and the plugin's closing counts.
   NaN worst of all (no number at all), then infinity.
 - `classify()` / `count()`: the disjoint classes pass, fail, controls (negative controls, whatever their verdict),
   expected_divergence and worker_crash, plus controls_not_failing (controls that passed: a porting bug the suite no
-  longer catches).
+  longer catches); `headline()` states them in the one sentence the terminal line, the summary, the page and
+  summary.json all print.
+- `text()`: how every view writes a metric, NaN, infinity and "no number" included.
 - `matrix()`: one row per component x pair x dtype with those counts and the worst normalized error.
 
 The remaining functions are the HTML report's further sections: worst cases, per-layer drift, expected divergences,
@@ -67,14 +69,34 @@ def _tally(counts: dict[str, int], r: Record) -> None:
 
 def count(records: Iterable[Record]) -> dict[str, int]:
     """Class counts of a run: `total` records; per `classify` class the counted ones (see `counted`);
-    `controls_not_failing` among the controls; and the `shrink_attempts` not counted. total = shrink_attempts + pass +
-    fail + controls + expected_divergence + worker_crash."""
+    `controls_not_failing` among the controls; the `shrink_attempts` not counted; and `comparisons`, the counted
+    records that compared something: pass + fail + controls + expected_divergence. total = comparisons + worker_crash
+    + shrink_attempts."""
     records = list(records)
     kept = counted(records)
-    counts = {"total": len(records), **_CELL_COUNTS, "worker_crash": 0, "shrink_attempts": len(records) - len(kept)}
+    counts = {"total": len(records), "comparisons": 0, **_CELL_COUNTS, "worker_crash": 0}
     for r in kept:
         _tally(counts, r)
+    counts["comparisons"] = len(kept) - counts["worker_crash"]
+    counts["shrink_attempts"] = len(records) - len(kept)
     return counts
+
+
+def headline(counts: Mapping[str, int]) -> str:
+    """A run's `count` in the one sentence every view prints: the comparisons by class, then the records that are not
+    comparisons (worker crashes, and the shrink attempts of failing hypothesis tests, which `counted` drops), then
+    the total, e.g. "29 comparisons (25 pass, 2 fail, 1 negative controls, 1 expected divergences), 1 worker crash,
+    2 hypothesis shrink attempts not counted; 32 records"."""
+    c = counts
+    line = (
+        f"{c['comparisons']} comparisons ({c['pass']} pass, {c['fail']} fail, {c['controls']} negative controls, "
+        f"{c['expected_divergence']} expected divergences)"
+    )
+    if c["worker_crash"]:
+        line += f", {c['worker_crash']} worker crash{'es' if c['worker_crash'] != 1 else ''}"
+    if c["shrink_attempts"]:
+        line += f", {c['shrink_attempts']} hypothesis shrink attempts not counted"
+    return f"{line}; {c['total']} records"
 
 
 def num(x: Any) -> float | None:
@@ -99,8 +121,8 @@ def normalized(r: Record, metric: str = "max_abs") -> float | None:
 
 
 def text(x: float | None, spec: str) -> str:
-    """A metric as the views print it: "-" when unknown, the records' names ("NaN", "Infinity") when non-finite, else
-    formatted with `spec` (".3g", ".2e")."""
+    """A metric as every view prints it (summary, diff, page): "-" when there is no number, the records' names ("NaN",
+    "Infinity", "-Infinity") when non-finite, else formatted with `spec` (".3g", ".2e")."""
     if x is None:
         return "-"
     shown = json_number(x)
@@ -257,13 +279,16 @@ def controls(records: Iterable[Record]) -> list[dict[str, Any]]:
 
 
 def environment(records: Iterable[Record], meta: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Versions, platforms and hypothesis profiles found in the records (all distinct values), plus the run's sidecar
-    `meta` (start, end, duration, exit status, workers, ...; see `reports.plugin`)."""
+    """Versions, platforms and hypothesis profiles found in the comparison records (all distinct values), the workers
+    of all records, plus the run's sidecar `meta` (start, end, duration, exit status, workers, ...; see
+    `reports.plugin`). A crash record's context is the controller's, which computed nothing (no device, often no jax):
+    it is not a variant of the environment the numbers came from."""
     records = list(records)
+    compared = [r for r in records if classify(r) != "worker_crash"]
 
     def distinct(field_: str) -> list[Any]:
         seen: dict[str, Any] = {}
-        for r in records:
+        for r in compared:
             v = r.get(field_)
             seen.setdefault(json.dumps(v, sort_keys=True), v)
         return list(seen.values())
@@ -283,3 +308,8 @@ def environment(records: Iterable[Record], meta: Mapping[str, Any] | None) -> di
 def crashes(records: Iterable[Record]) -> list[Record]:
     """The worker crash records."""
     return [r for r in records if classify(r) == "worker_crash"]
+
+
+def crash_name(r: Record) -> str:
+    """A worker crash for people: "NODE_ID (worker gw1)", "no test (worker gw1)" for a worker lost between tests."""
+    return f"{r.get('node_id') or 'no test'} (worker {r.get('worker')})"

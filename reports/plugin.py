@@ -18,7 +18,8 @@ each of its test reports; xdist carries the reports to the controller. Only the 
   profile, workers, versions, counts.
 
 The closing counts (terminal line and sidecar) are `reports.analysis.count` of the finished file read back with
-`reports.recordfile.read`: the numbers `python -m reports summary` and the HTML report show for the same file.
+`reports.recordfile.read`, stated by `reports.analysis.headline`: the sentence `python -m reports summary` and the HTML
+report print for the same file.
 
 Options: `--records PATH` (default `$MOSHI_PARITY_RECORDS`, else `reports/out/records.jsonl` under the rootdir; a
 relative path is relative to the invocation directory) and `--no-records`.
@@ -180,16 +181,7 @@ class RecordsWriter:
         if not self._finished:
             return
         c = self.counts
-        comparisons = c["total"] - c["worker_crash"]
-        line = (
-            f"parity records: {comparisons} comparisons ({c['pass']} pass, {c['fail']} fail, "
-            f"{c['controls']} negative controls, {c['expected_divergence']} expected divergences)"
-        )
-        if c["shrink_attempts"]:
-            line += f", {c['shrink_attempts']} hypothesis shrink attempts not counted"
-        if c["worker_crash"]:
-            line += f", {c['worker_crash']} worker crash{'es' if c['worker_crash'] != 1 else ''}"
-        terminalreporter.write_line(f"{line} -> {self.path}")
+        terminalreporter.write_line(f"parity records: {analysis.headline(c)} -> {self.path}")
         for problem in self.unwritten:
             terminalreporter.write_line(f"parity records: NOT WRITTEN: {problem}", red=True, bold=True)
         if c["controls_not_failing"]:

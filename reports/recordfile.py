@@ -42,15 +42,25 @@ class Loaded:
         return [f"{self.path}:{n}: skipped malformed line: {problem}" for n, problem in self.malformed]
 
 
-def read(path: str | os.PathLike[str]) -> Loaded:
+class NoRecords(ValueError):
+    """A file with lines, none of which is a record: not a records file (a config file, the wrong path)."""
+
+
+def read(path: str | os.PathLike[str], *, require_records: bool = False) -> Loaded:
     """Reads a records JSONL file and its sidecar; never raises on a bad line.
 
     A line that is not JSON (a truncated write, garbage) or not a valid record (`reports.validate.validate`) is listed
     in `malformed` with its problem and skipped, so one bad line neither hides the rest of a run nor reaches the
     aggregation as a half-record. Records lacking a field added to the schema later (`schema.ADDED_FIELDS`) are valid.
 
+    Args:
+        path: the records file.
+        require_records: raise `NoRecords` when the file has non-blank lines but not one record among them (an empty
+            file is a run that recorded nothing, and reads as such).
+
     Raises:
         OSError: the records file itself cannot be opened.
+        NoRecords: see `require_records`; the message names the file and its first line's problem.
     """
     path = Path(path)
     out = Loaded(path=path, records=[])
@@ -58,10 +68,11 @@ def read(path: str | os.PathLike[str]) -> Loaded:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
+            try:  # without its newline, a cut-off line reads "Unterminated string", not "Invalid control character"
+                record = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as e:
-                out.malformed.append((n, f"not JSON: {e.msg} at column {e.colno}"))
+                # some messages end in "at" ("Unterminated string starting at"): say the column once
+                out.malformed.append((n, f"not JSON: {e.msg.removesuffix(' at')} at column {e.colno}"))
                 continue
             problems = validate(record)
             if problems:
@@ -69,6 +80,9 @@ def read(path: str | os.PathLike[str]) -> Loaded:
                 out.malformed.append((n, f"not a parity record: {shown}"))
                 continue
             out.records.append(record)
+    if require_records and out.malformed and not out.records:
+        n, problem = out.malformed[0]
+        raise NoRecords(f"{path}: no parity record in {len(out.malformed)} non-blank line(s); line {n}: {problem}")
     try:
         meta = json.loads(meta_path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):

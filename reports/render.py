@@ -28,19 +28,29 @@ def build(
     *,
     previous: str | os.PathLike[str] | None = None,
     factor: float = 2.0,
+    floor: float = 0.01,
+    allow: tuple[str, ...] = (),
     per_component: int = 10,
 ) -> dict[str, Any]:
-    """Everything the page and summary.json show, from a records file (and the previous run's, when given).
+    """Everything the page and summary.json show, from a records file (and the previous run's, when given: the gate
+    of `reports.diff`, with its `factor`, `floor` and `allow`).
 
-    Counts and the matrix are `analysis.count` and `analysis.matrix`, the numbers `python -m reports summary` prints.
+    Counts and the matrix are `analysis.count` (stated by `analysis.headline`) and `analysis.matrix`, the numbers
+    `python -m reports summary` prints.
+
+    Raises:
+        OSError: a records file cannot be read.
+        recordfile.NoRecords: a records file has lines but no record.
     """
-    loaded = recordfile.read(records_path)
+    loaded = recordfile.read(records_path, require_records=True)
+    old = None if previous is None else recordfile.read(previous, require_records=True)
     recs = analysis.counted(loaded.records)
+    counts = analysis.count(loaded.records)
     summary: dict[str, Any] = {
         "records": str(Path(records_path).resolve()),
         "generated": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "counts": analysis.count(loaded.records),
-        "counted_after_hypothesis_dedupe": len(recs),
+        "headline": analysis.headline(counts),
+        "counts": counts,
         "malformed_lines": _malformed(loaded),
         "warnings": loaded.warnings(),
         "matrix": analysis.matrix(recs),
@@ -58,11 +68,10 @@ def build(
         "failures": [_case(r) for r in recs if analysis.classify(r) == "fail"],
         "previous": None,
     }
-    if previous is not None:
-        old = recordfile.read(previous)
-        result = diff.compare(old.records, loaded.records, factor=factor)
+    if old is not None:
+        result = diff.compare(old.records, loaded.records, factor=factor, floor=floor, allow=allow)
         summary["previous"] = {
-            "records": str(Path(previous).resolve()),
+            "records": str(old.path.resolve()),
             "factor": factor,
             "malformed_lines": _malformed(old),
             **result,
@@ -137,13 +146,15 @@ def _fmt(x: Any) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    """`python -m reports render`: writes the page, prints the skipped lines, the crash count and the page's path."""
-    summary = build(args.records, previous=args.previous, factor=args.factor)
+    """`python -m reports render`: writes the page, prints the skipped lines, the headline and the page's path; exits 0
+    whatever the verdicts."""
+    summary = build(
+        args.records, previous=args.previous, factor=args.factor, floor=args.floor, allow=diff.allowed(args)
+    )
     page = write(summary, args.output)
     for line in summary["warnings"]:
         print(line)
-    if summary["worker_crashes"]:
-        print(f"{len(summary['worker_crashes'])} worker crash record(s); see the report")
+    print(summary["headline"])
     print(f"parity report: {page.resolve()}")
     return 0
 
@@ -153,4 +164,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("records", help="records JSONL file (reports/out/records.jsonl)")
     parser.add_argument("-o", "--output", default="reports/out/html", help="directory for report.html + summary.json")
     parser.add_argument("--previous", default=None, help="records of a previous run: adds a 'since previous' section")
-    parser.add_argument("--factor", type=float, default=2.0, help="regression factor for the previous-run section")
+    diff.add_gate_arguments(parser)

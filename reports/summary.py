@@ -3,11 +3,13 @@
 Prints the rows of `reports.analysis.matrix`, the same rows the HTML report's matrix and summary.json show: per
 component x implementation pair x dtype, the pair's tolerance class, how many comparisons passed, failed, were
 negative controls (flagging a control that did not fail) or documented upstream divergences, and the worst
-max|diff| / rms(reference), NaN worst of all. Hypothesis shrink attempts are not counted (`analysis.counted`).
+max|diff| / rms(reference), NaN worst of all; then the run's counts (`analysis.headline`: hypothesis shrink attempts are
+not counted), each worker crash by test, and the malformed lines skipped.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
@@ -18,9 +20,14 @@ COLUMNS = (("component", 16), ("pair", 20), ("class", 17), ("dtype", 9))
 
 
 def render_text(path: str | os.PathLike[str]) -> str:
-    """The summary of the records file at `path`: a header, one line per matrix row, a closing line, and one line per
-    malformed line skipped."""
-    loaded = recordfile.read(path)
+    """The summary of the records file at `path`: a header, one line per matrix row, the run's `analysis.headline`,
+    one line per worker crash naming its test, and one line per malformed line skipped.
+
+    Raises:
+        OSError: the file cannot be read.
+        recordfile.NoRecords: the file has lines but no record.
+    """
+    loaded = recordfile.read(path, require_records=True)
     counts = analysis.count(loaded.records)
     rows = analysis.matrix(analysis.counted(loaded.records))
     texts = [(row["component"], row["pair"], row["pair_class"] or "-", row["dtype"]) for row in rows]
@@ -34,8 +41,17 @@ def render_text(path: str | os.PathLike[str]) -> str:
             " ".join(f"{t:{w}}" for t, w in zip(text, widths, strict=True))
             + f" {row['pass']:5} {row['fail']:5} {row['controls']:5} {row['expected_divergence']:5} {worst:>13}{flag}"
         )
-    notes = [f"{counts['worker_crash']} worker crash(es)"] if counts["worker_crash"] else []
-    if counts["shrink_attempts"]:
-        notes.append(f"{counts['shrink_attempts']} hypothesis shrink attempt(s) not counted")
-    out.append(f"{counts['total']} records from {Path(path).resolve()}" + "".join(f"; {n}" for n in notes))
+    out.append(f"{analysis.headline(counts)} from {Path(path).resolve()}")
+    out += [f"worker crash: {analysis.crash_name(r)}" for r in analysis.crashes(loaded.records)]
     return "\n".join([*out, *loaded.warnings()])
+
+
+def main(args: argparse.Namespace) -> int:
+    """`python -m reports summary`: prints `render_text`; exits 0 whatever the verdicts."""
+    print(render_text(args.records))
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the `summary` command's arguments to `parser` (a subcommand parser of reports/__main__.py)."""
+    parser.add_argument("records", help="records JSONL file (reports/out/records.jsonl)")
