@@ -8,10 +8,12 @@ was actually emitted, by which process.
 from __future__ import annotations
 
 import ast
+import configparser
 import graphlib
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 HELPER = """
 import os
+import sys
 import pathlib
 import uuid
 
@@ -161,6 +164,7 @@ def test_worker_crash_is_recorded(run) -> None:
     go, path = run
     source = """
 import os
+import sys
 
 
 def test_before():
@@ -194,6 +198,7 @@ def test_crashed_run_leaves_the_previous_file(run, pytester: pytest.Pytester) ->
     path.write_text("previous run\n")
     source = """
 import os
+import sys
 
 
 def test_first():
@@ -393,3 +398,29 @@ def test_reports_import_graph_has_no_cycle() -> None:
     assert "records" not in graph["recordfile"] | graph["analysis"]  # reading and aggregating need no emit machinery
     order = list(graphlib.TopologicalSorter(graph).static_order())  # raises CycleError on a cycle
     assert set(order) >= {"schema", "validate", "records", "recordfile", "analysis", "summary", "render", "diff"}
+
+
+def _import_time_packages(source: str) -> set[str]:
+    """The top-level packages a module imports when it is imported (its body's import statements; a function's
+    import, such as emit()'s of hypothesis, runs only when called)."""
+    body = ast.parse(source).body
+    names = {a.name for node in body if isinstance(node, ast.Import) for a in node.names}
+    names |= {n.module for n in body if isinstance(n, ast.ImportFrom) and n.level == 0 and n.module}
+    return {name.split(".")[0] for name in names}
+
+
+def test_tox_report_env_installs_what_the_commands_import() -> None:
+    """`tox -e report` installs its deps, not the project (whose dependencies are the model stack): every module
+    `python -m reports` reaches imports only the standard library, `reports` and those deps."""
+    ini = configparser.ConfigParser(interpolation=None)
+    ini.read(REPO / "tox.ini")
+    deps = set(ini["testenv:report"]["deps"].split())
+    sources = {p.stem: p.read_text() for p in (REPO / "reports").glob("*.py")}
+    reached, todo = set(), ["__main__"]
+    while todo:
+        module = todo.pop()
+        reached.add(module)
+        todo += sorted(_reports_imports(sources[module]) - reached)
+    assert "plugin" not in reached and "pytest" in _import_time_packages(sources["plugin"])  # control: the scan sees it
+    third_party = set().union(*(_import_time_packages(sources[m]) for m in reached)) - set(sys.stdlib_module_names)
+    assert third_party - {"reports"} == deps == {"jinja2", "matplotlib"}
