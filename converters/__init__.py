@@ -13,8 +13,9 @@ from converters import formats, hf_ref, kyutai_hf, layers, lm, ref_flax  # noqa:
 from converters.accounting import ConversionError, account
 from converters.arrays import from_jax, from_torch, to_jax, to_torch
 from converters.edges import FunctionEdge, TableEdge, register, register_pairs
-from converters.engine import convert, convert_shapes, normalize, validate_shapes
+from converters.engine import convert, convert_shapes, validate_shapes
 from converters.formats import Format, LMSpelling
+from converters.legacy import normalize
 from converters.lm_config import (
     config_kind,
     from_hf_config,

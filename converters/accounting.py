@@ -11,7 +11,7 @@ a 7B key/shape table goes through the same code as real weights without allocati
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -84,13 +84,15 @@ def account(
     what: str,
     dtypes: Mapping[str, Any] | None = None,
     holder: str = "the target",
+    extra: Sequence[str] = (),
 ) -> None:
-    """Raises one ConversionError listing every problem `problems` finds; returns if there is none.
+    """Raises one ConversionError listing every problem `problems` finds (after the caller's `extra` ones); returns if
+    there is none.
 
     Raises:
         ConversionError: `{what}: N problem(s):` and one line per bad key.
     """
-    found = problems(state, expected, dtypes=dtypes, holder=holder)
+    found = [*extra, *problems(state, expected, dtypes=dtypes, holder=holder)]
     if found:
         raise ConversionError(f"{what}: {len(found)} problem(s):\n  " + "\n  ".join(found))
 

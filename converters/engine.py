@@ -1,6 +1,7 @@
 """The converter engine: `convert` any component kind between formats along the shortest path of edges, with strict
 accounting before, between and after the edges; `convert_shapes` / `validate_shapes`, the same on zero-byte
-placeholders (a key/shape table checked and converted without a weight in memory); `normalize` for legacy names.
+placeholders (a key/shape table checked and converted without a weight in memory). The input is accounted for in
+its own names, legacy ones included (converters/legacy.py), before they are rewritten.
 
 A conversion walks the component block by block (a block is one top-level part of one instance: the LM's embeddings
 and heads, then one decoder layer at a time; a decoder layer's norms, attention and MLP), each block's leaves through
@@ -17,41 +18,12 @@ from typing import Any
 import numpy as np
 
 from converters import registry
-from converters.accounting import ConversionError, account, placeholders
+from converters.accounting import account, placeholders
+from converters.legacy import expected_in_own_names, normalize
 from converters.registry import Leaf
-from converters.rules import Rule, apply_rules
 
 State = dict[str, np.ndarray]
 Progress = Callable[[int], object]
-
-
-def normalize(state: Mapping[str, np.ndarray], fmt: str, component: str, cfg: Any) -> State:
-    """Rewrites a `fmt` state's legacy keys into current ones (the format's `legacy` rules, each leaf with its own
-    config: the LM's temporal and depth layers split their fused weights into different numbers of codebooks).
-
-    Keys no rule claims pass through unchanged.
-
-    Raises:
-        ConversionError: a legacy key and the current key it becomes are both present (listed together).
-    """
-    legacy = registry.get_format(fmt).legacy
-    # A whole state's keys are exact; otherwise {p} takes any instance prefix.
-    lead = "" if registry.get_component(component).whole else "{p}"
-    by_cfg: dict[int, tuple[Any, list[Rule]]] = {}
-    for leaf in registry.leaves(fmt, component, cfg) if legacy else ():
-        for rule in legacy.get(leaf.component, ()):
-            by_cfg.setdefault(id(leaf.cfg), (leaf.cfg, []))[1].append(rule.under(lead + leaf.prefix))
-    out = dict(state)
-    for leaf_cfg, rules in by_cfg.values():
-        applied = apply_rules(out, tuple(rules), leaf_cfg, where=f"normalizing legacy {fmt} names")
-        clashes = [f"{applied.origin[key]} and {key}" for key in applied.unmatched if key in applied.out]
-        if clashes:
-            raise ConversionError(
-                f"{fmt} state holds both legacy and current names for the same weights ({len(clashes)}): "
-                + "; ".join(clashes)
-            )
-        out = applied.out | {key: out[key] for key in applied.unmatched}
-    return out
 
 
 def _chain(path: list[str], component: str, cfg: Any) -> list[dict[tuple[str, ...], Leaf]]:
@@ -106,14 +78,17 @@ def convert(
 
     Raises:
         ValueError: unknown format or component, a format without the component, or no path between the formats.
-        ConversionError: the input, or any edge's output, does not account for every key with the right shape.
+        ConversionError: the input (in its own names, legacy ones included), or any edge's output, does not account
+            for every key with the right shape.
     """
     for fmt in (src, dst):
         registry.expected_shapes(fmt, component, cfg)
     path = registry.find_path(src, dst, component)
     chain = _chain(path, component, cfg)
-    state = normalize(state, src, component, cfg)
     task = f"convert {src}->{dst}" if src != dst else f"validate {src}"
+    own, clashes, where = expected_in_own_names(state, src, component, cfg)
+    account(state, own, extra=clashes, what=f"input of {task}: not a {src} {component} for this config{where}")
+    state = normalize(state, src, component, cfg)
     instances = registry.check_state(state, src, component, cfg, what=f"input of {task}")
     blocks: dict[str, list[tuple[str, ...]]] = {}
     for name in chain[0]:  # grouped by top-level part, in part order

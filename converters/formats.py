@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from converters.registry import register_format
-from converters.rules import Rule
+from converters.rules import Pair
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,8 +62,9 @@ class Format:
         checkpoint: the file kind the CLI reads and writes: "safetensors" or "orbax".
         foreign: key prefixes of other models in this format's checkpoints (HF's Mimi), which the CLI drops and lists
             unless told otherwise.
-        legacy: component kind -> rules from released checkpoints' old names to current ones, relative to the
-            component; run before anything else, with the config of each instance.
+        legacy: component kind -> two-way rows (old name <-> current name, relative to the component) for released
+            checkpoints' old names; forward they rewrite a state before anything else (with each instance's config),
+            backward they give the old names' shapes, so that a state is checked in the names it uses.
         lm: how the format spells Moshi's LM; None: the format has no Moshi LM.
     """
 
@@ -72,7 +73,7 @@ class Format:
     transposed: bool = False
     checkpoint: str = "safetensors"
     foreign: tuple[str, ...] = ()
-    legacy: Mapping[str, tuple[Rule, ...]] = field(default_factory=dict)
+    legacy: Mapping[str, tuple[Pair, ...]] = field(default_factory=dict)
     lm: LMSpelling | None = None
 
 
@@ -100,9 +101,9 @@ KYUTAI = Format(
     # as kyutai's own `_load_hook` reads them.
     legacy={
         "attention": (
-            Rule("in_proj_weight", "in_projs.{c}.weight", "split_steps"),
-            Rule("in_proj.weight", "in_projs.{c}.weight", "split_steps"),
-            Rule("out_proj.weight", "out_projs.{c}.weight", "split_steps"),
+            Pair("in_proj_weight", "in_projs.{c}.weight", "split_steps", "join_steps"),
+            Pair("in_proj.weight", "in_projs.{c}.weight", "split_steps", "join_steps"),
+            Pair("out_proj.weight", "out_projs.{c}.weight", "split_steps", "join_steps"),
         )
     },
     lm=LMSpelling(

@@ -141,6 +141,7 @@ TRANSFORMS: dict[str, Transform] = {
     "unfuse_qkv": _unfuse_qkv,
     "fuse_qkv": _fuse_qkv,
     "split_steps": _split_steps,
+    "join_steps": lambda inputs, cfg: [[np.concatenate(inputs[0])]],  # inverse of split_steps
 }
 
 
