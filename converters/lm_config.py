@@ -1,6 +1,7 @@
 """LM configs from upstream files: kyutai LMModel keyword arguments, HF MoshiConfig dicts, and our own LMConfig dicts.
 
-Every problem in a file (missing keys, unknown keys, settings the port cannot run) is reported together.
+Every problem in a file (missing keys, unknown keys, values of the wrong type, settings the port cannot run, sizes
+that do not fit together) is reported together, each named as the file names it (converters/config_fields.py).
 """
 
 from __future__ import annotations
@@ -9,8 +10,12 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from converters.config_fields import building, dataclass_problems, field_problems
 from moshi_spec import kyutai
 from moshi_spec.config import ACTIVATIONS, LMConfig, TransformerConfig
+
+UNBOUNDED = 2**31 - 1
+"""HF's sliding_window (an int in MoshiConfig) for a stack without a context window; read back as None."""
 
 # num_heads is an explicit LMModel argument, so the depformer never inherits it: depformer_num_heads is required.
 KYUTAI_REQUIRED = tuple(
@@ -48,16 +53,67 @@ KYUTAI_IGNORED = frozenset(
 )
 
 
+KYUTAI_FIELDS = {
+    **dict.fromkeys("dim num_heads num_layers n_q dep_q card text_card kv_repeat".split(), "int"),
+    **dict.fromkeys("depformer_dim depformer_num_heads depformer_num_layers depformer_kv_repeat".split(), "int"),
+    **dict.fromkeys("context text_card_out".split(), "int?"),
+    **dict.fromkeys("hidden_scale max_period".split(), "num"),
+    "existing_text_padding_id": "int0",
+    "delays": "ints",
+}
+KYUTAI_LM_NAMES = {k: k for k in "n_q dep_q card text_card delays existing_text_padding_id".split()}
+KYUTAI_LM_NAMES["depth.num_codebooks"] = "dep_q"
+KYUTAI_STACK_NAMES = {
+    "temporal": {"dim": "dim", "num_heads": "num_heads", "num_layers": "num_layers", "ffn_dim": "hidden_scale",
+                 "num_kv_heads_override": "kv_repeat", "activation": "gating", "rope_theta": "max_period",
+                 "context": "context"},
+    "depth": {"dim": "depformer_dim", "num_heads": "depformer_num_heads", "num_layers": "depformer_num_layers",
+              "ffn_dim": "depformer_dim_feedforward", "num_kv_heads_override": "depformer_kv_repeat",
+              "activation": "depformer_gating", "num_codebooks": "dep_q"},
+}  # fmt: skip
+
+
+def _kyutai_size_problems(d: Mapping[str, Any]) -> list[str]:
+    """kyutai's own ties between sizes (head_dim = dim / num_heads, even for rope; kv_repeat divides num_heads; a gated
+    hidden width of at least 1), named by the kwargs that break them."""
+    problems = []
+    for stack, names in KYUTAI_STACK_NAMES.items():
+        dim_key, heads_key, kv_key = names["dim"], names["num_heads"], names["num_kv_heads_override"]
+        dim, heads = d[dim_key], d[heads_key]
+        kv = d.get(kv_key, d.get("kv_repeat", 1))
+        if dim % heads:
+            problems.append(f"{heads_key}={heads} does not divide {dim_key}={dim} (kyutai's head_dim is the quotient)")
+        elif stack == "temporal" and (dim // heads) % 2:
+            problems.append(f"{dim_key} / {heads_key} = {dim // heads} is odd: rope needs an even head_dim")
+        if heads % kv:
+            problems.append(f"{heads_key}={heads} is not a multiple of {kv_key}={kv}")
+    scale = d.get("hidden_scale", 4)
+    dff = d.get("depformer_dim_feedforward")
+    for dim_key, width, key in (("dim", int(scale * d["dim"]), "hidden_scale"),
+                                ("depformer_dim", dff or int(scale * d["depformer_dim"]),
+                                 "depformer_dim_feedforward" if dff else "hidden_scale")):  # fmt: skip
+        if kyutai.gating_hidden(d[dim_key], width) < 1:
+            problems.append(f"{key}={d.get(key, scale)!r} leaves the gating of {dim_key}={d[dim_key]} no hidden units")
+    return problems
+
+
 def from_kyutai_kwargs(kwargs: Mapping[str, Any]) -> LMConfig:
     """The LMConfig of kyutai `LMModel(**kwargs)` (as in `moshi.models.loaders._lm_kwargs` or a kyutai config.json).
 
     Raises:
-        ValueError: required keys missing, unknown keys, or settings this port does not implement (listed together).
+        ValueError: required keys missing, unknown keys, values of the wrong type, settings this port does not
+            implement, or sizes kyutai cannot build (listed together, named by the kwargs).
     """
+    where = "kyutai LM kwargs"
     d = dict(kwargs)
     problems = [f"missing required key {k!r}" for k in KYUTAI_REQUIRED if k not in d]
     unknown = sorted(set(d) - KYUTAI_USED - KYUTAI_IGNORED - set(KYUTAI_SUPPORTED))
     problems += [f"unknown key {k!r}" for k in unknown]
+    problems += field_problems(d, KYUTAI_FIELDS)
+    if isinstance(d.get("depformer_dim_feedforward"), list):
+        problems.append("depformer_dim_feedforward: per-step widths (a list) are not supported")
+    else:
+        problems += field_problems(d, {"depformer_dim_feedforward": "int?"})
     for key, (default, allowed) in KYUTAI_SUPPORTED.items():
         if d.get(key, default) not in allowed:
             problems.append(f"{key}={d.get(key, default)!r} is not supported (supported: {list(allowed)})")
@@ -68,68 +124,110 @@ def from_kyutai_kwargs(kwargs: Mapping[str, Any]) -> LMConfig:
     for key, value in (("gating", gating), ("depformer_gating", depformer_gating)):
         if value not in ACTIVATIONS:
             problems.append(f"{key}={value!r}: the port's layers are gated with one of {ACTIVATIONS}")
-    if not isinstance(d.get("depformer_dim_feedforward", 0), int | type(None)):
-        problems.append("depformer_dim_feedforward: per-step widths (a list) are not supported")
-    if problems:
-        raise ValueError("kyutai LM kwargs: " + "; ".join(problems))
+    if problems or (problems := _kyutai_size_problems(d)):
+        raise ValueError(f"{where}: " + "; ".join(problems))
 
-    def stack(dim: int, heads: int, layers: int, dff: int, kv_repeat: int, activation: str, **kw: Any):
-        if heads % kv_repeat:
-            raise ValueError(f"kyutai LM kwargs: num_heads {heads} is not a multiple of kv_repeat {kv_repeat}")
-        return TransformerConfig(
-            dim=dim, num_heads=heads, num_layers=layers, ffn_dim=2 * kyutai.gating_hidden(dim, dff),
-            num_kv_heads_override=heads // kv_repeat if kv_repeat != 1 else None, activation=activation, **kw,
-        )  # fmt: skip
+    def stack(name: str, dim: int, heads: int, layers: int, dff: int, kv_repeat: int, activation: str, **kw: Any):
+        with building(f"{where} ({name} stack)", KYUTAI_STACK_NAMES[name]):
+            return TransformerConfig(
+                dim=dim, num_heads=heads, num_layers=layers, ffn_dim=2 * kyutai.gating_hidden(dim, dff),
+                num_kv_heads_override=heads // kv_repeat if kv_repeat != 1 else None, activation=activation, **kw,
+            )  # fmt: skip
 
     hidden_scale = d.get("hidden_scale", 4)
     kv_repeat = d.get("kv_repeat", 1)
     temporal = stack(
-        d["dim"], d["num_heads"], d["num_layers"], int(hidden_scale * d["dim"]), kv_repeat, gating,
+        "temporal", d["dim"], d["num_heads"], d["num_layers"], int(hidden_scale * d["dim"]), kv_repeat, gating,
         rope=True, rope_theta=float(d.get("max_period", 10_000)), context=d.get("context"),
     )  # fmt: skip
     dd = d["depformer_dim"]
     depth = stack(
-        dd, d["depformer_num_heads"], d.get("depformer_num_layers", d["num_layers"]),
+        "depth", dd, d["depformer_num_heads"], d.get("depformer_num_layers", d["num_layers"]),
         d.get("depformer_dim_feedforward") or int(hidden_scale * dd), d.get("depformer_kv_repeat", kv_repeat),
         depformer_gating, rope=False, context=None, num_codebooks=d["dep_q"], flexible=True,
     )  # fmt: skip
-    return LMConfig(
-        temporal=temporal, depth=depth, n_q=d["n_q"], dep_q=d["dep_q"], card=d["card"], text_card=d["text_card"],
-        delays=tuple(d["delays"]), existing_text_padding_id=d.get("existing_text_padding_id", 3),
-    )  # fmt: skip
+    with building(where, KYUTAI_LM_NAMES):
+        return LMConfig(
+            temporal=temporal, depth=depth, n_q=d["n_q"], dep_q=d["dep_q"], card=d["card"], text_card=d["text_card"],
+            delays=tuple(d["delays"]), existing_text_padding_id=d.get("existing_text_padding_id", 3),
+        )  # fmt: skip
 
 
-def _hf_stack(h: Mapping[str, Any], where: str, **kw: Any) -> TransformerConfig:
+HF_STACK_FIELDS = {
+    **dict.fromkeys("hidden_size num_attention_heads num_hidden_layers ffn_dim".split(), "int"),
+    **dict.fromkeys("head_dim num_key_value_heads".split(), "int?"),
+    "hidden_act": "str",
+    "rms_norm_eps": "num0",
+}
+HF_FIELDS = HF_STACK_FIELDS | dict.fromkeys("vocab_size num_codebooks".split(), "int")
+HF_FIELDS |= {"audio_vocab_size": "int?", "sliding_window": "int?", "rope_theta": "num"}
+HF_LM_NAMES = {"text_card": "vocab_size", "card": "audio_vocab_size", "depth.num_codebooks": "num_codebooks"}
+HF_LM_NAMES |= dict.fromkeys(("n_q", "dep_q", "delays"), "num_codebooks")
+
+
+def _hf_names(at: str) -> dict[str, str]:
+    """TransformerConfig field -> key of the HF config (`at`: "" or "depth_decoder_config.")."""
+    names = {"dim": "hidden_size", "num_heads": "num_attention_heads", "num_layers": "num_hidden_layers",
+             "ffn_dim": "ffn_dim", "head_dim_override": "head_dim", "num_kv_heads_override": "num_key_value_heads",
+             "activation": "hidden_act", "norm_eps": "rms_norm_eps"}  # fmt: skip
+    return {field: at + key for field, key in names.items()} | {
+        "rope_theta": "rope_parameters.rope_theta", "context": "sliding_window", "num_codebooks": "num_codebooks",
+    }  # fmt: skip
+
+
+def _hf_stack(h: Mapping[str, Any], at: str, **kw: Any) -> TransformerConfig:
+    """One stack of an HF config (`at`: "" for the temporal one, "depth_decoder_config." for the depth one)."""
     missing = [k for k in ("hidden_size", "num_attention_heads", "num_hidden_layers", "ffn_dim") if k not in h]
     if missing:
-        raise ValueError(f"HF config: {where} lacks {missing}")
+        raise ValueError(f"HF config: {at or 'the config '}lacks {missing}")
     dim, heads = h["hidden_size"], h["num_attention_heads"]
     head_dim, kv_heads = h.get("head_dim") or dim // heads, h.get("num_key_value_heads") or heads
-    return TransformerConfig(
-        dim=dim, num_heads=heads, num_layers=h["num_hidden_layers"], ffn_dim=h["ffn_dim"],
-        head_dim_override=head_dim if head_dim != dim // heads else None,
-        num_kv_heads_override=kv_heads if kv_heads != heads else None,
-        activation=h.get("hidden_act", "silu"), norm_eps=float(h.get("rms_norm_eps", 1e-8)), **kw,
-    )  # fmt: skip
+    problems = []
+    if head_dim < 1:
+        problems.append(f"{at}num_attention_heads={heads} exceeds {at}hidden_size={dim} (head_dim would be 0)")
+    elif kw["rope"] and head_dim % 2:
+        named = f"{at}head_dim" if h.get("head_dim") else f"{at}hidden_size // {at}num_attention_heads"
+        problems.append(f"{named} = {head_dim} is odd: rope needs an even head_dim")
+    if heads % kv_heads:
+        problems.append(f"{at}num_attention_heads={heads} is not a multiple of {at}num_key_value_heads={kv_heads}")
+    if problems:
+        raise ValueError("HF config: " + "; ".join(problems))
+    with building(f"HF config {at or 'temporal stack'}".rstrip("."), _hf_names(at)):
+        return TransformerConfig(
+            dim=dim, num_heads=heads, num_layers=h["num_hidden_layers"], ffn_dim=h["ffn_dim"],
+            head_dim_override=head_dim if head_dim * heads != dim else None,
+            num_kv_heads_override=kv_heads if kv_heads != heads else None,
+            activation=h.get("hidden_act", "silu"), norm_eps=float(h.get("rms_norm_eps", 1e-8)), **kw,
+        )  # fmt: skip
 
 
 def from_hf_config(config: Mapping[str, Any]) -> LMConfig:
     """The LMConfig of an HF `MoshiConfig.to_dict()` (a `config.json` of MoshiForConditionalGeneration).
 
     HF has no delays or padding id: the delays are Moshi's (text and each stream's first codebook 0, other codebooks 1)
-    and the text padding id kyutai's 3. The depth stack has no context window (kyutai's LMModel drops it).
+    and the text padding id kyutai's 3. The depth stack has no context window (kyutai's LMModel drops it); a
+    sliding_window of UNBOUNDED is none either.
 
     Raises:
-        ValueError: keys missing, or depth fields that contradict the parent's.
+        ValueError: keys missing, values of the wrong type, depth fields that contradict the parent's, or sizes that do
+            not fit together (named by the config's keys).
     """
     d = dict(config)
-    depth_cfg = d.get("depth_decoder_config")
+    depth_cfg, mimi = d.get("depth_decoder_config"), d.get("audio_encoder_config")
     if not isinstance(depth_cfg, Mapping):
         raise ValueError("HF config: depth_decoder_config (a dict) is missing")
-    card = d.get("audio_vocab_size") or (d.get("audio_encoder_config") or {}).get("codebook_size")
+    rope = d.get("rope_parameters") or {}
+    problems = field_problems(d, HF_FIELDS) + field_problems(depth_cfg, HF_STACK_FIELDS, where="depth_decoder_config.")
+    for key, value in (("rope_parameters", rope), ("audio_encoder_config", mimi or {})):
+        if not isinstance(value, Mapping):
+            problems.append(f"{key}={value!r} is not a JSON object")
+    if not problems:
+        problems += field_problems(rope, {"rope_theta": "num"}, where="rope_parameters.")
+        problems += field_problems(mimi or {}, {"codebook_size": "int"}, where="audio_encoder_config.")
+    card = d.get("audio_vocab_size") or (mimi or {}).get("codebook_size")
     missing = [k for k in ("vocab_size", "num_codebooks") if k not in d] + ([] if card else ["audio_vocab_size"])
-    if missing:
-        raise ValueError(f"HF config: missing {missing}")
+    if missing or problems:
+        raise ValueError("HF config: " + "; ".join([*problems, *([f"missing {missing}"] if missing else [])]))
     K = d["num_codebooks"]
     inherited = {"num_codebooks": K, "vocab_size": d["vocab_size"], "audio_vocab_size": card}
     inherited["input_size"] = d.get("hidden_size")
@@ -140,15 +238,17 @@ def from_hf_config(config: Mapping[str, Any]) -> LMConfig:
     ]
     if clashes:
         raise ValueError("HF config: " + "; ".join(clashes))
-    rope = d.get("rope_parameters") or {}
     theta = float(rope.get("rope_theta", d.get("rope_theta", 10_000.0)))
-    temporal = _hf_stack(d, "the config", rope=True, rope_theta=theta, context=d.get("sliding_window"))
-    depth = _hf_stack(depth_cfg, "depth_decoder_config", rope=False, context=None, num_codebooks=K, flexible=True)
+    window = d.get("sliding_window")
+    context = None if window is not None and window >= UNBOUNDED else window
+    temporal = _hf_stack(d, "", rope=True, rope_theta=theta, context=context)
+    depth = _hf_stack(depth_cfg, "depth_decoder_config.", rope=False, context=None, num_codebooks=K, flexible=True)
     stream = (0,) + (1,) * (K - 1)
-    return LMConfig(
-        temporal=temporal, depth=depth, n_q=2 * K, dep_q=K, card=card, text_card=d["vocab_size"],
-        delays=(0, *stream, *stream),
-    )  # fmt: skip
+    with building("HF config", HF_LM_NAMES):
+        return LMConfig(
+            temporal=temporal, depth=depth, n_q=2 * K, dep_q=K, card=card, text_card=d["vocab_size"],
+            delays=(0, *stream, *stream),
+        )  # fmt: skip
 
 
 def lm_config_to_dict(cfg: LMConfig) -> dict[str, Any]:
@@ -159,13 +259,24 @@ def lm_config_to_dict(cfg: LMConfig) -> dict[str, Any]:
 
 
 def lm_config_from_dict(d: Mapping[str, Any]) -> LMConfig:
-    """Rebuilds an LMConfig from `lm_config_to_dict`'s output; unknown or missing fields raise ValueError."""
-    try:
-        fields = dict(d)
-        temporal, depth = TransformerConfig(**fields.pop("temporal")), TransformerConfig(**fields.pop("depth"))
-        return LMConfig(temporal=temporal, depth=depth, delays=tuple(fields.pop("delays")), **fields)
-    except (KeyError, TypeError) as err:
-        raise ValueError(f"not an LMConfig dict ({err}); keys: {sorted(d)}") from err
+    """Rebuilds an LMConfig from `lm_config_to_dict`'s output.
+
+    Raises:
+        ValueError: not a dict, unknown or missing fields, values of the wrong JSON type, or values the config refuses
+            (each named by its dotted field, e.g. `temporal.dim`).
+    """
+    if not isinstance(d, Mapping):
+        raise ValueError(f"LMConfig dict: got {type(d).__name__}, not a JSON object")
+    problems = dataclass_problems(d, LMConfig, where="")
+    if problems:
+        raise ValueError("LMConfig dict: " + "; ".join(problems))
+    fields = dict(d)
+    stacks = {}
+    for name in ("temporal", "depth"):
+        with building(f"LMConfig dict ({name})", {f: f"{name}.{f}" for f in fields[name]}):
+            stacks[name] = TransformerConfig(**fields.pop(name))
+    with building("LMConfig dict", {}):
+        return LMConfig(**stacks, delays=tuple(fields.pop("delays")), **fields)
 
 
 def config_kind(d: object) -> str:
