@@ -5,8 +5,11 @@
 Importing the package registers the formats (formats.py: one descriptor each), the component kinds (layers.py: the
 layers and the decoder layer; lm.py: the whole LM) and the edges kyutai <-> hf <-> ref <-> flax (tables of rules,
 rules.py). The engine (engine.py, registry.py) finds the shortest path for any kind and checks every key with one
-accounting function (accounting.py); checkpoint files are in checkpoint.py, the CLI in cli.py, LM configs of upstream
-files in lm_config.py, module IO in modules.py.
+accounting function (accounting.py), in a state's own names, released checkpoints' legacy ones included (legacy.py);
+checkpoint files are in checkpoint.py, module IO in modules.py. The CLI (cli.py) reads IN (inputs.py), holds weights
+to one rule of dtypes and values (values.py) and writes OUT atomically (outdir.py); LM configs are read from upstream
+files in lm_config.py (each field checked and named as the file names it, config_fields.py) and written for the
+upstream loaders in upstream_config.py.
 """
 
 from converters import formats, hf_ref, kyutai_hf, layers, lm, ref_flax  # noqa: F401  (registers all of them)
@@ -39,6 +42,7 @@ from converters.registry import (
 )
 from converters.rules import Pair, Rule, register_condition
 from converters.transforms import register_transform
+from converters.upstream_config import to_hf_config, to_kyutai_kwargs, upstream_config
 
 __all__ = [
     "COMPONENTS",
@@ -77,8 +81,11 @@ __all__ = [
     "register_format",
     "register_pairs",
     "register_transform",
+    "to_hf_config",
     "to_jax",
+    "to_kyutai_kwargs",
     "to_torch",
     "torch_state",
+    "upstream_config",
     "validate_shapes",
 ]

@@ -5,16 +5,18 @@ read-only views of the file, paged in when a converter touches them), and writte
 holds no second copy of the weights for serialization. Dtypes travel bit for bit (bfloat16 as ml_dtypes.bfloat16).
 
 Orbax (Flax): a flat state `{"a.b.0.c": array}` is saved as the nested dict `{"a": {"b": {"0": {"c": array}}}}` with
-`orbax.checkpoint.StandardCheckpointer`; orbax is imported only when an Orbax checkpoint is read or written.
+`orbax.checkpoint.StandardCheckpointer`; orbax is imported only when an Orbax checkpoint is read or written. Its save
+is one call, so its progress is the bytes that have reached the disk, polled while it runs.
 
-The file names of a converted checkpoint directory (the CLI's OUT, read back by `models_flax.checkpoint`) live here,
-so that the writer and every reader agree on them.
+The converted checkpoint directory (the CLI's OUT) that holds these files is described in converters/outdir.py.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import struct
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,13 +28,6 @@ from converters.accounting import ConversionError
 
 State = dict[str, np.ndarray]
 Progress = Callable[[int], object]
-
-CONFIG_NAME = "moshi_parity_config.json"
-"""In a converted checkpoint directory: the record (format, LMConfig as `lm_config`, source, tool version, keys)."""
-SAFETENSORS_NAME = "model.safetensors"
-"""In a converted checkpoint directory: the weights of a torch-layout format."""
-ORBAX_NAME = "params"
-"""In a converted checkpoint directory: the Orbax checkpoint of an orbax-stored format (flax)."""
 
 SAFETENSORS_DTYPES: dict[str, np.dtype] = {
     "F64": np.dtype(np.float64),
@@ -70,39 +65,63 @@ def safetensors_files(path: str | Path) -> list[Path]:
     raise FileNotFoundError(f"{path}: no such safetensors file or directory")
 
 
-def _header(path: Path) -> tuple[dict[str, Any], int]:
-    """(header dict, offset of the data section) of one safetensors file."""
+def _header(path: Path) -> tuple[dict[str, Any], int, int]:
+    """(header dict, offset of the data section, file size) of one safetensors file."""
+    size_on_disk = path.stat().st_size
     with path.open("rb") as f:
         raw = f.read(8)
         if len(raw) != 8:
             raise ConversionError(f"{path}: not a safetensors file (shorter than 8 bytes)")
         (size,) = struct.unpack("<Q", raw)
-        if size > HEADER_LIMIT:
-            raise ConversionError(f"{path}: not a safetensors file (header of {size} bytes)")
+        if size > HEADER_LIMIT or 8 + size > size_on_disk:
+            raise ConversionError(
+                f"{path}: not a safetensors file, or truncated: its first 8 bytes announce a header of {size} bytes, "
+                f"the file has {size_on_disk}"
+            )
         try:
             header = json.loads(f.read(size))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ConversionError(f"{path}: not a safetensors file (header is not JSON: {err})") from err
     if not isinstance(header, dict):
         raise ConversionError(f"{path}: not a safetensors file (header is not a JSON object)")
-    return header, 8 + size
+    return header, 8 + size, size_on_disk
+
+
+def _is_index(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
 class TensorInfo:
-    """Where one tensor lives: file, dtype, shape and byte range (absolute offsets)."""
+    """Where one tensor lives: file, dtype, shape and byte range (`start`, `end` relative to the data section,
+    `offset` absolute).
 
-    def __init__(self, file: Path, key: str, entry: Mapping[str, Any], base: int):
-        if entry.get("dtype") not in SAFETENSORS_DTYPES:
-            raise ConversionError(
-                f"{file}: {key} has dtype {entry.get('dtype')!r}; supported: {list(SAFETENSORS_DTYPES)}"
-            )
+    Raises:
+        ConversionError: a header entry that is not `{"dtype", "shape", "data_offsets"}` with a known dtype,
+            non-negative integer dims and offsets, and a byte range of exactly shape x itemsize bytes.
+    """
+
+    def __init__(self, file: Path, key: str, entry: object, base: int):
+        where = f"{file}: header entry {key!r}"
+        if not isinstance(entry, Mapping) or not {"dtype", "shape", "data_offsets"} <= set(entry):
+            raise ConversionError(f"{where} is not {{dtype, shape, data_offsets}}: {entry!r}"[:300])
+        if entry["dtype"] not in SAFETENSORS_DTYPES:
+            raise ConversionError(f"{where} has dtype {entry['dtype']!r}; supported: {list(SAFETENSORS_DTYPES)}")
+        shape, offsets = entry["shape"], entry["data_offsets"]
+        if not isinstance(shape, list) or not all(_is_index(d) for d in shape):
+            raise ConversionError(f"{where} has shape {shape!r}, not a list of non-negative integers")
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_index(x) for x in offsets):
+            raise ConversionError(f"{where} has data_offsets {offsets!r}, not [start, end] in bytes")
         self.file, self.key = file, key
         self.dtype = SAFETENSORS_DTYPES[entry["dtype"]]
-        self.shape = tuple(int(d) for d in entry["shape"])
-        start, end = (int(x) for x in entry["data_offsets"])
-        self.offset, self.nbytes = base + start, end - start
-        if self.nbytes != int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize:
-            raise ConversionError(f"{file}: {key} spans {self.nbytes} bytes, not {self.shape} x {self.dtype}")
+        self.shape = tuple(shape)
+        self.start, self.end = offsets
+        self.offset, self.nbytes = base + self.start, self.end - self.start
+        want = int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        if self.nbytes != want:
+            raise ConversionError(
+                f"{where}: data_offsets {offsets} span {self.nbytes} bytes, but {list(self.shape)} x "
+                f"{entry['dtype']} needs {want}"
+            )
 
     def load(self) -> np.ndarray:
         """A read-only memory-mapped view (an empty array for zero-size tensors)."""
@@ -111,24 +130,62 @@ class TensorInfo:
         return np.memmap(self.file, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape)
 
 
+def _check_layout(file: Path, infos: list[TensorInfo], data_size: int) -> None:
+    """The tensors' byte ranges tile the data section exactly, as every safetensors reader requires: no overlap, no
+    gap, nothing past the end of the file (a truncated download), nothing after the last tensor.
+
+    Raises:
+        ConversionError: naming the file, its size, and the tensors concerned.
+    """
+    problems: list[str] = []
+    ranges = sorted(infos, key=lambda i: (i.start, i.end))
+    at, last = 0, None
+    for info in ranges:
+        if info.start < at:
+            problems.append(f"{info.key} (bytes {info.start}-{info.end}) overlaps {last.key} (ends at {at})")
+        elif info.start > at:
+            problems.append(f"bytes {at}-{info.start} before {info.key} belong to no tensor")
+        if info.end >= at:
+            at, last = info.end, info
+    past = [i.key for i in ranges if i.end > data_size]
+    if past:
+        problems.append(
+            f"truncated: the header's tensors need {at} data bytes, the file holds {data_size} "
+            f"({at - data_size} missing); {len(past)} tensor(s) lie past its end: {', '.join(past[:5])}"
+            + (f", ... ({len(past) - 5} more)" if len(past) > 5 else "")
+        )
+    elif at < data_size:
+        problems.append(f"{data_size - at} bytes after the last tensor belong to no tensor")
+    if problems:
+        raise ConversionError(
+            f"{file} ({data_size} data bytes after its header) is not a valid safetensors file: " + "; ".join(problems)
+        )
+
+
 def read_safetensors_index(path: str | Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     """({key: TensorInfo}, metadata of the first file) from the headers of a file or a directory of shards.
 
+    Every file's header is checked against the file's size before anything else is read.
+
     Raises:
-        ConversionError: a malformed header, an unsupported dtype, or a key present in two shards.
+        ConversionError: a malformed header or entry, an unsupported dtype, byte ranges that overlap, leave gaps or
+            run past the end of the file (truncated), or a key present in two shards.
     """
     index: dict[str, TensorInfo] = {}
     metadata: dict[str, str] = {}
     for i, file in enumerate(safetensors_files(path)):
-        header, base = _header(file)
+        header, base, size = _header(file)
+        meta = header.get("__metadata__") or {}
+        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+            raise ConversionError(f"{file}: header __metadata__ is not a JSON object of strings: {meta!r}"[:300])
         if i == 0:
-            metadata = dict(header.get("__metadata__") or {})
-        for key, entry in header.items():
-            if key == "__metadata__":
-                continue
-            if key in index:
-                raise ConversionError(f"{key} is in two shards: {index[key].file} and {file}")
-            index[key] = TensorInfo(file, key, entry, base)
+            metadata = dict(meta)
+        infos = [TensorInfo(file, key, entry, base) for key, entry in header.items() if key != "__metadata__"]
+        _check_layout(file, infos, size - base)
+        for info in infos:
+            if info.key in index:
+                raise ConversionError(f"{info.key} is in two shards: {index[info.key].file} and {file}")
+            index[info.key] = info
     return index, metadata
 
 
@@ -216,24 +273,71 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def save_orbax(state: Mapping[str, np.ndarray], path: str | Path) -> None:
-    """Saves the state as an Orbax checkpoint at `path` (which must not exist), waiting until it is committed."""
+def _bytes_under(directory: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(directory):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except FileNotFoundError:  # renamed or removed by the writer meanwhile
+                pass
+    return total
+
+
+def save_orbax(
+    state: Mapping[str, np.ndarray], path: str | Path, *, progress: Progress | None = None, interval: float = 0.25
+) -> None:
+    """Saves the state as an Orbax checkpoint at `path` (which must not exist), waiting until it is committed.
+
+    Args:
+        progress: called with the number of bytes newly written under `path`'s parent directory (where Orbax also
+            stages its temporary directory), every `interval` seconds while the save runs and once at its end. Orbax
+            compresses, so the calls add up to less than the arrays' size.
+    """
     import orbax.checkpoint as ocp
 
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(Path(path).absolute(), nest(state))
-        checkpointer.wait_until_finished()
+    path = Path(path).absolute()
+    stop = threading.Event()
+    seen = [_bytes_under(path.parent)]
+
+    def poll() -> None:
+        now = _bytes_under(path.parent)
+        if progress is not None and now > seen[0]:
+            progress(now - seen[0])
+            seen[0] = now
+
+    def watch() -> None:
+        while not stop.wait(interval):
+            poll()
+
+    watcher = threading.Thread(target=watch, name="orbax-save-progress", daemon=True)
+    watcher.start()
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(path, nest(state))
+            checkpointer.wait_until_finished()
+    finally:
+        stop.set()
+        watcher.join()
+    poll()
 
 
 def orbax_shapes(path: str | Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """{key: (shape, dtype)} of an Orbax checkpoint from its metadata, reading no array."""
     import orbax.checkpoint as ocp
 
+    from converters.outdir import describe
+
+    path = Path(path)
+    if not (path / "_CHECKPOINT_METADATA").is_file():
+        raise ConversionError(f"{path}: not an Orbax checkpoint (no _CHECKPOINT_METADATA); it holds {describe(path)}")
     with ocp.StandardCheckpointer() as checkpointer:
-        meta = checkpointer.metadata(Path(path).absolute())
+        meta = checkpointer.metadata(path.absolute())
     tree = getattr(getattr(meta, "item_metadata", meta), "tree", None)
     if tree is None:
-        tree = meta.item_metadata
+        tree = getattr(meta, "item_metadata", None)
+    if not isinstance(tree, Mapping):
+        raise ConversionError(f"{path}: an Orbax checkpoint without the metadata of a tree of arrays")
     return {key: (tuple(m.shape), np.dtype(m.dtype)) for key, m in flatten(tree).items()}
 
 

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from converters.upstream_config import to_hf_config
 from moshi_spec import LMConfig, TransformerConfig
 from parity.harness.adapters import LAYERS
 from parity.harness.adapters.base import (
@@ -116,23 +117,12 @@ def _run_layer(component: str):
 
 
 def lm_config(cfg: LMConfig) -> Any:
-    """An HF MoshiConfig for the LM of cfg; its Mimi codec is a minimal one (only the LM is ever run)."""
-    from transformers import MimiConfig, MoshiConfig
+    """An HF MoshiConfig for the LM of cfg (the converters' config.json of it); its Mimi codec is a minimal one (only
+    the LM is ever run)."""
+    from transformers import MoshiConfig
 
-    t, d = cfg.temporal, cfg.depth
-    mimi = MimiConfig(codebook_size=cfg.card, num_hidden_layers=1, num_filters=8, num_quantizers=cfg.n_q)
-    depth = {
-        "hidden_size": d.dim, "num_attention_heads": d.num_heads, "num_key_value_heads": d.num_kv_heads,
-        "head_dim": d.head_dim, "num_hidden_layers": d.num_layers, "ffn_dim": d.ffn_dim, "hidden_act": d.activation,
-        "rms_norm_eps": d.norm_eps,
-    }  # fmt: skip
-    hf = MoshiConfig.from_audio_encoder_config(
-        mimi, hidden_size=t.dim, num_attention_heads=t.num_heads, num_key_value_heads=t.num_kv_heads,
-        head_dim=t.head_dim, num_hidden_layers=t.num_layers, ffn_dim=t.ffn_dim, hidden_act=t.activation,
-        rms_norm_eps=t.norm_eps, vocab_size=cfg.text_card, num_codebooks=cfg.dep_q,
-        sliding_window=t.context or 2**31 - 1,
-        rope_parameters={"rope_type": "default", "rope_theta": float(t.rope_theta)}, depth_decoder_config=depth,
-    )  # fmt: skip
+    mimi = {"num_hidden_layers": 1, "num_filters": 8, "num_quantizers": cfg.n_q}
+    hf = MoshiConfig.from_dict(to_hf_config(cfg, audio_encoder=mimi))
     hf._attn_implementation = "eager"
     hf.depth_decoder_config._attn_implementation = "eager"
     return hf

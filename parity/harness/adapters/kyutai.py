@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from converters.upstream_config import to_kyutai_kwargs
 from moshi_spec import LMConfig, TransformerConfig
 from moshi_spec.kyutai import dim_feedforward
 from parity.harness.adapters import LAYERS
@@ -117,21 +118,9 @@ def _run_layer(component: str):
 
 
 def lm_kwargs(cfg: LMConfig) -> dict[str, Any]:
-    """kyutai `LMModel` keyword arguments for cfg, in the layout of `moshi.models.loaders._lm_kwargs`."""
-    t, d = cfg.temporal, cfg.depth
-    dff = kyutai_dim_feedforward(t)
-    hidden_scale = dff / t.dim
-    if int(hidden_scale * t.dim) != dff:
-        raise ValueError(f"kyutai cannot express dim_feedforward {dff} as int(hidden_scale * {t.dim})")
-    return {
-        "delays": list(cfg.delays), "n_q": cfg.n_q, "dep_q": cfg.dep_q, "card": cfg.card, "text_card": cfg.text_card,
-        "dim": t.dim, "num_heads": t.num_heads, "num_layers": t.num_layers, "hidden_scale": hidden_scale,
-        "norm": "rms_norm_f32", "context": t.context, "max_period": t.rope_theta, "gating": t.activation,
-        "positional_embedding": "rope", "causal": True, "existing_text_padding_id": cfg.existing_text_padding_id,
-        "depformer_dim": d.dim, "depformer_dim_feedforward": kyutai_dim_feedforward(d),
-        "depformer_num_heads": d.num_heads, "depformer_num_layers": d.num_layers, "depformer_multi_linear": True,
-        "depformer_weights_per_step": True, "depformer_pos_emb": "none",
-    }  # fmt: skip
+    """kyutai `LMModel` keyword arguments for cfg, in the layout of `moshi.models.loaders._lm_kwargs` (written by the
+    converters, which also write them next to a converted kyutai checkpoint)."""
+    return to_kyutai_kwargs(cfg)
 
 
 def lm_support(cfg: LMConfig) -> str | None:

@@ -1,0 +1,102 @@
+"""The configs upstream loaders read, written from an LMConfig: kyutai LMModel kwargs (the `config.json` of a kyutai
+checkpoint, as `moshi.models.loaders.CheckpointInfo` reads it) and an HF MoshiConfig dict (the `config.json` of
+`MoshiForConditionalGeneration.from_pretrained`). Plain JSON: neither torch, transformers nor moshi is imported.
+
+A writer refuses a config its upstream cannot express: what it writes must read back (converters/lm_config.py) as the
+same LMConfig, so that a converted checkpoint's config never silently describes another model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from converters.lm_config import UNBOUNDED, from_hf_config, from_kyutai_kwargs, lm_config_to_dict
+from converters.outdir import SAFETENSORS_NAME
+from moshi_spec import kyutai
+from moshi_spec.config import LMConfig
+
+LAYOUT_ONLY = ("rope_layout",)
+"""TransformerConfig fields that choose our own weight layout, not the model: no upstream config holds them."""
+
+
+def to_kyutai_kwargs(cfg: LMConfig) -> dict[str, Any]:
+    """kyutai `LMModel` keyword arguments for cfg, in the layout of `moshi.models.loaders._lm_kwargs`.
+
+    Raises:
+        ValueError: kyutai cannot express the temporal stack's MLP width as int(hidden_scale * dim).
+    """
+    t, d = cfg.temporal, cfg.depth
+    dff = kyutai.dim_feedforward(t.dim, t.hidden)
+    hidden_scale = dff / t.dim
+    if int(hidden_scale * t.dim) != dff:
+        raise ValueError(f"kyutai cannot express dim_feedforward {dff} as int(hidden_scale * {t.dim})")
+    return {
+        "delays": list(cfg.delays), "n_q": cfg.n_q, "dep_q": cfg.dep_q, "card": cfg.card, "text_card": cfg.text_card,
+        "dim": t.dim, "num_heads": t.num_heads, "num_layers": t.num_layers, "hidden_scale": hidden_scale,
+        "norm": "rms_norm_f32", "context": t.context, "max_period": t.rope_theta, "gating": t.activation,
+        "positional_embedding": "rope", "causal": True, "existing_text_padding_id": cfg.existing_text_padding_id,
+        "depformer_dim": d.dim, "depformer_dim_feedforward": kyutai.dim_feedforward(d.dim, d.hidden),
+        "depformer_num_heads": d.num_heads, "depformer_num_layers": d.num_layers, "depformer_multi_linear": True,
+        "depformer_weights_per_step": True, "depformer_pos_emb": "none",
+    }  # fmt: skip
+
+
+def to_hf_config(cfg: LMConfig, *, audio_encoder: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """An HF MoshiConfig dict (what `MoshiConfig.from_dict` takes and config.json holds) for the LM of cfg.
+
+    Args:
+        audio_encoder: MimiConfig fields besides codebook_size (= cfg.card); by default HF's own, the released Mimi.
+    """
+    t, d = cfg.temporal, cfg.depth
+
+    def stack(s: Any) -> dict[str, Any]:
+        return {
+            "hidden_size": s.dim, "num_attention_heads": s.num_heads, "num_key_value_heads": s.num_kv_heads,
+            "head_dim": s.head_dim, "num_hidden_layers": s.num_layers, "ffn_dim": s.ffn_dim,
+            "hidden_act": s.activation, "rms_norm_eps": s.norm_eps,
+        }  # fmt: skip
+
+    return {
+        "model_type": "moshi",
+        "architectures": ["MoshiForConditionalGeneration"],
+        **stack(t),
+        "vocab_size": cfg.text_card,
+        "audio_vocab_size": cfg.card,
+        "num_codebooks": cfg.dep_q,
+        "sliding_window": t.context or UNBOUNDED,
+        "rope_parameters": {"rope_type": "default", "rope_theta": float(t.rope_theta)},
+        "audio_encoder_config": {"model_type": "mimi", "codebook_size": cfg.card, **(audio_encoder or {})},
+        "depth_decoder_config": {"model_type": "moshi_depth", **stack(d)},
+    }
+
+
+def _differences(a: Mapping[str, Any], b: Mapping[str, Any], at: str = "") -> list[str]:
+    found = []
+    for key, value in a.items():
+        if isinstance(value, Mapping):
+            found += _differences(value, b[key], f"{at}{key}.")
+        elif value != b[key] and key not in LAYOUT_ONLY:
+            found.append(f"{at}{key}={value!r} (it would read back as {b[key]!r})")
+    return found
+
+
+def upstream_config(fmt: str, cfg: LMConfig) -> dict[str, Any] | None:
+    """The config.json a `fmt` checkpoint of cfg comes with for its upstream loader (kyutai: LM kwargs naming the
+    weights file as `moshi_name`; hf: a MoshiConfig), or None for a format of ours (ref, flax).
+
+    Raises:
+        ValueError: the upstream config cannot express cfg, naming each field it would lose.
+    """
+    if fmt == "kyutai":
+        written = to_kyutai_kwargs(cfg) | {"moshi_name": SAFETENSORS_NAME}
+        back, what = from_kyutai_kwargs(written), "kyutai LMModel kwargs"
+    elif fmt == "hf":
+        written = to_hf_config(cfg)
+        back, what = from_hf_config(written), "an HF MoshiConfig"
+    else:
+        return None
+    lost = _differences(lm_config_to_dict(cfg), lm_config_to_dict(back))
+    if lost:
+        raise ValueError(f"{what} cannot express this LMConfig: " + "; ".join(lost))
+    return written
