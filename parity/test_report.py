@@ -15,113 +15,15 @@ from typing import Any
 
 import pytest
 
-from reports import analysis, plugin, recordfile, records
+from parity.harness.record_cases import CRASH, PROFILE, drift, fixture, rec, write
+from reports import analysis, plugin, recordfile
 from reports.__main__ import main as cli
-from reports.schema import SCHEMA_VERSION
-from reports.validate import validate
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-PROFILE = "ci"
-
-
-def _rec(component: str = "rmsnorm", *, verdict: str = "pass", max_abs: float = 1e-7, **kw: Any) -> dict[str, Any]:
-    """A valid record (checked with validate) with max|d|/rms(ref) = max_abs (ref_rms 1); without `pair_class`
-    unless given, as records written before that field existed."""
-    ref, cand = kw.pop("pair", ("hf", "flax"))
-    dtype = kw.pop("dtype", "float32")
-    r = {
-        "schema": SCHEMA_VERSION,
-        "node_id": kw.pop("node_id", f"parity/test_{component}.py::test_parity[{ref}-{cand}-{dtype}]"),
-        "component": component,
-        "pair": {"reference": ref, "candidate": cand},
-        "layer": kw.pop("layer", None),
-        "stage": kw.pop("stage", None),
-        "control": kw.pop("control", None),
-        "verdict": verdict,
-        "expected_divergence": kw.pop("expected_divergence", None),
-        "failures": [] if verdict == "pass" else [f"max_abs {max_abs:.2e} > atol"],
-        "metrics": {
-            "max_abs": max_abs,
-            "max_abs_index": [0, 1],
-            "mae": max_abs / 10,
-            "max_rel": max_abs,
-            "kl": kw.pop("kl", None),
-            "topk_agreement": None,
-            "ref_rms": 1.0,
-        },
-        "tolerance": {"atol": 1e-5, "rtol": 0.0, "mae": 2e-6, "kl": None},
-        "dtypes": {"reference": dtype, "candidate": dtype, "expected": dtype},
-        "shapes": {"reference": [2, 20, 32], "candidate": [2, 20, 32]},
-        "inputs": {"x": [2, 20, 32]},
-        "config": {"preset": "tiny", "dim": 32},
-        "hypothesis": kw.pop("hypothesis", None),
-        "hypothesis_profile": PROFILE,
-        "platform": {"backend": "cpu", "device_kind": "cpu", "device_count": 1, "python": "3.11", "system": "Linux"},
-        "versions": {"python": "3.11", "jax": "0.10.2", "torch": "2.13.0"},
-        "worker": "gw0",
-        "time": "2026-01-01T00:00:00.000+00:00",
-    }
-    if "pair_class" in kw:
-        r["pair_class"] = kw.pop("pair_class")
-    assert not kw, kw
-    assert validate(r) == [], validate(r)
-    return r
-
-
-def _drift(pair: tuple[str, str] = ("kyutai", "flax"), *, over_from: int | None = 3) -> list[dict[str, Any]]:
-    """Per-layer lm_hidden records, 6 layers x both stages; the propagated error exceeds the budget from `over_from`."""
-    out = []
-    for stage in ("propagated", "teacher_forced"):
-        for layer in range(6):
-            err = 0.0 if layer == 0 else 1e-6 * (layer + 1)
-            if stage == "propagated" and over_from is not None and layer >= over_from:
-                err = 1e-4 * layer
-            out.append(
-                _rec(
-                    "lm_hidden",
-                    pair=pair,
-                    layer=layer,
-                    stage=stage,
-                    max_abs=err,
-                    verdict="fail" if err > 1e-5 else "pass",
-                    node_id=f"parity/test_lm.py::test_layer_drift[{pair[0]}->{pair[1]}-float32]",
-                )
-            )
-    return out
-
-
-def _fixture(*, crash: bool = True) -> list[dict[str, Any]]:
-    """Records of every kind: passes, a control, an expected divergence, a failing hypothesis test with 2 shrink
-    attempts, two whole-model drift runs and (unless `crash` is False) a worker crash."""
-    shrink = [
-        _rec("attention", verdict="fail", max_abs=m, node_id="parity/test_attention.py::test_h", hypothesis=h)
-        for m, h in (
-            (0.5, {"is_final": False, "reproduce": "@reproduce_failure('6', b'AAA')"}),
-            (0.3, {"is_final": False, "reproduce": "@reproduce_failure('6', b'AAB')"}),
-            (2e-4, {"is_final": True, "reproduce": "@reproduce_failure('6', b'FINAL')"}),
-        )
-    ]
-    out = [
-        _rec("rmsnorm"),
-        _rec("rmsnorm", pair=("hf", "ref"), max_abs=3e-7),
-        _rec("rmsnorm", control="eps_1e-5", verdict="fail", max_abs=1e-2),
-        _rec("rope", verdict="expected_divergence", expected_divergence="HF ignores the theta override", max_abs=0.2),
-        *shrink,
-        *_drift(),
-        *_drift(("ref", "flax"), over_from=None),
-    ]
-    if crash:
-        out.append(records.crash_record(node_id="parity/test_rope.py::test_crash", worker="gw1", failures=["gw1 died"]))
-    return out
-
-
-def _write(path: Path, recs: list[dict[str, Any]], *, extra_lines: tuple[str, ...] = ()) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in recs) + "".join(extra_lines))
-    return path
 
 
 def test_render_fixture(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    src = _write(tmp_path / "records.jsonl", _fixture())
+    src = write(tmp_path / "records.jsonl", fixture())
     recordfile.meta_path(src).write_text(json.dumps({"hypothesis_profile": PROFILE, "duration_s": 1.5, "workers": 2}))
     assert cli(["render", str(src), "-o", str(tmp_path / "html")]) == 0
     page = tmp_path / "html" / "report.html"
@@ -137,8 +39,8 @@ def test_render_fixture(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert not re.search(r"url\(\s*['\"]?(https?:)?//", html, re.I) and "@import" not in html
 
     s = json.loads((tmp_path / "html" / "summary.json").read_text())
-    assert s["counts"]["total"] == len(_fixture()) and s["counts"]["worker_crash"] == 1
-    assert s["counts"]["comparisons"] == len(_fixture()) - 3  # less the 2 shrink attempts and the crash
+    assert s["counts"]["total"] == len(fixture()) and s["counts"]["worker_crash"] == 1
+    assert s["counts"]["comparisons"] == len(fixture()) - 3  # less the 2 shrink attempts and the crash
     cells = {(m["component"], m["pair"], m["dtype"]): m for m in s["matrix"]}
     assert cells[("rmsnorm", "hf->flax", "float32")]["status"] == "pass"
     assert cells[("rmsnorm", "hf->flax", "float32")]["controls"] == 1
@@ -158,8 +60,8 @@ def test_render_fixture(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert s["worker_crashes"][0]["node_id"] == "parity/test_rope.py::test_crash"
     env = s["environment"]  # the crash record's context is the controller's (no device): not a variant of the run
     assert (env["platforms"], env["versions"], env["workers"]) == (
-        [_rec()["platform"]],
-        [_rec()["versions"]],
+        [rec()["platform"]],
+        [rec()["versions"]],
         ["gw0", "gw1"],
     )
     assert "(variant" not in html
@@ -169,9 +71,9 @@ def test_render_fixture(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_malformed_lines_are_reported_and_skipped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    good = _fixture()
-    truncated = json.dumps(_rec())[:57]
-    src = _write(tmp_path / "r.jsonl", good, extra_lines=(truncated + "\n", "[1, 2]\n", json.dumps(_rec()) + "\n"))
+    good = fixture()
+    truncated = json.dumps(rec())[:57]
+    src = write(tmp_path / "r.jsonl", good, extra_lines=(truncated + "\n", "[1, 2]\n", json.dumps(rec()) + "\n"))
     assert cli(["render", str(src), "-o", str(tmp_path / "html")]) == 0
     out = capsys.readouterr().out
     n = len(good)
@@ -183,126 +85,12 @@ def test_malformed_lines_are_reported_and_skipped(tmp_path: Path, capsys: pytest
     assert "malformed record line(s) skipped" in (tmp_path / "html" / "report.html").read_text()
 
 
-NODE = "parity/test_rmsnorm.py::test_parity[hf-ref-float32]"
-GONE = f"{NODE} [rmsnorm hf->ref float32]"
-CRASH = "parity/test_rope.py::test_crash (worker gw1)"
-
-
-def _runs(tmp_path: Path) -> dict[str, Path]:
-    """Records of a previous run ("old") and of later runs: its hf->ref rmsnorm comparison (3e-7) changed, lost, a
-    worker crashed, nothing recorded."""
-    recs = _fixture(crash=False)
-
-    def changed(**kw: Any) -> list[dict[str, Any]]:
-        return [_rec("rmsnorm", pair=("hf", "ref"), node_id=NODE, **kw) if r["node_id"] == NODE else r for r in recs]
-
-    runs = {
-        "old": recs,
-        "x3": changed(max_abs=9e-7),
-        "x1.3": changed(max_abs=4e-7),
-        "under_floor": changed(max_abs=1e-5 * 0.5e-3),  # 3e-7 -> 5e-9: below 1% of the budget
-        "nan": changed(max_abs=float("nan")),
-        "fails": changed(verdict="fail", max_abs=5e-7),
-        "removed": [r for r in recs if r["node_id"] != NODE],
-        "crashed": _fixture(),
-        "empty": [],
-    }
-    return {name: _write(tmp_path / f"{name}.jsonl", rs) for name, rs in runs.items()}
-
-
-@pytest.mark.parametrize(
-    ("old", "new", "flags", "status", "says"),
-    [
-        ("old", "old", [], 0, "gate: pass"),
-        ("old", "x3", [], 1, f"REGRESSION max_abs_rms: 3e-07 -> 9e-07 (x3, budget 1e-05) {GONE}"),
-        ("old", "x3", ["--factor", "4"], 0, "gate: pass"),
-        ("old", "x1.3", [], 0, "gate: pass"),
-        ("old", "under_floor", [], 0, "gate: pass"),
-        ("old", "nan", [], 1, f"REGRESSION max_abs_rms: 3e-07 -> NaN (xInfinity, budget 1e-05) {GONE}"),
-        ("old", "fails", [], 1, f"NEW FAILURE (was pass): {GONE}"),
-        ("old", "removed", [], 1, f"REMOVED: {GONE} (was pass)"),
-        ("old", "removed", ["--allow-removed"], 0, f"removed (allowed): {GONE} (was pass)"),
-        ("old", "crashed", [], 1, f"WORKER CRASH: {CRASH}"),
-        ("old", "crashed", ["--allow-crashes"], 0, f"worker crash (allowed): {CRASH}"),
-        ("old", "empty", ["--allow-removed"], 1, "NO COMPARISONS: the new run recorded none"),
-        ("empty", "empty", [], 1, "NO COMPARISONS: the new run recorded none"),
-    ],
-)
-def test_diff_gate(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], old: str, new: str, flags: list[str], status: int, says: str
-) -> None:
-    """A metric grown beyond the factor (and above the floor), a new failure, a comparison that disappeared and a
-    worker crash fail the gate, each named; a flag allows the last two; a run that recorded nothing fails it whatever
-    the flags (lost comparisons, crashes and empty runs once exited 0)."""
-    runs = _runs(tmp_path)
-    assert cli(["diff", str(runs[old]), str(runs[new]), *flags]) == status
-    out = capsys.readouterr().out.splitlines()
-    assert says in out
-    assert out[-1].startswith("gate: FAIL (" if status else "gate: pass")
-
-
-def test_page_names_what_the_gate_found(tmp_path: Path) -> None:
-    """The page's "since previous run" section and summary.json name new failures, removed comparisons and crashes."""
-    runs = _runs(tmp_path)
-    lost = [r for r in _fixture() if r["node_id"] != NODE] + [_rec("gating_mlp", verdict="fail", max_abs=1.0)]
-    new = _write(tmp_path / "lost.jsonl", lost)
-    assert cli(["render", str(new), "-o", str(tmp_path / "html"), "--previous", str(runs["old"])]) == 0
-    prev = json.loads((tmp_path / "html" / "summary.json").read_text())["previous"]
-    assert [r["key"] for r in prev["removed"]] == [GONE] and [r["key"] for r in prev["crashes"]] == [CRASH]
-    assert len(prev["new_failures"]) == 1 and "gating_mlp" in prev["new_failures"][0]["key"]
-    assert prev["failing"] == ["new_failures", "removed", "crashes"]
-    section = (tmp_path / "html" / "report.html").read_text().split('id="previous"')[1].split('id="matrix"')[0]
-    assert GONE.replace(">", "&gt;") in section and CRASH in section and "gate: <b>FAIL</b>" in section
-
-
-@pytest.mark.parametrize(
-    ("argv", "says"),
-    [
-        (["summary", "{missing}"], "{missing}: No such file or directory"),
-        (["summary", "{config}"], "{config}: no parity record in 4 non-blank line(s); line 1: not JSON"),
-        (["render", "{missing}", "-o", "{out}"], "{missing}: No such file or directory"),
-        (["render", "{good}", "--previous", "{config}", "-o", "{out}"], "{config}: no parity record"),
-        (["render", "{good}", "-o", "{good}/html"], "{good}/html: Not a directory"),
-        (["diff", "{missing}", "{good}"], "{missing}: No such file or directory"),
-        (["diff", "{good}", "{config}"], "{config}: no parity record"),
-    ],
-)
-def test_input_errors_are_one_line_exit_1(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], says: str
-) -> None:
-    """A missing file, a file that holds no record (a config file) or an unwritable output: one line, exit 1."""
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps({"preset": "tiny", "dim": 32}, indent=1))
-    paths = {"good": _write(tmp_path / "r.jsonl", [_rec()]), "config": config, "missing": tmp_path / "missing.jsonl"}
-    paths["out"] = tmp_path / "html"
-    assert cli([a.format(**paths) for a in argv]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith(f"python -m reports {argv[0]}: error: {says.format(**paths)}") and err.count("\n") == 1, err
-
-
-@pytest.mark.parametrize(
-    "argv",
-    [
-        ["diff", "a", "b", "--factor", "0.5"],
-        ["render", "a", "--previous", "b", "--factor", "1"],
-        ["diff", "a", "b", "--floor", "-1"],
-        ["summary"],
-        ["nonsense"],
-    ],
-)
-def test_usage_errors_are_one_line_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
-    with pytest.raises(SystemExit) as exit_:
-        cli(argv)
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2 and err.startswith("python -m reports") and err.count("\n") == 1, err
-
-
 def test_one_count_in_every_view(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The terminal line, the summary, the page and summary.json state a run's counts in one sentence
     (`analysis.headline`): shrink attempts and crashes are named beside the comparisons, never among them (the terminal
     line once counted every shrink attempt as a comparison)."""
-    recs = _fixture()
-    src = _write(tmp_path / "r.jsonl", recs)
+    recs = fixture()
+    src = write(tmp_path / "r.jsonl", recs)
     counts = analysis.count(recs)
     line = analysis.headline(counts)
     assert line == (
@@ -325,10 +113,10 @@ def test_one_count_in_every_view(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_no_number_reads_the_same_in_every_view(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """NaN, Infinity and "no number" read the same (`analysis.text`) in the summary, the diff and the page: the records'
     names and "-", never Python's "nan"/"inf" nor a zero."""
-    xdiv = _rec("rope", verdict="expected_divergence", expected_divergence="theta", max_abs=0.2)  # no worst in its cell
-    old = _write(tmp_path / "old.jsonl", [_rec("logits", max_abs=1e-7), _rec("lm_hidden"), xdiv])
-    inf = _nonfinite(_rec("lm_hidden", verdict="fail"), "Infinity")
-    new = _write(tmp_path / "new.jsonl", [_nonfinite(_rec("logits", verdict="fail"), "NaN"), inf, xdiv])
+    xdiv = rec("rope", verdict="expected_divergence", expected_divergence="theta", max_abs=0.2)  # no worst in its cell
+    old = write(tmp_path / "old.jsonl", [rec("logits", max_abs=1e-7), rec("lm_hidden"), xdiv])
+    inf = _nonfinite(rec("lm_hidden", verdict="fail"), "Infinity")
+    new = write(tmp_path / "new.jsonl", [_nonfinite(rec("logits", verdict="fail"), "NaN"), inf, xdiv])
 
     assert cli(["summary", str(new)]) == 0
     worst = {line.split()[0]: line.split()[-1] for line in capsys.readouterr().out.splitlines()[1:4]}
@@ -356,15 +144,15 @@ def test_summary_rows_are_the_report_matrix(tmp_path: Path, capsys: pytest.Captu
     """`python -m reports summary` prints the rows of the matrix that summary.json (and the page) show: the same counts
     and the same worst error, with NaN ranked worst, on a file holding every case the views once disagreed on."""
     logits = [
-        _rec("logits", pair=("kyutai", "flax"), max_abs=1e-7, pair_class="upstream-ours"),
-        _nonfinite(_rec("logits", pair=("kyutai", "flax"), verdict="fail", pair_class="upstream-ours"), "Infinity"),
-        _nonfinite(_rec("logits", pair=("kyutai", "flax"), verdict="fail", pair_class="upstream-ours"), "NaN"),
-        _rec("logits", pair=("kyutai", "flax"), verdict="fail", max_abs=3.0, pair_class="upstream-ours"),
-        _rec("logits", pair=("kyutai", "flax"), control="unscaled", pair_class="upstream-ours"),  # passed: a bug
+        rec("logits", pair=("kyutai", "flax"), max_abs=1e-7, pair_class="upstream-ours"),
+        _nonfinite(rec("logits", pair=("kyutai", "flax"), verdict="fail", pair_class="upstream-ours"), "Infinity"),
+        _nonfinite(rec("logits", pair=("kyutai", "flax"), verdict="fail", pair_class="upstream-ours"), "NaN"),
+        rec("logits", pair=("kyutai", "flax"), verdict="fail", max_abs=3.0, pair_class="upstream-ours"),
+        rec("logits", pair=("kyutai", "flax"), control="unscaled", pair_class="upstream-ours"),  # passed: a bug
     ]
-    recs = [*_fixture(), *logits]  # + hypothesis shrink attempts, a worker crash, records without pair_class
+    recs = [*fixture(), *logits]  # + hypothesis shrink attempts, a worker crash, records without pair_class
     bad = ('{"verdict": "pass", "comp\n', "[1, 2]\n", '{"preset": "tiny", "dim": 32}\n')  # cut off; JSON, no record
-    src = _write(tmp_path / "r.jsonl", recs, extra_lines=bad)
+    src = write(tmp_path / "r.jsonl", recs, extra_lines=bad)
 
     assert cli(["summary", str(src)]) == 0
     text = capsys.readouterr().out.splitlines()
@@ -421,10 +209,10 @@ def test_5000_records_render(tmp_path: Path) -> None:
     for i in range(5000 - 8 * 12):
         c, p, dt = comps[i % 6], pairs[(i // 6) % 4], ("float32", "bfloat16")[(i // 24) % 2]
         verdict = "fail" if i % 97 == 0 else "pass"
-        recs.append(_rec(c, pair=p, dtype=dt, verdict=verdict, max_abs=1e-7 * (1 + i % 13), node_id=f"t::n{i}"))
+        recs.append(rec(c, pair=p, dtype=dt, verdict=verdict, max_abs=1e-7 * (1 + i % 13), node_id=f"t::n{i}"))
     for k in range(8):
-        recs.extend(_drift(pairs[k % 4], over_from=None if k % 2 else 2 + k % 3))
-    src = _write(tmp_path / "r.jsonl", recs)
+        recs.extend(drift(pairs[k % 4], over_from=None if k % 2 else 2 + k % 3))
+    src = write(tmp_path / "r.jsonl", recs)
     assert cli(["render", str(src), "-o", str(tmp_path / "html"), "--previous", str(src)]) == 0
     assert json.loads((tmp_path / "html" / "summary.json").read_text())["counts"]["total"] == 5000
 
@@ -442,7 +230,7 @@ def _chromium(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[st
 def test_page_in_headless_chromium(tmp_path: Path) -> None:
     """The page runs its script without errors and requests nothing: the page's CSP (default-src 'none') blocks any
     request and its first script writes every error and blocked request onto the root element (data-errors)."""
-    src = _write(tmp_path / "r.jsonl", _fixture())
+    src = write(tmp_path / "r.jsonl", fixture())
     assert cli(["render", str(src), "-o", str(tmp_path / "html")]) == 0
     page = tmp_path / "html" / "report.html"
     bad = tmp_path / "html" / "bad.html"  # negative control: the detector sees a network request and a script error
