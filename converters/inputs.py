@@ -2,7 +2,8 @@
 
 - its config: `--preset`, `--config FILE` (kyutai LM kwargs, an HF config.json or a record of ours), IN's record, or
   the `config.json` of an IN directory; a file's mistakes are named by the file's own keys;
-- its format: IN's record must agree with `--src`; keys that fit another format better are said to be that format;
+- its format: IN's record must agree with `--src`; keys that fit another format better are said to be that format,
+  layer counts and a text embedding that contradict the config are said to;
 - its index: keys, shapes and dtypes from the safetensors headers (checked against the file sizes) or Orbax metadata;
 - its dtypes and values (converters/values.py): floating weights of one checkpoint dtype unless `--dtype` casts them,
   no NaN or Inf.
@@ -121,11 +122,29 @@ def format_hint(keys: Collection[str], src: str, cfg: LMConfig) -> str | None:
     )
 
 
+def config_hint(shapes: Mapping[str, tuple[int, ...]], src: str, cfg: LMConfig) -> str | None:
+    """ "IN does not look like this config: ..." when IN's layer counts or text embedding contradict the config's."""
+    spelling = registry.get_format(src).lm
+    found = []
+    for stack, prefix in spelling.stacks.items():
+        heads = (key[len(prefix) :].split(".")[0] for key in shapes if key.startswith(prefix))
+        layers = {int(head) for head in heads if head.isdigit()}
+        want = getattr(cfg, stack).num_layers
+        if layers and len(layers) != want:
+            found.append(f"{len(layers)} {stack} layers under {prefix}* where the config has {want}")
+    emb = spelling.top["text_emb"] + spelling.embedding
+    want = (cfg.text_card + 1, cfg.temporal.dim)
+    if emb in shapes and tuple(shapes[emb]) != want:
+        found.append(f"{emb} is {tuple(shapes[emb])} where the config has {want} (text_card + 1, temporal dim)")
+    return "IN does not look like this config: " + "; ".join(found) if found else None
+
+
 def check_keys(shapes: Mapping[str, tuple[int, ...]], *, src: str, dst: str, cfg: LMConfig, inp: Path) -> None:
     """Every key and shape of IN, and the whole conversion dry-run on zero-byte placeholders.
 
     Raises:
-        ConversionError: IN's key problems in its own names; or, when its keys are another format's, just that.
+        ConversionError: IN's key problems in its own names (and how IN contradicts the config, where it does); or,
+            when its keys are another format's, just that.
     """
     try:
         convert_shapes(shapes, src=src, dst=dst, cfg=cfg, component=COMPONENT)
@@ -133,7 +152,8 @@ def check_keys(shapes: Mapping[str, tuple[int, ...]], *, src: str, dst: str, cfg
         hint = format_hint(shapes, src, cfg)
         if hint is not None:
             raise ConversionError(f"{inp}: {hint}") from err
-        raise ConversionError(f"{inp}: {err}") from err
+        hint = config_hint(shapes, src, cfg)
+        raise ConversionError(f"{inp}: {err}" + (f"\n{hint}" if hint else "")) from err
 
 
 def check_dtypes(dtypes: Mapping[str, Any], *, cast: str, inp: Path) -> None:

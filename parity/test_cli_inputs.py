@@ -226,6 +226,16 @@ def test_in_of_another_format_is_named(tmp_path, capsys):
         assert "says it holds a hf checkpoint, not kyutai: pass --src hf" in capsys.readouterr().err
 
 
+def test_in_that_contradicts_the_config_is_said_to(tmp_path, capsys):
+    assert cli("kyutai", "hf", write_kyutai(tmp_path, kyutai_state()), tmp_path / "o", preset="moshi_7b") == 1
+    err = capsys.readouterr().err  # main: 439 key problems, nothing more
+    assert err.rstrip().endswith(
+        "IN does not look like this config: 2 temporal layers under transformer.layers.* where the config has 32; "
+        "2 depth layers under depformer.layers.* where the config has 6; text_emb.weight is (49, 32) where the config "
+        "has (32001, 4096) (text_card + 1, temporal dim)"
+    )
+
+
 def test_from_checkpoint_says_what_a_directory_holds(tmp_path):
     src = write_kyutai(tmp_path, kyutai_state())
     assert cli("kyutai", "hf", src, tmp_path / "hf") == 0
