@@ -6,6 +6,7 @@ Every module mirrors `models_ref` name for name; constructors take the config pl
 
 from models_flax.attention import Attention
 from models_flax.cache import KVCache
+from models_flax.checks import checked_jit
 from models_flax.layer import DecoderLayer
 from models_flax.linear import FlexibleLinear, Linear
 from models_flax.mlp import GatingMLP
@@ -21,4 +22,5 @@ __all__ = [
     "Linear",
     "RMSNorm",
     "RotaryEmbedding",
+    "checked_jit",
 ]

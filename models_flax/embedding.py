@@ -6,12 +6,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models_flax.checks import check_dtype, concrete
+from models_flax.checks import check_dtype, check_ids, check_int_array
 from moshi_spec import ZERO_TOKEN
 
 
 class Embedding(nnx.Module):
-    """weight (V, D); ids in [0, V) or ZERO_TOKEN; anything else is an error when the ids are concrete."""
+    """weight (V, D); ids in [0, V) or ZERO_TOKEN. Any other id is a ValueError when the ids are concrete and embeds to
+    NaN when they are traced: never clamped to a row of the table. (Traced ids are checked with checkify where they
+    enter the model, e.g. `LM.check_codes`, which names them; not again per table.)"""
 
     def __init__(
         self,
@@ -28,13 +30,9 @@ class Embedding(nnx.Module):
         self.weight = nnx.Param(init.astype(check_dtype("Embedding", param_dtype)))
 
     def __call__(self, ids: jax.Array) -> jax.Array:
-        if not jnp.issubdtype(ids.dtype, jnp.integer):
-            raise TypeError(f"Embedding: ids must be integer, got {ids.dtype}")
-        value = concrete(ids)
-        if value is not None and value.size and (value.min() < ZERO_TOKEN or value.max() >= self.num_embeddings):
-            raise ValueError(
-                f"Embedding: ids must be in [0, {self.num_embeddings}) or {ZERO_TOKEN}, "
-                f"got min {int(value.min())}, max {int(value.max())}"
-            )
+        """ids (...) integers -> (..., D) embeddings in the layer's dtype."""
+        check_int_array("Embedding", "ids", ids, "(...)")
+        ids = check_ids("Embedding", "ids", ids, vocab=self.num_embeddings, traced_check=False)
         rows = self.weight[...].astype(self.dtype)[jnp.maximum(ids, 0)]
-        return jnp.where((ids == ZERO_TOKEN)[..., None], jnp.zeros((), self.dtype), rows)
+        fill = jnp.where(ids == ZERO_TOKEN, 0.0, jnp.nan).astype(self.dtype)
+        return jnp.where((ids >= 0)[..., None], rows, fill[..., None])

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from models_flax.checks import check_dtype, check_input, concrete
+from models_flax.checks import check_dtype, check_input, require
 
 
 def einsum(equation: str, a: jax.Array, b: jax.Array, *, precision: jax.lax.PrecisionLike) -> jax.Array:
@@ -17,14 +18,18 @@ def einsum(equation: str, a: jax.Array, b: jax.Array, *, precision: jax.lax.Prec
     return jnp.einsum(equation, a, b, precision=precision, preferred_element_type=jnp.float32)
 
 
-def select_weights(kernel: jax.Array, seq_len: int, layer_idx: object) -> jax.Array:
-    """Returns the (S', in, out) kernels applied to the S positions of the input (S' == S, or S' == L when S == 1).
+def select_weights(kernel: jax.Array, seq_len: int, layer_idx: object) -> tuple[jax.Array, jax.Array | None]:
+    """Returns the (S', in, out) kernels applied to the S positions of the input (S' == S, or S' == L when S == 1),
+    and, for a traced layer_idx, which of the S' (or the one, for a 0-d index) selections were in range (else None).
 
     layer_idx modes:
         None: position i uses kernel[i]; S must equal num_layers.
         Python int or 0-d integer array: one kernel for all positions.
         1-D integer array of length S: position i uses kernel[idx[i]].
         1-D integer array of length L with S == 1: the one input goes through L matrices (L outputs).
+
+    An index outside [0, L) is a ValueError when concrete; traced, a checkify check under `checked_jit` (see
+    models_flax.checks), and the selections it makes are reported invalid, so that the caller outputs NaN.
     """
     num_layers = kernel.shape[0]
     if layer_idx is None:
@@ -34,31 +39,36 @@ def select_weights(kernel: jax.Array, seq_len: int, layer_idx: object) -> jax.Ar
                 f"got S={seq_len}; "
                 "pass layer_idx to select weights explicitly"
             )
-        return kernel
+        return kernel, None
     if isinstance(layer_idx, bool) or not (isinstance(layer_idx, int) or hasattr(layer_idx, "dtype")):
         raise TypeError(f"FlexibleLinear: layer_idx must be None, an int or an integer array, got {layer_idx!r}")
-    idx = jnp.asarray(layer_idx)
-    if not jnp.issubdtype(idx.dtype, jnp.integer):
+    idx = jnp.asarray(layer_idx) if isinstance(layer_idx, jax.core.Tracer) else np.asarray(layer_idx)
+    if not np.issubdtype(idx.dtype, np.integer):
         raise TypeError(f"FlexibleLinear: layer_idx must be integer, got dtype {idx.dtype}")
     if idx.ndim > 1:
         raise ValueError(f"FlexibleLinear: layer_idx must be 0-d or 1-D, got shape {tuple(idx.shape)}")
-    value = concrete(layer_idx)
-    if value is not None and value.size and (value.min() < 0 or value.max() >= num_layers):
-        raise ValueError(
-            f"FlexibleLinear: layer_idx out of range [0, {num_layers}): min {int(value.min())}, max {int(value.max())}"
-        )
-    if idx.ndim == 0:
-        return kernel[idx][None]
-    if idx.shape[0] != seq_len and seq_len != 1:
+    if idx.ndim == 1 and idx.shape[0] != seq_len and seq_len != 1:
         raise ValueError(
             f"FlexibleLinear: 1-D layer_idx of length {idx.shape[0]} needs S == {idx.shape[0]} or S == 1, "
             f"got S={seq_len}"
         )
-    return kernel[idx]
+    valid = None
+    if idx.size:
+        ok = (idx >= 0) & (idx < num_layers)
+        require(
+            ok, f"FlexibleLinear: layer_idx out of range [0, {num_layers}): min {{low}}, max {{high}}",
+            low=idx.min(), high=idx.max(),
+        )  # fmt: skip
+        if isinstance(idx, jax.core.Tracer):
+            valid, idx = ok, jnp.clip(idx, 0, num_layers - 1)  # the caller turns the invalid selections into NaN
+    if idx.ndim == 0:
+        return kernel[idx][None], valid
+    return kernel[idx], valid
 
 
 class FlexibleLinear(nnx.Module):
-    """kernel (L, in, out); `__call__(x (B, S, in), *, layer_idx)` -> (B, S', out)."""
+    """kernel (L, in, out); `__call__(x (B, S, in), *, layer_idx)` -> (B, S', out). A layer_idx out of range is a
+    ValueError when concrete; traced, it raises under `checked_jit` and its outputs are NaN (not a clamped kernel's)."""
 
     def __init__(
         self,
@@ -79,12 +89,14 @@ class FlexibleLinear(nnx.Module):
 
     def __call__(self, x: jax.Array, *, layer_idx: object = None) -> jax.Array:
         check_input("FlexibleLinear", x, rank=3, last=self.in_features, dtype=self.dtype)
-        w = select_weights(self.kernel[...].astype(self.dtype), x.shape[1], layer_idx)
+        w, valid = select_weights(self.kernel[...].astype(self.dtype), x.shape[1], layer_idx)
         if w.shape[0] == 1:  # one kernel for every position (int / 0-d index, or num_layers == 1)
             y = einsum("bsi,io->bso", x, w[0], precision=self.precision)
         else:  # an S == 1 input broadcasts over the S' = L kernels
             x = jnp.broadcast_to(x, (x.shape[0], w.shape[0], x.shape[2]))
             y = einsum("bsi,sio->bso", x, w, precision=self.precision)
+        if valid is not None:  # a traced index out of range: NaN, not the clamped kernel's output
+            y = jnp.where(valid.reshape(1, -1, 1) if valid.ndim else valid, y, jnp.nan)
         return y.astype(self.dtype)
 
 

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx, struct
 
 from models_flax.cache import KVCache
+from models_flax.checks import check_ids, check_int_array
 from models_flax.delays import delay, undelay
 from models_flax.embedding import Embedding
 from models_flax.layer import DecoderLayer
@@ -51,7 +53,7 @@ class DepthTransformer(nnx.Module):
         embeds = [self.text_embed_tokens(tokens[:, 0])]
         embeds += [self.embed_tokens[c - 1](tokens[:, c]) for c in range(1, steps)]
         x = jnp.stack(embeds, axis=1)
-        x = x + self.input_projections(context[:, None], layer_idx=jnp.arange(steps))
+        x = x + self.input_projections(context[:, None], layer_idx=np.arange(steps, dtype=np.int32))
         positions = jnp.broadcast_to(jnp.arange(steps), (n, steps))
         for layer in self.layers:
             x, _ = layer(x, positions=positions)
@@ -113,7 +115,7 @@ class LM(nnx.Module):
         return self.text_embed_tokens.dtype
 
     def initial_tokens(self) -> jax.Array:
-        return jnp.asarray([self.cfg.initial_text_token] + [self.cfg.initial_audio_token] * self.cfg.n_q)
+        return jnp.asarray([self.cfg.initial_text_token] + [self.cfg.initial_audio_token] * self.cfg.n_q, jnp.int32)
 
     def embed(self, tokens: jax.Array) -> jax.Array:
         """tokens (B, 1 + n_q, T) -> (B, T, D): sum of the audio embeddings, then + the text's (kyutai's order)."""
@@ -122,13 +124,25 @@ class LM(nnx.Module):
             x = x + self.embed_tokens[k](tokens[:, 1 + k])
         return x + self.text_embed_tokens(tokens[:, 0])
 
-    def __call__(self, codes: jax.Array) -> LMOutput:
-        """codes (B, 1 + n_q, T), text first; logits are aligned with the codes they predict."""
+    def check_codes(self, codes: jax.Array | np.ndarray) -> jax.Array:
+        """codes (B, 1 + n_q, T), B and T >= 1, integers: text ids (stream 0) in [0, text_card), audio ids in
+        [0, card), or -1 (the zero token) -> int32 codes. Bad codes raise (TypeError, ValueError) when concrete; traced
+        out-of-range codes raise under `checked_jit` (models_flax.checks) and make the outputs they feed NaN."""
         cfg = self.cfg
-        if codes.ndim != 3 or codes.shape[1] != 1 + cfg.n_q:
-            raise ValueError(f"LM: codes must be (B, 1 + n_q = {1 + cfg.n_q}, T), got {tuple(codes.shape)}")
+        layout = f"(B, 1 + n_q = {1 + cfg.n_q}, T)"
+        check_int_array("LM", "codes", codes, layout)
+        if codes.ndim != 3 or codes.shape[1] != 1 + cfg.n_q or codes.shape[0] < 1 or codes.shape[2] < 1:
+            raise ValueError(f"LM: codes must be {layout} with B >= 1 and T >= 1, got shape {tuple(codes.shape)}")
+        text = check_ids("LM", "codes[:, 0]: text ids", codes[:, :1], vocab=cfg.text_card)
+        audio = check_ids("LM", "codes[:, 1:]: audio ids", codes[:, 1:], vocab=cfg.card, offset=(0, 1, 0))
+        return jnp.concatenate([text, audio], axis=1)
+
+    def __call__(self, codes: jax.Array | np.ndarray) -> LMOutput:
+        """codes (B, 1 + n_q, T), text first (see `check_codes`); logits are aligned with the codes they predict."""
+        cfg = self.cfg
+        codes = self.check_codes(codes)
         batch, _, length = codes.shape
-        initial = self.initial_tokens().astype(codes.dtype)
+        initial = self.initial_tokens()
         first = jnp.broadcast_to(initial[None, :, None], (batch, initial.shape[0], 1))
         delayed = jnp.concatenate([first, delay(codes, cfg.delays, initial)], axis=2)
         inputs, targets = delayed[:, :, :-1], delayed[:, :, 1:]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models_ref.checks import check_dtype
+from models_ref.checks import check_dtype, check_ids, check_int_tensor
 from moshi_spec import ZERO_TOKEN
 
 
@@ -19,12 +19,7 @@ class Embedding(nn.Module):
         self.weight = nn.Parameter(torch.randn(num_embeddings, dim, dtype=dtype))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        if ids.dtype not in (torch.int32, torch.int64):
-            raise TypeError(f"Embedding: ids must be integer, got {ids.dtype}")
-        if ids.numel() and (int(ids.min()) < ZERO_TOKEN or int(ids.max()) >= self.num_embeddings):
-            raise ValueError(
-                f"Embedding: ids must be in [0, {self.num_embeddings}) or {ZERO_TOKEN}, "
-                f"got min {int(ids.min())}, max {int(ids.max())}"
-            )
+        check_int_tensor("Embedding", "ids", ids, "(...)")
+        ids = check_ids("Embedding", "ids", ids, vocab=self.num_embeddings)
         is_zero = (ids == ZERO_TOKEN)[..., None]
         return torch.where(is_zero, torch.zeros((), dtype=self.weight.dtype), self.weight[ids.clamp(min=0)])

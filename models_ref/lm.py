@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from models_ref.checks import check_ids, check_int_tensor
 from models_ref.delays import delay, undelay
 from models_ref.embedding import Embedding
 from models_ref.layer import DecoderLayer
@@ -78,11 +79,22 @@ class LM(nn.Module):
             x = x + self.embed_tokens[k](tokens[:, 1 + k])
         return x + self.text_embed_tokens(tokens[:, 0])
 
-    def forward(self, codes: torch.Tensor) -> LMOutput:
-        """codes (B, 1 + n_q, T), text first; logits are aligned with the codes they predict."""
+    def check_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (B, 1 + n_q, T), B and T >= 1, integers: text ids (stream 0) in [0, text_card), audio ids in
+        [0, card), or -1 (the zero token) -> int64 codes; anything else raises (models_flax's LM.check_codes)."""
         cfg = self.cfg
-        if codes.dim() != 3 or codes.shape[1] != 1 + cfg.n_q:
-            raise ValueError(f"LM: codes must be (B, 1 + n_q = {1 + cfg.n_q}, T), got {tuple(codes.shape)}")
+        layout = f"(B, 1 + n_q = {1 + cfg.n_q}, T)"
+        check_int_tensor("LM", "codes", codes, layout)
+        if codes.dim() != 3 or codes.shape[1] != 1 + cfg.n_q or codes.shape[0] < 1 or codes.shape[2] < 1:
+            raise ValueError(f"LM: codes must be {layout} with B >= 1 and T >= 1, got shape {tuple(codes.shape)}")
+        text = check_ids("LM", "codes[:, 0]: text ids", codes[:, :1], vocab=cfg.text_card)
+        audio = check_ids("LM", "codes[:, 1:]: audio ids", codes[:, 1:], vocab=cfg.card, offset=(0, 1, 0))
+        return torch.cat([text, audio], dim=1)
+
+    def forward(self, codes: torch.Tensor) -> LMOutput:
+        """codes (B, 1 + n_q, T), text first (see `check_codes`); logits are aligned with the codes they predict."""
+        cfg = self.cfg
+        codes = self.check_codes(codes)
         batch, _, length = codes.shape
         initial = self.initial_tokens()
         delayed = torch.cat([initial.view(1, -1, 1).expand(batch, -1, 1), delay(codes, cfg.delays, initial)], dim=2)

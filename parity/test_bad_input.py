@@ -1,8 +1,10 @@
 """Bad input is a clear ValueError / TypeError from both our implementations, never a silent broadcast or cast."""
 
+import jax
 import numpy as np
 import pytest
 
+import models_flax
 from moshi_spec import TransformerConfig
 from parity.harness import adapters
 
@@ -61,6 +63,21 @@ def test_index_out_of_range(impl, idx):
         idx = index(impl, [0, 5])
     with pytest.raises(ValueError, match=r"out of range \[0, 3\)"):
         make(impl, "flexible_linear", FLEX)(array(impl, (1, 2, 16)), layer_idx=idx)
+
+
+@pytest.mark.parametrize(("idx", "bad"), [(7, [0, 1]), ([0, 7], [1]), ([-1, 2], [0])], ids=["0-d", "1-D", "negative"])
+def test_traced_index_out_of_range(idx, bad):
+    """flax under jit (the ref has none): checked_jit raises the eager error word for word; a plain jit clamps nothing,
+    the positions whose index is out of range are NaN and the others are computed."""
+    module, x, idx = make("flax", "flexible_linear", FLEX), array("flax", (1, 2, 16)), index("flax", idx)
+    with pytest.raises(ValueError, match=r"out of range \[0, 3\)") as eager:
+        module(x, layer_idx=idx)
+    with pytest.raises(ValueError) as jitted:
+        models_flax.checked_jit(lambda m, x, idx: m(x, layer_idx=idx))(module, x, idx)
+    assert str(jitted.value) == str(eager.value)
+    y = np.asarray(jax.jit(lambda x, idx: module(x, layer_idx=idx))(x, idx))
+    nan = np.isnan(y).all(axis=(0, 2))
+    assert nan.tolist() == [i in bad for i in range(2)] and np.isfinite(y[:, ~nan]).all()
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -130,8 +147,6 @@ def test_cache_too_small_for_context(impl):
 
 def test_unknown_attention_impl():
     from flax import nnx
-
-    import models_flax
 
     with pytest.raises(ValueError, match="unknown impl 'cudnn'"):
         models_flax.Attention(CFG, impl="cudnn", rngs=nnx.Rngs(0))
