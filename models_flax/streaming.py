@@ -18,7 +18,8 @@ The step is kyutai `LMGen._step` (moshi 0.2.13) line for line, on arrays:
 4. offset += 1, the sampled text and audio are written at slot offset % width, and the output is the buffer read back
    with the model streams' delays undone (UNGENERATED while offset <= max_delay).
 Sampling (models_flax.sampling) follows kyutai's sample_token; temperature 0 is greedy. Host-side checks reject codes of
-the wrong shape, out-of-range codes and a batch other than the state's before anything runs.
+the wrong shape or dtype, out-of-range codes and a batch other than the state's before anything runs (inside the
+compiled step every code is then in range: it was checked, or sampled from the logits).
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ import numpy as np
 from flax import nnx, struct
 
 from models_flax.cache import KVCache
+from models_flax.checks import check_ids, check_int_array
 from models_flax.lm import LM
 from models_flax.sampling import AUDIO, TEXT, Sampler, sample
-from moshi_spec import ZERO_TOKEN
 
 UNGENERATED = -2  # kyutai LMModel.ungenerated_token_id: a buffer slot not written yet
 
@@ -294,6 +295,11 @@ class Streamer:
 
     def _check_codes(self, where: str, user_codes, state: StreamState, *, frames: int | None) -> jax.Array:
         cfg = self.cfg
+        if any(isinstance(x, jax.core.Tracer) for x in (user_codes, getattr(state, "offsets", None))):
+            raise TypeError(
+                f"{where}: called with traced values (inside jax.jit, vmap or scan): the Streamer compiles its own "
+                "programs and checks the codes on the host before them; call it eagerly (generate runs a whole loop)"
+            )
         if not isinstance(state, StreamState):
             raise TypeError(f"{where}: state must be a StreamState (Streamer.init_state), got {type(state).__name__}")
         if any(c.keys.is_deleted() for c in state.caches):
@@ -311,9 +317,10 @@ class Streamer:
                 f"{buffer}), caches (heads, dtype, capacity) {caches[:1]} x {len(caches)} (expected "
                 f"{((t.num_kv_heads, t.head_dim), self.dtype, t.context)} x {t.num_layers})"
             )
-        codes = np.asarray(user_codes)
         ndim = 2 if frames == 1 else 3
         layout = "(B, n_q - dep_q)" if ndim == 2 else "(B, n_q - dep_q, T)"
+        check_int_array(where, "user_codes", user_codes, layout)
+        codes = np.asarray(user_codes)  # checked on the host: the compiled step never sees an unchecked code
         if codes.ndim != ndim or codes.shape[1] != self.user_streams or (ndim == 3 and codes.shape[2] < 1):
             raise ValueError(
                 f"{where}: user codes must be {layout} with n_q - dep_q = {self.user_streams} user codebooks, "
@@ -321,15 +328,7 @@ class Streamer:
             )
         if codes.shape[0] != state.batch:
             raise ValueError(f"{where}: user codes have batch {codes.shape[0]}, the state has batch {state.batch}")
-        if not np.issubdtype(codes.dtype, np.integer):
-            raise TypeError(f"{where}: user codes must be integers, got {codes.dtype}")
-        bad = (codes < ZERO_TOKEN) | (codes >= cfg.card)
-        if bad.any():
-            where_bad = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise ValueError(
-                f"{where}: user codes must be in [0, {cfg.card}) or {ZERO_TOKEN} (zero token); "
-                f"got {int(codes[where_bad])} at index {where_bad} ({int(bad.sum())} out of range)"
-            )
+        codes = check_ids(where, "user_codes: audio ids", codes, vocab=cfg.card)
         steps = 1 if frames == 1 else codes.shape[2]
         capacity = state.caches[0].capacity if state.caches else None
         if cfg.temporal.context is None and capacity is not None:
@@ -339,7 +338,7 @@ class Streamer:
                     f"{where}: unbounded context and a cache of {capacity} frames; {reached} frames would overwrite "
                     "visible keys (init_state(capacity=...) larger)"
                 )
-        return jnp.asarray(codes, jnp.int32)
+        return jnp.asarray(codes)
 
 
 __all__ = ["UNGENERATED", "StepOutput", "StreamState", "Streamer"]

@@ -8,6 +8,7 @@
 Each has negative controls (planted delay-buffer, rope, sampling and mask bugs); bad input is a clear error.
 """
 
+import warnings
 from functools import cache
 
 import jax
@@ -324,17 +325,39 @@ def _codes(batch=2, streams=CFG.n_q - CFG.dep_q, value=0):
     [
         (_codes(streams=5), ValueError, r"n_q - dep_q = 4 user codebooks, got shape \(2, 5\)"),
         (_codes()[:, :, None], ValueError, r"must be \(B, n_q - dep_q\)"),
-        (_codes(value=32), ValueError, r"in \[0, 32\) or -1 \(zero token\); got 32 at index \(0, 0\)"),
+        (
+            _codes(value=32),
+            ValueError,
+            r"audio ids must be in \[0, 32\) or -1 \(the zero token\); got 32 at index \(0, 0\)",
+        ),
         (_codes(value=-2), ValueError, r"got -2 at index \(0, 0\) \(8 out of range\)"),
         (_codes(batch=3), ValueError, "user codes have batch 3, the state has batch 2"),
-        (_codes().astype(np.float32), TypeError, "must be integers, got float32"),
+        (_codes().astype(np.float32), TypeError, r"must be integers, got float32 of shape \(2, 4\)"),
+        (_codes().tolist(), TypeError, r"user_codes must be a jax or numpy integer array \(B, n_q - dep_q\), got list"),
     ],
-    ids=["codebooks", "rank", "code_eq_card", "code_below_zero_token", "batch", "float"],
+    ids=["codebooks", "rank", "code_eq_card", "code_below_zero_token", "batch", "float", "list"],
 )
 def test_bad_step_input(codes, error, match):
     streamer = _greedy("float32", 0, "flax")
     with pytest.raises(error, match=match):
         streamer.step(streamer.init_state(2), codes)
+
+
+def test_step_checks_codes_on_the_host_and_is_not_traced():
+    """Codes are checked on the host, so the compiled step carries no check (no effect: JAX's fast dispatch, no host
+    callback); numpy's default int64 codes pass without JAX's truncation warning (cast once checked); a step traced
+    by an outer jit is refused: its codes could not be checked on the host, and the step compiles its own programs."""
+    streamer = _greedy("float32", 0, "flax")
+    state, codes = streamer.init_state(2), _codes(value=31)
+    traced = streamer._step.trace(
+        streamer.params, streamer.depth_weights, state, codes.astype(np.int32), jax.random.key(0)
+    )
+    assert traced.jaxpr.effects == set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        streamer.step(state, codes)
+    with pytest.raises(TypeError, match=r"Streamer.step: called with traced values \(inside jax.jit"):
+        jax.jit(lambda codes: streamer.step(streamer.init_state(2), codes)[0].tokens)(_codes())
 
 
 def test_consumed_state_is_a_clear_error():
