@@ -5,6 +5,8 @@ checks: `models_flax.checked_jit` raises them as the eager ValueError, word for 
 (no effect: JAX's fast dispatch) and clamps nothing: what a bad code feeds is NaN.
 """
 
+import subprocess
+import sys
 import warnings
 from functools import cache
 
@@ -13,8 +15,11 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
+from safetensors.numpy import save_file
 
 import models_flax
+from converters.cli import main as cli_main
+from models_flax.lm import LM
 from moshi_spec import LMConfig
 from parity.harness.implementations import build
 from parity.harness.strategies import random_codes
@@ -122,3 +127,31 @@ def test_under_jit_a_bad_code_raises_with_checked_jit_and_is_never_clamped():
         assert np.isnan(values[1, :, 2:][valid]).all(), f"{logits}: computed from a clamped embedding"
         assert np.array_equal(values[0], np.asarray(getattr(want, logits))[0], equal_nan=True), logits
     assert np.array_equal(np.asarray(checked(lm, good).text_logits), np.asarray(want.text_logits))
+
+
+def test_from_checkpoint_is_exported_lazily():
+    """`models_flax.from_checkpoint` without torch installed; `import models_flax` imports neither the checkpoint
+    module nor the converters (the attribute or the call does)."""
+    code = (
+        "import sys; [sys.modules.__setitem__(m, None) for m in ('torch', 'transformers', 'moshi')]\n"
+        "import models_flax\n"
+        "loaded = [m for m in ('models_flax.checkpoint', 'converters') if m in sys.modules]\n"
+        "assert not loaded and 'from_checkpoint' in models_flax.__all__ + dir(models_flax), loaded\n"
+        "from models_flax import from_checkpoint\n"
+        "assert from_checkpoint.__module__ == 'models_flax.checkpoint'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def test_checkpoint_model_rejects_bad_codes(tmp_path):
+    """An LM loaded by `models_flax.from_checkpoint` checks its codes."""
+    save_file(_models().states["kyutai"], str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    args = ["--no-progress", "--src", "kyutai", "--dst", "flax", "--preset", "tiny"]
+    assert cli_main([*args, str(tmp_path / "model.safetensors"), str(tmp_path / "flax")]) == 0
+    lm = models_flax.from_checkpoint(tmp_path / "flax")
+    assert isinstance(lm, LM)  # the class whose call checks its codes, eagerly and under jit (tests above)
+    for case in ("list", "text_5000", "audio_card"):
+        codes, error, match = BAD[case]
+        with pytest.raises(error, match=match):
+            lm(codes)
