@@ -163,7 +163,7 @@ def profile_steps(step: Callable[[int], None], first: int, count: int) -> None:
     print_profile(trace_dir, count, wall)
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="small", choices=("tiny", "small", "moshi_7b"))
     parser.add_argument("--dtype", default="float32", choices=tuple(JAX_DTYPES))
@@ -172,7 +172,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--no-kyutai", action="store_true", help="Flax only (e.g. on an accelerator without moshi)")
     parser.add_argument("--profile", type=int, default=0, help="trace this many more Flax steps; print device time")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     cfg = getattr(LMConfig, args.preset)()
     total = args.frames + args.warmup + 1 + args.profile
     codes = np.random.default_rng(0).integers(0, cfg.card, (1, cfg.n_q - cfg.dep_q, total)).astype(np.int64)

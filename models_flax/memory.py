@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     result = plan(LMConfig.preset(args.preset), dtype=args.dtype, batch=args.batch)
     print(f"{args.preset} {args.dtype} batch {args.batch}")
     for name, value in result.items():
-        text = f"{value:,}" if name == "parameters" else f"{value / 2**30:8.2f} GiB  ({value:,} bytes)"
+        text = f"{value:,}" if name == "parameters" else f"{value / 1e9:8.2f} GB  ({value:,} bytes)"
         print(f"  {name:18} {text}")
 
 
