@@ -17,12 +17,19 @@ from moshi_spec.config import ACTIVATIONS, LMConfig, TransformerConfig
 UNBOUNDED = 2**31 - 1
 """HF's sliding_window (an int in MoshiConfig) for a stack without a context window; read back as None."""
 
-# num_heads is an explicit LMModel argument, so the depformer never inherits it: depformer_num_heads is required.
-KYUTAI_REQUIRED = tuple(
-    "dim num_heads num_layers n_q dep_q card text_card delays depformer_dim depformer_num_heads".split()
-)
+# What LMModel cannot build without: StreamingTransformer has no default num_layers or num_heads, and num_heads is an
+# explicit LMModel argument, so the depformer never inherits it (depformer_num_heads); LMModel's default delays [0]
+# fit only n_q = 0, which this port does not build.
+KYUTAI_REQUIRED = ("num_layers", "depformer_num_heads", "delays")
+KYUTAI_DEFAULTS: dict[str, Any] = {
+    # what LMModel(**kwargs) builds for an absent key: LMModel.__init__'s defaults, then StreamingTransformer's
+    # (max_period) and StreamingTransformerLayer's (gating, kv_repeat); the depformer_* ones default to these
+    "dim": 128, "num_heads": 8, "n_q": 8, "dep_q": 8, "card": 1024, "text_card": 32000, "depformer_dim": 256,
+    "hidden_scale": 4, "context": None, "existing_text_padding_id": 3, "max_period": 10_000, "gating": "none",
+    "kv_repeat": 1,
+}  # fmt: skip
 KYUTAI_USED = frozenset(
-    {*KYUTAI_REQUIRED, "hidden_scale", "context", "max_period", "gating", "kv_repeat", "existing_text_padding_id"}
+    {*KYUTAI_REQUIRED, *KYUTAI_DEFAULTS}
     | {"depformer_dim_feedforward", "depformer_num_layers", "depformer_gating", "depformer_kv_repeat", "text_card_out"}
 )
 KYUTAI_SUPPORTED: dict[str, tuple[Any, tuple[Any, ...]]] = {
@@ -80,14 +87,14 @@ def _kyutai_size_problems(d: Mapping[str, Any]) -> list[str]:
     for stack, names in KYUTAI_STACK_NAMES.items():
         dim_key, heads_key, kv_key = names["dim"], names["num_heads"], names["num_kv_heads_override"]
         dim, heads = d[dim_key], d[heads_key]
-        kv = d.get(kv_key, d.get("kv_repeat", 1))
+        kv = d.get(kv_key, d["kv_repeat"])
         if dim % heads:
             problems.append(f"{heads_key}={heads} does not divide {dim_key}={dim} (kyutai's head_dim is the quotient)")
         elif stack == "temporal" and (dim // heads) % 2:
             problems.append(f"{dim_key} / {heads_key} = {dim // heads} is odd: rope needs an even head_dim")
         if heads % kv:
             problems.append(f"{heads_key}={heads} is not a multiple of {kv_key}={kv}")
-    scale = d.get("hidden_scale", 4)
+    scale = d["hidden_scale"]
     dff = d.get("depformer_dim_feedforward")
     for dim_key, width, key in (("dim", int(scale * d["dim"]), "hidden_scale"),
                                 ("depformer_dim", dff or int(scale * d["depformer_dim"]),
@@ -100,13 +107,16 @@ def _kyutai_size_problems(d: Mapping[str, Any]) -> list[str]:
 def from_kyutai_kwargs(kwargs: Mapping[str, Any]) -> LMConfig:
     """The LMConfig of kyutai `LMModel(**kwargs)` (as in `moshi.models.loaders._lm_kwargs` or a kyutai config.json).
 
+    An absent key means what LMModel makes of it (KYUTAI_DEFAULTS; depformer_* keys default to their temporal
+    counterparts, as LMModel passes them on), never what Moshi 7B uses.
+
     Raises:
         ValueError: required keys missing, unknown keys, values of the wrong type, settings this port does not
             implement, or sizes kyutai cannot build (listed together, named by the kwargs).
     """
     where = "kyutai LM kwargs"
-    d = dict(kwargs)
-    problems = [f"missing required key {k!r}" for k in KYUTAI_REQUIRED if k not in d]
+    problems = [f"missing required key {k!r}" for k in KYUTAI_REQUIRED if k not in kwargs]
+    d = KYUTAI_DEFAULTS | dict(kwargs)
     unknown = sorted(set(d) - KYUTAI_USED - KYUTAI_IGNORED - set(KYUTAI_SUPPORTED))
     problems += [f"unknown key {k!r}" for k in unknown]
     problems += field_problems(d, KYUTAI_FIELDS)
@@ -119,7 +129,7 @@ def from_kyutai_kwargs(kwargs: Mapping[str, Any]) -> LMConfig:
             problems.append(f"{key}={d.get(key, default)!r} is not supported (supported: {list(allowed)})")
     if d.get("text_card_out") not in (None, d.get("text_card")):
         problems.append(f"text_card_out={d['text_card_out']!r} differs from text_card (not supported)")
-    gating = d.get("gating", "none")
+    gating = d["gating"]
     depformer_gating = d.get("depformer_gating", gating)
     for key, value in (("gating", gating), ("depformer_gating", depformer_gating)):
         if value not in ACTIVATIONS:
@@ -134,11 +144,10 @@ def from_kyutai_kwargs(kwargs: Mapping[str, Any]) -> LMConfig:
                 num_kv_heads_override=heads // kv_repeat if kv_repeat != 1 else None, activation=activation, **kw,
             )  # fmt: skip
 
-    hidden_scale = d.get("hidden_scale", 4)
-    kv_repeat = d.get("kv_repeat", 1)
+    hidden_scale, kv_repeat = d["hidden_scale"], d["kv_repeat"]
     temporal = stack(
         "temporal", d["dim"], d["num_heads"], d["num_layers"], int(hidden_scale * d["dim"]), kv_repeat, gating,
-        rope=True, rope_theta=float(d.get("max_period", 10_000)), context=d.get("context"),
+        rope=True, rope_theta=float(d["max_period"]), context=d["context"],
     )  # fmt: skip
     dd = d["depformer_dim"]
     depth = stack(
@@ -149,7 +158,7 @@ def from_kyutai_kwargs(kwargs: Mapping[str, Any]) -> LMConfig:
     with building(where, KYUTAI_LM_NAMES):
         return LMConfig(
             temporal=temporal, depth=depth, n_q=d["n_q"], dep_q=d["dep_q"], card=d["card"], text_card=d["text_card"],
-            delays=tuple(d["delays"]), existing_text_padding_id=d.get("existing_text_padding_id", 3),
+            delays=tuple(d["delays"]), existing_text_padding_id=d["existing_text_padding_id"],
         )  # fmt: skip
 
 
@@ -161,21 +170,41 @@ HF_STACK_FIELDS = {
 }
 HF_FIELDS = HF_STACK_FIELDS | dict.fromkeys("vocab_size num_codebooks".split(), "int")
 HF_FIELDS |= {"audio_vocab_size": "int?", "sliding_window": "int?", "rope_theta": "num"}
+HF_WINDOWS = {"": 3000, "depth_decoder_config.": 8}
+"""MoshiConfig's and MoshiDepthConfig's sliding_window when the file has none (transformers 4.45 to 5.x alike)."""
 HF_LM_NAMES = {"text_card": "vocab_size", "card": "audio_vocab_size", "depth.num_codebooks": "num_codebooks"}
 HF_LM_NAMES |= dict.fromkeys(("n_q", "dep_q", "delays"), "num_codebooks")
 
 
-def _hf_names(at: str) -> dict[str, str]:
+def _hf_names(at: str, theta_key: str) -> dict[str, str]:
     """TransformerConfig field -> key of the HF config (`at`: "" or "depth_decoder_config.")."""
     names = {"dim": "hidden_size", "num_heads": "num_attention_heads", "num_layers": "num_hidden_layers",
              "ffn_dim": "ffn_dim", "head_dim_override": "head_dim", "num_kv_heads_override": "num_key_value_heads",
              "activation": "hidden_act", "norm_eps": "rms_norm_eps"}  # fmt: skip
     return {field: at + key for field, key in names.items()} | {
-        "rope_theta": "rope_parameters.rope_theta", "context": "sliding_window", "num_codebooks": "num_codebooks",
+        "rope_theta": theta_key, "context": "sliding_window", "num_codebooks": "num_codebooks",
     }  # fmt: skip
 
 
-def _hf_stack(h: Mapping[str, Any], at: str, **kw: Any) -> TransformerConfig:
+def _hf_rope(d: Mapping[str, Any]) -> tuple[float, str, list[str]]:
+    """(rope theta, the key it is read from, problems) of an HF config, read as transformers 5 reads every layout
+    (`RotaryEmbeddingConfigMixin.convert_rope_params_to_dict`): a non-empty `rope_scaling` (4.x's name, there beside a
+    top-level `rope_theta`) replaces `rope_parameters` (5.x); a theta neither holds is the top-level `rope_theta`, else
+    10000. Only the default rope type is this port's: a scaled one (`linear`, `dynamic`, ...) is refused."""
+    key = "rope_scaling" if d.get("rope_scaling") else "rope_parameters"
+    rope = d.get(key) or {}
+    if not isinstance(rope, Mapping):
+        return 0.0, key, [f"{key}={rope!r} is not a JSON object"]
+    problems = field_problems(rope, {"rope_theta": "num"}, where=f"{key}.")
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default":
+        problems.append(f"{key}.rope_type={rope_type!r} is not supported (only the default, unscaled rope)")
+    if "rope_theta" in rope:
+        return rope["rope_theta"], f"{key}.rope_theta", problems
+    return d.get("rope_theta", 10_000.0), "rope_theta", problems
+
+
+def _hf_stack(h: Mapping[str, Any], at: str, *, theta_key: str = "rope_theta", **kw: Any) -> TransformerConfig:
     """One stack of an HF config (`at`: "" for the temporal one, "depth_decoder_config." for the depth one)."""
     missing = [k for k in ("hidden_size", "num_attention_heads", "num_hidden_layers", "ffn_dim") if k not in h]
     if missing:
@@ -183,8 +212,8 @@ def _hf_stack(h: Mapping[str, Any], at: str, **kw: Any) -> TransformerConfig:
     dim, heads = h["hidden_size"], h["num_attention_heads"]
     head_dim, kv_heads = h.get("head_dim") or dim // heads, h.get("num_key_value_heads") or heads
     problems = []
-    if head_dim < 1:
-        problems.append(f"{at}num_attention_heads={heads} exceeds {at}hidden_size={dim} (head_dim would be 0)")
+    if dim % heads:  # HF's MoshiAttention refuses it even when head_dim is given
+        problems.append(f"{at}num_attention_heads={heads} does not divide {at}hidden_size={dim}")
     elif kw["rope"] and head_dim % 2:
         named = f"{at}head_dim" if h.get("head_dim") else f"{at}hidden_size // {at}num_attention_heads"
         problems.append(f"{named} = {head_dim} is odd: rope needs an even head_dim")
@@ -192,7 +221,7 @@ def _hf_stack(h: Mapping[str, Any], at: str, **kw: Any) -> TransformerConfig:
         problems.append(f"{at}num_attention_heads={heads} is not a multiple of {at}num_key_value_heads={kv_heads}")
     if problems:
         raise ValueError("HF config: " + "; ".join(problems))
-    with building(f"HF config {at or 'temporal stack'}".rstrip("."), _hf_names(at)):
+    with building(f"HF config {at or 'temporal stack'}".rstrip("."), _hf_names(at, theta_key)):
         return TransformerConfig(
             dim=dim, num_heads=heads, num_layers=h["num_hidden_layers"], ffn_dim=h["ffn_dim"],
             head_dim_override=head_dim if head_dim * heads != dim else None,
@@ -204,9 +233,14 @@ def _hf_stack(h: Mapping[str, Any], at: str, **kw: Any) -> TransformerConfig:
 def from_hf_config(config: Mapping[str, Any]) -> LMConfig:
     """The LMConfig of an HF `MoshiConfig.to_dict()` (a `config.json` of MoshiForConditionalGeneration).
 
+    Every layout transformers wrote reads as transformers 5 reads it: rope theta as `_hf_rope` says; a
+    `head_dim` or `num_key_value_heads` absent or null is derived; an absent `sliding_window` is MoshiConfig's 3000,
+    a null one (4.x's "no window") or one of UNBOUNDED or more is none; the depth config may leave out the fields its
+    parent sets (audio_vocab_size, input_size, vocab_size, num_codebooks).
+
     HF has no delays or padding id: the delays are Moshi's (text and each stream's first codebook 0, other codebooks 1)
-    and the text padding id kyutai's 3. The depth stack has no context window (kyutai's LMModel drops it); a
-    sliding_window of UNBOUNDED is none either.
+    and the text padding id kyutai's 3. The depth stack has no context window (kyutai's LMModel drops it): a depth
+    sliding_window shorter than its num_codebooks steps (HF's depth cache would drop keys) is refused.
 
     Raises:
         ValueError: keys missing, values of the wrong type, depth fields that contradict the parent's, or sizes that do
@@ -216,13 +250,14 @@ def from_hf_config(config: Mapping[str, Any]) -> LMConfig:
     depth_cfg, mimi = d.get("depth_decoder_config"), d.get("audio_encoder_config")
     if not isinstance(depth_cfg, Mapping):
         raise ValueError("HF config: depth_decoder_config (a dict) is missing")
-    rope = d.get("rope_parameters") or {}
-    problems = field_problems(d, HF_FIELDS) + field_problems(depth_cfg, HF_STACK_FIELDS, where="depth_decoder_config.")
-    for key, value in (("rope_parameters", rope), ("audio_encoder_config", mimi or {})):
-        if not isinstance(value, Mapping):
-            problems.append(f"{key}={value!r} is not a JSON object")
-    if not problems:
-        problems += field_problems(rope, {"rope_theta": "num"}, where="rope_parameters.")
+    at = "depth_decoder_config."
+    problems = field_problems(d, HF_FIELDS)
+    problems += field_problems(depth_cfg, HF_STACK_FIELDS | {"sliding_window": "int?"}, where=at)
+    theta, theta_key, rope_problems = _hf_rope(d)
+    problems += rope_problems
+    if not isinstance(mimi or {}, Mapping):
+        problems.append(f"audio_encoder_config={mimi!r} is not a JSON object")
+    elif not problems:
         problems += field_problems(mimi or {}, {"codebook_size": "int"}, where="audio_encoder_config.")
     card = d.get("audio_vocab_size") or (mimi or {}).get("codebook_size")
     missing = [k for k in ("vocab_size", "num_codebooks") if k not in d] + ([] if card else ["audio_vocab_size"])
@@ -236,13 +271,18 @@ def from_hf_config(config: Mapping[str, Any]) -> LMConfig:
         for key, want in inherited.items()
         if depth_cfg.get(key) is not None and depth_cfg[key] != want
     ]
+    depth_window = depth_cfg.get("sliding_window", HF_WINDOWS[at])
+    if depth_window is not None and depth_window < K:
+        clashes.append(
+            f"{at}sliding_window={depth_window} is shorter than num_codebooks={K} (HF's depth cache would drop the "
+            "first codebooks' keys; the depth stack here sees every step)"
+        )
     if clashes:
         raise ValueError("HF config: " + "; ".join(clashes))
-    theta = float(rope.get("rope_theta", d.get("rope_theta", 10_000.0)))
-    window = d.get("sliding_window")
+    window = d.get("sliding_window", HF_WINDOWS[""])
     context = None if window is not None and window >= UNBOUNDED else window
-    temporal = _hf_stack(d, "", rope=True, rope_theta=theta, context=context)
-    depth = _hf_stack(depth_cfg, "depth_decoder_config.", rope=False, context=None, num_codebooks=K, flexible=True)
+    temporal = _hf_stack(d, "", theta_key=theta_key, rope=True, rope_theta=float(theta), context=context)
+    depth = _hf_stack(depth_cfg, at, rope=False, context=None, num_codebooks=K, flexible=True)
     stream = (0,) + (1,) * (K - 1)
     with building("HF config", HF_LM_NAMES):
         return LMConfig(
@@ -288,7 +328,7 @@ def config_kind(d: object) -> str:
     if not isinstance(d, Mapping):
         raise ValueError(f"LM config JSON must be an object, got {type(d).__name__}")
     kinds = []
-    if "dim" in d and "n_q" in d:
+    if "num_layers" in d or ("dim" in d and "n_q" in d):  # num_layers: the one key LMModel kwargs always hold
         kinds.append("kyutai")
     if "depth_decoder_config" in d or ("hidden_size" in d and "num_codebooks" in d):
         kinds.append("hf")
@@ -297,7 +337,7 @@ def config_kind(d: object) -> str:
     if len(kinds) != 1:
         raise ValueError(
             f"cannot tell which LM config this is ({'ambiguous: ' + ', '.join(kinds) if kinds else 'none matches'}): "
-            "kyutai LMModel kwargs have 'dim' and 'n_q' (moshi.models.loaders._lm_kwargs), an HF MoshiConfig has "
+            "kyutai LMModel kwargs have 'num_layers' (moshi.models.loaders._lm_kwargs), an HF MoshiConfig has "
             "'depth_decoder_config' (or 'hidden_size' and 'num_codebooks'), a moshi_parity LMConfig dict has "
             f"'temporal' and 'depth'; got keys {sorted(d)[:20]}{' ...' if len(d) > 20 else ''}"
         )

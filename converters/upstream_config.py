@@ -67,7 +67,8 @@ def to_hf_config(cfg: LMConfig, *, audio_encoder: Mapping[str, Any] | None = Non
         "sliding_window": t.context or UNBOUNDED,
         "rope_parameters": {"rope_type": "default", "rope_theta": float(t.rope_theta)},
         "audio_encoder_config": {"model_type": "mimi", "codebook_size": cfg.card, **(audio_encoder or {})},
-        "depth_decoder_config": {"model_type": "moshi_depth", **stack(d)},
+        # a depth window over every step: HF's depth cache keeps sliding_window keys (MoshiDepthConfig's default 8)
+        "depth_decoder_config": {"model_type": "moshi_depth", **stack(d), "sliding_window": cfg.dep_q},
     }
 
 

@@ -1,0 +1,496 @@
+"""Config readers against every layout upstream writes (issue 17, class 9).
+
+Each layout is a config file as an upstream version wrote it, or as its loader takes it. What converters/lm_config.py
+reads from it is compared field by field with the model that upstream builds from the same file: kyutai `LMModel`
+through `loaders.CheckpointInfo` / `get_moshi_lm`, HF `MoshiConfig.from_pretrained` ->
+`MoshiForConditionalGeneration` (both on the meta device, tiny sizes). Sizes come from the built modules' weight
+shapes, rope from the rotary module upstream builds, context windows from the cache upstream makes, delays from HF's
+delay pattern: the reader must agree with what upstream builds, not with what we expect it to build. A file upstream
+builds into something this port cannot run must be refused, never read as another model. Each negative control plants
+one reader bug and must be caught on the layout and field named.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from converters import lm_config
+from converters.lm_config import from_hf_config
+from moshi_spec import LMConfig
+
+NO_WINDOW = 2**31 - 1
+"""A window no int32 position reaches: the same model as no window."""
+
+ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}
+
+# ----------------------------------------------------------------------------------------------------------------------
+# kyutai layouts: LMModel keyword arguments
+
+KYUTAI_RELEASED = {
+    # a kyutai checkpoint's config.json (moshi 0.2.x repos): _lm_kwargs' keys spelled out, LMModel extras, and the
+    # entries loaders.CheckpointInfo pops before building the LM (moshi_name, mimi_name, tokenizer_name, model_type,
+    # lm_gen_config); tiny sizes, with the 7B's hidden_scale and depformer_dim_feedforward = int(4.125 * depformer_dim)
+    "moshi_name": "model.safetensors", "mimi_name": "mimi.safetensors", "tokenizer_name": "tokenizer.model",
+    "model_type": "moshi", "lm_gen_config": {"temp": 0.8, "temp_text": 0.7, "top_k": 250, "top_k_text": 25},
+    "dim": 64, "text_card": 48, "existing_text_padding_id": 3, "n_q": 8, "dep_q": 4, "card": 32, "num_heads": 4,
+    "num_layers": 2, "hidden_scale": 4.125, "causal": True, "layer_scale": None, "context": 8, "max_period": 10000,
+    "gating": "silu", "norm": "rms_norm_f32", "positional_embedding": "rope", "depformer_dim": 32,
+    "depformer_dim_feedforward": int(4.125 * 32), "depformer_num_heads": 2, "depformer_num_layers": 2,
+    "depformer_layer_scale": None, "depformer_multi_linear": True, "depformer_context": 4,
+    "depformer_max_period": 10000, "depformer_gating": "silu", "depformer_pos_emb": "none",
+    "depformer_weights_per_step": True,
+    "delays": [0, 0, 1, 1, 1, 0, 1, 1, 1], "conditioners": {}, "cross_attention": False,
+}  # fmt: skip
+KYUTAI_MINIMAL = {
+    # only what LMModel cannot default (num_layers, depformer_num_heads, delays for its n_q) and the switches this port
+    # needs; the rest is LMModel's: dim 128, 8 heads, hidden_scale 4 (kyutai's 21/8 gating), n_q = dep_q = 8, card
+    # 1024, text_card 32000, depformer_dim 256 (feed-forward hidden_scale * 256), no context, max_period 10000,
+    # kv_repeat 1
+    "num_layers": 1, "depformer_num_heads": 4, "delays": [0] * 9, "norm": "rms_norm_f32", "gating": "silu",
+    "positional_embedding": "rope", "depformer_pos_emb": "none", "depformer_multi_linear": True,
+    "depformer_weights_per_step": True,
+}  # fmt: skip
+KYUTAI_OVERRIDES = {
+    # every optional key away from the 7B: grouped kv heads the depformer inherits, its own gating and feed-forward
+    # width (not hidden_scale * depformer_dim), its layer count inherited, another rope period, context and padding id
+    "dim": 32, "num_heads": 4, "kv_repeat": 2, "num_layers": 3, "hidden_scale": 2.5, "context": 5, "max_period": 500.0,
+    "gating": "silu", "norm": "rms_norm_f32", "positional_embedding": "rope", "n_q": 4, "dep_q": 2, "card": 16,
+    "text_card": 24, "text_card_out": 24, "existing_text_padding_id": 0, "delays": [0, 0, 2, 0, 2], "depformer_dim": 16,
+    "depformer_num_heads": 4, "depformer_dim_feedforward": 48, "depformer_gating": "gelu", "depformer_pos_emb": "none",
+    "depformer_multi_linear": True, "depformer_weights_per_step": True,
+}  # fmt: skip
+
+
+def _lm_kwargs() -> dict[str, Any]:
+    from moshi.models import loaders
+
+    return loaders._lm_kwargs
+
+
+KYUTAI_LAYOUTS: dict[str, Callable[[], dict[str, Any]]] = {
+    "released config.json": lambda: KYUTAI_RELEASED,
+    "loaders._lm_kwargs (7B)": _lm_kwargs,
+    "minimal kwargs": lambda: KYUTAI_MINIMAL,
+    "optional keys overridden": lambda: KYUTAI_OVERRIDES,
+}
+
+# ----------------------------------------------------------------------------------------------------------------------
+# HF layouts: MoshiConfig config.json
+
+TINY_MIMI = {
+    # a small Mimi: the LM reads only its codebook_size, and the real one takes most of a meta-device build
+    "model_type": "mimi", "codebook_size": 32, "num_quantizers": 8, "num_hidden_layers": 1, "hidden_size": 16,
+    "intermediate_size": 32, "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 8, "num_filters": 2,
+    "upsampling_ratios": [2], "codebook_dim": 8, "vector_quantization_hidden_dimension": 8, "upsample_groups": 16,
+}  # fmt: skip
+HF4 = {
+    # transformers 4.45-4.57 (MoshiConfig.to_json_string, the layout of kmhf/hf-moshiko's config.json): rope_theta at
+    # the top level (no rope_parameters), head_dim and num_key_value_heads as __init__ derived them, the depth config
+    # with the four fields the parent set (audio_vocab_size, input_size, vocab_size, num_codebooks)
+    "architectures": ["MoshiForConditionalGeneration"], "model_type": "moshi", "transformers_version": "4.45.0",
+    "torch_dtype": "float32", "vocab_size": 48, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 4, "head_dim": 8, "audio_vocab_size": 32, "max_position_embeddings": 3000,
+    "rope_theta": 500.0, "hidden_act": "silu", "initializer_range": 0.02, "use_cache": True, "sliding_window": 8,
+    "attention_dropout": 0.0, "ffn_dim": 64, "rms_norm_eps": 1e-08, "num_codebooks": 4, "tie_word_embeddings": False,
+    "audio_encoder_config": TINY_MIMI,
+    "depth_decoder_config": {
+        "model_type": "moshi_depth", "vocab_size": 48, "hidden_size": 16, "input_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "num_key_value_heads": 2, "audio_vocab_size": 32, "max_position_embeddings": 9,
+        "hidden_act": "silu", "head_dim": 8, "initializer_range": 0.02, "use_cache": True, "sliding_window": 8,
+        "attention_dropout": 0.0, "ffn_dim": 32, "rms_norm_eps": 1e-08, "num_codebooks": 4,
+        "tie_word_embeddings": False,
+    },
+}  # fmt: skip
+HF_SPARSE = {
+    # MoshiConfig's keyword arguments as a dict (what from_dict takes, a hand-made config.json): no head_dim, null
+    # num_key_value_heads, no rope key at all (10000), no sliding_window (MoshiConfig's 3000), and a depth config with
+    # neither the inherited fields nor head_dim, num_key_value_heads, sliding_window (MoshiDepthConfig's 8)
+    "model_type": "moshi", "vocab_size": 40, "hidden_size": 48, "num_hidden_layers": 1, "num_attention_heads": 6,
+    "num_key_value_heads": None, "ffn_dim": 96, "num_codebooks": 3, "audio_encoder_config": TINY_MIMI,
+    "depth_decoder_config": {"hidden_size": 24, "num_attention_heads": 3, "num_hidden_layers": 2, "ffn_dim": 40},
+}  # fmt: skip
+HF5_ARGS = {
+    # written by this transformers (5.x) with MoshiConfig.save_pretrained: rope_parameters, every key spelled out;
+    # grouped kv heads, a depth head_dim that is not hidden / heads, the depth stack's own activation
+    "hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2, "ffn_dim": 64,
+    "vocab_size": 48, "num_codebooks": 4, "sliding_window": 6,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 2e4},
+    "depth_decoder_config": {"hidden_size": 16, "num_attention_heads": 2, "head_dim": 16, "num_hidden_layers": 1,
+                             "ffn_dim": 48, "hidden_act": "gelu"},
+}  # fmt: skip
+
+
+def _hf5_saved() -> dict[str, Any]:
+    from transformers import MimiConfig, MoshiConfig
+
+    mimi = MimiConfig(**{k: v for k, v in TINY_MIMI.items() if k != "model_type"})
+    with tempfile.TemporaryDirectory() as tmp:
+        MoshiConfig.from_audio_encoder_config(mimi, **HF5_ARGS).save_pretrained(tmp)
+        return json.loads((Path(tmp) / "config.json").read_text())
+
+
+HF_LAYOUTS: dict[str, Callable[[], dict[str, Any]]] = {
+    "transformers 5 save_pretrained": _hf5_saved,
+    "transformers 4.x to_json_string": lambda: HF4,
+    # files with a rope_scaling key (4.x read it when present, 5.x takes it as the legacy rope_parameters): null is
+    # the plain rope, and a theta inside it wins over the top-level one in 5.x
+    "4.x rope_scaling null": lambda: HF4 | {"rope_scaling": None},
+    "rope_scaling with its theta": lambda: HF4 | {"rope_scaling": {"rope_type": "default", "rope_theta": 77.0}},
+    "sparse hand-made dict": lambda: HF_SPARSE,
+    "sliding_window 2**31-1 (our writer's no window)": lambda: HF4 | {"sliding_window": NO_WINDOW},
+    "sliding_window 2**40": lambda: HF_SPARSE | {"sliding_window": 2**40},
+}
+
+# Files an upstream builds into a model this port cannot run: the reader must refuse them. Each row: the file, the
+# reader's words, and what upstream built instead (field of `hf_built` / `kyutai_built`, its value).
+HF_REFUSED = {
+    "4.x rope_scaling linear": (
+        HF4 | {"rope_scaling": {"type": "linear", "factor": 2.0}},
+        "rope_scaling.rope_type='linear' is not supported", ("temporal.rope_theta", "linear rope"),
+    ),
+    "5.x rope_parameters dynamic": (
+        HF4 | {"rope_parameters": {"rope_type": "dynamic", "rope_theta": 500.0, "factor": 2.0}},
+        "rope_parameters.rope_type='dynamic' is not supported", ("temporal.rope_theta", "dynamic rope"),
+    ),
+    "depth window shorter than its steps": (
+        HF4 | {"depth_decoder_config": HF4["depth_decoder_config"] | {"sliding_window": 3}},
+        "depth_decoder_config.sliding_window=3 is shorter than num_codebooks=4", ("depth.context", 3),
+    ),
+}  # fmt: skip
+KYUTAI_REFUSED = {
+    "no gating (LMModel's default)": (  # kyutai builds no ungated depformer with weights per step
+        {k: v for k, v in KYUTAI_MINIMAL.items() if k != "gating"} | {"depformer_gating": "silu"}, "gating='none'",
+        ("temporal.activation", "ungated"),
+    ),
+}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# what each side says, field by field
+
+
+def _sig(x: float) -> float:
+    """Five significant digits: rope periods recovered from float32 frequencies compare exactly."""
+    return float(f"{x:.5g}")
+
+
+def _activation(fn: Callable[[torch.Tensor], torch.Tensor]) -> str:
+    x = torch.linspace(-3, 3, 13)
+    return next((name for name, ref in ACTIVATIONS.items() if torch.equal(fn(x), ref(x))), repr(fn))
+
+
+def _stack(name: str, **fields: Any) -> dict[str, Any]:
+    return {f"{name}.{k}": v for k, v in fields.items()}
+
+
+def ours(cfg: LMConfig, *, padding: bool) -> dict[str, Any]:
+    """The fields of an LMConfig that `kyutai_built` / `hf_built` measure (HF has no text padding id)."""
+    out = {}
+    for name in ("temporal", "depth"):
+        s = getattr(cfg, name)
+        out |= _stack(
+            name, dim=s.dim, num_heads=s.num_heads, num_kv_heads=s.num_kv_heads, head_dim=s.head_dim,
+            num_layers=s.num_layers, ffn_dim=s.ffn_dim, weight_sets=s.weight_sets, context=s.context,
+            rope_theta=_sig(s.rope_theta) if s.rope else None, activation=s.activation, norm_eps=s.norm_eps,
+        )  # fmt: skip
+    out |= {"n_q": cfg.n_q, "dep_q": cfg.dep_q, "card": cfg.card, "text_card": cfg.text_card, "delays": [*cfg.delays]}
+    return out | ({"existing_text_padding_id": cfg.existing_text_padding_id} if padding else {})
+
+
+def kyutai_built(lm: torch.nn.Module) -> dict[str, Any]:
+    """The fields of a built kyutai LMModel, from its modules' weight shapes and attributes."""
+    out = {}
+    for name, stack in (("temporal", lm.transformer), ("depth", lm.depformer)):
+        layer = stack.layers[0]
+        attn = layer.self_attn
+        rows, dim = attn.in_projs[0].weight.shape  # q (dim rows), then k and v (kv heads * head_dim each)
+        head_dim = dim // attn.num_heads
+        if layer.gating is None:  # gating "none": a plain linear1 / linear2 MLP
+            ffn_dim, activation = layer.linear1.weight.shape[0], "ungated"
+        else:
+            gating = layer.gating[0] if isinstance(layer.gating, torch.nn.ModuleList) else layer.gating
+            hidden = gating.linear_out.weight.shape[1]  # kyutai's gated hidden width, as built
+            assert gating.linear_in.weight.shape == (2 * hidden, dim)
+            ffn_dim, activation = 2 * hidden, _activation(gating.activation)
+        out |= _stack(
+            name, dim=dim, num_heads=attn.num_heads, num_kv_heads=(rows - dim) // (2 * head_dim), head_dim=head_dim,
+            num_layers=len(stack.layers), ffn_dim=ffn_dim, weight_sets=len(attn.in_projs), context=attn.context,
+            rope_theta=_sig(stack.rope.max_period) if stack.rope is not None else None, activation=activation,
+            norm_eps=layer.norm1.eps,
+        )  # fmt: skip
+    return out | {
+        "n_q": len(lm.emb), "dep_q": len(lm.linears), "card": lm.emb[0].weight.shape[0] - 1,
+        "text_card": lm.text_linear.weight.shape[0], "delays": list(lm.delays),
+        "existing_text_padding_id": lm.existing_text_padding_id,
+    }  # fmt: skip
+
+
+def _hf_rope_theta(rotary: torch.nn.Module | None, head_dim: int) -> float | str | None:
+    """The period of HF's rotary module if it is the plain rope over the whole head, else what it is instead."""
+    if rotary is None:
+        return None
+    rotary = type(rotary)(rotary.config)  # rebuilt on the CPU: the meta-device one has no values
+    if rotary.rope_type != "default" or rotary.attention_scaling != 1.0:
+        return f"{rotary.rope_type} rope"
+    inv_freq = rotary.inv_freq.double()
+    theta = float(inv_freq[1]) ** (-head_dim / 2)  # inv_freq[i] = theta ** (-2i / head_dim)
+    plain = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    if inv_freq.shape != plain.shape or not torch.allclose(inv_freq, plain, rtol=1e-5):
+        return "rope over part of the head"
+    return _sig(theta)
+
+
+def hf_built(model: torch.nn.Module) -> dict[str, Any]:
+    """The fields of a built HF MoshiForConditionalGeneration: weight shapes, its rotary module, the window of the
+    cache it makes (DynamicCache(config)), the delay pattern it applies to each audio stream."""
+    from transformers import DynamicCache
+
+    K = model.depth_decoder.lm_heads.weight.shape[0]
+    out = {}
+    stacks = (("temporal", model.decoder.model, NO_WINDOW), ("depth", model.depth_decoder, K))
+    for name, stack, steps in stacks:  # steps: the longest sequence the stack sees
+        layer = stack.layers[0]
+        attn = layer.self_attn
+        q, k = attn.q_proj.linear.weight, attn.k_proj.linear.weight  # (out, in), or (K, out, in) per codebook
+        head_dim = q.shape[-2] // attn.num_heads
+        window = getattr(DynamicCache(config=stack.config).layers[0], "sliding_window", None)
+        out |= _stack(
+            name, dim=q.shape[-1], num_heads=attn.num_heads, num_kv_heads=k.shape[-2] // head_dim, head_dim=head_dim,
+            num_layers=len(stack.layers), ffn_dim=layer.mlp.fc1.weight.shape[-2],
+            weight_sets=q.shape[0] if q.ndim == 3 else 1, context=window if window and window < steps else None,
+            rope_theta=_hf_rope_theta(attn.rotary_emb, head_dim), activation=_activation(layer.mlp.activation_fn),
+            norm_eps=layer.input_layernorm.eps,
+        )  # fmt: skip
+    codes = 100 + torch.arange(K).reshape(1, K, 1)
+    _, shifted = model.build_delay_pattern_mask(codes, bos_token_id=-2, pad_token_id=-3, max_length=3)
+    stream = [int((shifted[0, c] == 100 + c).nonzero()[0]) for c in range(K)]
+    # text goes in undelayed; the user's and Moshi's audio both go through this one pattern
+    return out | {
+        "n_q": len(model.embed_tokens), "dep_q": K, "card": model.embed_tokens[0].weight.shape[0] - 1,
+        "text_card": model.decoder.lm_head.weight.shape[0], "delays": [0, *stream, *stream],
+    }  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# upstream builds, once per layout
+
+
+def build_kyutai(raw: dict[str, Any]) -> torch.nn.Module:
+    """kyutai's LM from a config.json holding `raw`, through the loader's own path (CheckpointInfo pops the loader
+    keys; nothing is downloaded: every path is local); `loaders._lm_kwargs` itself goes straight to get_moshi_lm."""
+    from moshi.models import loaders
+
+    kwargs = None
+    if raw is not loaders._lm_kwargs:
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "config.json").write_text(json.dumps(raw))
+            none = Path(tmp) / "unused"
+            info = loaders.CheckpointInfo.from_hf_repo(
+                "unused/repo", config_path=Path(tmp) / "config.json", moshi_weights=none, mimi_weights=none,
+                tokenizer=none,
+            )  # fmt: skip
+        kwargs = info.lm_config
+    with torch.device("meta"):
+        return loaders.get_moshi_lm(None, lm_kwargs=kwargs, device="meta", dtype=torch.float32)
+
+
+def build_hf(raw: dict[str, Any]) -> torch.nn.Module:
+    """HF's model from a config.json holding `raw`, read as from_pretrained reads a local checkpoint's config."""
+    from transformers import MoshiConfig, MoshiForConditionalGeneration
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "config.json").write_text(json.dumps(raw))
+        config = MoshiConfig.from_pretrained(tmp)
+    with torch.device("meta"):
+        return MoshiForConditionalGeneration(config)
+
+
+@cache
+def kyutai_layout(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    raw = KYUTAI_LAYOUTS[name]()
+    return raw, kyutai_built(build_kyutai(raw))
+
+
+@cache
+def hf_layout(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    raw = HF_LAYOUTS[name]()
+    return raw, hf_built(build_hf(raw))
+
+
+def disagreements(read: dict[str, Any], built: dict[str, Any]) -> list[str]:
+    return [f"{key}: read {read.get(key)!r}, upstream built {value!r}" for key, value in built.items()
+            if read.get(key) != value]  # fmt: skip
+
+
+def kyutai_misreads(name: str) -> list[str]:
+    """`{field}: read ..., upstream built ...` for each field where the reader (as patched now) disagrees."""
+    raw, built = kyutai_layout(name)
+    return disagreements(ours(lm_config.from_kyutai_kwargs(raw), padding=True), built)
+
+
+def hf_misreads(name: str) -> list[str]:
+    raw, built = hf_layout(name)
+    return disagreements(ours(lm_config.from_hf_config(raw), padding=False), built)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the reader agrees with upstream on every layout
+
+
+@pytest.mark.parametrize("name", KYUTAI_LAYOUTS)
+def test_kyutai_layout_reads_as_kyutai_builds_it(name):
+    assert kyutai_misreads(name) == []
+
+
+@pytest.mark.parametrize("name", HF_LAYOUTS)
+def test_hf_layout_reads_as_hf_builds_it(name):
+    assert hf_misreads(name) == []
+
+
+def test_layouts_differ_where_they_should():
+    """The layouts exercise what they claim: distinct fields, the absent keys' defaults, and the 5.x writer's keys."""
+    hf5 = hf_layout("transformers 5 save_pretrained")[0]
+    assert "rope_parameters" in hf5 and "rope_theta" not in hf5 and hf5["depth_decoder_config"]["input_size"] == 32
+    built = {name: hf_layout(name)[1] for name in HF_LAYOUTS}
+    assert built["transformers 5 save_pretrained"]["depth.head_dim"] == 16
+    assert built["transformers 4.x to_json_string"]["temporal.rope_theta"] == 500.0
+    assert built["rope_scaling with its theta"]["temporal.rope_theta"] == 77.0
+    assert built["sparse hand-made dict"]["temporal.context"] == 3000  # MoshiConfig's default window
+    assert built["sliding_window 2**40"]["temporal.context"] is None
+    minimal = kyutai_layout("minimal kwargs")[1]
+    assert (minimal["temporal.ffn_dim"], minimal["depth.ffn_dim"]) == (2 * 21 * 128 // 8, 2 * 21 * 256 // 8)
+    overrides = kyutai_layout("optional keys overridden")[1]
+    assert overrides["depth.num_kv_heads"] == 2 and overrides["depth.num_layers"] == 3
+    assert kyutai_layout("loaders._lm_kwargs (7B)")[1]["temporal.ffn_dim"] == 22528
+
+
+def test_4x_null_sliding_window_reads_as_no_window():
+    # 4.x applied a window only `if config.sliding_window is not None`; 5.x refuses null (an int field) and spells
+    # "no window" as a window no position reaches, the model compared above
+    null = HF4 | {"sliding_window": None}
+    assert from_hf_config(null) == from_hf_config(HF4 | {"sliding_window": NO_WINDOW})
+    assert from_hf_config(null).temporal.context is None
+    from huggingface_hub.errors import StrictDataclassFieldValidationError
+
+    with pytest.raises(StrictDataclassFieldValidationError, match="sliding_window"):
+        build_hf(null)
+
+
+def refusal_problems(read: Callable[[Any], LMConfig], raw: dict[str, Any], said: str) -> list[str]:
+    """[] when `read` refuses `raw` in the words `said`, else what it did instead."""
+    try:
+        cfg = read(raw)
+    except ValueError as err:
+        return [] if said in str(err) else [f"refused in other words: {err}"]
+    return [f"read as {cfg}"]
+
+
+@pytest.mark.parametrize("name", HF_REFUSED)
+def test_hf_file_upstream_builds_otherwise_is_refused(name):
+    raw, said, (field, value) = HF_REFUSED[name]
+    assert hf_built(build_hf(raw))[field] == value
+    assert refusal_problems(lm_config.from_hf_config, raw, said) == []
+
+
+@pytest.mark.parametrize("name", KYUTAI_REFUSED)
+def test_kyutai_file_upstream_builds_otherwise_is_refused(name):
+    raw, said, (field, value) = KYUTAI_REFUSED[name]
+    assert kyutai_built(build_kyutai(raw))[field] == value
+    assert refusal_problems(lm_config.from_kyutai_kwargs, raw, said) == []
+
+
+def test_hf_refuses_what_hf_cannot_build():
+    raw = HF_SPARSE | {"hidden_size": 50, "head_dim": 8}  # head_dim given, but HF's attention wants 6 | 50 still
+    with pytest.raises(ValueError, match="hidden_size must be divisible by num_heads"):
+        build_hf(raw)
+    with pytest.raises(ValueError, match="num_attention_heads=6 does not divide hidden_size=50"):
+        from_hf_config(raw)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# negative controls: one planted reader bug each, caught on the layout and field named
+
+
+def _without(d: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k != key}
+
+
+def _depth(c: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    return c | {"depth_decoder_config": c["depth_decoder_config"] | changes}
+
+
+KYUTAI_CONTROLS = {
+    # planted bug: (how the buggy reader reads kwargs, via the real one), (layout, field it misreads)
+    "hidden_scale defaults to 7B's 4.125": (lambda kw: {"hidden_scale": 4.125} | kw,
+                                            ("minimal kwargs", "temporal.ffn_dim")),
+    "depformer_dim_feedforward ignored": (lambda kw: _without(kw, "depformer_dim_feedforward"),
+                                          ("optional keys overridden", "depth.ffn_dim")),
+    "depth heads from the temporal stack": (lambda kw: kw | {"depformer_num_heads": kw["num_heads"]},
+                                            ("released config.json", "depth.num_heads")),
+    "depformer_kv_repeat not inherited": (lambda kw: {"depformer_kv_repeat": 1} | kw,
+                                          ("optional keys overridden", "depth.num_kv_heads")),
+    "depformer_num_layers not inherited": (lambda kw: {"depformer_num_layers": 6} | kw,
+                                           ("optional keys overridden", "depth.num_layers")),
+    "absent keys read as the 7B's": (lambda kw: {"dim": 4096, "num_heads": 32} | kw,
+                                     ("minimal kwargs", "temporal.dim")),
+}  # fmt: skip
+HF_CONTROLS = {
+    "rope_theta only from rope_parameters": (lambda c: _without(c, "rope_theta"),
+                                             ("transformers 4.x to_json_string", "temporal.rope_theta")),
+    "rope_scaling's theta ignored": (lambda c: _without(c, "rope_scaling"),
+                                     ("rope_scaling with its theta", "temporal.rope_theta")),
+    "depth heads from the temporal stack": (lambda c: _depth(c, num_attention_heads=c["num_attention_heads"]),
+                                            ("transformers 4.x to_json_string", "depth.num_heads")),
+    "null kv heads read as one": (lambda c: c | {"num_key_value_heads": c.get("num_key_value_heads") or 1},
+                                  ("sparse hand-made dict", "temporal.num_kv_heads")),
+    "absent sliding_window read as no window": (lambda c: {"sliding_window": None} | c,
+                                                ("sparse hand-made dict", "temporal.context")),
+    "depth head_dim from hidden / heads": (lambda c: _depth(c, head_dim=None),
+                                           ("transformers 5 save_pretrained", "depth.head_dim")),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("control", KYUTAI_CONTROLS)
+def test_planted_kyutai_reader_bug_is_caught(control, monkeypatch):
+    bug, (layout, field) = KYUTAI_CONTROLS[control]
+    real = lm_config.from_kyutai_kwargs
+    monkeypatch.setattr(lm_config, "from_kyutai_kwargs", lambda kw: real(bug(dict(kw))))
+    assert any(line.startswith(f"{field}: ") for line in kyutai_misreads(layout)), kyutai_misreads(layout)
+
+
+@pytest.mark.parametrize("control", HF_CONTROLS)
+def test_planted_hf_reader_bug_is_caught(control, monkeypatch):
+    bug, (layout, field) = HF_CONTROLS[control]
+    real = lm_config.from_hf_config
+    monkeypatch.setattr(lm_config, "from_hf_config", lambda c: real(bug(dict(c))))
+    assert any(line.startswith(f"{field}: ") for line in hf_misreads(layout)), hf_misreads(layout)
+
+
+def test_planted_window_sentinel_bug_is_caught(monkeypatch):
+    monkeypatch.setattr(lm_config, "UNBOUNDED", 2**62)  # 2**31-1 read as a window of that many positions
+    assert hf_misreads("sliding_window 2**31-1 (our writer's no window)") == [
+        f"temporal.context: read {NO_WINDOW}, upstream built None"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("planted", "name"),
+    [
+        (lambda c: _without(c, "rope_scaling"), "4.x rope_scaling linear"),  # the scaled rope read as the plain one
+        (lambda c: _depth(c, sliding_window=None), "depth window shorter than its steps"),  # the depth window ignored
+    ],
+)
+def test_planted_refusal_bug_is_caught(planted, name, monkeypatch):
+    raw, said, _ = HF_REFUSED[name]
+    real = lm_config.from_hf_config
+    monkeypatch.setattr(lm_config, "from_hf_config", lambda c: real(planted(dict(c))))
+    assert refusal_problems(lm_config.from_hf_config, raw, said)[0].startswith("read as ")
