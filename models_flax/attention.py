@@ -118,7 +118,8 @@ class Attention(nnx.Module):
             q, k = self.rotary_emb(q, positions=positions), self.rotary_emb(k, positions=positions)
         if cache is None:
             if self.impl == "pallas":
-                out = flash_attention(q, k, v, q_positions=positions, k_positions=positions, context=cfg.context)
+                out = flash_attention(q, k, v, q_positions=positions, k_positions=positions, context=cfg.context,
+                                      precision=self.precision)  # fmt: skip
             else:
                 mask = attention_mask(positions, positions, cfg.context)
                 out = dot_product_attention(q, k, v, mask, precision=self.precision)
@@ -129,7 +130,7 @@ class Attention(nnx.Module):
                 view = updated.commit()
                 kernel = decode_attention if q.shape[1] <= MAX_STEPS else flash_attention
                 out = kernel(q, view.keys, view.values, q_positions=positions, k_positions=view.positions,
-                             context=cfg.context, kv_layout="BHSD")  # fmt: skip
+                             context=cfg.context, kv_layout="BHSD", precision=self.precision)  # fmt: skip
             else:
                 out = self._attend_cached(q, k, v, positions, cache)
             cache = updated

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from models_flax.checks import concrete
 from models_flax.lm import LMOutput
@@ -32,8 +33,9 @@ def lm_loss(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Returns (text_weight * text CE + weighted mean of the per-codebook audio CEs, the parts)."""
     dep_q = out.audio_logits.shape[1]
-    weights = jnp.asarray(audio_weights if audio_weights is not None else (1.0,) * dep_q, jnp.float32)
-    if weights.shape != (dep_q,) or bool((weights < 0).any()) or float(weights.sum()) <= 0:
+    # Checked on the host (numpy): jnp ops on the weights would be traced under jit, and the check could not run.
+    weights = np.asarray(audio_weights if audio_weights is not None else (1.0,) * dep_q, np.float32)
+    if weights.shape != (dep_q,) or (weights < 0).any() or weights.sum() <= 0:
         raise ValueError(f"loss: audio_weights must be {dep_q} non-negative numbers with a positive sum, got {weights}")
     text, bad = _masked_ce(
         out.text_logits[:, 0].reshape(-1, out.text_logits.shape[-1]),

@@ -1,0 +1,582 @@
+"""Precision, read from the jaxprs: what a CPU run cannot show (issue 17, classes 7, 8 and the structural half of 1).
+
+On CPU a float32 matmul is exact whatever its `precision`, so a port that drops `precision=` passes every fp32
+comparison here and runs TF32 (or bf16 passes) on an accelerator; and a bf16 model's float32 islands (rope angles,
+norms, scores, softmax, the loss) only show in numbers where the rounding happens to be large. So these tests trace
+(never compile) the port and read the equations, walking every sub-jaxpr (jit, scan, cond, while, custom_jvp/vjp and
+the Pallas kernels' bodies):
+
+- matmul precision: every float32 dot_general carries the precision the model was built with (HIGHEST, DEFAULT,
+  HIGH), and every reduced-precision dot accumulates in float32 (preferred_element_type), in each layer, the LM
+  forward, the streaming step (`Streamer.step`'s program) and both kernels. bf16 models are traced as on an
+  accelerator: on CPU `models_flax.linear.einsum` upcasts bf16 operands (XLA:CPU has no bf16 x bf16 -> f32 dot), so
+  only its accelerator branch has bf16 dots to check.
+- float32 math: in a bf16 model no transcendental, reduction, division or dot computes in bf16 anywhere, and inside
+  the float32 regions (rope, RMSNorm, attention scores and softmax, the kernels' online softmax, the loss's
+  log-softmax) no arithmetic at all does, nor does a loop carry or cond output (the kernels' running max,
+  denominator and accumulator). Residual adds and the MLP's gating product may stay bf16 (torch does the same).
+- the kernels numerically: bf16 q/k of large magnitude, whose scores round visibly in bf16, against the jnp
+  `reference_attention`.
+Every check has a planted bug next to it (a monkeypatch that drops `precision=` or computes one thing in bf16) that it
+must report, naming the op and where it sits (the port's frames, outermost first, and the enclosing primitives).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import jax.extend.core
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.experimental import pallas as pl
+
+import models_flax.attention
+import models_flax.kernels.flash_attention as flash_module
+import models_flax.linear
+import models_flax.norm
+import models_flax.rope
+from models_flax.attention import IMPLS
+from models_flax.cache import KVCache
+from models_flax.kernels.decode import DecodeBlockSizes, decode_attention
+from models_flax.kernels.flash_attention import BlockSizes, flash_attention, reference_attention
+from models_flax.layer import DecoderLayer
+from models_flax.linear import FlexibleLinear, Linear
+from models_flax.lm import LM, LMOutput
+from models_flax.loss import lm_loss
+from models_flax.mlp import GatingMLP
+from models_flax.norm import RMSNorm
+from models_flax.rope import RotaryEmbedding
+from models_flax.streaming import Streamer
+from moshi_spec import LMConfig, TransformerConfig
+from parity.harness.compare import ParityError, assert_parity
+
+ROOT = Path(__file__).resolve().parents[1]
+F32, BF16 = jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)
+HIGHEST, DEFAULT, HIGH = jax.lax.Precision.HIGHEST, jax.lax.Precision.DEFAULT, jax.lax.Precision.HIGH
+
+# --- walking a jaxpr ------------------------------------------------------------------------------------------------
+
+# (file, function) -> the float32 region it computes. A function's qualname, before any ".<locals>".
+ZONES = {
+    ("rope.py", "inverse_frequencies"): "rope angles",
+    ("rope.py", "rotation_angles"): "rope angles",
+    ("rope.py", "RotaryEmbedding.__call__"): "rope rotation",
+    ("norm.py", "RMSNorm.__call__"): "RMSNorm",
+    ("attention.py", "blockwise_attention"): "attention scores and softmax",
+    ("flash_attention.py", "attend_blocks"): "kernel online softmax",
+    ("flash_attention.py", "attend_block"): "kernel online softmax",
+    ("flash_attention.py", "sum_rows"): "kernel no-key fallback",
+    ("flash_attention.py", "_prefill_kernel"): "prefill kernel",
+    ("decode.py", "_decode_kernel"): "decode kernel",
+    ("decode.py", "combine_splits"): "decode split combine",
+    ("loss.py", "_masked_ce"): "loss log-softmax",
+}
+# Computes in its operands' dtype wherever it sits: must be float32 anywhere in a model.
+MATH = {
+    "exp", "exp2", "log", "log1p", "expm1", "rsqrt", "sqrt", "sin", "cos", "tan", "logistic", "tanh", "erf", "erf_inv",
+    "pow", "integer_pow", "square", "div", "reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "cumsum",
+    "cumlogsumexp", "cummax", "argmax", "argmin", "dot_general",
+}  # fmt: skip
+ARITHMETIC = MATH | {"add", "add_any", "sub", "mul", "neg", "max", "min", "abs", "rem", "atan2"}  # inside a ZONE
+
+
+@dataclass(frozen=True)
+class Op:
+    """One equation of a traced program. path: the enclosing primitives ("jit(_flash_attention)/pallas_call(...)/
+    while"); where: the port's frames that made it, outermost first (an enclosing one's for a cached sub-jaxpr)."""
+
+    eqn: jax.extend.core.JaxprEqn
+    path: str
+    where: str
+    zone: str | None
+
+    @property
+    def name(self) -> str:
+        return self.eqn.primitive.name
+
+    def describe(self) -> str:
+        """ "in <zone> at <frames> [<enclosing primitives>]"."""
+        zone = f"in {self.zone} " if self.zone else ""
+        return f"{zone}at {self.where or '?'} [{self.path or 'top level'}]"
+
+
+def _frames(eqn) -> list[tuple[str, int, str]]:
+    """(file relative to the repo, line, qualname) of the port's and the tests' frames, outermost first."""
+    tb = eqn.source_info.traceback
+    frames = [] if tb is None else tb.frames
+    out = []
+    for frame in reversed(frames):
+        path = Path(frame.file_name)
+        if path.is_relative_to(ROOT) and path.parts[len(ROOT.parts)] in ("models_flax", "parity"):
+            out.append((str(path.relative_to(ROOT)), frame.line_num, frame.function_name))
+    return out
+
+
+def walk(closed, *, path: str = "", where: str = "", zone: str | None = None) -> list[Op]:
+    """Every equation of `closed` and, recursively, of its sub-jaxprs (a zone holds for everything under it)."""
+    jaxpr = getattr(closed, "jaxpr", closed)
+    ops = []
+    for eqn in jaxpr.eqns:
+        frames = _frames(eqn)
+        port = [f for f in frames if f[0].startswith("models_flax")][-5:] or frames[-1:]  # else: a test's own code
+        here = " > ".join(f"{Path(f).name}:{line} {fn}" for f, line, fn in port) or where
+        zones = [ZONES.get((Path(f).name, fn.split(".<locals>")[0])) for f, _, fn in frames]
+        inner = next((z for z in reversed(zones) if z), zone)  # its own innermost region, else the enclosing one
+        ops.append(Op(eqn, path, here, inner))
+        label = eqn.params.get("name")
+        step = f"{eqn.primitive.name}({label})" if isinstance(label, str) else eqn.primitive.name
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            ops += walk(sub, path=f"{path}/{step}" if path else step, where=here, zone=inner)
+    return ops
+
+
+def _floats(variables) -> list[np.dtype]:
+    dtypes = [getattr(v.aval, "dtype", None) for v in variables]
+    return [d for d in dtypes if d is not None and jnp.issubdtype(d, jnp.floating)]
+
+
+def _carries(eqn) -> list:
+    """The values a loop carries from step to step (a cond: its outputs): the kernels' running state."""
+    p = eqn.params
+    if eqn.primitive.name == "while":
+        return eqn.invars[p["cond_nconsts"] + p["body_nconsts"] :]
+    if eqn.primitive.name == "scan":
+        return eqn.invars[p["num_consts"] : p["num_consts"] + p["num_carry"]]
+    return eqn.outvars if eqn.primitive.name == "cond" else []
+
+
+# --- the checks -----------------------------------------------------------------------------------------------------
+
+
+def precision_problems(ops: list[Op], precision) -> list[str]:
+    """float32 dots not at `precision`; reduced-precision dots that do not accumulate in float32."""
+    expected = None if precision is None else (jax.lax.Precision(precision),) * 2
+    problems = []
+    for op in ops:
+        if op.name != "dot_general":
+            continue
+        ins, out = _floats(op.eqn.invars), _floats(op.eqn.outvars)
+        if F32 in ins and op.eqn.params["precision"] != expected:
+            problems.append(f"float32 dot at precision {op.eqn.params['precision']}, not {expected} {op.describe()}")
+        if any(d.itemsize < 4 for d in ins) and out != [F32]:
+            problems.append(f"{ins[0]} dot accumulates in {out[0]}, not float32, {op.describe()}")
+    return problems
+
+
+def float32_problems(ops: list[Op]) -> list[str]:
+    """MATH anywhere, and ARITHMETIC and loop state inside a float32 zone, computed in a float narrower than f32."""
+    problems = []
+    for op in ops:
+        computed = _floats(op.eqn.outvars) or _floats(op.eqn.invars)  # a dot's result is its accumulator
+        narrow = [d for d in computed if d.itemsize < 4]
+        if narrow and (op.name in MATH or (op.zone and op.name in ARITHMETIC)):
+            problems.append(f"{op.name} computes in {narrow[0]} {op.describe()}")
+        state = [d for d in _floats(_carries(op.eqn)) if d.itemsize < 4]
+        if op.zone and state:
+            problems.append(f"{op.name} carries {state[0]} state {op.describe()}")
+    return problems
+
+
+def _assert_reported(problems: list[str], *fragments: str) -> None:
+    """A planted bug: some problem must name every fragment (the op, its dtype, its file and function)."""
+    assert any(all(f in p for f in fragments) for p in problems), f"no problem names {fragments}: {problems}"
+
+
+# --- what is traced -------------------------------------------------------------------------------------------------
+
+
+class _AcceleratorJax:
+    """models_flax.linear's view of jax on an accelerator: its einsum keeps bf16 operands (bf16 x bf16 -> f32 dots)."""
+
+    def __getattr__(self, name):
+        return getattr(jax, name)
+
+    @staticmethod
+    def default_backend() -> str:
+        return "gpu"
+
+
+def trace(fn, *args, dtype=F32) -> list[Op]:
+    """The ops of fn(*args) (abstract arguments), bf16 through the accelerator branch of linear.einsum."""
+    with pytest.MonkeyPatch.context() as mp:
+        if jnp.dtype(dtype) == BF16:
+            mp.setattr(models_flax.linear, "jax", _AcceleratorJax())
+        return walk(jax.make_jaxpr(fn)(*args))
+
+
+def _abstract(make):
+    """(graphdef, abstract state) of the module `make(rngs)` builds: no parameter is initialized."""
+    return nnx.split(nnx.eval_shape(lambda: make(nnx.Rngs(0))))
+
+
+def _sds(shape, dtype) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(shape, dtype)
+
+
+LAYER_CFG = TransformerConfig(dim=32, num_heads=4, num_layers=1, ffn_dim=64, context=3, num_kv_heads_override=2)
+FLEX_CFG = LAYER_CFG.replace(flexible=True, num_codebooks=3, rope=False)
+LAYERS = (
+    "linear", "flexible_linear", "rmsnorm", "rope", "gating_mlp", "flexible_gating_mlp", "attention[xla]",
+    "attention[pallas]", "attention[xla,cached]", "attention[pallas,cached]", "decoder_layer[xla]",
+    "decoder_layer[pallas]", "flexible_decoder_layer[xla]",
+)  # fmt: skip
+
+
+def layer_ops(layer: str, dtype, precision) -> list[Op]:
+    """One layer's ops on (2, T, D) inputs (flexible layers on their 3 codebooks, cached attention on one step)."""
+    kw = dict(dtype=dtype, param_dtype=dtype, precision=precision)
+    cfg = FLEX_CFG if layer.startswith("flexible") else LAYER_CFG
+    length = 3 if cfg.flexible else 5
+    x, pos = _sds((2, length, cfg.dim), dtype), _sds((2, length), jnp.int32)
+    impl = "pallas" if "pallas" in layer else "xla"
+    call = lambda m, x: m(x)  # noqa: E731
+    with_positions = lambda m, x, p: m(x, positions=p)  # noqa: E731
+    if layer == "linear":
+        make, args = lambda rngs: Linear(cfg.dim, cfg.q_dim, **kw, rngs=rngs), (x,)
+    elif layer == "flexible_linear":
+        make, args = lambda rngs: FlexibleLinear(cfg.dim, cfg.dim, cfg.num_codebooks, **kw, rngs=rngs), (x,)
+    elif layer == "rmsnorm":
+        make, args = lambda _: RMSNorm(cfg.dim, eps=1e-8, dtype=dtype, param_dtype=dtype), (x,)
+    elif layer == "rope":
+        make, call = lambda _: RotaryEmbedding(cfg.head_dim, theta=1e4, layout="half"), with_positions
+        args = (_sds((2, length, cfg.num_heads, cfg.head_dim), dtype), pos)
+    elif layer.endswith("gating_mlp"):
+        make, args = lambda rngs: GatingMLP(cfg, **kw, rngs=rngs), (x,)
+    elif layer.endswith("cached]"):
+        make = lambda rngs: models_flax.attention.Attention(cfg, impl=impl, **kw, rngs=rngs)  # noqa: E731
+        cache = jax.eval_shape(lambda: KVCache.init(2, 8, cfg.num_kv_heads, cfg.head_dim, dtype=dtype))
+        call = lambda m, x, p, c: m(x, positions=p, cache=c)  # noqa: E731
+        args = (_sds((2, 1, cfg.dim), dtype), _sds((2, 1), jnp.int32), cache)
+    else:
+        module = DecoderLayer if "decoder_layer" in layer else models_flax.attention.Attention
+        make, call, args = lambda rngs: module(cfg, impl=impl, **kw, rngs=rngs), with_positions, (x, pos)
+    graphdef, state = _abstract(make)
+    return trace(lambda state, *args: call(nnx.merge(graphdef, state), *args), state, *args, dtype=dtype)
+
+
+_TINY = LMConfig.tiny()
+TINY = _TINY.replace(  # the tiny preset with one layer per transformer and two depth codebooks: a third of the trace
+    temporal=_TINY.temporal.replace(num_layers=1),
+    depth=_TINY.depth.replace(num_layers=1, num_codebooks=2),
+    dep_q=2,
+    n_q=4,
+    delays=(0, 0, 1, 1, 1),
+)
+
+
+@functools.cache
+def lm_ops(program: str, dtype, precision, impl: str) -> list[Op]:
+    """The tiny LM's forward ("lm", on (1, 1 + n_q, 5) codes) or one streaming step ("stream": the program
+    `Streamer.step` runs, traced from the Streamer's own jit)."""
+    graphdef, state = _abstract(
+        lambda rngs: LM(TINY, dtype=dtype, param_dtype=dtype, precision=precision, impl=impl, rngs=rngs)
+    )
+    if program == "lm":
+        codes = _sds((1, 1 + TINY.n_q, 5), jnp.int32)
+        return trace(lambda state, codes: nnx.merge(graphdef, state)(codes), state, codes, dtype=dtype)
+    # A Streamer slices its weights on the host, so it gets zeros (numpy: nothing compiles) instead of abstract ones.
+    streamer = Streamer(nnx.merge(graphdef, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), state)))
+    stream = jax.eval_shape(lambda: streamer.init_state(1))
+    codes, key = _sds((1, streamer.user_streams), jnp.int32), jax.eval_shape(lambda: jax.random.key(0))
+    return trace(streamer._step, streamer.params, streamer.depth_weights, stream, codes, key, dtype=dtype)
+
+
+def loss_ops(dtype) -> list[Op]:
+    """lm_loss on the tiny LM's output shapes, logits in `dtype`."""
+    b, t = 2, 5
+    logits = _sds((b, 1, t, TINY.text_card), dtype), _sds((b, TINY.dep_q, t, TINY.card), dtype)
+    masks = _sds((b, 1, t), jnp.bool_), _sds((b, TINY.dep_q, t), jnp.bool_)
+    codes = _sds((b, 1 + TINY.n_q, t), jnp.int32)
+    loss = lambda text, audio, tm, am, codes: lm_loss(LMOutput(text, tm, audio, am), codes)  # noqa: E731
+    return trace(loss, *logits, *masks, codes)
+
+
+def kernel_args(dtype, *, length: int, kv_len: int = 21):
+    """q (1, length, 4, 16), k/v (1, kv_len, 2, 16) in `dtype`, causal positions ending together."""
+    q, kv = _sds((1, length, 4, 16), dtype), _sds((1, kv_len, 2, 16), dtype)
+    return (q, kv, kv), dict(q_positions=_sds((1, length), jnp.int32), k_positions=_sds((1, kv_len), jnp.int32))
+
+
+def kernel_ops(kernel: str, dtype, precision) -> list[Op]:
+    """The ops of one kernel call on small tiles (several key blocks; decode split over 3 programs)."""
+    if kernel == "prefill":
+        fn = functools.partial(flash_attention, block_sizes=BlockSizes(block_q=8, block_k=8))
+        (q, k, v), pos = kernel_args(dtype, length=9)
+    else:
+        fn = functools.partial(decode_attention, block_sizes=DecodeBlockSizes(block_k=4, num_splits=3))
+        (q, k, v), pos = kernel_args(dtype, length=3)
+    call = lambda q, k, v, qp, kp: fn(q, k, v, q_positions=qp, k_positions=kp, context=7, precision=precision)  # noqa: E731
+    return trace(call, q, k, v, pos["q_positions"], pos["k_positions"])
+
+
+# --- the walker -----------------------------------------------------------------------------------------------------
+
+
+def test_walk_reaches_every_kind_of_subjaxpr():
+    """A dot without precision inside jit, scan, cond, while, custom_jvp, custom_vjp and a Pallas kernel: each is
+    reported, with its enclosing primitives."""
+
+    def dot(x):
+        return jax.lax.dot_general(x, x, (((1,), (0,)), ((), ())))
+
+    jvp = jax.custom_jvp(dot)
+    jvp.defjvp(lambda primals, tangents: (dot(primals[0]), tangents[0]))
+    vjp = jax.custom_vjp(dot)
+    vjp.defvjp(lambda x: (dot(x), x), lambda x, g: (g,))
+
+    def kernel(x_ref, o_ref):
+        o_ref[...] = dot(x_ref[...])
+
+    def program(x):
+        outs = [
+            jax.jit(dot)(x),
+            jax.lax.scan(lambda c, _: (dot(c), None), x, length=2)[0],
+            jax.lax.cond(x[0, 0] > 0, dot, jnp.sin, x),
+            jax.lax.while_loop(lambda c: c[0, 0] < 1, dot, x),
+            jvp(x),
+            vjp(x),
+            pl.pallas_call(kernel, out_shape=jax.ShapeDtypeStruct(x.shape, x.dtype), interpret=True, name="k")(x),
+        ]
+        return sum(outs)
+
+    problems = precision_problems(walk(jax.make_jaxpr(program)(jnp.zeros((8, 8)))), HIGHEST)
+    paths = [p.rsplit("[", 1)[1] for p in problems]
+    for step in ("jit(dot)", "scan", "cond", "while", "custom_jvp_call", "custom_vjp_call", "pallas_call(k)"):
+        assert any(step in path for path in paths), f"no dot reported inside {step}: {problems}"
+    assert all("test_precision.py" in p for p in problems), problems
+
+
+# --- matmul precision -----------------------------------------------------------------------------------------------
+
+SETTINGS = [(F32, HIGHEST), (F32, DEFAULT), (F32, HIGH), (BF16, HIGHEST)]
+
+
+def _dots(ops: list[Op], dtype) -> int:
+    return sum(op.name == "dot_general" and dtype in _floats(op.eqn.invars) for op in ops)
+
+
+@pytest.mark.parametrize(("dtype", "precision"), SETTINGS, ids=lambda v: getattr(v, "name", v))
+def test_layer_dots_carry_the_precision(dtype, precision):
+    """Each layer (XLA and Pallas attention, prefill and cached), in fp32 at three precisions and in bf16."""
+    problems, checked = [], 0
+    for layer in LAYERS:
+        ops = layer_ops(layer, dtype, precision)
+        checked += _dots(ops, dtype)
+        problems += [f"{layer}: {p}" for p in precision_problems(ops, precision)]
+        if dtype == BF16:
+            problems += [f"{layer}: {p}" for p in float32_problems(ops)]
+    assert problems == []
+    assert checked >= 2 * len(LAYERS) - 4  # every layer but norm, rope and linears has at least two dots
+
+
+MODELS = [(p, d, HIGHEST, impl) for p in ("lm", "stream") for d in (F32, BF16) for impl in IMPLS]
+
+
+@pytest.mark.parametrize(("program", "dtype", "precision", "impl"), MODELS, ids=lambda v: getattr(v, "name", v))
+def test_model_dots_carry_the_precision(program, dtype, precision, impl):
+    """The LM forward and the streaming step, XLA and Pallas (prefill and decode kernels)."""
+    ops = lm_ops(program, dtype, precision, impl)
+    assert precision_problems(ops, precision) == []
+    kernel_dots = sum(op.name == "dot_general" and "pallas_call" in op.path for op in ops)
+    assert _dots(ops, dtype) > 10 and (kernel_dots > 0) == (impl == "pallas")
+
+
+# --- float32 math in a bf16 model -----------------------------------------------------------------------------------
+
+REGIONS = {  # program -> the float32 regions it must pass through (so that the check is not vacuous)
+    "lm[xla]": {"rope angles", "rope rotation", "RMSNorm", "attention scores and softmax"},
+    "lm[pallas]": {"rope angles", "RMSNorm", "kernel online softmax", "prefill kernel", "kernel no-key fallback"},
+    "stream[xla]": {"rope angles", "RMSNorm", "attention scores and softmax"},
+    "stream[pallas]": {"rope angles", "RMSNorm", "kernel online softmax", "decode kernel", "decode split combine"},
+    "loss": {"loss log-softmax"},
+}
+
+
+def _program_ops(program: str) -> list[Op]:
+    if program == "loss":
+        return loss_ops(BF16)
+    name, impl = program.rstrip("]").split("[")
+    return lm_ops(name, BF16, HIGHEST, impl)
+
+
+@pytest.mark.parametrize("program", sorted(REGIONS))
+def test_bf16_model_computes_float32_math(program):
+    """A bf16 LM forward, streaming step and loss: every transcendental, reduction, division and dot in float32, and
+    within the float32 regions every arithmetic op, loop carry and cond output too."""
+    ops = _program_ops(program)
+    assert float32_problems(ops) == []
+    assert REGIONS[program] <= {op.zone for op in ops}
+    assert any(op.zone is None and op.name in ("add", "mul") and BF16 in _floats(op.eqn.outvars) for op in ops) or (
+        program == "loss"
+    )  # the trace is a bf16 model's: its residual adds are bf16
+
+
+@pytest.mark.parametrize("kernel", ("prefill", "decode"))
+@pytest.mark.parametrize("dtype", (F32, BF16), ids=str)
+def test_kernels_keep_float32_scores_and_state(kernel, dtype):
+    """The kernel bodies: scores and p.v accumulate in float32 (bf16 operands) or at the precision asked for (fp32);
+    the online softmax's running max, denominator and accumulator are float32 loop carries."""
+    precision = None if dtype == BF16 else DEFAULT
+    ops = kernel_ops(kernel, dtype, precision)
+    assert precision_problems(ops, precision) == [] and float32_problems(ops) == []
+    body = [op for op in ops if "pallas_call" in op.path]
+    dots = [op for op in body if op.name == "dot_general"]
+    carried = [d for op in body if op.name in ("while", "scan") for d in _floats(_carries(op.eqn))]
+    assert len(dots) == 2 and all(_floats(op.eqn.outvars) == [F32] for op in dots)
+    assert len(carried) >= 4 and set(carried) == {F32}  # (acc, m, den) and the fallback's sum of V
+
+
+# --- the kernels numerically: scores that need float32 --------------------------------------------------------------
+
+
+@functools.cache
+def _large_scores_case():
+    """bf16 q and k sharing a large component (10 + N(0, 1) per dim, head_dim 16): scores of 800 +- 15, which bf16
+    rounds by up to 2 (a spacing of 4), so a bf16 score moves a softmax whose logits differ by a few units; v N(0, 1).
+    Returns the inputs and the jnp reference (float32 scores) on them."""
+    rng = np.random.default_rng(0)
+    q = jnp.asarray(10 + rng.standard_normal((1, 8, 4, 16)), BF16)
+    k = jnp.asarray(10 + rng.standard_normal((1, 8, 2, 16)), BF16)
+    v = jnp.asarray(rng.standard_normal((1, 8, 2, 16)), BF16)
+    kw = dict(q_positions=jnp.arange(8, dtype=jnp.int32)[None], k_positions=jnp.arange(8, dtype=jnp.int32)[None])
+    return (q, k, v), kw, reference_attention(q, k, v, **kw, context=None)
+
+
+def _compare_kernel(control: str | None = None):
+    (q, k, v), kw, reference = _large_scores_case()
+    return assert_parity(
+        reference,
+        flash_attention(q, k, v, **kw, context=None),
+        component="pallas_attention",
+        pair=("flax[attention=jnp_reference]", "flax[attention=pallas]"),
+        expected_dtype="bfloat16",
+        inputs={"q": q.shape, "k": k.shape},
+        control=control,
+    )
+
+
+def _bf16_scores(dot_general):
+    """The kernels' q.k dot (both operands contracted on their last axis) computed in the operands' bf16."""
+
+    def dot(a, b, dims, *, precision=None, preferred_element_type=None):
+        if dims[0] == ((1,), (1,)):
+            preferred_element_type = a.dtype
+        return dot_general(a, b, dims, precision=precision, preferred_element_type=preferred_element_type)
+
+    return dot
+
+
+def _bf16_state(fori_loop):
+    """The kernels' loops keep their float32 state (running max, denominator, accumulator) in bf16 between steps."""
+    narrow = functools.partial(jax.tree.map, lambda x: x.astype(BF16) if x.dtype == F32 else x)
+    widen = functools.partial(jax.tree.map, lambda x: x.astype(F32) if x.dtype == BF16 else x)
+    return lambda lo, hi, body, init: widen(fori_loop(lo, hi, lambda i, c: narrow(body(i, widen(c))), narrow(init)))
+
+
+def test_kernel_scores_need_float32(patch):
+    """The prefill kernel on bf16 inputs whose scores bf16 would round visibly matches the jnp reference; the same
+    kernel computing its scores in bf16 does not, and the structural checks name its score dot."""
+    _compare_kernel()
+    patch.setattr(jax.lax, "dot_general", _bf16_scores(jax.lax.dot_general))
+    jax.clear_caches()  # the unpatched kernel's trace would serve the patched call
+    with pytest.raises(ParityError):
+        _compare_kernel(control="bf16_scores")
+    ops = kernel_ops("prefill", BF16, None)
+    where = (
+        "in kernel online softmax at",
+        "flash_attention.py",
+        "attend_block",
+        "pallas_call(flash_attention_prefill)",
+    )
+    _assert_reported(float32_problems(ops), "dot_general computes in bfloat16", *where)
+    _assert_reported(precision_problems(ops, None), "bfloat16 dot accumulates in bfloat16", *where)
+
+
+@pytest.mark.parametrize("kernel", ("prefill", "decode"))
+def test_kernel_state_in_bf16_is_reported(kernel, patch):
+    """Negative control of the loop-carry check: the online softmax's state kept in bf16 between key blocks."""
+    patch.setattr(jax.lax, "fori_loop", _bf16_state(jax.lax.fori_loop))
+    problems = float32_problems(kernel_ops(kernel, BF16, None))
+    name = "flash_attention_prefill" if kernel == "prefill" else "flash_attention_decode"
+    _assert_reported(problems, "while carries bfloat16 state", "attend_blocks", f"pallas_call({name})")
+    _assert_reported(problems, "carries bfloat16 state", "sum_rows")
+
+
+# --- negative controls of the structural checks ---------------------------------------------------------------------
+
+
+def _in_bf16(fn):
+    """fn computing in bf16: its float32 array arguments rounded first."""
+    narrow = lambda x: x.astype(BF16) if getattr(x, "dtype", None) == F32 else x  # noqa: E731
+    return lambda *args, **kw: fn(*map(narrow, args), **kw)
+
+
+def _dropping_precision(einsum):
+    return lambda equation, a, b, *, precision: einsum(equation, a, b, precision=None)
+
+
+def _accumulating_in_operands(_):
+    """linear.einsum without preferred_element_type (and without the CPU upcast): a bf16 dot gives bf16."""
+    return lambda equation, a, b, *, precision: jnp.einsum(equation, a, b, precision=precision)
+
+
+def _trace_layer(layer: str, dtype, precision=HIGHEST):
+    return lambda: layer_ops(layer, dtype, precision)
+
+
+# name -> (module, attribute, bug made from the original, what is traced, which check, what the report must name)
+CONTROLS = {
+    "xla_precision_dropped": (
+        models_flax.attention, "einsum", _dropping_precision, _trace_layer("attention[xla]", F32), "precision",
+        ("float32 dot at precision None", "in attention scores and softmax at", "attention.py", "blockwise_attention"),
+    ),
+    "linear_precision_dropped": (
+        models_flax.linear, "einsum", _dropping_precision, _trace_layer("flexible_linear", F32), "precision",
+        ("float32 dot at precision None", "linear.py", "FlexibleLinear.__call__"),
+    ),
+    "kernel_precision_dropped": (
+        flash_module, "dot_precision", lambda _: lambda dtype, precision: None,
+        _trace_layer("attention[pallas,cached]", F32), "precision",
+        ("float32 dot at precision None", "attend_block", "pallas_call(flash_attention_decode)"),
+    ),
+    "bf16_dot_accumulates_in_bf16": (
+        models_flax.linear, "einsum", _accumulating_in_operands, _trace_layer("linear", BF16), "precision",
+        ("bfloat16 dot accumulates in bfloat16", "linear.py", "Linear.__call__"),
+    ),
+    "rope_angles_in_bf16": (
+        models_flax.rope, "rotation_angles", lambda f: lambda *a: f(*a).astype(BF16), _trace_layer("rope", BF16),
+        "float32", ("cos computes in bfloat16 in rope rotation at", "rope.py", "RotaryEmbedding.__call__"),
+    ),
+    "norm_mean_of_squares_in_bf16": (
+        jnp, "mean", _in_bf16, _trace_layer("rmsnorm", BF16), "float32",
+        ("rsqrt computes in bfloat16 in RMSNorm at", "norm.py", "RMSNorm.__call__"),
+    ),
+    "attention_scores_in_bf16": (
+        models_flax.attention, "einsum", _accumulating_in_operands, _trace_layer("attention[xla]", BF16), "float32",
+        ("dot_general computes in bfloat16 in attention scores and softmax at", "attention.py", "blockwise_attention"),
+    ),
+    "softmax_in_bf16": (
+        jax.nn, "softmax", _in_bf16, _trace_layer("decoder_layer[xla]", BF16), "float32",
+        ("exp computes in bfloat16 in attention scores and softmax at", "layer.py", "blockwise_attention"),
+    ),
+    "loss_log_softmax_in_bf16": (
+        jax.nn, "log_softmax", _in_bf16, lambda: loss_ops(BF16), "float32",
+        ("exp computes in bfloat16 in loss log-softmax at", "loss.py", "_masked_ce"),
+    ),
+}  # fmt: skip
+CHECKS = {"precision": lambda ops: precision_problems(ops, HIGHEST), "float32": float32_problems}
+
+
+@pytest.mark.parametrize("name", sorted(CONTROLS))
+def test_negative_control(name, monkeypatch):
+    """Each planted bug is reported by the check that guards it, naming the op, its dtype, file and function; the
+    same trace passes unpatched. (None of these patches reaches a jitted function, so no trace cache outlives it.)"""
+    module, attribute, bug, traced, check, fragments = CONTROLS[name]
+    assert CHECKS[check](traced()) == []
+    monkeypatch.setattr(module, attribute, bug(getattr(module, attribute)))
+    _assert_reported(CHECKS[check](traced()), *fragments)
