@@ -18,6 +18,7 @@ from parity.harness.compare import ParityError, assert_parity, check_parity
 from parity.harness.converter_cases import legacy
 from parity.harness.implementations import build
 from parity.harness.strategies import random_codes
+from parity.harness.streaming_runs import first_difference, nan_rows, stream_name
 
 CFG = LMConfig.tiny()  # temporal context 8
 LENGTH = 20  # longer than the context window
@@ -44,16 +45,44 @@ def _runs(dtype: str):
 
 
 def _compare_logits(ref, cand, pair, dtype, *, components=("text_logits", "audio_logits"), **kw):
-    """Compares logits at the valid positions (the masks must agree: they encode the delay pattern)."""
-    assert np.array_equal(ref["text_mask"], cand["text_mask"]), f"{pair}: text masks differ (delay pattern)"
-    assert np.array_equal(ref["audio_mask"], cand["audio_mask"]), f"{pair}: audio masks differ (delay pattern)"
+    """Compares what the delay pattern decides exactly, then the values.
+
+    Masks (the delay tail and the zero tokens) must be equal, and so must NaN placement: kyutai fills the delay tail
+    with NaN, and a port must too (finite values there would pass a loss that trusts them). A difference names the
+    stream, its delay and the first position. Values are then compared at every position kyutai's logits are finite,
+    the zero tokens' positions included (masked out of the loss, yet computed by kyutai).
+    """
     length = ref["text_mask"].shape[-1]
+    where = {"names": pair, "delays": CFG.delays, "dep_q": CFG.dep_q}
     for component in components:
-        mask = ref["text_mask"] if component == "text_logits" else ref["audio_mask"]
-        a, b = ref[component][mask], cand[component][mask]
-        assert_parity(a, b, component=component, pair=pair, expected_dtype=dtype, logits=True,
-                      config={"preset": "tiny", "length": length}, inputs={"codes": (2, 1 + CFG.n_q, length)},
-                      **kw)  # fmt: skip
+        first = 0 if component == "text_logits" else 1
+        mask = component.replace("logits", "mask")
+        problems = [
+            first_difference(ref[mask], cand[mask], what=mask, first_stream=first, tail=("invalid", False), **where),
+            first_difference(
+                nan_rows(ref[component]),
+                nan_rows(cand[component]),
+                what=f"NaN placement of {component}",
+                first_stream=first,
+                tail=("NaN", "NaN"),
+                **where,
+            ),
+        ]
+        if any(problems):
+            raise AssertionError(f"{pair}: " + "; ".join(p for p in problems if p))
+        valid = ~np.isnan(ref[component]).any(-1)
+        try:
+            assert_parity(ref[component][valid], cand[component][valid], component=component, pair=pair,
+                          expected_dtype=dtype, logits=True, config={"preset": "tiny", "length": length},
+                          inputs={"codes": (2, 1 + CFG.n_q, length)}, **kw)  # fmt: skip
+        except ParityError as e:  # the compared rows are the valid ones: name the worst one's place in the layout
+            if e.metrics is None:
+                raise
+            b, k, t = np.argwhere(valid)[e.metrics.worst_index[0]]
+            stream = f"{stream_name(first + k, CFG.dep_q)} (stream {first + k}, delay {CFG.delays[first + k]})"
+            raise ParityError(
+                f"{e}; worst row: row {b}, {stream}, t {t}", metrics=e.metrics, failures=e.failures
+            ) from None
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
