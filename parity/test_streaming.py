@@ -27,7 +27,14 @@ from parity.harness.adapters import Impl
 from parity.harness.arrays import to_numpy
 from parity.harness.compare import ParityError, assert_parity
 from parity.harness.implementations import build
-from parity.harness.streaming_runs import consumed_codes, run_lmgen, run_steps, user_codes
+from parity.harness.streaming_runs import (
+    consumed_codes,
+    describe_token_mismatch,
+    kyutai_logits,
+    run_lmgen,
+    run_steps,
+    user_codes,
+)
 
 CFG = LMConfig.tiny()  # temporal context 8, delays (0, 0, 1, 1, 1, 0, 1, 1, 1)
 FRAMES = 60
@@ -52,18 +59,29 @@ def _greedy(dtype: str, seed: int, impl: str) -> Streamer:
     return Streamer(_lms(dtype, seed, impl)[impl], text=GREEDY, audio=GREEDY)
 
 
-def _greedy_tokens(seed: int, impl: str, *, fresh: bool = False) -> np.ndarray:
-    streamer = (
-        Streamer(_lms("float32", seed, impl)[impl], text=GREEDY, audio=GREEDY)
-        if fresh
-        else _greedy("float32", seed, impl)
-    )
-    return run_steps(streamer, user_codes(CFG, 2, FRAMES, seed=seed))["tokens"]
+def _greedy_run(seed: int, impl: str, *, fresh: bool = False) -> dict[str, np.ndarray]:
+    """Greedy `run_steps` over FRAMES frames of the seed's user codes (the cached Streamer unless `fresh`)."""
+    lm = _lms("float32", seed, impl)[impl]
+    streamer = Streamer(lm, text=GREEDY, audio=GREEDY) if fresh else _greedy("float32", seed, impl)
+    return run_steps(streamer, user_codes(CFG, 2, FRAMES, seed=seed))
 
 
-def _assert_tokens(expected: np.ndarray, got: np.ndarray, impl: str, **kw) -> None:
-    assert_parity(expected.astype(np.int64), got.astype(np.int64), component="stream_tokens", pair=("kyutai", impl),
-                  expected_dtype="int64", config={"preset": "tiny", "frames": FRAMES}, **kw)  # fmt: skip
+def _kyutai_logits_of(seed: int, impl: str, run: dict[str, np.ndarray]):
+    """(run, kyutai's full-forward logits of the codes `run` consumed): what a token mismatch's logits are judged by."""
+    consumed = consumed_codes(CFG, user_codes(CFG, 2, FRAMES, seed=seed), run)
+    return run, kyutai_logits(_lms("float32", seed, impl)["kyutai"], consumed)
+
+
+def _assert_tokens(expected: np.ndarray, got: np.ndarray, impl: str, *, logits=None, **kw) -> None:
+    """Tokens equal, token for token; a failure names the first wrong token (row, stream, column, frame, sampling
+    step) and, given `logits` (a callable returning `describe_token_mismatch`'s pair), the logits it came from."""
+    try:
+        assert_parity(expected.astype(np.int64), got.astype(np.int64), component="stream_tokens", pair=("kyutai", impl),
+                      expected_dtype="int64", config={"preset": "tiny", "frames": FRAMES}, **kw)  # fmt: skip
+    except ParityError as e:
+        where = describe_token_mismatch(CFG, expected, got, names=("kyutai", impl),
+                                        logits=None if logits is None else logits())  # fmt: skip
+        raise ParityError(f"{e}\n{where}", metrics=e.metrics, failures=[*e.failures, where]) from None
 
 
 # (b) greedy generation vs kyutai LMGen ------------------------------------------------------------------------------
@@ -72,12 +90,13 @@ def _assert_tokens(expected: np.ndarray, got: np.ndarray, impl: str, **kw) -> No
 @pytest.mark.parametrize(("seed", "impl"), [(0, "flax"), (1, "flax"), (2, "flax"), (0, "flax[attention=pallas]")])
 def test_greedy_tokens_match_lmgen(seed, impl):
     expected = _lmgen_tokens(seed)
-    got = _greedy_tokens(seed, impl)
+    run = _greedy_run(seed, impl)
+    got = run["tokens"]
     assert got.shape == expected.shape == (2, 1 + CFG.dep_q, FRAMES)
     valid = expected[0, 0] != UNGENERATED
     assert valid.sum() == FRAMES - CFG.max_delay  # LMGen returns None for the first max_delay steps, as we do
     assert len(np.unique(expected[:, :, valid])) > 10, "degenerate generation: the comparison would prove little"
-    _assert_tokens(expected, got, impl)
+    _assert_tokens(expected, got, impl, logits=lambda: _kyutai_logits_of(seed, impl, run))
 
 
 def _slot_without_init(tokens, offsets, delays, initial):  # the initial token for offset < delay instead of <=
@@ -110,7 +129,18 @@ STREAM_MUTANTS = {
 }
 
 
-@pytest.mark.parametrize("name", [*STREAM_MUTANTS, "cache_positions_minus_one"])
+# The first wrong token each planted bug makes, as its failure names it, and the verdict on the logits it was drawn
+# from: a wrong model (FAIL: the history fed in is wrong), or right logits with the token filed in a wrong place (pass).
+STREAM_MUTANT_PLACES = {
+    "initial_token_off_by_one": r"text \(stream 0, delay 0\), column 1 = frame 0, sampled at step 0: .*FAIL: candidate"
+    r" has 48 non-finite",  # an ungenerated (-1) token is fed in: its embedding is NaN, never a clamped id
+    "user_codes_without_delay": r"text \(stream 0, delay 0\), column 3 = frame 2, sampled at step 2: .*FAIL: max_abs",
+    "output_not_undelayed": r"audio codebook 2 \(stream 3, delay 1\), column 1 = frame 0, sampled at step 1: .*: pass",
+    "cache_positions_minus_one": r"text \(stream 0, delay 0\), column 2 = frame 1, sampled at step 1: .*FAIL: max_abs",
+}
+
+
+@pytest.mark.parametrize("name", STREAM_MUTANT_PLACES)
 def test_greedy_control_fails(name, patch):
     """Each planted streaming bug makes the LMGen comparison fail. (A rope shifted by one for queries and keys alike
     is no bug: rotary scores depend on position differences only.)"""
@@ -118,8 +148,10 @@ def test_greedy_control_fails(name, patch):
         patch.setattr(KVCache, "update", _update_one_behind)
     else:
         patch.setattr(streaming, *STREAM_MUTANTS[name])
-    with pytest.raises(ParityError):
-        _assert_tokens(_lmgen_tokens(0), _greedy_tokens(0, "flax", fresh=True), "flax", control=name)
+    run = _greedy_run(0, "flax", fresh=True)
+    with pytest.raises(ParityError, match=STREAM_MUTANT_PLACES[name]):
+        _assert_tokens(_lmgen_tokens(0), run["tokens"], "flax", logits=lambda: _kyutai_logits_of(0, "flax", run),
+                       control=name)  # fmt: skip
 
 
 # (a) step-by-step logits vs the full forward ------------------------------------------------------------------------

@@ -221,6 +221,53 @@ def check_parity(
         KeyError: no policy entry for (dtype, component, pair class), or a pair name the adapter table lacks.
         ValueError/TypeError: malformed arguments (pair, logits without logits tolerance, ...); no record is emitted.
     """
+    pair, key, tol, ref, cand, metrics, failures = _judge(reference, candidate, component=component, pair=pair,
+                                                          expected_dtype=expected_dtype, logits=logits,
+                                                          compute_dtype=compute_dtype)  # fmt: skip
+    passed = not failures
+    verdict = "pass" if passed else ("expected_divergence" if expected_divergence is not None else "fail")
+    _emit(
+        {
+            "component": component,
+            "pair": {"reference": pair[0], "candidate": pair[1]},
+            "layer": None if layer is None else int(layer),
+            "stage": stage,
+            "config": _builtin(config),
+            "inputs": None if inputs is None else {str(k): _shape(v) for k, v in inputs.items()},
+            "shapes": {"reference": _shape(ref), "candidate": _shape(cand)},
+            "dtypes": {"reference": dtype_name(ref), "candidate": dtype_name(cand), "expected": expected_dtype},
+            "metrics": None if metrics is None else _builtin(metrics),
+            "tolerance": {**_builtin(tol), "key": list(key)},
+            "pair_class": key[2],
+            "verdict": verdict,
+            "control": control,
+            "hypothesis": _builtin(hypothesis),
+            "expected_divergence": expected_divergence,
+            "failures": list(failures),
+        }
+    )
+    return passed, metrics, failures
+
+
+def judge(
+    reference: Any,
+    candidate: Any,
+    *,
+    component: str,
+    pair: tuple[str, str],
+    expected_dtype: str,
+    logits: bool = False,
+    compute_dtype: str | None = None,
+) -> tuple[bool, Metrics | None, list[str]]:
+    """`check_parity`'s verdict without its record: for a diagnostic inside a failure message (the logits a wrong
+    token was drawn from), which is not a comparison of its own and must not count as one in the report."""
+    *_, metrics, failures = _judge(reference, candidate, component=component, pair=pair, expected_dtype=expected_dtype,
+                                   logits=logits, compute_dtype=compute_dtype)  # fmt: skip
+    return not failures, metrics, failures
+
+
+def _judge(reference, candidate, *, component, pair, expected_dtype, logits, compute_dtype):
+    """(pair, policy key, tolerance, reference and candidate as numpy, metrics, failures) of one comparison."""
     if not (isinstance(pair, tuple | list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
         raise ValueError(f"pair must be (reference name, candidate name), got {pair!r}")
     pair = (pair[0], pair[1])
@@ -252,29 +299,7 @@ def check_parity(
             metrics = _metrics(ref, cand, tol, logits=logits)
             failures.extend(_metric_failures(metrics, ref, cand, tol))
 
-    passed = not failures
-    verdict = "pass" if passed else ("expected_divergence" if expected_divergence is not None else "fail")
-    _emit(
-        {
-            "component": component,
-            "pair": {"reference": pair[0], "candidate": pair[1]},
-            "layer": None if layer is None else int(layer),
-            "stage": stage,
-            "config": _builtin(config),
-            "inputs": None if inputs is None else {str(k): _shape(v) for k, v in inputs.items()},
-            "shapes": {"reference": _shape(ref), "candidate": _shape(cand)},
-            "dtypes": {"reference": dtype_name(ref), "candidate": dtype_name(cand), "expected": expected_dtype},
-            "metrics": None if metrics is None else _builtin(metrics),
-            "tolerance": {**_builtin(tol), "key": list(key)},
-            "pair_class": key[2],
-            "verdict": verdict,
-            "control": control,
-            "hypothesis": _builtin(hypothesis),
-            "expected_divergence": expected_divergence,
-            "failures": list(failures),
-        }
-    )
-    return passed, metrics, failures
+    return pair, key, tol, ref, cand, metrics, failures
 
 
 def _metric_failures(m: Metrics, ref: np.ndarray, cand: np.ndarray, tol: Tolerance) -> list[str]:
