@@ -4,6 +4,8 @@ Hypothesis profiles, selected by hypothesis' own `--hypothesis-profile NAME`, el
     dev      10 examples, random, local example database: quick local iteration.
     ci       15 examples, derandomized (the same examples every run), no database, print_blob.
     nightly  200 examples, random, no database, print_blob: the accelerator job.
+    mutation ci's examples without the shrink phase: the mutation job (parity/harness/mutation) needs a failure, not
+             the smallest one, and a planted bug can make shrinking run for minutes.
 None has a deadline (a first example pays for jit compilation) and all suppress the too_slow and data_too_large health
 checks, for the same reason.
 
@@ -20,7 +22,7 @@ import os
 import sys
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 from reports import records
 
@@ -32,6 +34,9 @@ _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, Healt
 settings.register_profile("dev", max_examples=10, print_blob=True, **_COMMON)
 settings.register_profile("ci", max_examples=15, derandomize=True, database=None, print_blob=True, **_COMMON)
 settings.register_profile("nightly", max_examples=200, database=None, print_blob=True, **_COMMON)
+settings.register_profile(
+    "mutation", parent=settings.get_profile("ci"), phases=[p for p in Phase if p not in (Phase.shrink, Phase.explain)]
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or "ci")
 
 PLATFORMS = ("cpu", "gpu", "cuda", "rocm", "tpu")

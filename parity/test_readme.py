@@ -53,6 +53,10 @@ RUNS: dict[str, dict] = {
         "argv_only": "# a GPU",  # lines ending so are a GPU's: their arguments are parsed by the script, not run
     },
     "import jax": {"after": "python -m converters --src kyutai"},
+    # one fast mutant (its test is a numpy/torch bit-pattern check) instead of a sample of 8, each minutes of tests
+    "python -m parity.harness.mutation": {
+        "subs": [("--sample 8", "--only conv_bf16_through_float32 --no-kill-check")],
+    },
 }
 PYTHON = re.compile(r"(?<![\w/.-])python(?= )")  # `python` where a command starts: this interpreter
 

@@ -1,18 +1,21 @@
 """Command line of the report.
 
 python -m reports summary RECORDS.jsonl     text matrix: component x pair x dtype (pass / fail / controls / ...)
-python -m reports render RECORDS.jsonl -o DIR [--previous OLD.jsonl]   report.html + summary.json (reports/render.py)
+python -m reports render [RECORDS.jsonl] -o DIR [--previous OLD.jsonl] [--mutations MUTATIONS.jsonl]
+    report.html + summary.json (reports/render.py); --mutations adds the mutation job's score and survivors
 python -m reports diff OLD.jsonl NEW.jsonl [--factor 2.0] [--floor 0.01] [--allow-removed] [--allow-crashes]
     the run-to-run gate: metric regressions, new failures, removed comparisons, worker crashes (reports/diff.py)
 
-All three read records with `reports.recordfile.read` and aggregate them with `reports.analysis`. A malformed line is
-reported by number and skipped.
+All three read records with `reports.recordfile.read` and aggregate them with `reports.analysis`; render reads the
+mutation job's results with `reports.mutations.read` and aggregates them with `reports.mutations.summarize`. A malformed
+line is reported by number and skipped.
 
 Exit status:
     0  done: summary and render whatever the verdicts; diff when the gate passes.
     1  diff's gate failed, or an input error: a records file that cannot be read, a file with lines but no record
        (a config file), an output directory that cannot be written.
-    2  a usage error: an unknown command or option, a missing argument, --factor <= 1, --floor < 0.
+    2  a usage error: an unknown command or option, a missing argument, --factor <= 1, --floor < 0, render with
+       neither RECORDS nor --mutations.
 Errors are one line on stderr, `python -m reports COMMAND: error: ...`, without a traceback.
 """
 

@@ -1,8 +1,12 @@
-"""The HTML drift report: `python -m reports render RECORDS.jsonl -o DIR [--previous OLD.jsonl]`.
+"""The HTML drift report: `python -m reports render [RECORDS.jsonl] -o DIR [--previous OLD.jsonl] [--mutations FILE]`.
 
 Writes DIR/report.html (one self-contained page: inline CSS, a few lines of inline JS, charts as inline SVG drawn by
 matplotlib; it requests nothing over the network) and DIR/summary.json (the same content, machine-readable). The page is
 rendered from `templates/report.html.j2` with jinja2's autoescaping, so record text can never inject markup.
+
+`--mutations FILE` adds the mutation job's results (`python -m parity.harness.mutation --out FILE`, read and aggregated
+by `reports.mutations`): the score per porting-bug class and per package, and every survivor with its diff. Without
+RECORDS the page holds the mutation section alone (`tox -e mutation`).
 """
 
 from __future__ import annotations
@@ -11,12 +15,13 @@ import argparse
 import datetime
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
-from reports import analysis, charts, diff, recordfile
+from reports import analysis, charts, diff, mutations, recordfile
 from reports.records import jsonable
 
 MAX_CHARTS = 60  # drift charts drawn; more runs are listed in summary.json and the page says how many were left out
@@ -24,9 +29,10 @@ MAX_FAILURES = 300  # rows of the failing-comparisons table
 
 
 def build(
-    records_path: str | os.PathLike[str],
+    records_path: str | os.PathLike[str] | None,
     *,
     previous: str | os.PathLike[str] | None = None,
+    mutation_results: str | os.PathLike[str] | None = None,
     factor: float = 2.0,
     floor: float = 0.01,
     allow: tuple[str, ...] = (),
@@ -36,18 +42,23 @@ def build(
     of `reports.diff`, with its `factor`, `floor` and `allow`).
 
     Counts and the matrix are `analysis.count` (stated by `analysis.headline`) and `analysis.matrix`, the numbers
-    `python -m reports summary` prints.
+    `python -m reports summary` prints. `records_path` None: no parity records (a page of mutation results alone);
+    `mutation_results`: the mutation job's results file, summarized by `reports.mutations.summarize`.
 
     Raises:
-        OSError: a records file cannot be read.
+        OSError: a records or mutation results file cannot be read.
         recordfile.NoRecords: a records file has lines but no record.
     """
-    loaded = recordfile.read(records_path, require_records=True)
+    if records_path is None:
+        loaded = recordfile.Loaded(path=Path(), records=[])
+    else:
+        loaded = recordfile.read(records_path, require_records=True)
+    mutated = None if mutation_results is None else mutations.read(mutation_results)
     old = None if previous is None else recordfile.read(previous, require_records=True)
     recs = analysis.counted(loaded.records)
     counts = analysis.count(loaded.records)
     summary: dict[str, Any] = {
-        "records": str(Path(records_path).resolve()),
+        "records": None if records_path is None else str(Path(records_path).resolve()),
         "generated": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "headline": analysis.headline(counts),
         "counts": counts,
@@ -67,7 +78,10 @@ def build(
         },
         "failures": [_case(r) for r in recs if analysis.classify(r) == "fail"],
         "previous": None,
+        "mutations": None if mutated is None else mutations.summarize(mutated),
     }
+    if mutated is not None:
+        summary["warnings"] += mutated.warnings()
     if old is not None:
         result = diff.compare(old.records, loaded.records, factor=factor, floor=floor, allow=allow)
         summary["previous"] = {
@@ -148,20 +162,32 @@ def _fmt(x: Any) -> str:
 def main(args: argparse.Namespace) -> int:
     """`python -m reports render`: writes the page, prints the skipped lines, the headline and the page's path; exits 0
     whatever the verdicts."""
+    if args.records is None and args.mutations is None:
+        print("python -m reports render: error: give RECORDS, --mutations FILE or both", file=sys.stderr)
+        return 2
     summary = build(
-        args.records, previous=args.previous, factor=args.factor, floor=args.floor, allow=diff.allowed(args)
+        args.records,
+        previous=args.previous,
+        mutation_results=args.mutations,
+        factor=args.factor,
+        floor=args.floor,
+        allow=diff.allowed(args),
     )
     page = write(summary, args.output)
     for line in summary["warnings"]:
         print(line)
-    print(summary["headline"])
+    if args.records is not None:
+        print(summary["headline"])
+    if summary["mutations"] is not None:
+        print(summary["mutations"]["headline"])
     print(f"parity report: {page.resolve()}")
     return 0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the `render` command's arguments to `parser` (a subcommand parser of reports/__main__.py)."""
-    parser.add_argument("records", help="records JSONL file (reports/out/records.jsonl)")
+    parser.add_argument("records", nargs="?", default=None, help="records JSONL file (reports/out/records.jsonl)")
     parser.add_argument("-o", "--output", default="reports/out/html", help="directory for report.html + summary.json")
     parser.add_argument("--previous", default=None, help="records of a previous run: adds a 'since previous' section")
+    parser.add_argument("--mutations", default=None, help="mutation job results: adds the 'Mutation score' section")
     diff.add_gate_arguments(parser)
