@@ -24,24 +24,22 @@ from hypothesis import given, settings
 import models_flax.attention as xla_attention
 import models_flax.kernels.decode as decode_module
 import models_flax.kernels.flash_attention as flash_module
-from models_flax.kernels.decode import DecodeBlockSizes, decode_attention, reference_decode
+from models_flax.kernels.decode import decode_attention, reference_decode
 from models_flax.kernels.flash_attention import (
-    BlockSizes,
     dot_precision,
     flash_attention,
     live_block_ranges,
     reference_attention,
 )
-from parity.harness.checks import compare_pair
+from parity.harness.checks import attention_component, compare_pair
 from parity.harness.compare import ParityError, assert_parity
+from parity.harness.kernel_tiles import DECODE_TILES, TILES, use_small_tiles
 from parity.harness.strategies import ATTENTION_MAGNITUDES, AttentionCase, attention_cases, cases, configs
 
 COMPONENT = "pallas_attention"
 XLA = "flax[attention=xla]"  # the reference of every kernel comparison: the XLA path of the same Flax attention
 KERNEL_LABELS = {"prefill": "flax[attention=pallas]", "decode": "flax[attention=pallas,decode]"}
 JNP_REFERENCE = "flax[attention=jnp_reference]"
-TILES = BlockSizes(block_q=8, block_k=8)
-DECODE_TILES = DecodeBlockSizes(block_k=4, num_splits=3)
 JAX_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -222,15 +220,6 @@ def test_precision_argument():
 # --- kyutai: the kernels inside the Flax Attention layer ------------------------------------------------------------
 
 
-def _small_tiles(monkeypatch, *, decode: bool) -> None:
-    """The kernels of "flax[attention=pallas]" on the small test tiles (several key blocks per case); with decode,
-    cached steps of up to 4 queries take the decode kernel (as in `Attention`), else the prefill kernel."""
-    flash = functools.partial(flash_attention, block_sizes=TILES)
-    monkeypatch.setattr(xla_attention, "flash_attention", flash)
-    decode_kernel = functools.partial(decode_attention, block_sizes=DECODE_TILES) if decode else flash
-    monkeypatch.setattr(xla_attention, "decode_attention", decode_kernel)
-
-
 @settings(max_examples=LAYER_EXAMPLES)
 @given(
     case=cases(
@@ -240,7 +229,7 @@ def _small_tiles(monkeypatch, *, decode: bool) -> None:
 def test_kyutai_attention_with_pallas(case):
     """kyutai's attention (SDPA with its position mask) against the Flax layer running on the prefill kernel."""
     with pytest.MonkeyPatch.context() as mp:
-        _small_tiles(mp, decode=False)
+        use_small_tiles(mp, decode=False)
         compare_pair("attention", ("kyutai", "flax[attention=pallas]"), case)
 
 
@@ -249,8 +238,9 @@ def test_kyutai_attention_with_pallas(case):
 def test_cache_steps_with_pallas_decode(case):
     """Step-by-step decoding through the ring cache on the decode kernel equals the full pass of our PyTorch ref."""
     with pytest.MonkeyPatch.context() as mp:
-        _small_tiles(mp, decode=True)
-        compare_pair("attention", ("ref", "flax[attention=pallas,cached]"), case)
+        use_small_tiles(mp)
+        impl = "flax[attention=pallas,cached]"
+        compare_pair(attention_component(impl, case.dtype), ("ref", impl), case)
 
 
 # --- negative controls ----------------------------------------------------------------------------------------------

@@ -1,13 +1,15 @@
 """flax: the Flax NNX port (models_flax), run in our calling convention (parity/harness/adapters/ours.py).
 
 Options: "attention" = "xla" (the plain path, default) or "pallas" (the Pallas kernels, interpret mode on CPU) for
-attention, decoder layers and the LM; "cached" (attention, decoder layers) decodes step by step through the KV cache.
+attention, decoder layers and the LM; "cached" (attention, decoder layers) decodes step by step through the KV cache,
+"chunks" in chunks of several steps; "jit" (attention, decoder layers) runs each call of the layer under `nnx.jit`.
 Modules are built with `precision=HIGHEST`, so that an accelerator's default reduced-precision matmuls cannot hide a
 bug in a float32 comparison. Intermediates come from `nnx.capture` (the model code carries no instrumentation).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar
 
 import numpy as np
@@ -70,6 +72,23 @@ class JaxBackend:
 
         return jnp.concatenate(arrays, axis=axis)
 
+    def compiled(self, module: Any) -> Any:
+        """module's call under an `nnx.jit` made here, so that a function patched since an earlier run (a negative
+        control) is traced afresh; Python scalars and None (an int layer_idx) stay static, as the eager call sees
+        them."""
+        from flax import nnx
+
+        @functools.partial(nnx.jit, static_argnames="static")
+        def run(module, x, arrays, static):
+            return module(x, **arrays, **dict(static))
+
+        def call(x: Any, **kwargs: Any) -> Any:
+            static = tuple(sorted((k, v) for k, v in kwargs.items() if v is None or isinstance(v, int)))
+            arrays = {k: v for k, v in kwargs.items() if k not in dict(static)}
+            return run(module, x, arrays, static)
+
+        return call
+
     def lm_forward(self, module: Any, codes: np.ndarray, capture: tuple[str, ...]) -> dict[str, Any]:
         """LM.__call__; "hidden" is read from `nnx.capture`'s method outputs: `embed`, then each layer's output."""
         import jax.numpy as jnp
@@ -88,7 +107,7 @@ class FlaxAdapter(Adapter):
     format = "flax"
     backend = JaxBackend()
     bindings: ClassVar = {
-        **ours.layer_bindings(backend, options={"attention": ATTENTION}),
+        **ours.layer_bindings(backend, options={"attention": ATTENTION, "jit": (True,)}),
         "lm": ours.lm_binding(backend, options={"attention": ATTENTION}),
     }
 

@@ -3,9 +3,12 @@ holds it once, over a small `Backend` that knows the framework (arrays, caches, 
 
 Layer components take x (B, T, D) (rope: (B, T, H, head_dim)), positions (B, T) and a layer_idx; with the option
 "cached" attention and decoder layers decode one position at a time through a KV ring cache of capacity = context
-(T when unbounded), which must equal the full pass. The LM takes codes (B, 1 + n_q, T); "hidden" captures the
-temporal stack's input and every layer's output; the "temporal_layer" entry runs one temporal layer on a given input
-at positions 0..T-1 (teacher forcing); the "loss" entry is the training loss of the forward (models_*/loss.py).
+(T when unbounded), which must equal the full pass; "chunks" (with "cached") feeds chunks of several positions instead,
+through the tightest ring that holds them (context + largest chunk - 1); "jit" (flax) compiles each call of the layer
+(one compile per chunk size instead of one per eager op and shape). The LM takes codes (B, 1 + n_q, T); "hidden"
+captures the temporal stack's input and every layer's output; the "temporal_layer" entry runs one temporal layer on a
+given input at positions 0..T-1 (teacher forcing); the "loss" entry is the training loss of the forward
+(models_*/loss.py).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ class Backend(Protocol):
     """What ours needs from a framework (also what framework-specific tests use to make native inputs)."""
 
     classes: dict[str, type]  # component -> our class ("lm" included)
-    loss: Any  # the framework's `lm_loss(output, codes) -> (loss, parts)`
+    loss: Any  # the framework's `lm_loss(output, codes, **weights) -> (loss, parts)`
 
     def dtype(self, name: str) -> Any:
         """The framework's dtype of that name ("float32", "bfloat16", "float16")."""
@@ -64,6 +67,9 @@ class Backend(Protocol):
         """An empty KV ring cache."""
 
     def concat(self, arrays: list[Any], axis: int) -> Any: ...
+
+    def compiled(self, module: Any) -> Any:
+        """module's call, compiled (backends whose adapter offers the option "jit")."""
 
     def lm_forward(self, module: Any, codes: np.ndarray, capture: tuple[str, ...]) -> dict[str, Any]:
         """LM outputs (text/audio logits and masks) plus "hidden" (L + 1, B, T, D) when captured."""
@@ -102,16 +108,41 @@ def step_index(layer_idx: Any, t: int) -> Any:
     return layer_idx
 
 
-def decode_steps(backend: Backend, built: Built, x: Any, positions: Any, layer_idx: Any) -> Any:
-    """Runs an attention or decoder layer one position at a time through a KV ring cache."""
+CHUNK_SCHEDULES = ("2", "3", "4", "4-2", "2-3-4")
+"""Values of the "chunks" option: chunk sizes, cycled over the sequence. Chunks of up to 4 positions are what a
+streaming step may feed and what the Pallas decode kernel takes (models_flax.kernels.decode.MAX_STEPS)."""
+
+
+def chunk_sizes(schedule: str, length: int) -> list[int]:
+    """The chunk sizes covering `length` positions: the schedule ("2-3-4") cycled, the last chunk cut short."""
+    cycle = [int(size) for size in schedule.split("-")]
+    sizes: list[int] = []
+    while sum(sizes) < length:
+        sizes.append(min(cycle[len(sizes) % len(cycle)], length - sum(sizes)))
+    return sizes
+
+
+def decode_steps(
+    backend: Backend, built: Built, module: Any, x: Any, positions: Any, layer_idx: Any, *, chunks: str | None = None
+) -> Any:
+    """Runs an attention or decoder layer (`module`: built.module or its compiled call) through a KV ring cache, one
+    position at a time or in `chunks` (`CHUNK_SCHEDULES`), the ring being the smallest a chunk allows: context +
+    largest chunk - 1 slots."""
     cfg = built.cfg
     batch, length = x.shape[:2]
-    cache = backend.cache(batch, cfg.context or length, cfg, built.dtype)
-    outs = []
-    for t in range(length):
-        idx = step_index(layer_idx, t) if cfg.flexible else None
-        y, cache = built.module(x[:, t : t + 1], positions=positions[:, t : t + 1], layer_idx=idx, cache=cache)
+    sizes = [1] * length if chunks is None else chunk_sizes(chunks, length)
+    if cfg.flexible and max(sizes) > 1:
+        raise ValueError(
+            f"{built.impl}: chunked decoding of a per-codebook layer (the depth model steps one at a time)"
+        )
+    cache = backend.cache(batch, cfg.context + max(sizes) - 1 if cfg.context else length, cfg, built.dtype)
+    outs, start = [], 0
+    for size in sizes:
+        idx = step_index(layer_idx, start) if cfg.flexible else None
+        span = slice(start, start + size)
+        y, cache = module(x[:, span], positions=positions[:, span], layer_idx=idx, cache=cache)
         outs.append(y)
+        start += size
     return backend.concat(outs, 1)
 
 
@@ -122,19 +153,23 @@ def layer_bindings(backend: Backend, *, options: dict[str, tuple]) -> dict[str, 
         weights = component != "rope"
 
         def build(cfg: TransformerConfig, dtype: str, opts: dict, init: bool) -> Any:
+            if "chunks" in opts and not opts.get("cached"):
+                raise ValueError(f"{component}: option chunks={opts['chunks']} needs the option cached")
             args, kwargs = constructor_args(component, cfg)
             cls = backend.classes[component]
             return backend.construct(cls, args, kwargs, dtype=dtype, options=opts, weights=weights, init=init)
 
         def run(built: Built, inputs: Inputs, capture: tuple) -> Outputs:
             a = native_inputs(inputs, built.dtype, backend.array)
+            module = backend.compiled(built.module) if built.options.get("jit") else built.module
             if built.options.get("cached"):
-                y = decode_steps(backend, built, a["x"], a["positions"], a.get("layer_idx"))
+                y = decode_steps(backend, built, module, a["x"], a["positions"], a.get("layer_idx"),
+                                 chunks=built.options.get("chunks"))  # fmt: skip
             else:
-                y = call(component, built.module, a["x"], a.get("positions"), a.get("layer_idx"), built.cfg)
+                y = call(component, module, a["x"], a.get("positions"), a.get("layer_idx"), built.cfg)
             return numpy_outputs({"y": y})
 
-        extra = {"cached": (True,), **options} if component in CACHED else {}
+        extra = {"cached": (True,), "chunks": CHUNK_SCHEDULES, **options} if component in CACHED else {}
         return Binding(build=build, run=run, options=extra, weights=weights)
 
     return {component: binding(component) for component in LAYERS}
@@ -155,10 +190,12 @@ def lm_binding(backend: Backend, *, options: dict[str, tuple]) -> Binding:
         return numpy_outputs({"y": built.module.layers[int(inputs["layer"])](a["x"], positions=positions)[0]})
 
     def loss(built: Built, inputs: Inputs, capture: tuple) -> Outputs:
-        """The training loss of the forward of "codes" against "labels" (default: the codes themselves)."""
+        """The training loss of the forward of "codes" against "labels" (default: the codes themselves); any other
+        input is a keyword argument of the loss (its weights: moshi_spec/loss.py)."""
         labels = inputs.get("labels", inputs["codes"])
+        weights = {k: v for k, v in inputs.items() if k not in ("codes", "labels")}
         output = built.module(backend.array(np.asarray(inputs["codes"])))
-        value, parts = backend.loss(output, backend.array(np.asarray(labels)))
+        value, parts = backend.loss(output, backend.array(np.asarray(labels)), **weights)
         return numpy_outputs({"loss": value, **parts})
 
     entries = {"temporal_layer": temporal_layer, "loss": loss}
