@@ -74,7 +74,7 @@ ZONES = {
     ("flash_attention.py", "_prefill_kernel"): "prefill kernel",
     ("decode.py", "_decode_kernel"): "decode kernel",
     ("decode.py", "combine_splits"): "decode split combine",
-    ("loss.py", "_masked_ce"): "loss log-softmax",
+    ("loss.py", "_cross_entropy"): "loss log-softmax",
 }
 # Computes in its operands' dtype wherever it sits: must be float32 anywhere in a model.
 MATH = {
@@ -566,7 +566,7 @@ CONTROLS = {
     ),
     "loss_log_softmax_in_bf16": (
         jax.nn, "log_softmax", _in_bf16, lambda: loss_ops(BF16), "float32",
-        ("exp computes in bfloat16 in loss log-softmax at", "loss.py", "_masked_ce"),
+        ("exp computes in bfloat16 in loss log-softmax at", "loss.py", "_cross_entropy"),
     ),
 }  # fmt: skip
 CHECKS = {"precision": lambda ops: precision_problems(ops, HIGHEST), "float32": float32_problems}

@@ -142,6 +142,38 @@ def random_codes(cfg: LMConfig, batch: int, length: int, *, seed: int, zero_frac
     return codes.astype(np.int64)
 
 
+def loss_codes(
+    cfg: LMConfig, batch: int, length: int, *, seed: int, padding_ids: tuple[int, ...], padding_fraction: float = 0.3
+) -> np.ndarray:
+    """Codes for the training loss: random_codes with text padding ids at random places (a fraction of the text
+    positions) and a span of zero tokens (-1) at a random place in every stream of every row."""
+    rng = np.random.default_rng(seed)
+    codes = random_codes(cfg, batch, length, seed=seed)
+    padding = rng.random((batch, length)) < padding_fraction
+    codes[:, 0][padding] = rng.choice(padding_ids, size=int(padding.sum()))
+    for row in range(batch):
+        for stream in range(1 + cfg.n_q):
+            start, span = rng.integers(0, length), rng.integers(1, 4)
+            codes[row, stream, start : start + span] = ZERO_TOKEN
+    return codes
+
+
+@st.composite
+def loss_weights(draw: st.DrawFn, *, dep_q: int, padding_ids: tuple[int, ...]) -> dict:
+    """Keyword arguments of the LM loss (moshi_spec/loss.py): the recipe's first-codebook multiplier (1, its 7B
+    example's 100, or another), per-codebook weights (uniform or not, a zero among them), a text padding weight
+    (1, the recipe's 0.5, 0, or another) on `padding_ids`, and a text weight."""
+    codebook = st.floats(0.0, 3.0, allow_subnormal=False)
+    audio = st.none() | st.lists(codebook, min_size=dep_q, max_size=dep_q).filter(lambda w: sum(w[1:]) > 0.1)
+    return {
+        "first_codebook_weight_multiplier": draw(st.sampled_from((1.0, 100.0)) | st.floats(0.1, 10.0)),
+        "audio_weights": draw(audio),
+        "text_padding_weight": draw(st.sampled_from((1.0, 0.5, 0.0)) | st.floats(0.01, 2.0)),
+        "text_padding_ids": padding_ids,
+        "text_weight": draw(st.sampled_from((1.0,)) | st.floats(0.1, 2.0)),
+    }
+
+
 @dataclass(frozen=True)
 class AttentionCase:
     """Raw attention inputs for the Pallas kernels: q (B, T, H, D), k/v (B, S, Hkv, D) float32 values (cast to `dtype`

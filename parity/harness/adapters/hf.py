@@ -140,20 +140,34 @@ def build_lm(cfg: LMConfig, dtype: str, options: dict, init: bool) -> Any:
     return MoshiForConditionalGeneration(lm_config(cfg)).to(torch_dtype(dtype)).eval()
 
 
+def delayed_layout(cfg: LMConfig, codes: Any) -> tuple[Any, Any]:
+    """kyutai LMModel.forward's teacher-forced layout of codes (B, 1 + n_q, T): (inputs, targets), both (B, 1 + n_q,
+    T): the delayed codes after the initial tokens, and the same one step later.
+
+    Raises:
+        ValueError: a zero token (-1) in codes (HF Moshi has none).
+    """
+    import torch
+
+    from models_ref.delays import delay
+
+    if bool((codes < 0).any()):
+        raise ValueError("HF Moshi has no zero token (-1); pass codes without it")
+    initial = torch.tensor([cfg.initial_text_token] + [cfg.initial_audio_token] * cfg.n_q)
+    delayed = torch.cat([initial.view(1, -1, 1).expand(len(codes), -1, 1), delay(codes, cfg.delays, initial)], dim=2)
+    return delayed[:, :, :-1], delayed[:, :, 1:]
+
+
 def run_lm(built: Built, inputs: Inputs, capture: tuple) -> Outputs:
     """HF's temporal decoder and depth decoder on kyutai's delayed, teacher-forced layout of the codes."""
     import torch
 
-    from models_ref.delays import delay, undelay
+    from models_ref.delays import undelay
 
     cfg, model = built.cfg, built.module
     codes = torch.from_numpy(np.asarray(inputs["codes"], np.int64))
-    if bool((codes < 0).any()):
-        raise ValueError("HF Moshi has no zero token (-1); pass codes without it")
     batch, _, length = codes.shape
-    initial = torch.tensor([cfg.initial_text_token] + [cfg.initial_audio_token] * cfg.n_q)
-    delayed = torch.cat([initial.view(1, -1, 1).expand(batch, -1, 1), delay(codes, cfg.delays, initial)], dim=2)
-    inputs_, targets = delayed[:, :, :-1], delayed[:, :, 1:]
+    inputs_, targets = delayed_layout(cfg, codes)
     embeds = sum(model.embed_tokens[k](inputs_[:, 1 + k]) for k in range(cfg.n_q))
     embeds = embeds + model.decoder.model.embed_tokens(inputs_[:, 0])
     out = model.decoder(inputs_embeds=embeds, output_hidden_states="hidden" in capture)
