@@ -3,7 +3,8 @@
 Hypothesis profiles, selected by hypothesis' own `--hypothesis-profile NAME`, else `$HYPOTHESIS_PROFILE`, else "ci":
     dev      10 examples, random, local example database: quick local iteration.
     ci       15 examples, derandomized (the same examples every run), no database, print_blob.
-    nightly  200 examples, random, no database, print_blob: the accelerator job.
+    nightly  200 examples, random, no database, print_blob: the accelerator job; also runs the tests marked
+             `nightly` (skipped by every other profile: longer twins of checks the default suite makes small).
     mutation ci's examples without the shrink phase: the mutation job (parity/harness/mutation) needs a failure, not
              the smallest one, and a planted bug can make shrinking run for minutes.
 None has a deadline (a first example pays for jit compilation) and all suppress the too_slow and data_too_large health
@@ -89,6 +90,16 @@ def pytest_configure(config: pytest.Config) -> None:
             "pytest_configure; move the jax call that starts them out of import time"
         )
     jax.config.update("jax_platforms", None if platform == "auto" else platform)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `nightly` (longer twins of default-suite checks) run under the nightly hypothesis profile only."""
+    if records.hypothesis_profile() == "nightly":
+        return
+    skip = pytest.mark.skip(reason="nightly only (run with --hypothesis-profile nightly)")
+    for item in items:
+        if item.get_closest_marker("nightly"):
+            item.add_marker(skip)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

@@ -10,7 +10,12 @@ from parity.harness.mutants import MUTANTS
 from parity.harness.strategies import ATTENTION_MAGNITUDES, cases, configs
 
 MODES = ("none", "int", "0d", "1d")
-PAIRS = (("hf", "ref", SHORT_OFFSET), ("ref", "flax", SHORT_OFFSET), ("hf", "flax", SHORT_OFFSET))
+# flax runs under jit: one compile per drawn case instead of one per eager op and shape (31.8 -> 8.2 s for the cache
+# test); eager flax runs in the negative controls and the whole LM. (The decoder layer stays eager: under jit XLA
+# fuses its bf16 residual and MLP arithmetic, which measured mae/rms 1.59e-3 against ref's per-op rounding, past the
+# eager-calibrated ours-ours bound 1.57e-3.)
+PAIRS = (("hf", "ref", SHORT_OFFSET), ("ref", "flax[jit]", SHORT_OFFSET), ("hf", "flax[jit]", SHORT_OFFSET))
+JIT = {"ref": "", "flax": ",jit"}
 
 
 @pytest.mark.parametrize(("reference", "candidate", "max_offset"), PAIRS)
@@ -31,7 +36,7 @@ def test_kyutai_to_hf(case):
 def test_cache_step_equals_full(impl, data):
     """Decoding one step at a time through a ring cache of capacity = context equals the full pass, past the window."""
     case = data.draw(cases(configs(), modes=MODES, max_offset=SHORT_OFFSET, magnitudes=ATTENTION_MAGNITUDES))
-    compare_pair("attention", ("ref", f"{impl}[cached]"), case)
+    compare_pair("attention", ("ref", f"{impl}[cached{JIT[impl]}]"), case)
 
 
 @pytest.mark.parametrize("mutant", MUTANTS["attention"], ids=lambda m: m.name)

@@ -26,17 +26,19 @@ def compare_pair(
     control: str | None = None,
     expected_divergence: str | None = None,
     mutate=None,
+    judged_as: str | None = None,
 ) -> Metrics:
     """Builds both implementations with shared weights, runs them on the case and asserts parity (one record).
 
     mutate: an optional callable(Models) applied after building, for negative controls.
+    judged_as: the policy component the outputs are judged under, when not `component` (`attention_component`).
     """
     models = implementations.build(component, case.cfg, case.dtype, impls=pair)
     if mutate is not None:
         mutate(models)
     reference, candidate = (models.run(impl, case.inputs())["y"] for impl in pair)
     return assert_case_parity(
-        reference, candidate, case, component=component, pair=pair, control=control,
+        reference, candidate, case, component=judged_as or component, pair=pair, control=control,
         expected_divergence=expected_divergence,
     )  # fmt: skip
 

@@ -78,7 +78,11 @@ def _m(id_: str, file: str, original: str, replacement: str, bug_class: str, tes
 # Test selections shared by several entries.
 RMSNORM = ("parity/test_rmsnorm.py::test_parity[ref->flax]",)
 RMSNORM_HF_REF = ("parity/test_rmsnorm.py::test_parity[hf->ref]",)
-ROPE_FLAX = ("parity/test_rope.py::test_to_flax",)
+ROPE_FLAX = (
+    "parity/test_rope.py::test_to_flax",
+    "parity/test_long_positions.py::test_rope_frequencies_round_alike",
+    "parity/test_long_positions.py::test_rope",
+)
 ATTENTION_FLAX = ("parity/test_attention.py::test_parity[ref-flax-16]",)
 ATTENTION_REF = ("parity/test_attention.py::test_parity[hf-ref-16]",)
 MLP_FLAX = ("parity/test_gating_mlp.py::test_parity[ref->flax]",)
