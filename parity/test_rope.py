@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from moshi_spec import TransformerConfig
@@ -48,6 +48,7 @@ def test_expected_divergence_xla_exp_at_long_positions():
 
 
 @pytest.mark.xfail(raises=ParityError, strict=True, reason="HF and kyutai rope frequencies round differently")
+@settings(phases=[Phase.explicit, Phase.reuse, Phase.generate])  # the first divergent case is the answer: no shrinking
 @given(data=st.data())
 def test_expected_divergence_hf_frequencies(data):
     """HF computes inv_freq = theta^(-2i/D), kyutai exp(-2i log(theta)/D): up to 6e-8 apart in float32, so at position

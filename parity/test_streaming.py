@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
 import models_flax.attention
 import models_flax.streaming as streaming
@@ -157,11 +158,17 @@ def test_greedy_control_fails(name, patch):
 # (a) step-by-step logits vs the full forward ------------------------------------------------------------------------
 
 
+@nnx.jit
+def _full_forward(lm, codes):
+    """The LM's full forward, compiled once per model and shape (eager, the tiny LM costs ~3x the compile per shape)."""
+    return lm(codes)
+
+
 def _step_vs_full(dtype: str, impl: str, seed: int = 0, frames: int = 40, *, fresh: bool = False):
     lm = _lms(dtype, seed, impl)[impl]
     codes = user_codes(CFG, 2, frames, seed=seed)
     run = run_steps(Streamer(lm, text=GREEDY, audio=GREEDY) if fresh else _greedy(dtype, seed, impl), codes)
-    full = lm(jnp.asarray(consumed_codes(CFG, codes, run)))
+    full = _full_forward(lm, jnp.asarray(consumed_codes(CFG, codes, run)))
     text_full = to_numpy(full.text_logits)[:, 0]  # (B, T, V)
     text_step = np.moveaxis(run["text_logits"], -1, 1)
     audio_full = to_numpy(full.audio_logits)  # (B, dep_q, T, card): frame-aligned, so codebook c is at step t - d
