@@ -19,6 +19,7 @@ import torch
 from flax import nnx
 
 import models_flax.attention
+import models_flax.rope
 import models_flax.streaming as streaming
 from models_flax.cache import KVCache
 from models_flax.sampling import AUDIO, GREEDY, TEXT, Sampler, sample, sample_with_noise
@@ -189,6 +190,48 @@ def test_step_logits_match_full_forward(dtype, impl):
         pair = (str(Impl.parse(impl).variant("full")), str(Impl.parse(impl).variant("step")))
         assert_parity(full, step.astype(full.dtype), component=component, pair=pair, expected_dtype=dtype, logits=True,
                       config={"preset": "tiny", "frames": 40, "impl": impl})  # fmt: skip
+
+
+def _step_vs_kyutai_at_long_positions(impl: str, *, control: str | None = None) -> None:
+    """The Streamer's own step at 3100 frames (positions past 3000, its 8-slot rings wrapped ~390 times) against
+    kyutai's full forward of the codes it consumed: kyutai, not our full forward, so that a bug the step and our
+    forward share is seen (rope positions rounded to bf16 passes the step-vs-full comparison)."""
+    frames, seed = 3100, 0
+    lm = _lms("float32", seed, impl)[impl]
+    codes = user_codes(CFG, 2, frames, seed=seed)
+    run = run_steps(Streamer(lm, text=GREEDY, audio=GREEDY), codes)
+    ref = kyutai_logits(_lms("float32", seed, impl)["kyutai"], consumed_codes(CFG, codes, run))
+    delays = CFG.delays[1 : 1 + CFG.dep_q]
+    audio_step = np.moveaxis(run["audio_logits"], -1, 2)
+    compared = {
+        "text_logits": (ref["text_logits"][:, 0], np.moveaxis(run["text_logits"], -1, 1)),
+        "audio_logits": (
+            np.concatenate([ref["audio_logits"][:, c, : frames - d] for c, d in enumerate(delays)], 1),
+            np.concatenate([audio_step[:, c, d:] for c, d in enumerate(delays)], 1),
+        ),
+    }
+    for component, (expected, step) in compared.items():
+        assert_parity(expected, step, component=component, pair=("kyutai", str(Impl.parse(impl).variant("step"))),
+                      expected_dtype="float32", logits=True, config={"preset": "tiny", "frames": frames},
+                      control=control)  # fmt: skip
+
+
+@pytest.mark.nightly
+@pytest.mark.parametrize("impl", IMPLS)
+def test_step_logits_match_kyutai_at_long_positions(impl):
+    """Nightly (~10-20 s each on CPU); the 40-frame tests above are its tiny twins."""
+    _step_vs_kyutai_at_long_positions(impl)
+
+
+@pytest.mark.nightly
+def test_long_positions_control_fails(patch):
+    """Rope positions rounded to bf16 (exact below 256, 16 apart past 2048): the step and our own full forward agree
+    on it, kyutai does not (text logits measured 4.6 apart)."""
+    angles = models_flax.rope.rotation_angles
+    patch.setattr(models_flax.rope, "rotation_angles",
+                  lambda p, *a: angles(p.astype(jnp.bfloat16).astype(p.dtype), *a))  # fmt: skip
+    with pytest.raises(ParityError):
+        _step_vs_kyutai_at_long_positions("flax", control="rope_positions_in_bf16")
 
 
 def test_step_vs_full_control_fails(patch):
