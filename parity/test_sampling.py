@@ -1,4 +1,7 @@
-"""Per-stream sampling: text and audio each draw with their own settings and their own noise.
+"""Sampling: the sampler alone, and per stream (text and audio each with their own settings and their own noise).
+
+The sampler alone: given torch's own exponential noise, `sample_with_noise` picks kyutai sample_token's token; drawn
+with JAX keys, `sample` follows the top-k / temperature law; greedy is argmax.
 
 kyutai LMGen samples the text with (temp_text, top_k_text) and every audio codebook with (temp, top_k); each draw takes
 fresh exponential noise from torch's global generator, in a fixed order per step: the text, then codebook 0, 1, ...
@@ -16,6 +19,7 @@ import re
 from functools import cache
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -39,6 +43,77 @@ SETTINGS = {"sampled": SAMPLED, "greedy_text": (GREEDY, Sampler(0.8, 10)), "lmge
 def _lmgen_kwargs(text: Sampler, audio: Sampler) -> dict:
     """What LMGen is given for our (text, audio) samplers."""
     return {"temp_text": text.temperature, "top_k_text": text.top_k, "temp": audio.temperature, "top_k": audio.top_k}
+
+
+# the sampler alone: kyutai sample_token given its noise, and the top-k law -----------------------------------------
+
+
+def _kyutai_and_noise(logits: np.ndarray, temperature: float, top_k: int, seed: int):
+    """kyutai sample_token's tokens, and the exponential noise it drew (replayed from the same torch seed)."""
+    from moshi.utils.sampling import sample_token
+
+    torch.manual_seed(seed)
+    tokens = sample_token(torch.from_numpy(logits), True, temperature, top_k)
+    torch.manual_seed(seed)
+    k = logits.shape[-1] if top_k == 0 else min(top_k, logits.shape[-1])
+    return to_numpy(tokens), to_numpy(torch.empty(logits.shape[0], k).exponential_(1))
+
+
+SAMPLERS = [TEXT, AUDIO, Sampler(1.0, 0), Sampler(0.5, 1000), GREEDY]
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS, ids=lambda s: f"t{s.temperature}-k{s.top_k}")
+def test_sampling_matches_kyutai_given_its_noise(sampler):
+    logits = np.random.default_rng(0).standard_normal((4096, 300)).astype(np.float32)
+    for seed in range(3):
+        expected, noise = _kyutai_and_noise(logits, sampler.temperature, sampler.top_k, seed)
+        got = sample_with_noise(jnp.asarray(logits), jnp.asarray(noise), sampler)
+        assert_parity(expected.astype(np.int64), to_numpy(got).astype(np.int64), component="sampled_tokens",
+                      pair=("kyutai", "flax"), expected_dtype="int64", config={"sampler": str(sampler)})  # fmt: skip
+
+
+@pytest.mark.parametrize("planted", [Sampler(0.8, 25), Sampler(0.7, 26)], ids=["audio_temp_for_text", "top_k_plus_1"])
+def test_sampling_control_fails(planted):
+    """kyutai drew with TEXT (0.7, top 25); a sampler with the wrong temperature or k picks other tokens."""
+    logits = np.random.default_rng(0).standard_normal((4096, 300)).astype(np.float32)
+    expected, noise = _kyutai_and_noise(logits, TEXT.temperature, TEXT.top_k, 0)
+    extra = np.random.default_rng(1).exponential(size=(4096, 1)).astype(np.float32)
+    noise = np.concatenate([noise, extra], 1)[:, : planted.top_k]
+    got = sample_with_noise(jnp.asarray(logits), jnp.asarray(noise), planted)
+    with pytest.raises(ParityError):
+        assert_parity(expected.astype(np.int64), to_numpy(got).astype(np.int64), component="sampled_tokens",
+                      pair=("kyutai", "flax"), expected_dtype="int64", control=str(planted))  # fmt: skip
+
+
+def _distribution_failures(sampler: Sampler, expected: Sampler, draws: int = 200_000) -> list[str]:
+    """Draws `draws` tokens with `sampler` and checks them against the law of `expected`: zero mass outside its top k,
+    every frequency within 5 binomial standard deviations of softmax(logits / T) renormalized over the top k."""
+    logits = jnp.asarray(2 * np.random.default_rng(1).standard_normal(40), jnp.float32)
+    tokens = sample(jnp.broadcast_to(logits, (draws, 40)), jax.random.key(0), sampler)
+    freq = np.bincount(to_numpy(tokens), minlength=40) / draws
+    p = np.exp(np.asarray(logits, np.float64) / expected.temperature)
+    keep = np.argsort(-p)[: expected.candidates(40)]
+    law = np.zeros(40)
+    law[keep] = p[keep] / p[keep].sum()
+    failures = [f"mass {freq[law == 0].sum():.2e} outside the top {len(keep)}"] if freq[law == 0].sum() else []
+    sigma = np.sqrt(law * (1 - law) / draws)
+    bad = np.abs(freq - law) > 5 * sigma + 1e-12
+    return failures + [f"token {i}: frequency {freq[i]:.4f}, law {law[i]:.4f}" for i in np.flatnonzero(bad)]
+
+
+def test_sampling_follows_the_top_k_law():
+    assert _distribution_failures(Sampler(0.8, 10), Sampler(0.8, 10)) == []
+    assert _distribution_failures(Sampler(1.3, 0), Sampler(1.3, 0)) == []
+
+
+@pytest.mark.parametrize("planted", [Sampler(1.0, 10), Sampler(0.8, 11)], ids=["temperature_ignored", "top_k_plus_1"])
+def test_sampling_law_control_fails(planted):
+    assert _distribution_failures(planted, Sampler(0.8, 10)) != []
+
+
+def test_greedy_is_argmax():
+    logits = jnp.asarray(np.random.default_rng(2).standard_normal((64, 100)), jnp.float32)
+    assert np.array_equal(to_numpy(sample(logits, jax.random.key(0), GREEDY)), np.argmax(to_numpy(logits), -1))
 
 
 # (a) kyutai LMGen's draws replayed through our sampler ---------------------------------------------------------------

@@ -2,10 +2,10 @@
 
 (a) step-by-step logits equal the full forward of the codes the stream consumed, over 40 frames (context 8);
 (b) greedy tokens equal kyutai LMGen's token for token over 60 frames (tiny fp32, both attention impls);
-(c) sampling: given torch's own exponential noise, our sampler picks kyutai's token; drawn with JAX keys, it follows
-    the top-k / temperature distribution;
+(c) at 3100 frames (nightly), the step against kyutai's forward of what it consumed;
 (d) a later input never changes an earlier output.
-Each has negative controls (planted delay-buffer, rope, sampling and mask bugs); bad input is a clear error.
+The sampler itself (kyutai's sample_token given its noise, the top-k law, per-stream settings): parity/test_sampling.py.
+Each has negative controls (planted delay-buffer, rope, cache and mask bugs); bad input is a clear error.
 """
 
 import warnings
@@ -15,14 +15,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from flax import nnx
 
 import models_flax.attention
 import models_flax.rope
 import models_flax.streaming as streaming
 from models_flax.cache import KVCache
-from models_flax.sampling import AUDIO, GREEDY, TEXT, Sampler, sample, sample_with_noise
+from models_flax.sampling import AUDIO, GREEDY, TEXT, Sampler
 from models_flax.streaming import UNGENERATED, Streamer
 from moshi_spec import LMConfig
 from parity.harness.adapters import Impl
@@ -322,77 +321,6 @@ def test_causality_control_fails(patch):
     patch.setattr(models_flax.attention, "attention_mask", lambda q, k, ctx: original(q + 1, k, ctx))
     outs = [{"text": np.moveaxis(to_numpy(lm(c).text_logits)[0, 0], 0, -1)} for c in (a, b)]
     assert _first_change(*outs) < 9
-
-
-# (c) sampling --------------------------------------------------------------------------------------------------------
-
-
-def _kyutai_and_noise(logits: np.ndarray, temperature: float, top_k: int, seed: int):
-    """kyutai sample_token's tokens, and the exponential noise it drew (replayed from the same torch seed)."""
-    from moshi.utils.sampling import sample_token
-
-    torch.manual_seed(seed)
-    tokens = sample_token(torch.from_numpy(logits), True, temperature, top_k)
-    torch.manual_seed(seed)
-    k = logits.shape[-1] if top_k == 0 else min(top_k, logits.shape[-1])
-    return to_numpy(tokens), to_numpy(torch.empty(logits.shape[0], k).exponential_(1))
-
-
-SAMPLERS = [TEXT, AUDIO, Sampler(1.0, 0), Sampler(0.5, 1000), GREEDY]
-
-
-@pytest.mark.parametrize("sampler", SAMPLERS, ids=lambda s: f"t{s.temperature}-k{s.top_k}")
-def test_sampling_matches_kyutai_given_its_noise(sampler):
-    logits = np.random.default_rng(0).standard_normal((4096, 300)).astype(np.float32)
-    for seed in range(3):
-        expected, noise = _kyutai_and_noise(logits, sampler.temperature, sampler.top_k, seed)
-        got = sample_with_noise(jnp.asarray(logits), jnp.asarray(noise), sampler)
-        assert_parity(expected.astype(np.int64), to_numpy(got).astype(np.int64), component="sampled_tokens",
-                      pair=("kyutai", "flax"), expected_dtype="int64", config={"sampler": str(sampler)})  # fmt: skip
-
-
-@pytest.mark.parametrize("planted", [Sampler(0.8, 25), Sampler(0.7, 26)], ids=["audio_temp_for_text", "top_k_plus_1"])
-def test_sampling_control_fails(planted):
-    """kyutai drew with TEXT (0.7, top 25); a sampler with the wrong temperature or k picks other tokens."""
-    logits = np.random.default_rng(0).standard_normal((4096, 300)).astype(np.float32)
-    expected, noise = _kyutai_and_noise(logits, TEXT.temperature, TEXT.top_k, 0)
-    extra = np.random.default_rng(1).exponential(size=(4096, 1)).astype(np.float32)
-    noise = np.concatenate([noise, extra], 1)[:, : planted.top_k]
-    got = sample_with_noise(jnp.asarray(logits), jnp.asarray(noise), planted)
-    with pytest.raises(ParityError):
-        assert_parity(expected.astype(np.int64), to_numpy(got).astype(np.int64), component="sampled_tokens",
-                      pair=("kyutai", "flax"), expected_dtype="int64", control=str(planted))  # fmt: skip
-
-
-def _distribution_failures(sampler: Sampler, expected: Sampler, draws: int = 200_000) -> list[str]:
-    """Draws `draws` tokens with `sampler` and checks them against the law of `expected`: zero mass outside its top k,
-    every frequency within 5 binomial standard deviations of softmax(logits / T) renormalized over the top k."""
-    logits = jnp.asarray(2 * np.random.default_rng(1).standard_normal(40), jnp.float32)
-    tokens = sample(jnp.broadcast_to(logits, (draws, 40)), jax.random.key(0), sampler)
-    freq = np.bincount(to_numpy(tokens), minlength=40) / draws
-    p = np.exp(np.asarray(logits, np.float64) / expected.temperature)
-    keep = np.argsort(-p)[: expected.candidates(40)]
-    law = np.zeros(40)
-    law[keep] = p[keep] / p[keep].sum()
-    failures = [f"mass {freq[law == 0].sum():.2e} outside the top {len(keep)}"] if freq[law == 0].sum() else []
-    sigma = np.sqrt(law * (1 - law) / draws)
-    bad = np.abs(freq - law) > 5 * sigma + 1e-12
-    return failures + [f"token {i}: frequency {freq[i]:.4f}, law {law[i]:.4f}" for i in np.flatnonzero(bad)]
-
-
-def test_sampling_follows_the_top_k_law():
-    assert _distribution_failures(Sampler(0.8, 10), Sampler(0.8, 10)) == []
-    assert _distribution_failures(Sampler(1.3, 0), Sampler(1.3, 0)) == []
-
-
-@pytest.mark.parametrize("planted", [Sampler(1.0, 10), Sampler(0.8, 11)], ids=["temperature_ignored", "top_k_plus_1"])
-def test_sampling_law_control_fails(planted):
-    assert _distribution_failures(planted, Sampler(0.8, 10)) != []
-
-
-def test_greedy_is_argmax():
-    logits = jnp.asarray(np.random.default_rng(2).standard_normal((64, 100)), jnp.float32)
-    assert np.array_equal(to_numpy(sample(logits, jax.random.key(0), GREEDY)), np.argmax(to_numpy(logits), -1))
 
 
 # bad input ----------------------------------------------------------------------------------------------------------

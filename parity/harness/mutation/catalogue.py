@@ -270,7 +270,7 @@ FLAX: tuple[Mutation, ...] = (
         "choice = jnp.argmax(top / noise, axis=-1)",
         "choice = jnp.argmax(top * noise, axis=-1)",
         "sampler",
-        ("parity/test_streaming.py::test_sampling_matches_kyutai_given_its_noise",),
+        ("parity/test_sampling.py::test_sampling_matches_kyutai_given_its_noise",),
         "the exponential race multiplies by the noise instead of dividing",
     ),
 )
