@@ -8,6 +8,8 @@ models_flax/norm.py (must be killed) and a docstring edit (harmless: must surviv
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,15 @@ def test_catalogue_ids_are_unique_and_cover_the_three_packages() -> None:
     ids = [m.id for m in CATALOGUE]
     assert len(ids) == len(set(ids))
     assert {m.package for m in CATALOGUE} == PACKAGES
+
+
+def test_every_listed_test_is_collected() -> None:
+    """A renamed test (a new parametrization id) would leave its mutants with nothing to run: each listed node id
+    must still be collected (pytest exits 4 on an id it cannot find)."""
+    ids = sorted({test for m in CATALOGUE for test in m.tests})
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:randomly", *ids],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
 
 def test_a_snippet_that_does_not_occur_once_is_an_error() -> None:

@@ -83,7 +83,7 @@ ROPE_FLAX = (
     "parity/test_long_positions.py::test_rope_frequencies_round_alike",
     "parity/test_long_positions.py::test_rope",
 )
-ATTENTION_FLAX = ("parity/test_attention.py::test_parity[ref-flax-16]",)
+ATTENTION_FLAX = ("parity/test_attention.py::test_parity[ref-flax[jit]-16]",)
 ATTENTION_REF = ("parity/test_attention.py::test_parity[hf-ref-16]",)
 MLP_FLAX = ("parity/test_gating_mlp.py::test_parity[ref->flax]",)
 BF16_MATH = ("parity/test_precision.py::test_bf16_model_computes_float32_math[lm[xla]]",)
