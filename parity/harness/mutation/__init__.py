@@ -4,10 +4,10 @@ converters and running the tests that should catch them.
     python -m parity.harness.mutation [--sample N] [--seed S] [--only ID ...] [--jobs J] [--timeout S]
                                       [--out reports/out/mutations.jsonl] [--fail-under SCORE] [--list]
 
-`catalogue.py` holds the bugs (each a `Mutation` of `edit.py`: one source-level edit, with its porting-bug class and
-its tests), `runner.py` runs each in a copy of the repository and classifies it (killed, survived, timeout, invalid), `__main__.py` is the command
-line. `python -m reports render [RECORDS] --mutations FILE -o DIR` shows the score per class and package and every
-survivor with its diff.
+`catalogue.py` holds the bugs (each a `Mutation` of `edit.py`: one source-level edit, with its porting-bug class and its
+tests), `runner.py` runs each in a copy of the repository and classifies it (killed, survived, timeout, invalid),
+`__main__.py` is the command line. `python -m reports render [RECORDS] --mutations FILE -o DIR` shows the score per
+class and package and every survivor with its diff.
 
 Why a catalogue and not mutmut or cosmic-ray: generic operators (`<` -> `<=` anywhere, `+` -> `-`, a constant + 1)
 produce mostly mutants no port would ever contain, or equivalent ones, and each needs a suite run that here costs
