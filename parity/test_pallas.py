@@ -6,7 +6,7 @@ layer on the kernels ("flax[attention=pallas]", on small tiles) against kyutai's
 PyTorch ref step by step through the ring cache. Structural tests check that the live key-block ranges
 are conservative and that nothing but the kernel reads the keys and values (no padded copy, no separate mean of V).
 Negative controls plant an off-by-one mask, the 1.0 scale of JAX's own Pallas examples, a skipped key block and a key
-range one block short by monkeypatching one module-level function of the kernel modules (`_visible`, `softmax_scale`,
+range one block short by monkeypatching one module-level function of the kernel modules (`visible`, `softmax_scale`,
 `attend_block`, `live_block_ranges`), with JAX's trace caches cleared around the patch; the same case passes unpatched.
 """
 
@@ -20,10 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import models_flax.attention as xla_attention
 import models_flax.kernels.decode as decode_module
 import models_flax.kernels.flash_attention as flash_module
+import models_flax.kernels.mosaic as mosaic_module
 from models_flax.kernels.decode import decode_attention, reference_decode
 from models_flax.kernels.flash_attention import (
     dot_precision,
@@ -31,6 +33,7 @@ from models_flax.kernels.flash_attention import (
     live_block_ranges,
     reference_attention,
 )
+from models_flax.kernels.mosaic import MosaicBlockSizes
 from parity.harness.checks import attention_component, compare_pair
 from parity.harness.compare import ParityError, assert_parity
 from parity.harness.kernel_tiles import DECODE_TILES, TILES, use_small_tiles
@@ -39,6 +42,7 @@ from parity.harness.strategies import ATTENTION_MAGNITUDES, AttentionCase, atten
 COMPONENT = "pallas_attention"
 XLA = "flax[attention=xla]"  # the reference of every kernel comparison: the XLA path of the same Flax attention
 KERNEL_LABELS = {"prefill": "flax[attention=pallas]", "decode": "flax[attention=pallas,decode]"}
+MOSAIC_LABELS = {"prefill": "flax[attention=mosaic]", "decode": "flax[attention=mosaic,decode]"}
 JNP_REFERENCE = "flax[attention=jnp_reference]"
 JAX_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -106,6 +110,31 @@ def test_decode_matches_xla(case):
     reference = _xla(case)
     _compare(reference, _decode(case), case, (XLA, KERNEL_LABELS["decode"]))
     _compare(reference, reference_decode(q, k, v, **kw, context=case.context), case, (XLA, JNP_REFERENCE))
+
+
+# The smallest tiles Mosaic accepts: 9+ rows (steps x grouped heads) span row blocks, 129+ keys span key blocks with a
+# partial last one. The TPU interpreter runs each grid step on the CPU, so the drawn caches stay at a few hundred keys.
+MOSAIC_TILES = MosaicBlockSizes(block_q=8, block_k=128)
+MOSAIC_CASES = {
+    "prefill": attention_cases(steps=(1, 9, 17), kv_lengths=(5, 21, 140, 300), head_dims=(16, 64, 128)),
+    "decode": attention_cases(steps=(1, 2, 3, 4), kv_lengths=(5, 140, 300), head_dims=(16, 64, 128), ring=True),
+}
+
+
+def _mosaic(kernel: str, case: AttentionCase):
+    (q, k, v), kw = _inputs(case)
+    fn = flash_attention if kernel == "prefill" else decode_attention
+    return fn(q, k, v, **kw, context=case.context, block_sizes=MOSAIC_TILES, platform="tpu", interpret=True)
+
+
+@pytest.mark.parametrize("kernel", sorted(MOSAIC_CASES))
+@settings(max_examples=KERNEL_EXAMPLES)
+@given(data=st.data())
+def test_mosaic_matches_xla_in_tpu_interpret_mode(kernel, data):
+    """The TPU (Mosaic) kernel run by the TPU interpreter (its VMEM/SMEM, scalar prefetch and block pipeline, reads
+    past a buffer raise, unwritten memory reads as NaN) equals the XLA path; decode against ring-ordered caches."""
+    case = data.draw(MOSAIC_CASES[kernel])
+    _compare(_xla(case), _mosaic(kernel, case), case, (XLA, MOSAIC_LABELS[kernel]))
 
 
 def _no_key_case(kv_len: int) -> AttentionCase:
@@ -190,12 +219,13 @@ def _foreign_readers(fn, *arrays) -> list[str]:
 
 @pytest.mark.parametrize("kv_len", (16, 21))  # a multiple of the tiles and not: neither gets a padded copy
 def test_kernels_alone_read_keys_and_values(kv_len):
-    """The cache's only reader is the kernel: no jnp.pad copy of k/v, no separate mean of V (decode traffic)."""
+    """The cache's only reader is the Triton-source kernel: no jnp.pad copy of k/v, no separate mean of V (decode
+    traffic). (With platform None the jaxpr holds every platform's branch, the Mosaic one among them.)"""
     q = jnp.zeros((2, 3, 4, 16))
     k = v = jnp.zeros((2, kv_len, 2, 16))
     q_pos = jnp.full((2, 3), kv_len - 1, jnp.int32)
     k_pos = jnp.broadcast_to(jnp.arange(kv_len, dtype=jnp.int32), (2, kv_len))
-    kw = dict(q_positions=q_pos, k_positions=k_pos, context=7)
+    kw = dict(q_positions=q_pos, k_positions=k_pos, context=7, platform="gpu")
     assert _foreign_readers(lambda k, v: decode_attention(q, k, v, **kw, block_sizes=DECODE_TILES), k, v) == []
     assert _foreign_readers(lambda k, v: flash_attention(q, k, v, **kw, block_sizes=TILES), k, v) == []
 
@@ -261,48 +291,64 @@ def _one_block_short(live_block_ranges):
     return ranges
 
 
-# name -> (the module-level function of the kernel modules that the bug replaces, the bug made from the original)
+def _skipping_step_1(attends):
+    return lambda j, lo, hi: attends(j, lo, hi) & (j != 1)
+
+
+# name -> [(a module-level function of the kernel modules that the bug replaces, the bug made from the original)]
 CONTROLS = {
-    "mask_off_by_one": ("_visible", lambda visible: lambda q_pos, k_pos, ctx: visible(q_pos + 1, k_pos, ctx)),
-    "scale_1.0": ("softmax_scale", lambda _: lambda head_dim: 1.0),
-    "skipped_kv_block": ("attend_block", _skipping_block_1),  # the key-block loop step of both kernels
-    "kv_range_one_short": ("live_block_ranges", _one_block_short),
+    "mask_off_by_one": [("visible", lambda visible: lambda q_pos, k_pos, ctx: visible(q_pos + 1, k_pos, ctx))],
+    "scale_1.0": [("softmax_scale", lambda _: lambda head_dim: 1.0)],
+    # the key-block loop step of the Triton kernels, the key-block grid step of the Mosaic one
+    "skipped_kv_block": [("attend_block", _skipping_block_1), ("attends", _skipping_step_1)],
+    "kv_range_one_short": [("live_block_ranges", _one_block_short)],
 }
 
 
 def _plant(patch: pytest.MonkeyPatch, name: str) -> None:
-    """Replaces the function in each kernel module that binds it (decode.py imports some of flash_attention.py's)."""
-    attribute, bug = CONTROLS[name]
+    """Replaces the function in each kernel module that binds it (decode.py and mosaic.py import shared ones)."""
     jax.clear_caches()  # a kernel trace made before the patch would serve the patched call
-    for module in (flash_module, decode_module):
-        if hasattr(module, attribute):
-            patch.setattr(module, attribute, bug(getattr(module, attribute)))
+    for attribute, bug in CONTROLS[name]:
+        for module in (flash_module, decode_module, mosaic_module):
+            if hasattr(module, attribute):
+                patch.setattr(module, attribute, bug(getattr(module, attribute)))
+
+
+CONTROL_KERNELS = {
+    "prefill": KERNELS["prefill"],
+    "decode": KERNELS["decode"],
+    "mosaic-prefill": functools.partial(_mosaic, "prefill"),
+    "mosaic-decode": functools.partial(_mosaic, "decode"),
+}
 
 
 @functools.cache
 def _control_case(kernel: str, context: int | None) -> tuple[AttentionCase, jax.Array, jax.Array]:
     """A case with a ring-ordered row, its XLA reference and the unpatched kernel's output (arrays, not traces: cached
-    across the controls, whose patches drop every trace)."""
+    across the controls, whose patches drop every trace). Mosaic's key blocks are 128 long: its cache spans three."""
     rng = np.random.default_rng(1)
-    length = 9 if kernel == "prefill" else 3
+    length = 9 if kernel.endswith("prefill") else 3
+    kv_len = 300 if kernel.startswith("mosaic") else 21
     q = rng.standard_normal((2, length, 4, 16)).astype(np.float32)
-    k, v = (rng.standard_normal((2, 21, 2, 16)).astype(np.float32) for _ in range(2))
-    k_pos = np.stack([np.arange(21), np.roll(np.arange(30, 51), 5)])  # row 1: ring order
+    k, v = (rng.standard_normal((2, kv_len, 2, 16)).astype(np.float32) for _ in range(2))
+    k_pos = np.stack([np.arange(kv_len), np.roll(np.arange(30, 30 + kv_len), 5)])  # row 1: ring order
     q_pos = k_pos.max(axis=1, keepdims=True) - length + 1 + np.arange(length)
     case = AttentionCase("float32", q, k, v, q_pos, k_pos, context)
-    return case, _xla(case), KERNELS[kernel](case)
+    return case, _xla(case), CONTROL_KERNELS[kernel](case)
 
 
-@pytest.mark.parametrize("kernel", sorted(KERNELS))
+@pytest.mark.parametrize("kernel", sorted(CONTROL_KERNELS))
 @pytest.mark.parametrize("name", sorted(CONTROLS))
 def test_negative_control(kernel, name, patch):
     """Each planted bug must fail the same comparison the unpatched kernel passes on the same case."""
-    case, reference, unpatched = _control_case(kernel, 7 if name == "mask_off_by_one" else None)
-    pair = (XLA, KERNEL_LABELS[kernel])
+    context = (7 if name == "mask_off_by_one" else None) if not kernel.startswith("mosaic") else 200
+    case, reference, unpatched = _control_case(kernel, context)
+    labels = MOSAIC_LABELS if kernel.startswith("mosaic") else KERNEL_LABELS
+    pair = (XLA, labels[kernel.removeprefix("mosaic-")])
     _compare(reference, unpatched, case, pair)
     _plant(patch, name)
     with pytest.raises(ParityError):
-        _compare(reference, KERNELS[kernel](case), case, pair, control=name)
+        _compare(reference, CONTROL_KERNELS[kernel](case), case, pair, control=name)
 
 
 @pytest.mark.parametrize(

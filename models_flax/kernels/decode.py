@@ -29,17 +29,18 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from models_flax.kernels.flash_attention import (
-    _pad,
-    _visible,
     attend_blocks,
+    by_platform,
     compiler_params,
     kv_block_spec,
     kv_shape,
-    live_block_ranges,
     reference_attention,
     resolve,
     sum_rows,
+    tiles,
 )
+from models_flax.kernels.mosaic import MosaicBlockSizes, mosaic_attention
+from models_flax.kernels.positions import live_block_ranges, pad_axis, visible
 
 MAX_STEPS = 4
 
@@ -145,30 +146,49 @@ def decode_attention(
     precision: jax.lax.Precision | str | None = None,
     kv_layout: str = "BSHD",
     interpret: bool | None = None,
+    platform: str | None = None,
 ) -> jax.Array:
     """q (B, T, H, D) with 1 <= T <= 4, cache k/v (B, S, Hkv, D), positions (B, T) / (B, S) -> (B, T, H, D).
 
     Args:
-        block_sizes: tiles; default `DecodeBlockSizes.for_backend()`.
+        block_sizes: tiles, `DecodeBlockSizes` (Triton source) or `MosaicBlockSizes` (TPU); default per platform.
         precision: as `flash_attention` (None: exact float32 dots; jax.lax.Precision.DEFAULT: TF32 on GPU).
         kv_layout: "BSHD", or "BHSD" for k/v (B, Hkv, S, D) as KVCache holds them.
-        interpret: run the Pallas interpreter; default True on CPU, False elsewhere.
+        interpret, platform: as `flash_attention` (the Mosaic source serves prefill and decode alike).
 
     Raises:
         ValueError/TypeError: as `flash_attention`, and for T outside 1..4.
     """
-    interpret, _, precision = resolve(
+    _, precision = resolve(
         "decode_attention", q, k, v, q_positions, k_positions, context,
-        interpret=interpret, precision=precision, kv_layout=kv_layout,
+        interpret=interpret, precision=precision, kv_layout=kv_layout, platform=platform,
     )  # fmt: skip
     if not 1 <= q.shape[1] <= MAX_STEPS:
         raise ValueError(f"decode_attention: {q.shape[1]} query steps; decode takes 1..{MAX_STEPS}")
-    block_sizes = block_sizes or DecodeBlockSizes.for_backend()
-    return _decode_attention(q, k, v, q_positions, k_positions, context, block_sizes, interpret, precision, kv_layout)
+    args = (q, k, v, q_positions, k_positions)
+    return _decode_attention(args, context, block_sizes, interpret, precision, kv_layout, platform)
 
 
-@functools.partial(jax.jit, static_argnums=(5, 6, 7, 8, 9))
-def _decode_attention(q, k, v, q_positions, k_positions, context, block_sizes, interpret, precision, kv_layout):
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5, 6))
+def _decode_attention(args, context, block_sizes, interpret, precision, kv_layout, platform):
+    def triton(interpret, backend):
+        block = tiles(block_sizes, DecodeBlockSizes, lambda: DecodeBlockSizes.for_backend(backend))
+        return functools.partial(
+            _triton_decode, context=context, block_sizes=block, interpret=interpret, precision=precision,
+            kv_layout=kv_layout,
+        )  # fmt: skip
+
+    def mosaic(interpret):
+        block = tiles(block_sizes, MosaicBlockSizes, lambda: MosaicBlockSizes.for_chip(decode=True))
+        return functools.partial(
+            mosaic_attention, context=context, block_sizes=block, precision=precision, kv_layout=kv_layout,
+            interpret=interpret,
+        )  # fmt: skip
+
+    return by_platform(args, triton=triton, mosaic=mosaic, platform=platform, interpret=interpret)
+
+
+def _triton_decode(q, k, v, q_positions, k_positions, *, context, block_sizes, interpret, precision, kv_layout):
     batch, steps, heads, head_dim = q.shape
     _, kv_len, kv_heads, _ = kv_shape(k, kv_layout)
     groups = heads // kv_heads
@@ -178,13 +198,13 @@ def _decode_attention(q, k, v, q_positions, k_positions, context, block_sizes, i
     r_pad = max(block_sizes.min_rows, pl.next_power_of_2(rows))
     # Row r = t * groups + g holds query step t of grouped head g of this kv head.
     qr = q.reshape(batch, steps, kv_heads, groups, head_dim).transpose(0, 2, 1, 3, 4)
-    qr = _pad(qr.reshape(batch, kv_heads, rows, head_dim), 2, r_pad, 0)
+    qr = pad_axis(qr.reshape(batch, kv_heads, rows, head_dim), 2, r_pad, 0)
     q_positions = q_positions.astype(jnp.int32)
-    q_pos = _pad(jnp.repeat(q_positions, groups, axis=1), 1, r_pad, -1)
-    k_pos = _pad(k_positions.astype(jnp.int32), 1, s_pad, -1)  # keys past kv_len are invalid (k, v are not padded)
+    q_pos = pad_axis(jnp.repeat(q_positions, groups, axis=1), 1, r_pad, -1)
+    k_pos = pad_axis(k_positions.astype(jnp.int32), 1, s_pad, -1)  # keys past kv_len are invalid (k, v are not padded)
     ranges = live_block_ranges(q_pos, k_pos, block_q=r_pad, block_k=block_k, context=context)
     # Some real query step sees no key at all: the kernel then also sums V for the fallback (reads positions only).
-    sees = jax.vmap(lambda qp, kp: jnp.any(_visible(qp, kp, context), axis=1))(
+    sees = jax.vmap(lambda qp, kp: jnp.any(visible(qp[:, None], kp[None, :], context), axis=1))(
         q_positions, k_positions.astype(jnp.int32)
     )
     missing = jnp.any(~sees, axis=1).astype(jnp.int32)

@@ -34,10 +34,13 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from models_flax.kernels.mosaic import MosaicBlockSizes, mosaic_attention
+from models_flax.kernels.positions import live_block_ranges, pad_axis, softmax_scale, visible
+
 DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 COMPILED_HEAD_DIMS = (64, 128)  # head dims supported when lowered (not interpreted); interpret mode takes any
+KERNEL_PLATFORMS = ("gpu", "tpu")  # kernel sources: Triton (this module, decode.py) and Mosaic (mosaic.py)
 KV_LAYOUTS = ("BSHD", "BHSD")  # keys/values (B, S, Hkv, D), or (B, Hkv, S, D) as models_flax.cache.KVCache holds them
-_NO_POSITION = 2**30  # above any real position: the min over a block with no valid position
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,52 +93,6 @@ def dot_precision(dtype, precision: jax.lax.Precision | str | None) -> jax.lax.P
         raise ValueError(f"precision must be None or a jax.lax.Precision (or its name), got {precision!r}") from None
 
 
-def _visible(q_pos: jax.Array, k_pos: jax.Array, context: int | None) -> jax.Array:
-    """(R,) query and (K,) key positions -> (R, K) bool, the rule of models_flax.attention.attention_mask."""
-    delta = q_pos[:, None] - k_pos[None, :]
-    visible = (k_pos[None, :] >= 0) & (delta >= 0)
-    if context is not None:
-        visible = visible & (delta < context)
-    return visible
-
-
-def softmax_scale(head_dim: int) -> float:
-    """The scores' scale, 1/sqrt(D) (not the 1.0 of JAX's Pallas examples)."""
-    return 1.0 / math.sqrt(head_dim)
-
-
-def live_block_ranges(
-    q_pos: jax.Array, k_pos: jax.Array, *, block_q: int, block_k: int, context: int | None
-) -> jax.Array:
-    """Per (batch, query block), the range [lo, hi) of key blocks that may hold a visible (query, key) pair.
-
-    Args:
-        q_pos: (B, nq * block_q) int32 query positions (padding -1).
-        k_pos: (B, nk * block_k) int32 key positions (padding and empty slots -1), in any order.
-
-    Returns:
-        (B, nq, 2) int32 [lo, hi]; lo == hi when no block is live. Conservative: a key block is live when the interval
-        of its valid positions [kmin, kmax] and the query block's [qmin, qmax] allow 0 <= q - k < context, so a block
-        with a visible pair is always inside the range (the kernel re-checks every block from the positions).
-    """
-    batch = q_pos.shape[0]
-    kv_blocks = k_pos.shape[1] // block_k
-    qb = q_pos.reshape(batch, -1, block_q)
-    kb = k_pos.reshape(batch, kv_blocks, block_k)
-    # A query at a negative position sees no key (k >= 0 and q - k >= 0), so only q >= 0 bounds the range.
-    q_min = jnp.min(jnp.where(qb >= 0, qb, _NO_POSITION), axis=-1)[:, :, None]
-    q_max = jnp.max(jnp.where(qb >= 0, qb, -1), axis=-1)[:, :, None]
-    k_min = jnp.min(jnp.where(kb >= 0, kb, _NO_POSITION), axis=-1)[:, None, :]
-    k_max = jnp.max(jnp.where(kb >= 0, kb, -1), axis=-1)[:, None, :]
-    live = (q_max >= 0) & (k_max >= 0) & (q_max >= k_min)  # some key not after some query
-    if context is not None:
-        live = live & (q_min - k_max < context)  # some key inside some query's window
-    index = jnp.arange(kv_blocks, dtype=jnp.int32)
-    hi = jnp.max(jnp.where(live, index + 1, 0), axis=-1)
-    lo = jnp.minimum(jnp.min(jnp.where(live, index, kv_blocks), axis=-1), hi)
-    return jnp.stack([lo, hi], axis=-1).astype(jnp.int32)
-
-
 def load_rows(ref, start: jax.Array, size: int, kv_len: int) -> jax.Array:
     """ref[start:start + size, :] of a (kv_len, D) ref; rows past kv_len read as 0 (a masked load, no padded copy)."""
     if kv_len % size == 0:  # static: blocks never cross the end
@@ -173,14 +130,14 @@ def attend_block(
     A block whose positions (kpos_ref) show no visible pair is passed over without reading its keys and values.
     """
     start = pl.multiple_of(j * block_k, block_k)
-    visible = _visible(q_pos, kpos_ref[pl.ds(start, block_k)], context)
+    seen = visible(q_pos[:, None], kpos_ref[pl.ds(start, block_k)][None, :], context)
 
     def compute(carry):
         acc, m, den = carry
         k = load_rows(k_ref, start, block_k, kv_len)
         v = load_rows(v_ref, start, block_k, kv_len)
         s = jax.lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32, precision=precision)
-        s = jnp.where(visible, s * softmax_scale(q.shape[1]), -jnp.inf)
+        s = jnp.where(seen, s * softmax_scale(q.shape[1]), -jnp.inf)
         m_new = jnp.maximum(m, jnp.max(s, axis=1))
         m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # no visible key yet: keep exp() away from inf - inf
         alpha = jnp.exp(m - m_safe)
@@ -192,7 +149,7 @@ def attend_block(
         return acc * alpha[:, None] + pv, m_new, den_new
 
     # int max, not jnp.any: Triton lowers integer reductions, not boolean ones.
-    live = jnp.max(visible.astype(jnp.int32)) > 0
+    live = jnp.max(seen.astype(jnp.int32)) > 0
     return jax.lax.cond(live, compute, lambda c: c, carry)
 
 
@@ -319,27 +276,55 @@ def check_inputs(
 
 
 def resolve(
-    name: str, q, k, v, q_positions, k_positions, context, *, interpret, precision, kv_layout
-) -> tuple[bool, int, jax.lax.Precision | None]:
-    """The public kernels' common preamble: (interpret, head_dim, dot precision) after `check_inputs`."""
-    interpret = jax.default_backend() == "cpu" if interpret is None else interpret
+    name: str, q, k, v, q_positions, k_positions, context, *, interpret, precision, kv_layout, platform
+) -> tuple[int, jax.lax.Precision | None]:
+    """The public kernels' common preamble: (head_dim, dot precision) after `check_inputs`; head dims are checked
+    against the compiled kernels' unless the call interprets (interpret None: on CPU)."""
+    if platform not in (None, *KERNEL_PLATFORMS):
+        raise ValueError(f"{name}: platform must be None or one of {KERNEL_PLATFORMS}, got {platform!r}")
+    interpreted = jax.default_backend() == "cpu" if interpret is None else interpret
     _, head_dim = check_inputs(
-        name, q, k, v, q_positions, k_positions, context, interpret=interpret, kv_layout=kv_layout
+        name, q, k, v, q_positions, k_positions, context, interpret=interpreted, kv_layout=kv_layout
     )
-    return interpret, head_dim, dot_precision(q.dtype, precision)
+    return head_dim, dot_precision(q.dtype, precision)
 
 
-def _pad(x: jax.Array, axis: int, size: int, value) -> jax.Array:
-    if x.shape[axis] == size:
-        return x
-    pad = [(0, 0)] * x.ndim
-    pad[axis] = (0, size - x.shape[axis])
-    return jnp.pad(x, pad, constant_values=value)
+def by_platform(args: tuple, *, triton, mosaic, platform: str | None, interpret: bool | None) -> jax.Array:
+    """Runs the kernel source that `platform` and `interpret` pick on `args` (call it inside a jit: every branch is
+    traced there once per shape).
+
+    Args:
+        triton: (interpret, backend) -> the Triton-source kernel as a function of args, its tiles for that backend.
+        mosaic: (interpret) -> the Mosaic-source kernel as a function of args.
+        platform: "tpu": the Mosaic source; "gpu": the Triton source; None: the platform the program is lowered for,
+            through `jax.lax.platform_dependent` (TPU: Mosaic, CUDA/ROCm: Triton compiled, else Triton interpreted),
+            so that a program exported for TPU from a CPU host carries the Mosaic kernel.
+        interpret: True: interpret (the Triton source in the Pallas interpreter, the Mosaic source in TPU interpret
+            mode); False: compile; None: interpret on CPU.
+    """
+    on_cpu = jax.default_backend() == "cpu"
+    if platform == "tpu":
+        return mosaic(on_cpu if interpret is None else interpret)(*args)
+    if platform == "gpu" or interpret:
+        return triton(on_cpu if interpret is None else interpret, jax.default_backend())(*args)
+    return jax.lax.platform_dependent(
+        *args,
+        tpu=mosaic(False),
+        cuda=triton(False, "gpu"),
+        rocm=triton(False, "gpu"),
+        default=triton(interpret is None, "cpu"),
+    )
+
+
+def tiles(block_sizes, kind: type, default):
+    """`block_sizes` when it is a `kind`, else `default()`; a tile of the other kernel source is passed over (one
+    call may name the tiles of one source and leave the others to their defaults)."""
+    return block_sizes if isinstance(block_sizes, kind) else default()
 
 
 def compiler_params(block_sizes: BlockSizes, interpret: bool):
-    """Triton compiler params when lowering on GPU; None otherwise."""
-    if interpret or jax.default_backend() != "gpu" or block_sizes.num_warps is None:
+    """Triton compiler params when compiled (on a GPU, or exported for one); None when interpreted."""
+    if interpret or block_sizes.num_warps is None:
         return None
     return plgpu.CompilerParams(num_warps=block_sizes.num_warps, num_stages=block_sizes.num_stages or 2)
 
@@ -356,33 +341,56 @@ def flash_attention(
     precision: jax.lax.Precision | str | None = None,
     kv_layout: str = "BSHD",
     interpret: bool | None = None,
+    platform: str | None = None,
 ) -> jax.Array:
     """Flash attention forward: q (B, T, H, D), k/v (B, S, Hkv, D), positions (B, T) / (B, S) -> (B, T, H, D).
 
     Same result as `dot_product_attention(q, k, v, attention_mask(q_positions, k_positions, context))`.
 
     Args:
-        block_sizes: tiles; default `BlockSizes.for_backend()`.
+        block_sizes: tiles, `BlockSizes` (Triton source) or `MosaicBlockSizes` (TPU); default per platform.
         precision: of the two dots; None: HIGHEST for float32 (exact), backend default for bf16.
             `jax.lax.Precision.DEFAULT` allows TF32 for float32 on GPU (XLA's own GPU default; ~1e-3 relative).
         kv_layout: "BSHD" (k/v (B, S, Hkv, D)) or "BHSD" ((B, Hkv, S, D), the KVCache layout: no transpose).
-        interpret: run the Pallas interpreter; default True on CPU, False elsewhere.
+        interpret: True: the Pallas interpreter (TPU interpret mode for the Mosaic source); None: on CPU only.
+        platform: the kernel source, "gpu" (Triton) or "tpu" (Mosaic); None: the one of the platform the program is
+            lowered for (see `by_platform`).
 
     Raises:
         ValueError/TypeError: bad ranks, mismatched shapes, heads not a multiple of kv heads, a dtype other than
             float32/bfloat16, a head_dim other than 64/128 when compiled, non-integer positions, a bad context or
             precision.
     """
-    interpret, head_dim, precision = resolve(
+    _, precision = resolve(
         "flash_attention", q, k, v, q_positions, k_positions, context,
-        interpret=interpret, precision=precision, kv_layout=kv_layout,
+        interpret=interpret, precision=precision, kv_layout=kv_layout, platform=platform,
     )  # fmt: skip
-    block_sizes = block_sizes or BlockSizes.for_backend(head_dim=head_dim)
-    return _flash_attention(q, k, v, q_positions, k_positions, context, block_sizes, interpret, precision, kv_layout)
+    args = (q, k, v, q_positions, k_positions)
+    return _flash_attention(args, context, block_sizes, interpret, precision, kv_layout, platform)
 
 
-@functools.partial(jax.jit, static_argnums=(5, 6, 7, 8, 9))
-def _flash_attention(q, k, v, q_positions, k_positions, context, block_sizes, interpret, precision, kv_layout):
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5, 6))
+def _flash_attention(args, context, block_sizes, interpret, precision, kv_layout, platform):
+    head_dim = args[0].shape[-1]
+
+    def triton(interpret, backend):
+        block = tiles(block_sizes, BlockSizes, lambda: BlockSizes.for_backend(backend, head_dim=head_dim))
+        return functools.partial(
+            _triton_prefill, context=context, block_sizes=block, interpret=interpret, precision=precision,
+            kv_layout=kv_layout,
+        )  # fmt: skip
+
+    def mosaic(interpret):
+        block = tiles(block_sizes, MosaicBlockSizes, MosaicBlockSizes.for_chip)
+        return functools.partial(
+            mosaic_attention, context=context, block_sizes=block, precision=precision, kv_layout=kv_layout,
+            interpret=interpret,
+        )  # fmt: skip
+
+    return by_platform(args, triton=triton, mosaic=mosaic, platform=platform, interpret=interpret)
+
+
+def _triton_prefill(q, k, v, q_positions, k_positions, *, context, block_sizes, interpret, precision, kv_layout):
     batch, length, heads, head_dim = q.shape
     _, kv_len, kv_heads, _ = kv_shape(k, kv_layout)
     groups = heads // kv_heads
@@ -390,9 +398,9 @@ def _flash_attention(q, k, v, q_positions, k_positions, context, block_sizes, in
     block_q = min(block_sizes.block_q, pl.next_power_of_2(length))
     block_k = min(block_sizes.block_k, pl.next_power_of_2(kv_len))
     t_pad, s_pad = pl.cdiv(length, block_q) * block_q, pl.cdiv(kv_len, block_k) * block_k
-    qp = _pad(q, 1, t_pad, 0)
-    q_pos = _pad(q_positions.astype(jnp.int32), 1, t_pad, -1)  # padded queries see nothing; their rows are dropped
-    k_pos = _pad(k_positions.astype(jnp.int32), 1, s_pad, -1)  # keys past kv_len are invalid (k, v are not padded)
+    qp = pad_axis(q, 1, t_pad, 0)
+    q_pos = pad_axis(q_positions.astype(jnp.int32), 1, t_pad, -1)  # padded queries see nothing; their rows are dropped
+    k_pos = pad_axis(k_positions.astype(jnp.int32), 1, s_pad, -1)  # keys past kv_len are invalid (k, v are not padded)
     ranges = live_block_ranges(q_pos, k_pos, block_q=block_q, block_k=block_k, context=context)
     kernel = functools.partial(
         _prefill_kernel, length=length, kv_len=kv_len, block_k=block_k, context=context, precision=precision
@@ -423,7 +431,7 @@ def reference_attention(
     """Plain jnp attention with the kernel's semantics: f32 scores scaled by 1/sqrt(D), f32 softmax, grouped heads."""
     batch, length, heads, head_dim = q.shape
     kv_heads = k.shape[2]
-    mask = jax.vmap(lambda qp, kp: _visible(qp, kp, context))(q_positions, k_positions)  # (B, T, S)
+    mask = visible(q_positions[:, :, None], k_positions[:, None, :], context)  # (B, T, S)
     qg = q.astype(jnp.float32).reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
     scores = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(jnp.float32), precision="highest") / math.sqrt(head_dim)
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
@@ -432,4 +440,4 @@ def reference_attention(
     return out.astype(q.dtype).reshape(batch, length, heads, head_dim)
 
 
-__all__ = ["KV_LAYOUTS", "BlockSizes", "flash_attention", "reference_attention"]
+__all__ = ["KERNEL_PLATFORMS", "KV_LAYOUTS", "BlockSizes", "flash_attention", "reference_attention"]
