@@ -34,6 +34,7 @@ BF16_MATH = ("parity/test_precision.py::test_bf16_model_computes_float32_math[lm
 LM_FLAX = ("parity/test_lm.py::test_logits[ref->flax-float32]",)
 LM_REF = ("parity/test_lm.py::test_logits[kyutai->ref-float32]",)
 GREEDY_STREAM = ("parity/test_streaming.py::test_greedy_tokens_match_lmgen[0-flax]",)
+MOSAIC_INTERPRET = ("parity/test_pallas.py::test_mosaic_matches_xla_in_tpu_interpret_mode",)
 STREAM_LAWS = ("parity/test_sampling.py::test_each_stream_draws_its_own_law_with_its_own_noise[sampled]",)
 
 FLAX: tuple[Mutation, ...] = (
@@ -216,6 +217,24 @@ FLAX: tuple[Mutation, ...] = (
         "sampler",
         ("parity/test_sampling.py::test_sampling_matches_kyutai_given_its_noise",),
         "the exponential race multiplies by the noise instead of dividing",
+    ),
+    Mutation(
+        "mosaic_prefetch_index_off_by_one",
+        "models_flax/kernels/mosaic.py",
+        "hi = ranges_ref[2 * (b * row_blocks + i) + 1]",
+        "hi = ranges_ref[2 * (b * row_blocks + i) + 2]",
+        "TPU scalar prefetch",
+        MOSAIC_INTERPRET,
+        "the TPU kernel reads its row block's live-range end from the next entry of the scalar-prefetched ranges",
+    ),
+    Mutation(
+        "mosaic_position_block_breaks_tiling",
+        "models_flax/kernels/mosaic.py",
+        "pl.BlockSpec((None, SUBLANES, block_k),",
+        "pl.BlockSpec((None, 1, block_k),",
+        "TPU tiling",
+        ("parity/test_lowering.py::test_kernel_lowers",),
+        "key positions in 1-row blocks: both interpreters run them, Mosaic's (8, 128) tiling refuses them",
     ),
 )
 
