@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from jax.experimental.pallas import tpu as pltpu
 
 import models_flax.attention as xla_attention
 import models_flax.kernels.decode as decode_module
@@ -33,7 +34,7 @@ from models_flax.kernels.flash_attention import (
     live_block_ranges,
     reference_attention,
 )
-from models_flax.kernels.mosaic import MosaicBlockSizes
+from models_flax.kernels.mosaic import MosaicBlockSizes, tpu_generation
 from parity.harness.checks import attention_component, compare_pair
 from parity.harness.compare import ParityError, assert_parity
 from parity.harness.kernel_tiles import DECODE_TILES, TILES, use_small_tiles
@@ -135,6 +136,21 @@ def test_mosaic_matches_xla_in_tpu_interpret_mode(kernel, data):
     past a buffer raise, unwritten memory reads as NaN) equals the XLA path; decode against ring-ordered caches."""
     case = data.draw(MOSAIC_CASES[kernel])
     _compare(_xla(case), _mosaic(kernel, case), case, (XLA, MOSAIC_LABELS[kernel]))
+
+
+def test_mosaic_tiles_follow_the_mxu_of_each_tpu_generation():
+    """The tile table's MXU widths are the installed jax's hardware table's, for every chip it knows."""
+    for chip in pltpu.ChipVersion:
+        info = pltpu.get_tpu_info_for_chip(chip, 1)
+        tiles = MosaicBlockSizes.for_chip(info.generation)
+        assert (tiles.block_q, tiles.block_k) == (info.mxu_column_size,) * 2, chip
+    assert [tpu_generation(kind) for kind in ("TPU v4", "TPU v5 lite", "TPU v5p", "TPU v6e", "TPU7x")] == [
+        4,
+        5,
+        5,
+        6,
+        7,
+    ]
 
 
 def _no_key_case(kv_len: int) -> AttentionCase:

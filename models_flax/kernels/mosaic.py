@@ -27,6 +27,7 @@ read for it only when some row needs it.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 
 import jax
@@ -59,14 +60,14 @@ class MosaicBlockSizes:
                 raise ValueError(f"MosaicBlockSizes.{name} must be a positive multiple of {multiple}, got {value!r}")
 
     @classmethod
-    def for_chip(cls, chip: pltpu.ChipVersion | str | None = None, *, decode: bool = False) -> MosaicBlockSizes:
-        """Tiles from the chip's MXU width (128 up to v5, 256 from v6e): a square MXU tile for prefill, 4 MXU widths
-        of keys per step for decode (few rows, so fewer and longer steps). Derived from the hardware table
-        (`pltpu.get_tpu_info_for_chip`), not tuned on a TPU: no TPU was lent to this project. None: the chip this
-        process runs on, else the v5e numbers."""
-        if chip is None:
-            chip = pltpu.get_tpu_info().chip_version if jax.default_backend() == "tpu" else pltpu.ChipVersion.TPU_V5E
-        width = pltpu.get_tpu_info_for_chip(pltpu.ChipVersion(chip), 1).mxu_column_size
+    def for_chip(cls, generation: int | None = None, *, decode: bool = False) -> MosaicBlockSizes:
+        """Tiles from the chip's MXU width (`mxu_width`): a square MXU tile for prefill, 4 MXU widths of keys per step
+        for decode (few rows, so fewer and longer steps). Derived from the hardware, not tuned on a TPU (none was lent
+        to this project). generation: the TPU generation (4 for v4, 5 for v5e/v5p, 6 for v6e, ...); None: the chip
+        this process runs on, else 5."""
+        if generation is None:
+            generation = tpu_generation(jax.devices()[0].device_kind) if jax.default_backend() == "tpu" else 5
+        width = mxu_width(generation)
         return cls(block_q=SUBLANES if decode else width, block_k=4 * width if decode else width)
 
     def layout(self, rows: int, kv_len: int) -> tuple[int, int]:
@@ -74,6 +75,20 @@ class MosaicBlockSizes:
         block_q = min(self.block_q, pl.cdiv(rows, SUBLANES) * SUBLANES)
         block_k = kv_len if kv_len <= self.block_k else self.block_k
         return block_q, block_k
+
+
+def mxu_width(generation: int) -> int:
+    """The MXU's width: 128 x 128 up to v5 (v5e, v5p), 256 x 256 from v6e (`pltpu.get_tpu_info_for_chip`'s table;
+    parity/test_pallas.py checks it against the installed jax's)."""
+    return 256 if generation >= 6 else 128
+
+
+def tpu_generation(device_kind: str) -> int:
+    """The generation in a TPU's device_kind ("TPU v4" -> 4, "TPU v5 lite" -> 5, "TPU v6e" -> 6, "TPU7x" -> 7)."""
+    found = re.search(r"(\d+)", device_kind)
+    if found is None:
+        raise ValueError(f"tpu_generation: no generation number in device kind {device_kind!r}")
+    return int(found.group(1))
 
 
 def interpret_params() -> pltpu.InterpretParams:
