@@ -12,6 +12,7 @@ checks, for the same reason.
 
 `--platform {cpu,gpu,cuda,rocm,tpu,auto}` (a comma-separated list is allowed, as for JAX_PLATFORMS) picks the jax
 backend: it sets `JAX_PLATFORMS` before any test module imports jax, and `jax_platforms` if jax is already imported.
+"gpu" means cuda, and cpu is always added after the chosen platforms (the interpreters' callbacks need a CPU device).
 Default: `$JAX_PLATFORMS`, else cpu; "auto" (or an empty `$JAX_PLATFORMS`) lets jax choose. xdist workers inherit it.
 The nightly job runs `JAX_PLATFORMS=gpu` or `--platform tpu`; nothing here forces CPU behind its back.
 
@@ -56,12 +57,16 @@ def _platform(value: str) -> str:
     value = value.strip().lower()
     if value in ("", "auto"):
         return "auto"
-    unknown = [p for p in value.split(",") if p not in PLATFORMS]
+    platforms = value.split(",")
+    unknown = [p for p in platforms if p not in PLATFORMS]
     if unknown:
         raise argparse.ArgumentTypeError(
             f"unknown jax platform(s) {unknown}; use 'auto' or a comma-separated list of {PLATFORMS}"
         )
-    return value
+    # jax 0.11 expands "gpu" to cuda and rocm and fails without a ROCm plugin (seen on an H200): "gpu" means cuda.
+    platforms = list(dict.fromkeys("cuda" if p == "gpu" else p for p in platforms))
+    # The Pallas and TPU interpreters run their callbacks on a CPU device; the first platform stays the default.
+    return ",".join(platforms if "cpu" in platforms else [*platforms, "cpu"])
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -16,10 +16,12 @@ out="${OUT:-device_check_out}"
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 platform="${PLATFORM:-$(python3 -c 'import jax; print(jax.default_backend())' 2>/dev/null)}"
-export JAX_PLATFORMS="$platform"
+[ "$platform" = gpu ] && platform=cuda  # jax 0.11 expands "gpu" to cuda and rocm, and fails without ROCm
+export JAX_PLATFORMS="$platform,cpu"  # the default backend first; the interpreters' callbacks need a CPU device
 {
     echo "platform: $platform"
     python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
+    python3 -c "import jax; print('default backend', jax.default_backend())"
     python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
     python3 -c "import moshi; print('moshi', moshi.__version__)" || echo "moshi: not installed (kyutai tests will fail)"
     if [ "$platform" = tpu ]; then

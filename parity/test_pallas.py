@@ -123,9 +123,14 @@ MOSAIC_CASES = {
 
 
 def _mosaic(kernel: str, case: AttentionCase):
+    """Prefill on (B, S, Hkv, D) keys; decode on the KVCache's (B, Hkv, S, D), as `Attention` calls them."""
     (q, k, v), kw = _inputs(case)
-    fn = flash_attention if kernel == "prefill" else decode_attention
-    return fn(q, k, v, **kw, context=case.context, block_sizes=MOSAIC_TILES, platform="tpu", interpret=True)
+    if kernel == "prefill":
+        return flash_attention(q, k, v, **kw, context=case.context, block_sizes=MOSAIC_TILES, platform="tpu")
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    return decode_attention(
+        q, k, v, **kw, context=case.context, block_sizes=MOSAIC_TILES, kv_layout="BHSD", platform="tpu"
+    )
 
 
 @pytest.mark.parametrize("kernel", sorted(MOSAIC_CASES))
@@ -136,6 +141,25 @@ def test_mosaic_matches_xla_in_tpu_interpret_mode(kernel, data):
     past a buffer raise, unwritten memory reads as NaN) equals the XLA path; decode against ring-ordered caches."""
     case = data.draw(MOSAIC_CASES[kernel])
     _compare(_xla(case), _mosaic(kernel, case), case, (XLA, MOSAIC_LABELS[kernel]))
+
+
+@pytest.mark.nightly
+@pytest.mark.parametrize("kernel", ("prefill", "decode"))
+def test_mosaic_at_moshi_shapes_in_tpu_interpret_mode(kernel):
+    """The nightly twin of the test above at Moshi's temporal head size, on the default (v5e) tiles: 32 heads of 128
+    in bf16, one decoding step against a full 3000-slot ring cache, or a 512-step prefill of 4 heads."""
+    rng = np.random.default_rng(0)
+    steps, kv_len, heads = (512, 512, 4) if kernel == "prefill" else (1, 3000, 32)
+    q = rng.standard_normal((1, steps, heads, 128)).astype(np.float32)
+    k, v = (rng.standard_normal((1, kv_len, heads, 128)).astype(np.float32) for _ in range(2))
+    written = np.arange(3100 - kv_len, 3100) if kernel == "decode" else np.arange(kv_len)
+    k_pos = np.empty((1, kv_len), np.int64)
+    k_pos[0, written % kv_len] = written
+    case = AttentionCase("bfloat16", q, k, v, written[None, -steps:], k_pos, 3000)
+    (qj, kj, vj), kw = _inputs(case)
+    fn = flash_attention if kernel == "prefill" else decode_attention
+    out = fn(qj, kj, vj, **kw, context=case.context, platform="tpu", interpret=True)
+    _compare(_xla(case), out, case, (XLA, MOSAIC_LABELS[kernel]))
 
 
 def test_mosaic_tiles_follow_the_mxu_of_each_tpu_generation():

@@ -47,7 +47,12 @@ RUNS: dict[str, dict] = {
         ],
     },
     "python -m converters --src kyutai": {"subs": [("--preset moshi_7b", "--preset tiny")]},
-    "python bench/attention.py": {"subs": [("bash bench/gpu_check.sh", "bash -n bench/gpu_check.sh")]},  # a GPU's
+    "python bench/attention.py": {  # the device checks: parsed, not run
+        "subs": [
+            ("bash bench/gpu_check.sh", "bash -n bench/gpu_check.sh"),
+            ("bash bench/tpu_check.sh", "bash -n bench/tpu_check.sh"),
+        ]
+    },
     "NO_TORCH_COMPILE=1 python bench/step.py": {
         "subs": [("python bench/step.py  ", "python bench/step.py --preset tiny --frames 2 --warmup 0  ")],
         "argv_only": "# a GPU",  # lines ending so are a GPU's: their arguments are parsed by the script, not run
