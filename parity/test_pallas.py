@@ -300,7 +300,7 @@ def test_kyutai_attention_with_pallas(case):
     """kyutai's attention (SDPA with its position mask) against the Flax layer running on the prefill kernel."""
     with pytest.MonkeyPatch.context() as mp:
         use_small_tiles(mp, decode=False)
-        compare_pair("attention", ("kyutai", "flax[attention=pallas]"), case)
+        compare_pair("attention", ("kyutai", "flax[attention=pallas,jit]"), case)
 
 
 @settings(max_examples=LAYER_EXAMPLES)
@@ -309,7 +309,7 @@ def test_cache_steps_with_pallas_decode(case):
     """Step-by-step decoding through the ring cache on the decode kernel equals the full pass of our PyTorch ref."""
     with pytest.MonkeyPatch.context() as mp:
         use_small_tiles(mp)
-        impl = "flax[attention=pallas,cached]"
+        impl = "flax[attention=pallas,cached,jit]"
         compare_pair("attention", ("ref", impl), case, judged_as=attention_component(impl, case.dtype))
 
 
@@ -354,11 +354,12 @@ def _plant(patch: pytest.MonkeyPatch, name: str) -> None:
                 patch.setattr(module, attribute, bug(getattr(module, attribute)))
 
 
+# The Mosaic source is one kernel for prefill and decode (mosaic.py): its controls plant each bug in that kernel once,
+# through the prefill entry point (a multi-block cache, several row blocks).
 CONTROL_KERNELS = {
     "prefill": KERNELS["prefill"],
     "decode": KERNELS["decode"],
-    "mosaic-prefill": functools.partial(_mosaic, "prefill"),
-    "mosaic-decode": functools.partial(_mosaic, "decode"),
+    "mosaic": functools.partial(_mosaic, "prefill"),
 }
 
 
@@ -367,8 +368,8 @@ def _control_case(kernel: str, context: int | None) -> tuple[AttentionCase, jax.
     """A case with a ring-ordered row, its XLA reference and the unpatched kernel's output (arrays, not traces: cached
     across the controls, whose patches drop every trace). Mosaic's key blocks are 128 long: its cache spans three."""
     rng = np.random.default_rng(1)
-    length = 9 if kernel.endswith("prefill") else 3
-    kv_len = 300 if kernel.startswith("mosaic") else 21
+    length = 3 if kernel == "decode" else 9
+    kv_len = 300 if kernel == "mosaic" else 21
     q = rng.standard_normal((2, length, 4, 16)).astype(np.float32)
     k, v = (rng.standard_normal((2, kv_len, 2, 16)).astype(np.float32) for _ in range(2))
     k_pos = np.stack([np.arange(kv_len), np.roll(np.arange(30, 30 + kv_len), 5)])  # row 1: ring order
@@ -381,10 +382,9 @@ def _control_case(kernel: str, context: int | None) -> tuple[AttentionCase, jax.
 @pytest.mark.parametrize("name", sorted(CONTROLS))
 def test_negative_control(kernel, name, patch):
     """Each planted bug must fail the same comparison the unpatched kernel passes on the same case."""
-    context = (7 if name == "mask_off_by_one" else None) if not kernel.startswith("mosaic") else 200
+    context = (7 if name == "mask_off_by_one" else None) if kernel != "mosaic" else 200
     case, reference, unpatched = _control_case(kernel, context)
-    labels = MOSAIC_LABELS if kernel.startswith("mosaic") else KERNEL_LABELS
-    pair = (XLA, labels[kernel.removeprefix("mosaic-")])
+    pair = (XLA, MOSAIC_LABELS["prefill"] if kernel == "mosaic" else KERNEL_LABELS[kernel])
     _compare(reference, unpatched, case, pair)
     _plant(patch, name)
     with pytest.raises(ParityError):

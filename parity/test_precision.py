@@ -42,6 +42,7 @@ from models_flax.attention import IMPLS
 from models_flax.cache import KVCache
 from models_flax.kernels.decode import DecodeBlockSizes, decode_attention
 from models_flax.kernels.flash_attention import BlockSizes, flash_attention, reference_attention
+from models_flax.kernels.mosaic import MosaicBlockSizes
 from models_flax.layer import DecoderLayer
 from models_flax.linear import FlexibleLinear, Linear
 from models_flax.lm import LM, LMOutput
@@ -169,13 +170,18 @@ def kernel_args(dtype, *, length: int, kv_len: int = 21):
     return (q, kv, kv), dict(q_positions=_sds((1, length), jnp.int32), k_positions=_sds((1, kv_len), jnp.int32))
 
 
-def kernel_ops(kernel: str, dtype, precision) -> list[Op]:
-    """The ops of one kernel call on small tiles (several key blocks; decode split over 3 programs)."""
-    if kernel == "prefill":
-        fn = functools.partial(flash_attention, block_sizes=BlockSizes(block_q=8, block_k=8))
+def kernel_ops(kernel: str, dtype, precision, platform: str = "gpu") -> list[Op]:
+    """The ops of one kernel call of one source (Triton: "gpu", Mosaic: "tpu") on small tiles (several key blocks;
+    decode split over 3 programs); without a platform the program would hold every platform's branch."""
+    if platform == "tpu":
+        kernels = {"prefill": flash_attention, "decode": decode_attention}
+        fn = functools.partial(kernels[kernel], block_sizes=MosaicBlockSizes(block_q=8, block_k=128), platform="tpu")
+        (q, k, v), pos = kernel_args(dtype, length=9 if kernel == "prefill" else 3, kv_len=300)
+    elif kernel == "prefill":
+        fn = functools.partial(flash_attention, block_sizes=BlockSizes(block_q=8, block_k=8), platform="gpu")
         (q, k, v), pos = kernel_args(dtype, length=9)
     else:
-        fn = functools.partial(decode_attention, block_sizes=DecodeBlockSizes(block_k=4, num_splits=3))
+        fn = functools.partial(decode_attention, block_sizes=DecodeBlockSizes(block_k=4, num_splits=3), platform="gpu")
         (q, k, v), pos = kernel_args(dtype, length=3)
     call = lambda q, k, v, qp, kp: fn(q, k, v, q_positions=qp, k_positions=kp, context=7, precision=precision)  # noqa: E731
     return trace(call, q, k, v, pos["q_positions"], pos["k_positions"])
@@ -283,19 +289,26 @@ def test_bf16_model_computes_float32_math(program):
     )  # the trace is a bf16 model's: its residual adds are bf16
 
 
+@pytest.mark.parametrize("platform", ("gpu", "tpu"))
 @pytest.mark.parametrize("kernel", ("prefill", "decode"))
 @pytest.mark.parametrize("dtype", (F32, BF16), ids=str)
-def test_kernels_keep_float32_scores_and_state(kernel, dtype):
+def test_kernels_keep_float32_scores_and_state(kernel, dtype, platform):
     """The kernel bodies: scores and p.v accumulate in float32 (bf16 operands) or at the precision asked for (fp32);
-    the online softmax's running max, denominator and accumulator are float32 loop carries."""
+    the online softmax's running max, denominator and accumulator are float32: loop carries in the Triton source,
+    VMEM scratch written across the key grid axis in the Mosaic one."""
     precision = None if dtype == BF16 else DEFAULT
-    ops = kernel_ops(kernel, dtype, precision)
+    ops = kernel_ops(kernel, dtype, precision, platform)
     assert precision_problems(ops, precision) == [] and float32_problems(ops) == []
     body = [op for op in ops if "pallas_call" in op.path]
     dots = [op for op in body if op.name == "dot_general"]
-    carried = [d for op in body if op.name in ("while", "scan") for d in floats(carries(op.eqn))]
     assert len(dots) == 2 and all(floats(op.eqn.outvars) == [F32] for op in dots)
-    assert len(carried) >= 4 and set(carried) == {F32}  # (acc, m, den) and the fallback's sum of V
+    if platform == "gpu":
+        carried = [d for op in body if op.name in ("while", "scan") for d in floats(carries(op.eqn))]
+        assert len(carried) >= 4 and set(carried) == {F32}  # (acc, m, den) and the fallback's sum of V
+    else:
+        (call,) = [op for op in ops if op.name == "pallas_call"]
+        scratch = call.eqn.params["jaxpr"].invars[-3:]  # (m, l, acc) after the inputs and the output
+        assert [v.aval.dtype for v in scratch] == [F32] * 3 and scratch[-1].aval.shape == (8, 16)
 
 
 # --- the kernels numerically: scores that need float32 --------------------------------------------------------------

@@ -39,7 +39,7 @@ from models_flax.kernels.flash_attention import (
     sum_rows,
     tiles,
 )
-from models_flax.kernels.mosaic import MosaicBlockSizes, mosaic_attention
+from models_flax.kernels.mosaic import MosaicBlockSizes, mosaic_attention, mosaic_call
 from models_flax.kernels.positions import live_block_ranges, pad_axis, visible
 
 MAX_STEPS = 4
@@ -166,6 +166,11 @@ def decode_attention(
     if not 1 <= q.shape[1] <= MAX_STEPS:
         raise ValueError(f"decode_attention: {q.shape[1]} query steps; decode takes 1..{MAX_STEPS}")
     args = (q, k, v, q_positions, k_positions)
+    if platform == "tpu":
+        block = tiles(block_sizes, MosaicBlockSizes, lambda: MosaicBlockSizes.for_chip(decode=True))
+        return mosaic_call(
+            args, context, block_sizes=block, precision=precision, kv_layout=kv_layout, interpret=interpret
+        )
     return _decode_attention(args, context, block_sizes, interpret, precision, kv_layout, platform)
 
 

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from models_flax.kernels.mosaic import MosaicBlockSizes, mosaic_attention
+from models_flax.kernels.mosaic import MosaicBlockSizes, mosaic_attention, mosaic_call
 from models_flax.kernels.positions import live_block_ranges, pad_axis, softmax_scale, visible
 
 DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
@@ -303,7 +303,7 @@ def by_platform(args: tuple, *, triton, mosaic, platform: str | None, interpret:
             mode); False: compile; None: interpret on CPU.
     """
     on_cpu = jax.default_backend() == "cpu"
-    if platform == "tpu":
+    if platform == "tpu":  # the public entry points call mosaic.mosaic_call directly (a traced window)
         return mosaic(on_cpu if interpret is None else interpret)(*args)
     if platform == "gpu" or interpret:
         return triton(on_cpu if interpret is None else interpret, jax.default_backend())(*args)
@@ -366,6 +366,11 @@ def flash_attention(
         interpret=interpret, precision=precision, kv_layout=kv_layout, platform=platform,
     )  # fmt: skip
     args = (q, k, v, q_positions, k_positions)
+    if platform == "tpu":
+        block = tiles(block_sizes, MosaicBlockSizes, MosaicBlockSizes.for_chip)
+        return mosaic_call(
+            args, context, block_sizes=block, precision=precision, kv_layout=kv_layout, interpret=interpret
+        )
     return _flash_attention(args, context, block_sizes, interpret, precision, kv_layout, platform)
 
 

@@ -243,4 +243,24 @@ def mosaic_attention(
     return jax.lax.cond(jnp.any(missing), with_fallback, lambda out: out, out)
 
 
-__all__ = ["MosaicBlockSizes", "interpret_params", "mosaic_attention"]
+def mosaic_call(
+    args: tuple,
+    context: int | None,
+    *,
+    block_sizes: MosaicBlockSizes,
+    precision: jax.lax.Precision | None,
+    kv_layout: str,
+    interpret: bool | None,
+) -> jax.Array:
+    """`mosaic_attention` as `platform="tpu"` calls it: jitted with the window as a traced int32, so that one compile
+    per shape serves every window; interpret None: TPU interpret mode on CPU, compiled elsewhere."""
+    interpret = jax.default_backend() == "cpu" if interpret is None else interpret
+    window = jnp.int32(NO_CONTEXT if context is None else context)
+    return _mosaic_jit(
+        *args, window, block_sizes=block_sizes, precision=precision, kv_layout=kv_layout, interpret=interpret
+    )
+
+
+_mosaic_jit = jax.jit(mosaic_attention, static_argnames=("block_sizes", "precision", "kv_layout", "interpret"))
+
+__all__ = ["MosaicBlockSizes", "interpret_params", "mosaic_attention", "mosaic_call"]

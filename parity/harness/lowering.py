@@ -70,10 +70,14 @@ def attention_export(kernel: str, stack: str, platform: str, *, dtype=jnp.bfloat
 
 
 @functools.cache
-def abstract_lm(cfg: LMConfig, impl: str, dtype=jnp.bfloat16):
-    """(graphdef, Param state, other state) of an LM built abstractly (no memory)."""
-    model = nnx.eval_shape(lambda: LM(cfg, dtype=dtype, param_dtype=dtype, impl=impl, rngs=nnx.Rngs(0)))
-    return nnx.split(model, nnx.Param, ...)
+def abstract_model(cfg: LMConfig, impl: str) -> LM:
+    """The bf16 LM built abstractly (`nnx.eval_shape`: shapes, no memory); shared, never modified."""
+    return nnx.eval_shape(lambda: LM(cfg, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16, impl=impl, rngs=nnx.Rngs(0)))
+
+
+def abstract_lm(cfg: LMConfig, impl: str):
+    """(graphdef, Param state, other state) of the abstract bf16 LM."""
+    return nnx.split(abstract_model(cfg, impl), nnx.Param, ...)
 
 
 def lm_forward_export(
@@ -101,9 +105,8 @@ def lm_forward_export(
 def stream_step_export(cfg: LMConfig, impl: str, platform: str, *, batch: int = 1) -> jax.export.Exported:
     """`Streamer.step`'s compiled program (`streaming._step_reading`: temporal step against full-size ring caches,
     the depth transformer's dep_q steps, sampling) with kyutai's default samplers."""
-    build = functools.partial(LM, cfg, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16, impl=impl)
-    graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: build(rngs=nnx.Rngs(0))), streaming.is_depth_weight, ...)
-    depth_weights, params = jax.eval_shape(lambda: streaming.split_codebooks(build(rngs=nnx.Rngs(0)))[1:])
+    graphdef, _, _ = nnx.split(abstract_model(cfg, impl), streaming.is_depth_weight, ...)
+    depth_weights, params = _stream_weights(cfg)
     holder = SimpleNamespace(cfg=cfg, dtype=jnp.bfloat16)  # all that Streamer.init_state reads
     state = jax.eval_shape(lambda: streaming.Streamer.init_state(holder, batch))
     codes = jax.ShapeDtypeStruct((batch, cfg.n_q - cfg.dep_q), jnp.int32)
@@ -112,10 +115,19 @@ def stream_step_export(cfg: LMConfig, impl: str, platform: str, *, batch: int = 
     return export(step, params, depth_weights, state, codes, key, platform=platform)
 
 
+@functools.cache
+def _stream_weights(cfg: LMConfig):
+    """The abstract (per-codebook depth kernels, other parameters) of `streaming.split_codebooks` (the attention
+    implementation changes no parameter)."""
+    build = functools.partial(LM, cfg, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+    return jax.eval_shape(lambda: streaming.split_codebooks(build(rngs=nnx.Rngs(0)))[1:])
+
+
 __all__ = [
     "ATTENTION_SHAPES",
     "PLATFORMS",
     "abstract_lm",
+    "abstract_model",
     "attention_export",
     "export",
     "kernel_custom_calls",

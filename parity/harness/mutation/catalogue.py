@@ -228,6 +228,15 @@ FLAX: tuple[Mutation, ...] = (
         "the TPU kernel reads its row block's live-range end from the next entry of the scalar-prefetched ranges",
     ),
     Mutation(
+        "mosaic_accumulator_in_bf16",
+        "models_flax/kernels/mosaic.py",
+        "pltpu.VMEM((block_q, head_dim), jnp.float32),",
+        "pltpu.VMEM((block_q, head_dim), jnp.bfloat16),",
+        "kernel precision",
+        ("parity/test_precision.py::test_kernels_keep_float32_scores_and_state",),
+        "the TPU kernel keeps its online-softmax accumulator in bf16 VMEM scratch between key blocks",
+    ),
+    Mutation(
         "mosaic_position_block_breaks_tiling",
         "models_flax/kernels/mosaic.py",
         "pl.BlockSpec((None, SUBLANES, block_k),",
