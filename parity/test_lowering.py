@@ -23,6 +23,7 @@ from parity.harness.lowering import (
 )
 
 MOSHI_7B = LMConfig.moshi_7b()
+NIGHTLY = pytest.mark.nightly
 SOURCE = {"tpu": "mosaic", "cuda": "triton"}
 
 
@@ -47,10 +48,20 @@ def test_7b_forward_lowers(impl, platform):
     _only_source(lm_forward_export(MOSHI_7B, impl, platform), platform, impl)
 
 
-# ~6 s each (the 7B traced twice: its parameters and its step); the XLA step's only kernel-free path is checked for TPU.
-@pytest.mark.parametrize(("impl", "platform"), [("pallas", "tpu"), ("pallas", "cuda"), ("xla", "tpu")])
+# ~6 s each (the 7B traced twice: its parameters and its step): the TPU step with the Pallas kernels in the default
+# suite; the CUDA and XLA-attention steps nightly, with the tiny LM's steps as their default-suite twins.
+@pytest.mark.parametrize(
+    ("impl", "platform"),
+    [("pallas", "tpu"), pytest.param("pallas", "cuda", marks=NIGHTLY), pytest.param("xla", "tpu", marks=NIGHTLY)],
+)
 def test_7b_stream_step_lowers(impl, platform):
     _only_source(stream_step_export(MOSHI_7B, impl, platform), platform, impl)
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+@pytest.mark.parametrize("impl", ("xla", "pallas"))
+def test_tiny_stream_step_lowers(impl, platform):
+    _only_source(stream_step_export(LMConfig.tiny(), impl, platform), platform, impl)
 
 
 def test_7b_forward_lowers_sharded_for_tpu():
