@@ -3,7 +3,8 @@
 # jax's default backend ($PLATFORM overrides): on a TPU the attention calls take the Mosaic kernels, on a GPU the Triton
 # ones (jax.lax.platform_dependent; nothing to configure).
 #   0. the device and the package versions;
-#   1. the parity suite on this platform (`pytest --platform`; $SUITE picks the tests, default the whole suite; it needs
+#   1. the parity suite on this platform (`pytest --platform`, $WORKERS xdist workers, default 4, on a TPU 0: one
+#      process holds the chips; $SUITE picks the tests, default the whole suite; it needs
 #      torch (CPU is enough), transformers and kyutai `moshi` beside jax: `pip install --no-deps moshi==0.2.13`);
 #   2. the kernels at Moshi's shapes, bf16: ms, TFLOP/s, GB/s and the error against an exact float64 reference, beside
 #      the XLA path and jax.nn.dot_product_attention (bench/attention.py --moshi; a Pallas error over 2x XLA's fails);
@@ -30,9 +31,11 @@ export JAX_PLATFORMS="$platform,cpu"  # the default backend first; the interpret
         nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv 2>/dev/null
     fi
 } 2>&1 | tee "$out/device.txt"
+# A TPU is held by one process at a time: one pytest worker there; a GPU is shared (no preallocation).
+workers="${WORKERS:-$([ "$platform" = tpu ] && echo 0 || echo 4)}"
 rc=0
 # shellcheck disable=SC2086  # $SUITE is a list of test paths
-timeout "${SUITE_TIMEOUT:-900}" python3 -m pytest ${SUITE:-parity} --platform "$platform" -n "${WORKERS:-4}" -q \
+timeout "${SUITE_TIMEOUT:-900}" python3 -m pytest ${SUITE:-parity} --platform "$platform" -n "$workers" -q \
     -p no:randomly -p no:cacheprovider --durations=15 2>&1 \
     | tee "$out/suite.txt" || rc=1
 timeout 120 python3 bench/attention.py --moshi --dtype bfloat16 2>&1 | tee "$out/kernels_bf16.txt" || rc=1
