@@ -30,16 +30,14 @@ from jax.experimental import pallas as pl
 
 from models_flax.kernels.flash_attention import (
     attend_blocks,
-    by_platform,
     compiler_params,
     kv_block_spec,
     kv_shape,
     reference_attention,
     resolve,
+    run_kernel,
     sum_rows,
-    tiles,
 )
-from models_flax.kernels.mosaic import MosaicBlockSizes, mosaic_attention, mosaic_call
 from models_flax.kernels.positions import live_block_ranges, pad_axis, visible
 
 MAX_STEPS = 4
@@ -165,32 +163,11 @@ def decode_attention(
     )  # fmt: skip
     if not 1 <= q.shape[1] <= MAX_STEPS:
         raise ValueError(f"decode_attention: {q.shape[1]} query steps; decode takes 1..{MAX_STEPS}")
-    args = (q, k, v, q_positions, k_positions)
-    if platform == "tpu":
-        block = tiles(block_sizes, MosaicBlockSizes, lambda: MosaicBlockSizes.for_chip(decode=True))
-        return mosaic_call(
-            args, context, block_sizes=block, precision=precision, kv_layout=kv_layout, interpret=interpret
-        )
-    return _decode_attention(args, context, block_sizes, interpret, precision, kv_layout, platform)
-
-
-@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5, 6))
-def _decode_attention(args, context, block_sizes, interpret, precision, kv_layout, platform):
-    def triton(interpret, backend):
-        block = tiles(block_sizes, DecodeBlockSizes, lambda: DecodeBlockSizes.for_backend(backend))
-        return functools.partial(
-            _triton_decode, context=context, block_sizes=block, interpret=interpret, precision=precision,
-            kv_layout=kv_layout,
-        )  # fmt: skip
-
-    def mosaic(interpret):
-        block = tiles(block_sizes, MosaicBlockSizes, lambda: MosaicBlockSizes.for_chip(decode=True))
-        return functools.partial(
-            mosaic_attention, context=context, block_sizes=block, precision=precision, kv_layout=kv_layout,
-            interpret=interpret,
-        )  # fmt: skip
-
-    return by_platform(args, triton=triton, mosaic=mosaic, platform=platform, interpret=interpret)
+    return run_kernel(
+        (q, k, v, q_positions, k_positions), _triton_decode, DecodeBlockSizes, context=context,
+        block_sizes=block_sizes, precision=precision, kv_layout=kv_layout, interpret=interpret, platform=platform,
+        decode=True,
+    )  # fmt: skip
 
 
 def _triton_decode(q, k, v, q_positions, k_positions, *, context, block_sizes, interpret, precision, kv_layout):

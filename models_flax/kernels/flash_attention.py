@@ -289,30 +289,63 @@ def resolve(
     return head_dim, dot_precision(q.dtype, precision)
 
 
-def by_platform(args: tuple, *, triton, mosaic, platform: str | None, interpret: bool | None) -> jax.Array:
-    """Runs the kernel source that `platform` and `interpret` pick on `args` (call it inside a jit: every branch is
-    traced there once per shape).
+def run_kernel(
+    args: tuple,
+    triton,
+    triton_tiles: type,
+    *,
+    context: int | None,
+    block_sizes,
+    precision: jax.lax.Precision | None,
+    kv_layout: str,
+    interpret: bool | None,
+    platform: str | None,
+    decode: bool,
+) -> jax.Array:
+    """Runs the kernel source that `platform` and `interpret` pick on args (q, k, v, q_positions, k_positions).
 
     Args:
-        triton: (interpret, backend) -> the Triton-source kernel as a function of args, its tiles for that backend.
-        mosaic: (interpret) -> the Mosaic-source kernel as a function of args.
-        platform: "tpu": the Mosaic source; "gpu": the Triton source; None: the platform the program is lowered for,
-            through `jax.lax.platform_dependent` (TPU: Mosaic, CUDA/ROCm: Triton compiled, else Triton interpreted),
-            so that a program exported for TPU from a CPU host carries the Mosaic kernel.
+        triton: the Triton-source kernel, `triton(*args, context=, block_sizes=, interpret=, precision=, kv_layout=)`.
+        triton_tiles: its tile class (`BlockSizes`, `DecodeBlockSizes`); `for_backend(backend)` gives the defaults.
+        block_sizes: a `triton_tiles` or a `MosaicBlockSizes`: the tiles of that source (the other keeps its defaults).
+        platform: "tpu": the Mosaic source, jitted with the window traced (`mosaic.mosaic_call`); "gpu": the Triton
+            source; None: the platform the program is lowered for, through `jax.lax.platform_dependent` (TPU: Mosaic,
+            CUDA/ROCm: Triton compiled, else Triton interpreted), so that a program exported for TPU from a CPU host
+            carries the Mosaic kernel.
         interpret: True: interpret (the Triton source in the Pallas interpreter, the Mosaic source in TPU interpret
             mode); False: compile; None: interpret on CPU.
+        decode: whether this is the decode call (the Mosaic source's default tiles differ).
     """
-    on_cpu = jax.default_backend() == "cpu"
-    if platform == "tpu":  # the public entry points call mosaic.mosaic_call directly (a traced window)
-        return mosaic(on_cpu if interpret is None else interpret)(*args)
+    mosaic_tiles = tiles(block_sizes, MosaicBlockSizes, lambda: MosaicBlockSizes.for_chip(decode=decode))
+    if platform == "tpu":
+        return mosaic_call(
+            args, context, block_sizes=mosaic_tiles, precision=precision, kv_layout=kv_layout, interpret=interpret
+        )
+    return _by_platform(args, triton, triton_tiles, context, block_sizes, mosaic_tiles, precision, kv_layout,
+                        interpret, platform)  # fmt: skip
+
+
+@functools.partial(jax.jit, static_argnums=tuple(range(1, 10)))
+def _by_platform(args, triton, triton_tiles, context, block_sizes, mosaic_tiles, precision, kv_layout, interpret,
+                 platform):  # fmt: skip
+    def triton_source(interpret: bool, backend: str):
+        block = tiles(block_sizes, triton_tiles, lambda: triton_tiles.for_backend(backend))
+        kw = dict(context=context, block_sizes=block, interpret=interpret, precision=precision, kv_layout=kv_layout)
+        return functools.partial(triton, **kw)
+
+    backend = jax.default_backend()
     if platform == "gpu" or interpret:
-        return triton(on_cpu if interpret is None else interpret, jax.default_backend())(*args)
+        return triton_source(backend == "cpu" if interpret is None else interpret, backend)(*args)
+    mosaic = functools.partial(
+        mosaic_attention, context=context, block_sizes=mosaic_tiles, precision=precision, kv_layout=kv_layout,
+        interpret=False,
+    )  # fmt: skip
     return jax.lax.platform_dependent(
         *args,
-        tpu=mosaic(False),
-        cuda=triton(False, "gpu"),
-        rocm=triton(False, "gpu"),
-        default=triton(interpret is None, "cpu"),
+        tpu=mosaic,
+        cuda=triton_source(False, "gpu"),
+        rocm=triton_source(False, "gpu"),
+        default=triton_source(interpret is None, "cpu"),
     )
 
 
@@ -354,7 +387,7 @@ def flash_attention(
         kv_layout: "BSHD" (k/v (B, S, Hkv, D)) or "BHSD" ((B, Hkv, S, D), the KVCache layout: no transpose).
         interpret: True: the Pallas interpreter (TPU interpret mode for the Mosaic source); None: on CPU only.
         platform: the kernel source, "gpu" (Triton) or "tpu" (Mosaic); None: the one of the platform the program is
-            lowered for (see `by_platform`).
+            lowered for (see `run_kernel`).
 
     Raises:
         ValueError/TypeError: bad ranks, mismatched shapes, heads not a multiple of kv heads, a dtype other than
@@ -365,34 +398,10 @@ def flash_attention(
         "flash_attention", q, k, v, q_positions, k_positions, context,
         interpret=interpret, precision=precision, kv_layout=kv_layout, platform=platform,
     )  # fmt: skip
-    args = (q, k, v, q_positions, k_positions)
-    if platform == "tpu":
-        block = tiles(block_sizes, MosaicBlockSizes, MosaicBlockSizes.for_chip)
-        return mosaic_call(
-            args, context, block_sizes=block, precision=precision, kv_layout=kv_layout, interpret=interpret
-        )
-    return _flash_attention(args, context, block_sizes, interpret, precision, kv_layout, platform)
-
-
-@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5, 6))
-def _flash_attention(args, context, block_sizes, interpret, precision, kv_layout, platform):
-    head_dim = args[0].shape[-1]
-
-    def triton(interpret, backend):
-        block = tiles(block_sizes, BlockSizes, lambda: BlockSizes.for_backend(backend, head_dim=head_dim))
-        return functools.partial(
-            _triton_prefill, context=context, block_sizes=block, interpret=interpret, precision=precision,
-            kv_layout=kv_layout,
-        )  # fmt: skip
-
-    def mosaic(interpret):
-        block = tiles(block_sizes, MosaicBlockSizes, MosaicBlockSizes.for_chip)
-        return functools.partial(
-            mosaic_attention, context=context, block_sizes=block, precision=precision, kv_layout=kv_layout,
-            interpret=interpret,
-        )  # fmt: skip
-
-    return by_platform(args, triton=triton, mosaic=mosaic, platform=platform, interpret=interpret)
+    return run_kernel(
+        (q, k, v, q_positions, k_positions), _triton_prefill, BlockSizes, context=context, block_sizes=block_sizes,
+        precision=precision, kv_layout=kv_layout, interpret=interpret, platform=platform, decode=False,
+    )  # fmt: skip
 
 
 def _triton_prefill(q, k, v, q_positions, k_positions, *, context, block_sizes, interpret, precision, kv_layout):

@@ -40,6 +40,7 @@ ZONES = {
     ("flash_attention.py", "_prefill_kernel"): "prefill kernel",
     ("decode.py", "_decode_kernel"): "decode kernel",
     ("decode.py", "combine_splits"): "decode split combine",
+    ("mosaic.py", "_kernel"): "Mosaic kernel",
     ("loss.py", "_cross_entropy"): "loss log-softmax",
 }
 # Computes in its operands' dtype wherever it sits: must be float32 anywhere in a model.
