@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import pytest
+from jax.sharding import PartitionSpec as P
 
 import models_flax.kernels.mosaic as mosaic_module
 from models_flax import sharding
@@ -66,7 +67,10 @@ def test_tiny_stream_step_lowers(impl, platform):
 
 def test_7b_forward_lowers_sharded_for_tpu():
     """FSDP over 8 abstract TPU devices: the parameters carry their rule's sharding into the program."""
-    exported = lm_forward_export(MOSHI_7B, "xla", "tpu", batch=8, mesh=sharding.abstract_mesh(2, 4))
+    _assert_sharded(lm_forward_export(MOSHI_7B, "xla", "tpu", batch=8, mesh=sharding.abstract_mesh(2, 4)))
+
+
+def _assert_sharded(exported: jax.export.Exported) -> None:
     assert exported.nr_devices == 8
     text = exported.mlir_module()
     assert '{"fsdp"}' in text and '{"dp", "fsdp"}' in text, "parameter or batch sharding missing from the program"
@@ -94,3 +98,27 @@ def test_block_breaking_tpu_tiling_fails_to_lower(monkeypatch):
             attention_export("prefill", "temporal", "tpu")
     finally:
         jax.clear_caches()
+
+
+def test_kernel_source_switch_control_fails(monkeypatch):
+    """Negative control of the kernel switch: with its TPU branch dropped, a TPU export takes the default branch, the
+    Triton source (compiled, as the export asks), whose per-head blocks the TPU lowering refuses."""
+    switch = jax.lax.platform_dependent
+    monkeypatch.setattr(jax.lax, "platform_dependent", lambda *args, tpu, **branches: switch(*args, **branches))
+    jax.clear_caches()
+    try:
+        with pytest.raises(ValueError, match="Pallas TPU lowering"):
+            _only_source(attention_export("prefill", "depth", "tpu"), "tpu")
+    finally:
+        jax.clear_caches()
+
+
+def test_sharded_export_control_fails(monkeypatch):
+    """Negative control of the sharded export's check: rules that replicate every parameter leave no 'fsdp' sharding
+    in the program."""
+    specs = sharding.param_specs
+    replicated = lambda *a, **kw: jax.tree.map(lambda spec: P(*(None,) * len(spec)), specs(*a, **kw))  # noqa: E731
+    monkeypatch.setattr(sharding, "param_specs", replicated)
+    exported = lm_forward_export(MOSHI_7B, "xla", "tpu", batch=8, mesh=sharding.abstract_mesh(2, 4))
+    with pytest.raises(AssertionError, match="sharding missing"):
+        _assert_sharded(exported)
