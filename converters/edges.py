@@ -29,8 +29,10 @@ class TableEdge:
         self.src, self.dst, self.tables = src, dst, dict(tables)
         self.components = frozenset(self.tables)
 
-    def __call__(self, state: Mapping[str, np.ndarray], *, cfg: Any, component: str) -> State:
+    def __call__(self, state: Mapping[str, np.ndarray], *, cfg: Any, component: str, at: str = "") -> State:
         """Converts one or more instances (under their prefixes) of a leaf `component` from src's layout to dst's.
+
+        `at`: the prefix `state`'s keys sit under in the whole state (the engine passes a leaf's), for messages only.
 
         Raises:
             ConversionError: the input is not a src state of the component, or keys no rule claims (listed).
@@ -40,9 +42,9 @@ class TableEdge:
         out: State = {}
         unmatched: list[str] = []
         for prefix, group in groups.items():
-            applied = apply_rules(group, self.tables[component], cfg, where=where)
+            applied = apply_rules(group, self.tables[component], cfg, where=where, at=at + prefix)
             out |= {prefix + key: value for key, value in applied.out.items()}
-            unmatched += [prefix + key for key in applied.unmatched]
+            unmatched += [at + prefix + key for key in applied.unmatched]
         if unmatched:
             raise ConversionError(f"{where}: {len(unmatched)} key(s) matched by no rule: {unmatched}")
         return out
@@ -53,12 +55,12 @@ class TableEdge:
 
 @dataclass(frozen=True)
 class FunctionEdge:
-    """An edge written as a function `(state, *, cfg, component) -> state`."""
+    """An edge written as a function `(state, *, cfg, component) -> state` (the engine's `at` is not passed on)."""
 
     fn: EdgeFn
     components: frozenset[str]
 
-    def __call__(self, state: Mapping[str, np.ndarray], *, cfg: Any, component: str) -> State:
+    def __call__(self, state: Mapping[str, np.ndarray], *, cfg: Any, component: str, at: str = "") -> State:
         return self.fn(dict(state), cfg=cfg, component=component)
 
 

@@ -41,8 +41,9 @@ def _through(
     """Leaf `name` of the instance at prefix `at` (its keys relative to the leaf) through every edge of the path, each
     edge's output checked against the next format's shapes."""
     leaf = chain[0][name]
-    for (a, b), leaves in zip(itertools.pairwise(path), chain[1:], strict=True):
-        part = registry.EDGES[(a, b)](part, cfg=leaf.cfg, component=leaf.component)
+    for (a, b), before, leaves in zip(itertools.pairwise(path), chain[:-1], chain[1:], strict=True):
+        here = at + before[name].prefix
+        part = registry.EDGES[(a, b)](part, cfg=leaf.cfg, component=leaf.component, at=here)
         prefix = at + leaves[name].prefix
         expected = registry.expected_shapes(b, leaf.component, leaf.cfg)
         account(

@@ -1,11 +1,13 @@
 """Every format described as data, one descriptor each: how it names, lays out and stores weights.
 
 A `Format` holds what any component kind may read (a linear's parameter name and layout, the checkpoint kind the CLI
-writes, foreign key prefixes, legacy names) and, in `lm`, how it spells Moshi's LM (`LMSpelling`: norm, MLP and
-attention names, fused or per-codebook weights, decoder-layer children, layer stacks, the modules outside the stacks).
-The shape tables (converters/layers.py, converters/lm.py) are built from these fields alone; the edges
-(kyutai_hf.py, hf_ref.py, ref_flax.py) say how weights move between two formats. Adding a format (MLX) is a descriptor
-here plus the edge tables that reach it; adding a component kind (Mimi) is its spelling field plus its tables.
+writes, foreign key prefixes, legacy names), in `lm` how it spells Moshi's LM (`LMSpelling`: norm, MLP and attention
+names, fused or per-codebook weights, decoder-layer children, layer stacks, the modules outside the stacks) and in
+`mimi` how it spells the Mimi codec (`MimiSpelling`: SEANet as named modules or kyutai's Sequential, convolution
+wrappers, transformer and quantizer names). The shape tables (converters/layers.py, converters/lm.py,
+converters/mimi.py) are built from these fields alone; the edges (kyutai_hf.py, hf_ref.py, ref_flax.py, kyutai_ref.py)
+say how weights move between two formats. Adding a format (MLX) is a descriptor here plus the edge tables that reach
+it; adding a component kind is its spelling field plus its tables (as Mimi was).
 """
 
 from __future__ import annotations
@@ -52,13 +54,64 @@ class LMSpelling:
 
 
 @dataclass(frozen=True, kw_only=True)
+class MimiSpelling:
+    """How one format names the Mimi codec's weights (converters/mimi.py builds every shape from these fields).
+
+    The defaults are our ref / flax names (the modules of models_ref.mimi and models_flax.mimi); kyutai's differ.
+    Module names shared by every format (encoder., decoder., encoder_transformer., quantizer., a transformer layer's
+    norm1. / self_attn. / layer_scale_1. ...) are constants of converters/mimi.py.
+
+    Attributes:
+        sequential: SEANet's encoder and decoder are kyutai's `nn.Sequential` (`model.{i}.`, indices counting the
+            parameter-free ELUs, computed from the config by converters.mimi.seanet_modules) rather than named
+            input_conv / stages.{i}.(residuals.{j} | downsample | upsample) / output_conv modules.
+        conv: a causal convolution's parameters' prefix inside its module (kyutai's StreamingConv1d wraps NormConv1d
+            wrapping nn.Conv1d: "conv.conv.").
+        convtr: likewise for a causal transposed convolution ("convtr.convtr.").
+        resnet: a residual block's two convolutions (kyutai: entries 1 and 3 of a Sequential with ELUs).
+        downsample: the model's learnt downsampling convolution (kyutai's ConvDownsample1d wraps it:
+            "downsample.conv.").
+        upsample: the model's depthwise upsampling transposed convolution.
+        layers: a transformer's layer stack, layer l under `{layers}{l}.` (kyutai's ProjectedTransformer wraps it).
+        mlp: a transformer layer's plain MLP module ("" when its linears sit in the layer itself, as kyutai's do).
+        linears: the MLP's input (D -> ffn_dim) and output (ffn_dim -> D) linears.
+        fused: attention's (input, output) projections, input rows [q; k; v] (kyutai's one-entry ModuleLists); None:
+            separate `proj` modules.
+        proj: attention's q/k/v/o projection modules, `{n}` standing for q, k, v, o.
+        quantizer: "semantic" / "acoustic" -> the split quantizer's two residual VQs.
+        codebook: a residual VQ's codebook k, `{k}` standing for its index.
+        initialized: codebooks store kyutai's `_initialized` flag (1.0 once its k-means ran).
+        conv_projections: the residual VQs' input / output projections are 1x1 convolutions, weight (out, in, 1),
+            rather than linears without bias.
+    """
+
+    sequential: bool = False
+    conv: str = ""
+    convtr: str = ""
+    resnet: tuple[str, str] = ("conv1.", "conv2.")
+    downsample: str = "downsample."
+    upsample: str = "upsample."
+    layers: str = "layers."
+    mlp: str = "mlp."
+    linears: tuple[str, str] = ("fc1.", "fc2.")
+    fused: tuple[str, str] | None = None
+    proj: str = "{n}_proj."
+    quantizer: Mapping[str, str] = field(default_factory=lambda: {"semantic": "semantic.", "acoustic": "acoustic."})
+    codebook: str = "codebooks.{k}."
+    initialized: bool = False
+    conv_projections: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
 class Format:
     """One weight format.
 
     Attributes:
         name: the format's name (`--src` / `--dst` of the CLI).
         kernel: a linear's parameter name.
-        transposed: linears are stored (..., in, out) (Flax) rather than torch's (..., out, in).
+        transposed: Flax layouts: linears are stored (..., in, out) rather than torch's (..., out, in), convolution
+            kernels (K, in / groups, out) rather than (out, in / groups, K), transposed convolution kernels
+            (K, in, out / groups) rather than (in, out / groups, K).
         checkpoint: the file kind the CLI reads and writes: "safetensors" or "orbax".
         foreign: key prefixes of other models in this format's checkpoints (HF's Mimi), which the CLI drops and lists
             unless told otherwise.
@@ -66,6 +119,7 @@ class Format:
             checkpoints' old names; forward they rewrite a state before anything else (with each instance's config),
             backward they give the old names' shapes, so that a state is checked in the names it uses.
         lm: how the format spells Moshi's LM; None: the format has no Moshi LM.
+        mimi: how the format spells the Mimi codec; None: the format has no Mimi (yet: HF's).
     """
 
     name: str
@@ -75,6 +129,7 @@ class Format:
     foreign: tuple[str, ...] = ()
     legacy: Mapping[str, tuple[Pair, ...]] = field(default_factory=dict)
     lm: LMSpelling | None = None
+    mimi: MimiSpelling | None = None
 
 
 HF_CHILDREN = {
@@ -126,6 +181,22 @@ KYUTAI = Format(
             "depth_heads": "linears.",
         },
     ),
+    mimi=MimiSpelling(
+        sequential=True,
+        conv="conv.conv.",
+        convtr="convtr.convtr.",
+        resnet=("block.1.", "block.3."),
+        downsample="downsample.conv.",
+        upsample="upsample.convtr.",
+        layers="transformer.layers.",
+        mlp="",
+        linears=("linear1.", "linear2."),
+        fused=("in_projs.0.", "out_projs.0."),
+        quantizer={"semantic": "rvq_first.", "acoustic": "rvq_rest."},
+        codebook="vq.layers.{k}._codebook.",
+        initialized=True,
+        conv_projections=True,
+    ),
 )
 
 HF = Format(
@@ -148,7 +219,7 @@ HF = Format(
     ),
 )
 
-REF = Format(name="ref", lm=LMSpelling(children=HF_CHILDREN, stacks=OUR_STACKS, top=OUR_TOP))
+REF = Format(name="ref", lm=LMSpelling(children=HF_CHILDREN, stacks=OUR_STACKS, top=OUR_TOP), mimi=MimiSpelling())
 
 FLAX = Format(
     name="flax",
@@ -156,6 +227,7 @@ FLAX = Format(
     transposed=True,
     checkpoint="orbax",
     lm=LMSpelling(children=HF_CHILDREN, stacks=OUR_STACKS, top=OUR_TOP),
+    mimi=MimiSpelling(),
 )
 
 for _fmt in (KYUTAI, HF, REF, FLAX):

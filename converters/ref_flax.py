@@ -1,12 +1,14 @@
 """ref <-> flax: same names, `weight` of a linear becomes a transposed `kernel`; same rope layout (no permutation).
 
 torch linears store (..., out, in), Flax kernels (..., in, out); a stack keeps its leading codebook axis. Norm scales
-and embedding tables keep their name and layout.
+and embedding tables keep their name and layout. Mimi's convolutions become Flax kernels too: Conv1d (out, in/g, K) ->
+(K, in/g, out), ConvTranspose1d (in, out/g, K) -> (K, in, out/g) (models_flax/mimi/conv.py); its biases, LayerNorms,
+LayerScales and codebooks keep their names and layouts.
 """
 
 from __future__ import annotations
 
-from converters import layers, lm  # noqa: F401  (registers the component kinds these tables name)
+from converters import layers, lm, mimi  # noqa: F401  (registers the component kinds these tables name)
 from converters.edges import register_pairs
 from converters.rules import Pair
 
@@ -17,6 +19,10 @@ def _kernel(module: str) -> Pair:
 
 def _same(key: str) -> Pair:
     return Pair(key, key)
+
+
+def _conv(to_flax: str, from_flax: str) -> tuple[Pair, ...]:
+    return (Pair("weight", "kernel", to_flax, from_flax), _same("bias"))
 
 
 TABLE: dict[str, tuple[Pair, ...]] = {
@@ -34,6 +40,15 @@ TABLE: dict[str, tuple[Pair, ...]] = {
         _kernel("depth.input_projections."),
         _kernel("depth.lm_heads."),
     ),
+    # Mimi (converters/mimi.py)
+    "causal_conv1d": _conv("conv_to_flax", "conv_from_flax"),
+    "causal_conv_transpose1d": _conv("convtr_to_flax", "convtr_from_flax"),
+    "layer_norm": (_same("weight"), _same("bias")),
+    "layer_scale": (_same("scale"),),
+    "mimi_attention": tuple(_kernel(f"{n}_proj.") for n in "qkvo"),
+    "plain_mlp": (_kernel("fc1."), _kernel("fc2.")),
+    "vq_projection": (_kernel(""),),
+    "codebook": (_same("embedding_sum"), _same("cluster_usage")),
 }
 
 register_pairs("ref", "flax", TABLE)

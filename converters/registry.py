@@ -72,11 +72,12 @@ class Component:
 
 
 class Edge(Protocol):
-    """A registered conversion src -> dst for the leaf kinds in `components`."""
+    """A registered conversion src -> dst for the leaf kinds in `components`; `at` is the prefix the state's keys sit
+    under in the whole state, for messages."""
 
     components: frozenset[str]
 
-    def __call__(self, state: Mapping[str, np.ndarray], *, cfg: Any, component: str) -> State: ...
+    def __call__(self, state: Mapping[str, np.ndarray], *, cfg: Any, component: str, at: str = "") -> State: ...
 
 
 FORMATS: dict[str, Any] = {}

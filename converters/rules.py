@@ -128,7 +128,7 @@ class Applied:
 Groups = dict[tuple[tuple[str, str], ...], list[list[tuple[int, str]]]]
 
 
-def _claim(state: Mapping[str, np.ndarray], rules: tuple[Rule, ...], cfg: Any, problems: list[str]):
+def _claim(state: Mapping[str, np.ndarray], rules: tuple[Rule, ...], cfg: Any, problems: list[str], at: str):
     """Which keys each applicable rule claims, grouped by placeholder values: [(rule, groups)], claimed keys."""
     claimed: dict[str, Rule] = {}
     plans: list[tuple[Rule, Groups]] = []
@@ -141,7 +141,7 @@ def _claim(state: Mapping[str, np.ndarray], rules: tuple[Rule, ...], cfg: Any, p
                 if match is None:
                     continue
                 if key in claimed:
-                    problems.append(f"key {key} claimed by two rules: {claimed[key]} and {rule}")
+                    problems.append(f"key {at}{key} claimed by two rules: {claimed[key]} and {rule}")
                 claimed[key] = rule
                 found = match.groupdict()
                 index = int(found.pop("c", 0) or 0)
@@ -150,8 +150,12 @@ def _claim(state: Mapping[str, np.ndarray], rules: tuple[Rule, ...], cfg: Any, p
     return plans, claimed
 
 
-def apply_rules(state: Mapping[str, np.ndarray], rules: tuple[Rule, ...], cfg: Any, *, where: str) -> Applied:
+def apply_rules(
+    state: Mapping[str, np.ndarray], rules: tuple[Rule, ...], cfg: Any, *, where: str, at: str = ""
+) -> Applied:
     """Applies every rule that holds for `cfg` to `state`; keys no rule claims are returned in `unmatched`.
+
+    `at` is the prefix `state`'s keys sit under in the whole state: problems name source keys as `at + key`.
 
     Raises:
         ConversionError: a key claimed by two rules, indices with gaps, a source template with no key in a group,
@@ -159,7 +163,7 @@ def apply_rules(state: Mapping[str, np.ndarray], rules: tuple[Rule, ...], cfg: A
             together).
     """
     problems: list[str] = []
-    plans, claimed = _claim(state, rules, cfg, problems)
+    plans, claimed = _claim(state, rules, cfg, problems, at)
     applied = Applied(unmatched=[key for key in state if key not in claimed])
     for rule, groups in plans:
         for found_items, per_source in groups.items():
@@ -171,21 +175,22 @@ def apply_rules(state: Mapping[str, np.ndarray], rules: tuple[Rule, ...], cfg: A
                 entries.sort()
                 indices = [index for index, _ in entries]
                 if not entries:
-                    problems.append(f"rule {rule}: no key matches {template} (group {found or 'of the component'})")
+                    problems.append(f"rule {rule}: no key matches {at}{template} (group {found or 'of the component'})")
                 elif "{c}" in template and indices != list(range(len(indices))):
-                    problems.append(f"rule {rule}: indices of {template} are {indices}, expected 0..n-1")
+                    problems.append(f"rule {rule}: indices of {at}{template} are {indices}, expected 0..n-1")
                 inputs.append([state[key] for _, key in entries])
                 sources += [key for _, key in entries]
+            named = [at + key for key in sources]
             dtypes = {x.dtype for xs in inputs for x in xs}
             if len(dtypes) > 1:
-                problems.append(f"rule {rule}: inputs {sources} mix dtypes {sorted(map(str, dtypes))}")
+                problems.append(f"rule {rule}: inputs {named} mix dtypes {sorted(map(str, dtypes))}")
             if len(problems) > before:
                 continue
             (dtype,) = dtypes
             try:
                 outputs = transforms.TRANSFORMS[rule.transform](inputs, cfg)
             except ValueError as err:
-                problems.append(f"rule {rule} on {sources}: {err}")
+                problems.append(f"rule {rule} on {named}: {err}")
                 continue
             for template, arrays in zip(rule.target, outputs, strict=True):
                 if "{c}" not in template and len(arrays) != 1:
@@ -196,7 +201,8 @@ def apply_rules(state: Mapping[str, np.ndarray], rules: tuple[Rule, ...], cfg: A
                     if array.dtype != dtype:
                         problems.append(f"rule {rule}: transform turned {dtype} into {array.dtype} for {key}")
                     elif key in applied.out:
-                        problems.append(f"key {key} written twice: from {applied.origin[key]} and {tuple(sources)}")
+                        first = tuple(at + k for k in applied.origin[key])
+                        problems.append(f"key {key} written twice: from {first} and {tuple(named)}")
                     else:
                         applied.out[key] = np.ascontiguousarray(array)
                         applied.origin[key] = tuple(sources)

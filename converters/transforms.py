@@ -3,12 +3,17 @@
 Every transform has one signature: `(inputs, cfg) -> outputs`, where `inputs` holds one list of arrays per source
 key template of the rule (a template with `{c}` gathers its keys in index order; one without gives a one-element
 list) and `outputs` one list per target template. Elementwise transforms are lifted with `_each`. Transforms only move
-bits (reshape, transpose, slice, stack, concatenate); they never cast. `cfg` is whatever config the component kind
-uses: each transform that reads it names the attributes it reads, and none checks its type.
+bits (reshape, transpose, slice, stack, concatenate); they never cast (the one value they read, kyutai's codebook
+`_initialized` flag, is checked and dropped, or written as 1). `cfg` is whatever config the component kind uses: each
+transform that reads it names the attributes it reads, and none checks its type. Zero-byte placeholders (shape-only
+checks, accounting.SHAPE_ONLY) go through every transform; value checks skip them.
 
 Rope layouts (per head, on the output rows of q and k, weight in torch layout (..., out, in)):
     half        rows (i, i + hd/2) form a rotary pair (HF `rotate_half`)
     interleaved rows (2i, 2i + 1) form a rotary pair (kyutai)
+
+Convolution kernels (Mimi): torch Conv1d (out, in/g, K) <-> Flax (K, in/g, out), axes reversed; torch
+ConvTranspose1d (in, out/g, K) <-> Flax (K, in, out/g), the kernel axis moved first (models_flax/mimi/conv.py).
 """
 
 from __future__ import annotations
@@ -124,6 +129,43 @@ def _k_layout_to_half(w: np.ndarray, cfg: Any) -> np.ndarray:
     return interleaved_to_half(w, cfg.num_kv_heads) if _ref_interleaved(cfg) else w
 
 
+def _split_qkv(inputs: Arrays, cfg: Any) -> Arrays:
+    """One fused (Q + 2 KV, in) weight, rows [q; k; v] -> q, k, v, rows untouched (Mimi: kyutai's interleaved rope is
+    ours too). Reads cfg.q_dim, .kv_dim."""
+    ((w,),) = inputs
+    Q, KV = cfg.q_dim, cfg.kv_dim
+    if w.shape[0] != Q + 2 * KV:
+        raise ValueError(f"fused q/k/v weight has {w.shape[0]} rows, expected q_dim + 2 kv_dim = {Q + 2 * KV}")
+    return [[w[:Q]], [w[Q : Q + KV]], [w[Q + KV :]]]
+
+
+def _join_qkv(inputs: Arrays, cfg: Any) -> Arrays:
+    """Inverse of `_split_qkv`."""
+    (q,), (k,), (v,) = inputs
+    return [[np.concatenate([q, k, v], axis=0)]]
+
+
+def _drop_initialized(inputs: Arrays, cfg: Any) -> Arrays:
+    """kyutai codebook (`_initialized` (1,), `cluster_usage`) -> `cluster_usage`, refusing a flag other than 1: a
+    codebook whose k-means never ran (a freshly built MimiModel) is all zeros and encodes everything to code 0."""
+    (flag,), (usage,) = inputs
+    if flag.dtype.itemsize and not np.all(flag.astype(np.float64) == 1.0):
+        raise ValueError(
+            f"codebook never initialized: _initialized is {flag.astype(np.float64).tolist()}, expected [1.0] (an "
+            "untrained kyutai MimiModel: its codebooks encode everything to code 0)"
+        )
+    return [[usage]]
+
+
+def _add_initialized(inputs: Arrays, cfg: Any) -> Arrays:
+    """`cluster_usage` -> kyutai (`_initialized` = [1.0], `cluster_usage`), the flag in the usage's dtype."""
+    ((usage,),) = inputs
+    flag = np.empty((1,), usage.dtype)
+    if usage.dtype.itemsize:
+        flag[...] = 1
+    return [[flag], [usage]]
+
+
 TRANSFORMS: dict[str, Transform] = {
     "identity": _each(lambda x, cfg: x),
     "transpose": _each(lambda x, cfg: x.swapaxes(-1, -2)),  # torch (..., out, in) <-> flax (..., in, out)
@@ -142,6 +184,17 @@ TRANSFORMS: dict[str, Transform] = {
     "fuse_qkv": _fuse_qkv,
     "split_steps": _split_steps,
     "join_steps": lambda inputs, cfg: [[np.concatenate(inputs[0])]],  # inverse of split_steps
+    # Mimi
+    "split_qkv": _split_qkv,
+    "join_qkv": _join_qkv,
+    "conv_to_flax": _each(lambda x, cfg: x.transpose(2, 1, 0)),  # (out, in/g, K) -> (K, in/g, out)
+    "conv_from_flax": _each(lambda x, cfg: x.transpose(2, 1, 0)),
+    "convtr_to_flax": _each(lambda x, cfg: x.transpose(2, 0, 1)),  # (in, out/g, K) -> (K, in, out/g)
+    "convtr_from_flax": _each(lambda x, cfg: x.transpose(1, 2, 0)),
+    "conv1x1_to_linear": _each(lambda x, cfg: x.reshape(x.shape[:2])),  # kyutai (out, in, 1) -> (out, in)
+    "linear_to_conv1x1": _each(lambda x, cfg: x.reshape(*x.shape, 1)),
+    "drop_initialized": _drop_initialized,
+    "add_initialized": _add_initialized,
 }
 
 
