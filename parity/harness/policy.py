@@ -227,6 +227,60 @@ _set(
 )
 
 
+@dataclass(frozen=True, kw_only=True)
+class CodeBound:
+    """Quantizer codes (parity/harness/codes.py): every first disagreement must be a near-tie the latents' difference
+    explains, and the agreement over all codes at least `min_agreement`.
+
+    Attributes:
+        min_agreement: minimum fraction of equal codes (cascades after a tie included).
+        why: the measurement behind it.
+    """
+
+    min_agreement: float
+    why: str = ""
+
+
+CODE_BOUNDS: dict[tuple[str, str], CodeBound] = {
+    ("float32", klass): CodeBound(
+        min_agreement=0.999,
+        why="fp32 codes measured 100% equal (tiny: 3 seeds x 4 signals, every pair; real size: the 8 codebooks Moshi "
+        "uses); the issue's acceptance asks >= 99.9% with every disagreement a near-tie, which the tie analysis "
+        "checks separately",
+    )
+    for klass in PAIR_CLASSES
+}
+
+
+def code_bound(dtype: str, pair_class: str) -> CodeBound:
+    """The CodeBound for (dtype name, pair class).
+
+    Raises:
+        KeyError: no entry; the message lists the known keys.
+    """
+    try:
+        return CODE_BOUNDS[(dtype, pair_class)]
+    except KeyError:
+        raise KeyError(f"no code bound for {(dtype, pair_class)}; known: {sorted(CODE_BOUNDS)}") from None
+
+
+# Mimi (parity/test_mimi.py, parity/test_mimi_streaming.py): the tiny preset, 8 frames of noise, sines, silence and
+# speech, batch 2, kyutai's weights randomised with calibrated codebooks over seeds 0-2 (/tmp/measure_mimi.py,
+# 2026-12-01, torch 2.13 / jax 0.10.2 CPU). fp32 max|d|/rms and mae/rms of every stage output (SEANet convolutions,
+# transformer layers, latent, dequantized latent, upsample): kyutai->ours 2.1e-6 / 3.4e-7, ref<->flax 2.3e-6 /
+# 3.6e-7 (decoder.stages.1); decoded audio 1.8e-6 / 3.1e-7 and 2.0e-6 / 3.2e-7. Codes: 100% equal, every pair,
+# signal and seed (the real size: 100% for the 8 codebooks Moshi uses, measured by the ref port's author). Streaming
+# (ref, flax) against the same port's full pass: codes identical, audio <= 5.5e-7 (tiny), 1.3e-6 (real size).
+_MIMI_FP32 = Tolerance(
+    atol=1e-5, rtol=0.0, mae=1.5e-6,
+    why="fp32 measured max 2.3e-6 / mae 3.6e-7 (stages), 2.0e-6 / 3.2e-7 (audio), every class; bound ~4x",
+)  # fmt: skip
+_set("float32", ("mimi_stage", "mimi_audio", "mimi_stream_audio"), (OURS, UPSTREAM_OURS, UPSTREAM), _MIMI_FP32)
+_set("int64", "mimi_stream_codes", (OURS, UPSTREAM_OURS, UPSTREAM), Tolerance(
+    atol=0.0, rtol=0.0, mae=0.0, why="streaming vs full of the same weights: codes measured identical",
+))  # fmt: skip
+
+
 def tolerance_for(dtype: str, component: str, pair_class: str) -> Tolerance:
     """Looks up the tolerance for (dtype name, component, pair class).
 

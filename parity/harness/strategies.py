@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from hypothesis import strategies as st
 
-from moshi_spec import ACTIVATIONS, ZERO_TOKEN, LMConfig, TransformerConfig
+from moshi_spec import ACTIVATIONS, ZERO_TOKEN, LMConfig, MimiConfig, TransformerConfig
 
 DTYPES = ("float32", "bfloat16")
 LAYER_IDX_MODES = ("none", "int", "0d", "1d", "broadcast")
@@ -248,3 +248,41 @@ def attention_cases(
         )
     )
     return AttentionCase(dtype or draw(st.sampled_from(DTYPES)), q, k, v, q_pos, k_pos, context)
+
+
+SIGNALS = ("noise", "sines", "silence", "speech")
+"""Mimi's test audio: white noise, a chord of three sines with a slow amplitude swing, silence, and real speech
+(espeak-ng, parity/harness/speech.py, resampled to the config's rate; skipped where the library cannot load)."""
+SPEECH_TEXT = "The quick brown fox jumps over the lazy dog, while Moshi listens and speaks."
+
+
+def audio(signal: str, cfg: MimiConfig, *, frames: int, batch: int, seed: int = 0) -> np.ndarray:
+    """(batch, channels, frames * frame_size) float32 audio of one of SIGNALS, rms ~0.1-0.3; speech rows start at
+    different offsets of the utterance."""
+    if signal not in SIGNALS:
+        raise ValueError(f"unknown signal {signal!r}; known: {SIGNALS}")
+    length, rate = frames * cfg.frame_size, cfg.sample_rate
+    rng = np.random.default_rng(seed)
+    shape = (batch, cfg.seanet.channels, length)
+    if signal == "noise":
+        return (0.3 * rng.standard_normal(shape)).astype(np.float32)
+    if signal == "silence":
+        return np.zeros(shape, np.float32)
+    if signal == "sines":
+        t = np.arange(length) / rate
+        nyquist = rate / 2
+        tones = sum(np.sin(2 * np.pi * (f * nyquist) * t + p) for f, p in ((0.05, 0.0), (0.13, 1.0), (0.31, 2.0)))
+        swing = 0.6 + 0.4 * np.sin(2 * np.pi * t * rate / length)
+        return np.broadcast_to((0.1 * tones * swing).astype(np.float32), shape).copy()
+    from parity.harness import speech
+
+    reason = speech.available()
+    if reason is not None:
+        import pytest
+
+        pytest.skip(f"no speech synthesiser: {reason}")
+    voice = speech.synthesize(SPEECH_TEXT, sample_rate=rate)
+    need = length + (batch - 1) * cfg.frame_size
+    voice = np.resize(voice, need) if voice.shape[0] < need else voice
+    rows = [voice[b * cfg.frame_size : b * cfg.frame_size + length] for b in range(batch)]
+    return np.broadcast_to(np.stack(rows)[:, None], shape).astype(np.float32).copy()

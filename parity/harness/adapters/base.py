@@ -44,6 +44,8 @@ class Binding:
         options: option name -> the values it may take (a flag: (True,)).
         captures: the intermediates `run` can capture.
         weights: whether the component has weights (rope has none).
+        randomize: (native module, seed, cfg) -> None: the component's own seeded random weights, for an upstream
+            that draws them (default: `randomize_`, every parameter scaled to its last axis).
     """
 
     build: Callable[..., Any]
@@ -53,6 +55,7 @@ class Binding:
     options: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     captures: tuple[str, ...] = ()
     weights: bool = True
+    randomize: Callable[[Any, int, Any], None] | None = None
 
 
 @dataclass
@@ -64,6 +67,7 @@ class Built:
     cfg: Any
     dtype: str
     module: Any
+    compiled: dict[Any, Any] = field(default_factory=dict, repr=False)  # the binding's compiled functions, by key
 
     @property
     def options(self) -> dict[str, Any]:
@@ -166,7 +170,11 @@ class TorchAdapter(Adapter):
         load_torch(built.module, state)
 
     def randomize(self, built: Built, seed: int) -> None:
-        randomize_(built.module, seed)
+        own = self.binding(built.component).randomize
+        if own is not None:
+            own(built.module, seed, built.cfg)
+        else:
+            randomize_(built.module, seed)
 
     def run(self, built: Built, inputs: Inputs, *, entry: str = "forward", capture: tuple[str, ...] = ()) -> Outputs:
         import torch
