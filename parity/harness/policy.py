@@ -249,6 +249,13 @@ CODE_BOUNDS: dict[tuple[str, str], CodeBound] = {
         "checks separately",
     )
     for klass in PAIR_CLASSES
+} | {
+    ("bfloat16", klass): CodeBound(
+        min_agreement=0.95,
+        why="bf16 ref->flax codes measured 100% in 11 of 12 cases and 98.4% in one (1 tie flip of 64 codes, gap 0.46 "
+        "of its allowance); each flip is judged by the tie analysis, the minimum only bounds how many",
+    )
+    for klass in PAIR_CLASSES
 }
 
 
@@ -276,6 +283,15 @@ _MIMI_FP32 = Tolerance(
     why="fp32 measured max 2.3e-6 / mae 3.6e-7 (stages), 2.0e-6 / 3.2e-7 (audio), every class; bound ~4x",
 )  # fmt: skip
 _set("float32", ("mimi_stage", "mimi_audio", "mimi_stream_audio"), (OURS, UPSTREAM_OURS, UPSTREAM), _MIMI_FP32)
+# bf16 (/tmp/bf16_mimi.py, same cases, 3 seeds): ref<->flax decode bit-exact (0.0); encode 3.5e-2 / mae 2.3e-3
+# (encoder_transformer.layers.1: a bf16 matmul one ulp apart spreads, as in the LM); kyutai->ours decode 7.1e-2 /
+# mae 1.2e-2 (kyutai's bf16 attention and LayerNorm casts). kyutai cannot encode in bf16 on CPU (torch.cdist has no
+# bf16 kernel). Bounds ~2x.
+_set("bfloat16", ("mimi_stage", "mimi_audio"), OURS, Tolerance(
+    atol=8e-2, rtol=0.0, mae=5e-3, why="bf16 ref<->flax measured 3.5e-2 / mae 2.3e-3 (encode), 0.0 (decode)",
+))  # fmt: skip
+_set("bfloat16", ("mimi_stage", "mimi_audio"), (UPSTREAM_OURS, UPSTREAM), Tolerance(
+    atol=1.5e-1, rtol=0.0, mae=2.5e-2, why="bf16 kyutai->ours decode measured 7.1e-2 / mae 1.2e-2"))  # fmt: skip
 _set("int64", "mimi_stream_codes", (OURS, UPSTREAM_OURS, UPSTREAM), Tolerance(
     atol=0.0, rtol=0.0, mae=0.0, why="streaming vs full of the same weights: codes measured identical",
 ))  # fmt: skip
