@@ -12,6 +12,8 @@ import functools
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import converters
 from moshi_spec import MimiConfig
@@ -221,10 +223,14 @@ def test_speech_every_codebook(preset):
     the tiny preset is its default-suite twin."""
     cfg = MimiConfig.preset(preset)
     cfg = cfg.replace(num_codebooks=cfg.n_q)
-    lab = models() if preset == "tiny" else build("mimi", cfg, "float32", impls=("kyutai", "flax"))
-    audio = strategies.audio("speech", cfg, frames=25 if preset == "mimi" else FRAMES, batch=1)
     pair = ("kyutai", "flax")
-    ref, cand = (lab.run(impl, {"audio": audio, "num_codebooks": cfg.n_q}, capture=("stages",)) for impl in pair)
+    if preset == "tiny":  # TINY encodes with all its codebooks: the cached runs of test_encode
+        assert TINY.num_codebooks == TINY.n_q
+        lab, (ref, cand) = models(), (encoded(impl, "speech") for impl in pair)
+    else:
+        lab = build("mimi", cfg, "float32", impls=pair)
+        audio = strategies.audio("speech", cfg, frames=25, batch=1)
+        ref, cand = (lab.run(impl, {"audio": audio, "num_codebooks": cfg.n_q}, capture=("stages",)) for impl in pair)
     compare_stages(ref, cand, mimi.stage_names(cfg)[0], pair)
     tables = mimi.quantizer_tables(converters.convert(lab.states["kyutai"], src="kyutai", dst="ref", cfg=cfg,
                                                       component="mimi"), cfg)  # fmt: skip
@@ -268,3 +274,25 @@ def test_decode_bfloat16(pair):
 @pytest.mark.xfail(strict=True, raises=RuntimeError, reason="kyutai's codebooks use torch.cdist: no bf16 CPU kernel")
 def test_kyutai_cannot_encode_bfloat16():
     models(TINY, "bfloat16").run("kyutai", {"audio": strategies.audio("noise", TINY, frames=2, batch=1)})
+
+
+@settings(max_examples=max(3, settings.default.max_examples // 4))  # ci 3, nightly 50: ~3 s each
+@given(cfg=strategies.mimi_configs(), signal=st.sampled_from(("noise", "speech")), frames=st.integers(3, 6),
+       batch=st.integers(1, 2))  # fmt: skip
+def test_configs(cfg, signal, frames, batch):
+    """kyutai -> ref and -> flax over drawn configs: every encode and decode stage, codes (ties explained), audio. Flax
+    runs jitted (one compile per config instead of one per eager op)."""
+    lab = build("mimi", cfg, "float32", impls=("kyutai", "ref", "flax[jit]"))
+    audio = strategies.audio(signal, cfg, frames=frames, batch=batch)
+    tables = mimi.quantizer_tables(lab.states["ref"], cfg)
+    config = {"mimi": repr(cfg)}
+    out = {impl: lab.run(impl, {"audio": audio, "num_codebooks": cfg.num_codebooks}, capture=("stages",))
+           for impl in ("kyutai", "ref", "flax[jit]")}  # fmt: skip
+    dec = {impl: lab.run(impl, {"codes": out["kyutai"]["codes"]}, entry="decode", capture=("stages",))
+           for impl in ("kyutai", "ref", "flax[jit]")}  # fmt: skip
+    for pair in (("kyutai", "ref"), ("kyutai", "flax[jit]")):
+        compare_stages(out[pair[0]], out[pair[1]], mimi.stage_names(cfg)[0], pair)
+        ref, cand = out[pair[0]], out[pair[1]]
+        assert_codes(ref["codes"], cand["codes"], pair=pair, dtype="float32", config=config, quantizers=tables,
+                     ref_latent=ref["latent"], cand_latent=cand["latent"])  # fmt: skip
+        compare_stages(dec[pair[0]], dec[pair[1]], (*mimi.stage_names(cfg)[1], "audio"), pair)

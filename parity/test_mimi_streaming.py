@@ -32,7 +32,7 @@ KYUTAI_RING = (
 
 @functools.cache
 def models(cfg: MimiConfig):
-    return build("mimi", cfg, "float32", impls=("kyutai", "ref", "flax"))
+    return build("mimi", cfg, "float32", impls=("kyutai", "ref", "flax") if cfg is TINY else ("kyutai", "flax"))
 
 
 @functools.cache

@@ -22,6 +22,7 @@ codebooks, which encode everything to code 0: `randomize` replaces them, and the
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
 import numpy as np
@@ -303,32 +304,52 @@ def _ours(framework: str) -> Binding:
     def encode(built: Built, inputs: Inputs, capture: tuple) -> Outputs:
         cfg = built.cfg
         k = int(inputs.get("num_codebooks", cfg.num_codebooks))
-        codes, taps = built.module.encode(array(inputs["audio"], built.dtype), num_codebooks=k, capture=True)
+        codes, taps = batch(built, "encode", k)(array(inputs["audio"], built.dtype))
         stages = keep(taps, stage_names(cfg)[0]) if "stages" in capture else {}
         return numpy_outputs({"codes": codes, **stages}) | {"codes": np.asarray(codes, np.int64)}
 
     def stepper(built: Built, method: str, k: int | None = None) -> Any:
-        """module.<method>(x, state) (flax: jitted once per built model, method and codebook count)."""
+        """module.<method>(x, state) (encode_step, decode_step), with num_codebooks=k when given. flax: one `jax.jit`
+        per built model, method and k (eager Flax dispatches every op of every step). Compiled once: a negative
+        control that patches a method a step calls must stream through a model built after the patch; batch encode
+        and decode run eagerly, so that the controls of parity/test_mimi.py reach them."""
+        kw = {} if k is None else {"num_codebooks": k}
         if framework == "ref":
             bound = getattr(built.module, method)
-            return bound if k is None else (lambda x, state: bound(x, state, num_codebooks=k))
+            return lambda x, state: bound(x, state, **kw)
         import jax
         from flax import nnx
 
-        key = (method, k)
-        if key not in built.compiled:
-            graphdef, weights = nnx.split(built.module)
+        if (method, k) not in built.compiled:
+            graphdef = nnx.graphdef(built.module)
 
-            def step(weights: Any, x: Any, state: Any) -> Any:
-                call = getattr(nnx.merge(graphdef, weights), method)
-                return call(x, state) if k is None else call(x, state, num_codebooks=k)
+            def run(weights: Any, x: Any, state: Any) -> Any:
+                return getattr(nnx.merge(graphdef, weights), method)(x, state, **kw)
 
-            built.compiled[key] = jax.jit(step)
-        step, weights = built.compiled[key], nnx.state(built.module)
-        return lambda x, state: step(weights, x, state)
+            built.compiled[(method, k)] = jax.jit(run)
+        run, weights = built.compiled[(method, k)], nnx.state(built.module)
+        return lambda x, state: run(weights, x, state)
+
+    def batch(built: Built, method: str, k: int | None = None) -> Any:
+        """module.encode / decode with capture=True (and num_codebooks=k): eager, or under one `jax.jit` per built
+        model with the option "jit" (flax[jit]: one compile of the whole call instead of one per eager op, for drawn
+        configs; the negative controls patch methods and run the eager "flax")."""
+        kw = {"capture": True} | ({} if k is None else {"num_codebooks": k})
+        if not built.options.get("jit"):
+            return functools.partial(getattr(built.module, method), **kw)
+        import jax
+        from flax import nnx
+
+        if (method, k) not in built.compiled:
+            graphdef = nnx.graphdef(built.module)
+            built.compiled[(method, k)] = jax.jit(
+                lambda weights, x: getattr(nnx.merge(graphdef, weights), method)(x, **kw)
+            )
+        run, weights = built.compiled[(method, k)], nnx.state(built.module)
+        return lambda x: run(weights, x)
 
     def decode(built: Built, inputs: Inputs, capture: tuple) -> Outputs:
-        audio, taps = built.module.decode(array(np.asarray(inputs["codes"])), capture=True)
+        audio, taps = batch(built, "decode")(array(np.asarray(inputs["codes"])))
         stages = keep(taps, stage_names(built.cfg)[1]) if "stages" in capture else {}
         return numpy_outputs({"audio": audio, **stages})
 
@@ -365,6 +386,7 @@ def _ours(framework: str) -> Binding:
     return Binding(
         build=build,
         run=encode,
+        options={"jit": (True,)} if framework == "flax" else {},
         entries={"decode": decode, "encode_stream": encode_stream, "decode_stream": decode_stream},
         captures=("stages",),
     )

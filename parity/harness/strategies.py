@@ -286,3 +286,37 @@ def audio(signal: str, cfg: MimiConfig, *, frames: int, batch: int, seed: int = 
     voice = np.resize(voice, need) if voice.shape[0] < need else voice
     rows = [voice[b * cfg.frame_size : b * cfg.frame_size + length] for b in range(batch)]
     return np.broadcast_to(np.stack(rows)[:, None], shape).astype(np.float32).copy()
+
+
+@st.composite
+def mimi_configs(draw: st.DrawFn) -> MimiConfig:
+    """Small Mimi configs over every option that changes the computation: padding mode, strides (2 or 3 stages),
+    residual blocks and dilations, kernel sizes, branch compression, transformer heads, layers and context (down to
+    2 steps, shorter than a frame's 2 steps times the clip), codebook counts, sizes and active codebooks. Two encoder
+    steps per frame (resample stride 2), at 100 frames/s."""
+    from moshi_spec import SEANetConfig
+
+    ratios = draw(st.sampled_from(((4, 2), (2, 3), (2, 2, 2))))
+    hop = int(np.prod(ratios))
+    n_q = draw(st.integers(2, 5))
+    seanet = SEANetConfig(
+        dimension=16,
+        n_filters=4,
+        ratios=ratios,
+        n_residual_layers=draw(st.integers(1, 2)),
+        dilation_base=draw(st.sampled_from((1, 2))),
+        kernel_size=draw(st.sampled_from((3, 7))),
+        residual_kernel_size=draw(st.sampled_from((3, 5))),
+        last_kernel_size=draw(st.sampled_from((1, 3))),
+        compress=draw(st.sampled_from((2, 4))),
+        pad_mode=draw(st.sampled_from(("constant", "replicate"))),
+    )
+    transformer = TransformerConfig(
+        dim=16, num_heads=draw(st.sampled_from((2, 4))), num_layers=draw(st.integers(1, 2)),
+        ffn_dim=draw(st.sampled_from((16, 32))), activation="gelu", norm_eps=1e-5, rope_layout="interleaved",
+        context=draw(st.sampled_from((2, 5, 12))),
+    )  # fmt: skip
+    return MimiConfig(
+        sample_rate=200 * hop, frame_rate=100.0, seanet=seanet, transformer=transformer, codebook_dim=8,
+        bins=draw(st.sampled_from((8, 32))), n_q=n_q, num_codebooks=draw(st.integers(1, n_q)),
+    )  # fmt: skip
