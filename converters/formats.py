@@ -3,11 +3,12 @@
 A `Format` holds what any component kind may read (a linear's parameter name and layout, the checkpoint kind the CLI
 writes, foreign key prefixes, legacy names), in `lm` how it spells Moshi's LM (`LMSpelling`: norm, MLP and attention
 names, fused or per-codebook weights, decoder-layer children, layer stacks, the modules outside the stacks) and in
-`mimi` how it spells the Mimi codec (`MimiSpelling`: SEANet as named modules or kyutai's Sequential, convolution
-wrappers, transformer and quantizer names). The shape tables (converters/layers.py, converters/lm.py,
-converters/mimi.py) are built from these fields alone; the edges (kyutai_hf.py, hf_ref.py, ref_flax.py, kyutai_ref.py)
-say how weights move between two formats. Adding a format (MLX) is a descriptor here plus the edge tables that reach
-it; adding a component kind is its spelling field plus its tables (as Mimi was).
+`mimi` how it spells the Mimi codec (`MimiSpelling`: SEANet as named modules or an indexed list (kyutai, HF),
+convolution wrappers, the model's and a transformer layer's part prefixes, quantizer and codebook names). The shape
+tables (converters/layers.py, converters/lm.py, converters/mimi.py) are built from these fields alone; the edges
+(kyutai_hf.py, hf_ref.py, ref_flax.py, kyutai_ref.py, mimi_hf.py) say how weights move between two formats. Adding a
+format (MLX) is a descriptor here plus the edge tables that reach it; adding a component kind is its spelling field
+plus its tables (as Mimi was).
 """
 
 from __future__ import annotations
@@ -53,53 +54,84 @@ class LMSpelling:
     top: Mapping[str, str]
 
 
+MIMI_TOP = {
+    "encoder": "encoder.",
+    "encoder_transformer": "encoder_transformer.",
+    "downsample": "downsample.",
+    "quantizer": "quantizer.",
+    "upsample": "upsample.",
+    "decoder_transformer": "decoder_transformer.",
+    "decoder": "decoder.",
+}
+"""Our Mimi model's parts (models_ref.mimi / models_flax.mimi MimiModel members) -> their key prefixes."""
+MIMI_CHILDREN = {
+    "norm1": "norm1.",
+    "self_attn": "self_attn.",
+    "layer_scale_1": "layer_scale_1.",
+    "norm2": "norm2.",
+    "mlp": "mlp.",
+    "layer_scale_2": "layer_scale_2.",
+}
+"""Our Mimi transformer layer's parts -> their key prefixes."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class MimiSpelling:
     """How one format names the Mimi codec's weights (converters/mimi.py builds every shape from these fields).
 
-    The defaults are our ref / flax names (the modules of models_ref.mimi and models_flax.mimi); kyutai's differ.
-    Module names shared by every format (encoder., decoder., encoder_transformer., quantizer., a transformer layer's
-    norm1. / self_attn. / layer_scale_1. ...) are constants of converters/mimi.py.
+    The defaults are our ref / flax names (the modules of models_ref.mimi and models_flax.mimi); kyutai's and HF's
+    differ. Part names (the keys of `top` and `children`, `stages.{i}.residuals.{j}`, `codebooks.{k}`) are ours in
+    every format: a leaf is matched across formats by them, whatever its key.
 
     Attributes:
-        sequential: SEANet's encoder and decoder are kyutai's `nn.Sequential` (`model.{i}.`, indices counting the
-            parameter-free ELUs, computed from the config by converters.mimi.seanet_modules) rather than named
-            input_conv / stages.{i}.(residuals.{j} | downsample | upsample) / output_conv modules.
+        sequential: SEANet's encoder and decoder are one indexed module list under this prefix (kyutai's
+            `nn.Sequential` "model.", HF's `nn.ModuleList` "layers."), the indices counting the parameter-free ELUs
+            (computed from the config by converters.mimi.seanet_modules); None: named input_conv /
+            stages.{i}.(residuals.{j} | downsample | upsample) / output_conv modules.
         conv: a causal convolution's parameters' prefix inside its module (kyutai's StreamingConv1d wraps NormConv1d
-            wrapping nn.Conv1d: "conv.conv.").
-        convtr: likewise for a causal transposed convolution ("convtr.convtr.").
-        resnet: a residual block's two convolutions (kyutai: entries 1 and 3 of a Sequential with ELUs).
-        downsample: the model's learnt downsampling convolution (kyutai's ConvDownsample1d wraps it:
-            "downsample.conv.").
-        upsample: the model's depthwise upsampling transposed convolution.
+            wrapping nn.Conv1d: "conv.conv."; HF's MimiConv1d wraps nn.Conv1d: "conv.").
+        convtr: likewise for a causal transposed convolution ("convtr.convtr."; HF "conv.").
+        resnet: a residual block's two convolutions (kyutai, HF: entries 1 and 3 of a list with ELUs).
+        top: the model's parts (MIMI_TOP's keys) -> their prefixes (kyutai wraps its down/upsampling convolutions:
+            "downsample.conv.", "upsample.convtr."; HF nests them in its encoder and decoder halves).
         layers: a transformer's layer stack, layer l under `{layers}{l}.` (kyutai's ProjectedTransformer wraps it).
-        mlp: a transformer layer's plain MLP module ("" when its linears sit in the layer itself, as kyutai's do).
+        children: a transformer layer's parts (MIMI_CHILDREN's keys) -> their prefixes; "mlp": "" when the MLP's
+            linears sit in the layer itself, as kyutai's do.
         linears: the MLP's input (D -> ffn_dim) and output (ffn_dim -> D) linears.
         fused: attention's (input, output) projections, input rows [q; k; v] (kyutai's one-entry ModuleLists); None:
             separate `proj` modules.
         proj: attention's q/k/v/o projection modules, `{n}` standing for q, k, v, o.
         quantizer: "semantic" / "acoustic" -> the split quantizer's two residual VQs.
         codebook: a residual VQ's codebook k, `{k}` standing for its index.
-        initialized: codebooks store kyutai's `_initialized` flag (1.0 once its k-means ran).
+        embedding_sum: the codebook's sum of assigned vectors (bins, dim) (HF "embed_sum").
+        initialized: the name of the codebooks' stored "k-means ran" flag (kyutai "_initialized", HF "initialized");
+            None: no flag.
         conv_projections: the residual VQs' input / output projections are 1x1 convolutions, weight (out, in, 1),
             rather than linears without bias.
     """
 
-    sequential: bool = False
+    sequential: str | None = None
     conv: str = ""
     convtr: str = ""
     resnet: tuple[str, str] = ("conv1.", "conv2.")
-    downsample: str = "downsample."
-    upsample: str = "upsample."
+    top: Mapping[str, str] = field(default_factory=lambda: dict(MIMI_TOP))
     layers: str = "layers."
-    mlp: str = "mlp."
+    children: Mapping[str, str] = field(default_factory=lambda: dict(MIMI_CHILDREN))
     linears: tuple[str, str] = ("fc1.", "fc2.")
     fused: tuple[str, str] | None = None
     proj: str = "{n}_proj."
     quantizer: Mapping[str, str] = field(default_factory=lambda: {"semantic": "semantic.", "acoustic": "acoustic."})
     codebook: str = "codebooks.{k}."
-    initialized: bool = False
+    embedding_sum: str = "embedding_sum"
+    initialized: str | None = None
     conv_projections: bool = False
+
+    def __post_init__(self) -> None:
+        for name, keys in (("top", MIMI_TOP), ("children", MIMI_CHILDREN)):
+            if set(getattr(self, name)) != set(keys):
+                raise ValueError(
+                    f"MimiSpelling.{name} must name exactly {sorted(keys)}, got {sorted(getattr(self, name))}"
+                )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,7 +151,7 @@ class Format:
             checkpoints' old names; forward they rewrite a state before anything else (with each instance's config),
             backward they give the old names' shapes, so that a state is checked in the names it uses.
         lm: how the format spells Moshi's LM; None: the format has no Moshi LM.
-        mimi: how the format spells the Mimi codec; None: the format has no Mimi (yet: HF's).
+        mimi: how the format spells the Mimi codec; None: the format has no Mimi.
     """
 
     name: str
@@ -182,19 +214,18 @@ KYUTAI = Format(
         },
     ),
     mimi=MimiSpelling(
-        sequential=True,
+        sequential="model.",
         conv="conv.conv.",
         convtr="convtr.convtr.",
         resnet=("block.1.", "block.3."),
-        downsample="downsample.conv.",
-        upsample="upsample.convtr.",
+        top=MIMI_TOP | {"downsample": "downsample.conv.", "upsample": "upsample.convtr."},
         layers="transformer.layers.",
-        mlp="",
+        children=MIMI_CHILDREN | {"mlp": ""},
         linears=("linear1.", "linear2."),
         fused=("in_projs.0.", "out_projs.0."),
         quantizer={"semantic": "rvq_first.", "acoustic": "rvq_rest."},
         codebook="vq.layers.{k}._codebook.",
-        initialized=True,
+        initialized="_initialized",
         conv_projections=True,
     ),
 )
@@ -216,6 +247,40 @@ HF = Format(
             "depth_text_emb": "depth_decoder.text_embed_tokens.",
             "depth_heads": "depth_decoder.lm_heads.",
         },
+    ),
+    # transformers' MimiModel (its own state_dict: the SEANet, transformer and down/upsampling of each half nested
+    # under `encoder.` / `decoder.`; q/k rows in the half-split rope layout). Hub checkpoints keep the older flat names
+    # (`encoder.layers.`, `encoder_transformer.`, `downsample.`), which transformers renames on load.
+    mimi=MimiSpelling(
+        sequential="layers.",
+        conv="conv.",
+        convtr="conv.",
+        resnet=("block.1.", "block.3."),
+        top={
+            "encoder": "encoder.encoder_seanet.",
+            "encoder_transformer": "encoder.encoder_transformer.",
+            "downsample": "encoder.downsample.",
+            "quantizer": "quantizer.",
+            "upsample": "decoder.upsample.",
+            "decoder_transformer": "decoder.decoder_transformer.",
+            "decoder": "decoder.decoder_seanet.",
+        },
+        children={
+            "norm1": "input_layernorm.",
+            "self_attn": "self_attn.",
+            "layer_scale_1": "self_attn_layer_scale.",
+            "norm2": "post_attention_layernorm.",
+            "mlp": "mlp.",
+            "layer_scale_2": "mlp_layer_scale.",
+        },
+        quantizer={
+            "semantic": "semantic_residual_vector_quantizer.",
+            "acoustic": "acoustic_residual_vector_quantizer.",
+        },
+        codebook="layers.{k}.codebook.",
+        embedding_sum="embed_sum",
+        initialized="initialized",
+        conv_projections=True,
     ),
 )
 

@@ -9,12 +9,16 @@
   `depth_decoder.input_projections` (K, Dd, D) / `depth_decoder.lm_heads` (K, V, Dd).
 Released checkpoints' legacy fused names are normalized before this edge runs (see formats.KYUTAI.legacy); hf -> kyutai
 emits the current names. kyutai has no standalone flexible linear (it uses ModuleLists of nn.Linear).
+
+The same edge carries the Mimi codec's leaves (converters/mimi_hf.py: its rows, registered here with the LM's, one
+edge per ordered pair of formats).
 """
 
 from __future__ import annotations
 
 from converters import layers, lm  # noqa: F401  (registers the component kinds and conditions these tables name)
 from converters.edges import register_pairs
+from converters.mimi_hf import TABLE as MIMI_TABLE
 from converters.rules import Pair
 
 TABLE: dict[str, tuple[Pair, ...]] = {
@@ -47,4 +51,6 @@ TABLE: dict[str, tuple[Pair, ...]] = {
     ),
 }
 
-register_pairs("kyutai", "hf", TABLE)
+if TABLE.keys() & MIMI_TABLE.keys():
+    raise ValueError(f"kyutai <-> hf: the LM and Mimi tables share kinds {sorted(TABLE.keys() & MIMI_TABLE.keys())}")
+register_pairs("kyutai", "hf", TABLE | MIMI_TABLE)

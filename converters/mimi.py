@@ -1,5 +1,5 @@
 """The Mimi codec as component kinds of the engine, with its shapes in every format that has a `MimiSpelling`
-(converters/formats.py; hf has none yet, so the engine says "format 'hf' has no component 'mimi'").
+(converters/formats.py: kyutai, hf, ref, flax).
 
 Leaves (one edge table row set each): causal_conv1d, causal_conv_transpose1d, layer_norm, layer_scale, mimi_attention,
 plain_mlp, vq_projection, codebook. Composites: resnet_block, seanet_encoder, seanet_decoder, mimi_transformer_layer,
@@ -7,8 +7,8 @@ mimi_transformer, residual_vq, split_residual_vq and "mimi", the whole model (`w
 Part names are our module names (`stages.1.residuals.0`, `layers.3`, `codebooks.7`): a kyutai leaf is matched to its
 ref / flax leaf by name, whatever its kyutai key.
 
-kyutai's SEANet is an `nn.Sequential` with parameter-free ELU entries; `seanet_modules` is the one place that computes
-both our names and kyutai's indices from the config.
+kyutai's SEANet is an `nn.Sequential` with parameter-free ELU entries (HF's an `nn.ModuleList` with the same entries);
+`seanet_modules` is the one place that computes both our names and their indices from the config.
 
 Configs (opaque to the engine; each kind reads only the attributes it names): `Conv` for a convolution, `ResnetDims`
 for a residual block, `ProjectionDims`, `CodebookDims` and `VQDims` for the quantizer's parts (all defined here);
@@ -147,7 +147,7 @@ def _seanet_parts(side: str):
         if not fmt.mimi:
             return None
         return [
-            Part(name, f"model.{index}." if fmt.mimi.sequential else f"{name}.", kind, sub)
+            Part(name, f"{fmt.mimi.sequential}{index}." if fmt.mimi.sequential else f"{name}.", kind, sub)
             for name, index, kind, sub in seanet_modules(cfg, side)
         ]
 
@@ -186,20 +186,20 @@ def _plain_mlp(fmt: Any, cfg: Any) -> dict[str, Shape] | None:
 
 
 LAYER_PARTS = (
-    ("norm1", "norm1.", "layer_norm"),
-    ("self_attn", "self_attn.", "mimi_attention"),
-    ("layer_scale_1", "layer_scale_1.", "layer_scale"),
-    ("norm2", "norm2.", "layer_norm"),
-    ("mlp", None, "plain_mlp"),  # prefix: the format's `MimiSpelling.mlp`
-    ("layer_scale_2", "layer_scale_2.", "layer_scale"),
+    ("norm1", "layer_norm"),
+    ("self_attn", "mimi_attention"),
+    ("layer_scale_1", "layer_scale"),
+    ("norm2", "layer_norm"),
+    ("mlp", "plain_mlp"),
+    ("layer_scale_2", "layer_scale"),
 )
-"""A Mimi transformer layer's parts: (name, prefix in every format, kind)."""
+"""A Mimi transformer layer's parts: (name, kind); each format's prefix is its `MimiSpelling.children[name]`."""
 
 
 def _layer_parts(fmt: Any, cfg: Any) -> list[Part] | None:
     if not fmt.mimi:
         return None
-    return [Part(name, fmt.mimi.mlp if at is None else at, kind, cfg) for name, at, kind in LAYER_PARTS]
+    return [Part(name, fmt.mimi.children[name], kind, cfg) for name, kind in LAYER_PARTS]
 
 
 def _transformer_parts(fmt: Any, cfg: Any) -> list[Part] | None:
@@ -219,8 +219,8 @@ def _projection(fmt: Any, cfg: ProjectionDims) -> dict[str, Shape] | None:
 def _codebook(fmt: Any, cfg: CodebookDims) -> dict[str, Shape] | None:
     if not fmt.mimi:
         return None
-    flag = {"_initialized": (1,)} if fmt.mimi.initialized else {}
-    return flag | {"cluster_usage": (cfg.bins,), "embedding_sum": (cfg.bins, cfg.dim)}
+    flag = {fmt.mimi.initialized: (1,)} if fmt.mimi.initialized else {}
+    return flag | {"cluster_usage": (cfg.bins,), fmt.mimi.embedding_sum: (cfg.bins, cfg.dim)}
 
 
 def _residual_vq_parts(fmt: Any, cfg: VQDims) -> list[Part] | None:
@@ -252,15 +252,16 @@ def _mimi_parts(fmt: Any, cfg: Any) -> list[Part] | None:
     if not fmt.mimi:
         return None
     D, K = cfg.dim, 2 * cfg.resample_stride
-    return [
-        Part("encoder", "encoder.", "seanet_encoder", cfg.seanet),
-        Part("encoder_transformer", "encoder_transformer.", "mimi_transformer", cfg.transformer),
-        Part("downsample", fmt.mimi.downsample, CONV, Conv(D, D, K, bias=False)),
-        Part("quantizer", "quantizer.", "split_residual_vq", cfg),
-        Part("upsample", fmt.mimi.upsample, CONV_TR, Conv(D, D, K, groups=D, bias=False)),
-        Part("decoder_transformer", "decoder_transformer.", "mimi_transformer", cfg.transformer),
-        Part("decoder", "decoder.", "seanet_decoder", cfg.seanet),
-    ]
+    parts = (
+        ("encoder", "seanet_encoder", cfg.seanet),
+        ("encoder_transformer", "mimi_transformer", cfg.transformer),
+        ("downsample", CONV, Conv(D, D, K, bias=False)),
+        ("quantizer", "split_residual_vq", cfg),
+        ("upsample", CONV_TR, Conv(D, D, K, groups=D, bias=False)),
+        ("decoder_transformer", "mimi_transformer", cfg.transformer),
+        ("decoder", "seanet_decoder", cfg.seanet),
+    )
+    return [Part(name, fmt.mimi.top[name], kind, sub) for name, kind, sub in parts]
 
 
 MIMI_LEAVES = (CONV, CONV_TR, "layer_norm", "layer_scale", "mimi_attention", "plain_mlp", "vq_projection", "codebook")

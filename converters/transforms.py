@@ -145,16 +145,29 @@ def _join_qkv(inputs: Arrays, cfg: Any) -> Arrays:
     return [[np.concatenate([q, k, v], axis=0)]]
 
 
-def _drop_initialized(inputs: Arrays, cfg: Any) -> Arrays:
-    """kyutai codebook (`_initialized` (1,), `cluster_usage`) -> `cluster_usage`, refusing a flag other than 1: a
-    codebook whose k-means never ran (a freshly built MimiModel) is all zeros and encodes everything to code 0."""
-    (flag,), (usage,) = inputs
+def _require_initialized(flag: np.ndarray, name: str) -> None:
+    """Refuses a codebook flag other than 1: a kyutai codebook whose k-means never ran (a freshly built MimiModel) is
+    all zeros and encodes everything to code 0. Zero-byte placeholders pass."""
     if flag.dtype.itemsize and not np.all(flag.astype(np.float64) == 1.0):
         raise ValueError(
-            f"codebook never initialized: _initialized is {flag.astype(np.float64).tolist()}, expected [1.0] (an "
+            f"codebook never initialized: {name} is {flag.astype(np.float64).tolist()}, expected [1.0] (an "
             "untrained kyutai MimiModel: its codebooks encode everything to code 0)"
         )
+
+
+def _drop_initialized(inputs: Arrays, cfg: Any) -> Arrays:
+    """kyutai codebook (`_initialized` (1,), `cluster_usage`) -> `cluster_usage`, refusing a flag other than 1."""
+    (flag,), (usage,) = inputs
+    _require_initialized(flag, "_initialized")
     return [[usage]]
+
+
+def _check_initialized(inputs: Arrays, cfg: Any) -> Arrays:
+    """A codebook's flag (1,) kept as it is (kyutai `_initialized` <-> HF `initialized`), refusing one other than 1
+    either way (HF never reads its flag: a 0 would only surface once back in kyutai)."""
+    ((flag,),) = inputs
+    _require_initialized(flag, "the codebook flag")
+    return [[flag]]
 
 
 def _add_initialized(inputs: Arrays, cfg: Any) -> Arrays:
@@ -195,6 +208,7 @@ TRANSFORMS: dict[str, Transform] = {
     "linear_to_conv1x1": _each(lambda x, cfg: x.reshape(*x.shape, 1)),
     "drop_initialized": _drop_initialized,
     "add_initialized": _add_initialized,
+    "check_initialized": _check_initialized,
 }
 
 

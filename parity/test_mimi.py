@@ -170,50 +170,45 @@ def _kernel_not_flipped(full, *, flip: bool = False):
     return patched
 
 
-CONTROLS = {  # name: (class path in models_flax.mimi, method, bug, entry)
-    "conv_pads_right": ("conv.CausalConv1d", "_run", _pads_right, "encode"),
-    "layer_scale_skipped": ("transformer.LayerScale", "__call__", lambda f: lambda self, x: x, "encode"),
-    "layer_norm_eps_1e-8": ("transformer.LayerNorm", "__call__", _eps(1e-8), "encode"),
-    "semantic_as_acoustic": ("quantizer.SplitResidualVQ", "encode", _acoustic_on_residual, "encode"),
-    "convtr_kernel_not_flipped": ("conv.CausalConvTranspose1d", "_full", _kernel_not_flipped, "decode"),
+CONTROLS = {  # name: (class path in models_flax.mimi, method, bug, the output it must move)
+    "conv_pads_right": ("conv.CausalConv1d", "_run", _pads_right, "latent"),
+    "layer_scale_skipped": ("transformer.LayerScale", "__call__", lambda f: lambda self, x: x, "latent"),
+    "layer_norm_eps_1e-8": ("transformer.LayerNorm", "__call__", _eps(1e-8), "latent"),
+    "semantic_as_acoustic": ("quantizer.SplitResidualVQ", "encode", _acoustic_on_residual, "codes"),
+    "convtr_kernel_not_flipped": ("conv.CausalConvTranspose1d", "_full", _kernel_not_flipped, "audio"),
 }
-
-
-def test_flipped_kernel_twin_passes(monkeypatch):
-    """The transposed-convolution control differs from a correct port by the flip alone: flipped, it passes."""
-    from models_flax.mimi.conv import CausalConvTranspose1d
-
-    monkeypatch.setattr(CausalConvTranspose1d, "_full", _kernel_not_flipped(None, flip=True))
-    codes = encoded("kyutai", "speech")["codes"]
-    ref, cand = (models().run(impl, {"codes": codes}, entry="decode")["audio"] for impl in ("kyutai", "flax"))
-    assert_parity(ref, cand, component="mimi_audio", pair=("kyutai", "flax"), expected_dtype="float32")
 
 
 @pytest.mark.parametrize("name", sorted(CONTROLS))
 def test_negative_control(name, monkeypatch):
-    """Each planted porting bug in the Flax Mimi fails the comparison the unpatched port passes (kyutai -> flax)."""
+    """Each planted porting bug in the Flax Mimi fails the comparison of the output it must move (kyutai -> flax),
+    which the unpatched port passes (test_encode, test_decode)."""
     import importlib
 
-    path, method, bug, entry = CONTROLS[name]
+    path, method, bug, output = CONTROLS[name]
     module_name, cls_name = path.rsplit(".", 1)
     cls = getattr(importlib.import_module(f"models_flax.mimi.{module_name}"), cls_name)
     monkeypatch.setattr(cls, method, bug(getattr(cls, method)))
     cfg, pair = TINY, ("kyutai", "flax")
+    ref = encoded("kyutai", "speech")
     with pytest.raises(ParityError):
-        if entry == "encode":
-            audio = strategies.audio("speech", cfg, frames=FRAMES, batch=2)
-            cand = models().run("flax", {"audio": audio, "num_codebooks": cfg.num_codebooks}, capture=("stages",))
-            ref = encoded("kyutai", "speech")
-            compare_stages(ref, cand, mimi.stage_names(cfg)[0], pair, control=name)
+        if output == "audio":
+            ref = models().run("kyutai", {"codes": ref["codes"]}, entry="decode")
+            cand = models().run("flax", {"codes": encoded("kyutai", "speech")["codes"]}, entry="decode")
+            assert_parity(ref["audio"], cand["audio"], component="mimi_audio", pair=pair, expected_dtype="float32",
+                          control=name)  # fmt: skip
+            return
+        audio = strategies.audio("speech", cfg, frames=FRAMES, batch=2)
+        cand = models().run("flax", {"audio": audio, "num_codebooks": cfg.num_codebooks}, capture=("stages",))
+        if output == "latent":
+            assert_parity(ref["latent"], cand["latent"], component="mimi_stage", pair=pair, expected_dtype="float32",
+                          config={"stage": "latent"}, control=name)  # fmt: skip
+        else:
+            assert_parity(ref["latent"], cand["latent"], component="mimi_stage", pair=pair, expected_dtype="float32",
+                          config={"stage": "latent"})  # the bug is after the latent, which must still pass  # fmt: skip
             assert_codes(ref["codes"], cand["codes"], pair=pair, dtype="float32", ref_latent=ref["latent"],
                          cand_latent=cand["latent"], quantizers=mimi.quantizer_tables(models().states["ref"], cfg),
                          control=name)  # fmt: skip
-        else:
-            codes = encoded("kyutai", "speech")["codes"]
-            ref = models().run("kyutai", {"codes": codes}, entry="decode")
-            cand = models().run("flax", {"codes": codes}, entry="decode")
-            assert_parity(ref["audio"], cand["audio"], component="mimi_audio", pair=pair, expected_dtype="float32",
-                          control=name)  # fmt: skip
 
 
 @pytest.mark.parametrize("preset", ("tiny", pytest.param("mimi", marks=pytest.mark.nightly)))

@@ -1,11 +1,14 @@
-"""Mimi weight conversion (`component="mimi"` and its parts, converters/mimi.py): kyutai <-> ref <-> flax.
+"""Mimi weight conversion (`component="mimi"` and its parts, converters/mimi.py): kyutai <-> ref <-> flax, and
+kyutai <-> hf (converters/mimi_hf.py), hf reaching ref and flax through kyutai.
 
-The layouts are the real modules' (kyutai's MimiModel at the tiny, a deeper and the real size, the last on the meta
-device; models_ref.mimi and models_flax.mimi); round trips are bit-exact in fp32 and bf16; what each table does is
-checked against what the modules compute (kyutai's attention against ours after the q/k/v split, torch convolutions
-against models_flax.mimi's with the converted kernels); every bad key is named (missing, unexpected, misshaped, and an
-uninitialised kyutai codebook); the 96M real size is checked key by key without a weight. Each transform the Mimi
-tables use has a negative control: a plausible wrong version fails one of those checks.
+The layouts are the real modules' (kyutai's and transformers' MimiModel at the tiny, a deeper and the real size, the
+last on the meta device; models_ref.mimi and models_flax.mimi); round trips are bit-exact in fp32 and bf16; what each
+table does is checked against what the modules compute (kyutai's attention against ours after the q/k/v split and
+against HF's after its rope permutation, torch convolutions against models_flax.mimi's with the converted kernels);
+every bad key is named (missing, unexpected, misshaped, and an uninitialised kyutai codebook, either way through hf);
+the 96M real size is checked key by key without a weight. Each transform the Mimi tables use has a negative control:
+a plausible wrong version fails one of those checks (for hf: the table without the rope permutation round-trips bit
+for bit and fails the attention check).
 """
 
 from __future__ import annotations
@@ -21,19 +24,25 @@ from flax import nnx
 
 from converters import (
     ConversionError,
+    TableEdge,
     convert,
     convert_shapes,
     expected_shapes,
     find_path,
+    kyutai_hf,
     load_torch,
+    mimi_hf,
+    registry,
     torch_state,
     transforms,
     validate_shapes,
 )
 from converters import mimi as mimi_kinds
+from converters.rules import Pair
 from moshi_spec import MimiConfig
 from parity.harness.converter_cases import DTYPES, assert_bit_equal
 from parity.harness.mimi import kyutai_config
+from parity.harness.mimi_hf import hf_config
 
 TINY = MimiConfig.tiny()
 # Two residual blocks per stage and three stages: kyutai's Sequential indices move (stage runs of 4 entries).
@@ -56,6 +65,20 @@ def kyutai_shapes(cfg: MimiConfig) -> dict[str, tuple[int, ...]]:
     """kyutai's keys and shapes; the real size is built on the meta device (small ones are faster on the CPU)."""
     device = "meta" if cfg == MimiConfig.mimi() else "cpu"
     return {k: tuple(v.shape) for k, v in kyutai_mimi(cfg, device).state_dict().items()}
+
+
+def hf_mimi(cfg: MimiConfig, device: str = "cpu") -> torch.nn.Module:
+    """transformers' MimiModel for cfg (parity.harness.mimi_hf.hf_config), random init; "meta": no memory."""
+    from transformers import MimiModel
+
+    with torch.device(device):
+        return MimiModel(hf_config(cfg)).eval()
+
+
+@cache
+def hf_shapes(cfg: MimiConfig) -> dict[str, tuple[int, ...]]:
+    device = "meta" if cfg == MimiConfig.mimi() else "cpu"
+    return {k: tuple(v.shape) for k, v in hf_mimi(cfg, device).state_dict().items()}
 
 
 def random_kyutai(cfg: MimiConfig = TINY, dtype: str = "float32", seed: int = 0) -> dict[str, np.ndarray]:
@@ -85,6 +108,11 @@ def check_kyutai_layout(cfg: MimiConfig) -> None:
 @pytest.mark.parametrize("cfg", CONFIGS)
 def test_kyutai_layout_is_kyutais_state_dict(cfg):
     check_kyutai_layout(cfg)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_hf_layout_is_transformers_state_dict(cfg):
+    assert hf_shapes(cfg) == expected_shapes("hf", "mimi", cfg)
 
 
 @pytest.mark.parametrize("cfg", CONFIGS)
@@ -144,11 +172,30 @@ def test_paths_mimi_direct_lm_unchanged():
     assert find_path("kyutai", "ref", "attention") == ["kyutai", "hf", "ref"]  # the LM's attention keeps its path
 
 
-def test_hf_has_no_mimi_yet():
-    with pytest.raises(ValueError, match="format 'hf' has no component 'mimi'"):
-        convert(random_kyutai(), src="kyutai", dst="hf", cfg=TINY, component="mimi")
-    with pytest.raises(ValueError, match="format 'hf' has no component 'codebook'"):
-        expected_shapes("hf", "codebook", mimi_kinds.CodebookDims(bins=16, dim=8))
+def test_paths_through_hf():
+    """kyutai <-> hf is direct (the LM's edge, with Mimi's rows); hf reaches our formats through kyutai (hf <-> ref
+    has no Mimi rows)."""
+    assert find_path("kyutai", "hf", "mimi") == ["kyutai", "hf"]
+    assert find_path("hf", "flax", "mimi") == ["hf", "kyutai", "ref", "flax"]
+    assert find_path("ref", "hf", "mimi") == ["ref", "kyutai", "hf"]
+    assert find_path("hf", "kyutai", "lm") == ["hf", "kyutai"]
+
+
+def check_round_trip_hf(cfg: MimiConfig = TINY, dtype: str = "float32") -> None:
+    """kyutai -> hf -> kyutai and hf -> flax -> hf bit for bit; hf -> flax is kyutai -> flax."""
+    state = random_kyutai(cfg, dtype)
+    hf = convert(state, src="kyutai", dst="hf", cfg=cfg, component="mimi")
+    assert {v.dtype for v in hf.values()} == {DTYPES[dtype]}
+    assert_bit_equal(convert(hf, src="hf", dst="kyutai", cfg=cfg, component="mimi"), state)
+    flax = convert(hf, src="hf", dst="flax", cfg=cfg, component="mimi")
+    assert_bit_equal(flax, convert(state, src="kyutai", dst="flax", cfg=cfg, component="mimi"))
+    assert_bit_equal(convert(flax, src="flax", dst="hf", cfg=cfg, component="mimi"), hf)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_round_trip_through_hf_is_bit_exact(cfg, dtype):
+    check_round_trip_hf(cfg, dtype)
 
 
 def test_parts_convert_alone_under_any_prefix():
@@ -198,6 +245,76 @@ def test_kyutai_weights_land_on_our_modules():
     assert np.array_equal(flax["decoder.input_conv.kernel"], np.einsum("oik->kio", conv))
     assert np.array_equal(flax["decoder.stages.0.upsample.kernel"], np.einsum("iok->kio", convtr))
     assert np.array_equal(flax["quantizer.acoustic.input_proj.kernel"], proj[:, :, 0].T)
+
+
+def hf_permute(w: np.ndarray, heads: int) -> np.ndarray:
+    """transformers' convert_mimi_checkpoint_to_pytorch.py `permute`, written out: per head, rows (2i, 2i + 1) ->
+    (i, i + hd/2)."""
+    rows, cols = w.shape
+    return w.reshape(heads, rows // heads // 2, 2, cols).transpose(0, 2, 1, 3).reshape(rows, cols)
+
+
+def test_kyutai_weights_land_on_hf_modules():
+    state = random_kyutai()
+    hf = convert(state, src="kyutai", dst="hf", cfg=TINY, component="mimi")
+    same = {
+        "encoder.model.0.conv.conv.weight": "encoder.encoder_seanet.layers.0.conv.weight",
+        "encoder.model.4.block.1.conv.conv.bias": "encoder.encoder_seanet.layers.4.block.1.conv.bias",
+        "decoder.model.5.convtr.convtr.weight": "decoder.decoder_seanet.layers.5.conv.weight",
+        "downsample.conv.conv.conv.weight": "encoder.downsample.conv.weight",
+        "upsample.convtr.convtr.convtr.weight": "decoder.upsample.conv.weight",
+        "encoder_transformer.transformer.layers.1.norm1.bias": "encoder.encoder_transformer.layers.1."
+        "input_layernorm.bias",
+        "decoder_transformer.transformer.layers.0.layer_scale_2.scale": "decoder.decoder_transformer.layers.0."
+        "mlp_layer_scale.scale",
+        "decoder_transformer.transformer.layers.1.linear2.weight": "decoder.decoder_transformer.layers.1.mlp.fc2."
+        "weight",
+        "encoder_transformer.transformer.layers.0.self_attn.out_projs.0.weight": "encoder.encoder_transformer.layers.0."
+        "self_attn.o_proj.weight",
+        "quantizer.rvq_rest.input_proj.weight": "quantizer.acoustic_residual_vector_quantizer.input_proj.weight",
+        "quantizer.rvq_first.vq.layers.0._codebook.embedding_sum": "quantizer.semantic_residual_vector_quantizer."
+        "layers.0.codebook.embed_sum",
+        "quantizer.rvq_rest.vq.layers.2._codebook.cluster_usage": "quantizer.acoustic_residual_vector_quantizer."
+        "layers.2.codebook.cluster_usage",
+        "quantizer.rvq_rest.vq.layers.1._codebook._initialized": "quantizer.acoustic_residual_vector_quantizer."
+        "layers.1.codebook.initialized",
+    }
+    for kyutai_key, hf_key in same.items():
+        assert np.array_equal(hf[hf_key], state[kyutai_key]), kyutai_key
+    heads = TINY.transformer.num_heads
+    fused = state["decoder_transformer.transformer.layers.1.self_attn.in_projs.0.weight"]
+    q, k, v = np.split(fused, 3)
+    prefix = "decoder.decoder_transformer.layers.1.self_attn."
+    assert np.array_equal(hf[prefix + "q_proj.weight"], hf_permute(q, heads))
+    assert np.array_equal(hf[prefix + "k_proj.weight"], hf_permute(k, heads))
+    assert np.array_equal(hf[prefix + "v_proj.weight"], v)
+    assert not np.array_equal(hf_permute(q, heads), q)  # the permutation moves rows at this size
+
+
+def check_hf_attention_matches_kyutai() -> None:
+    """kyutai's Mimi attention and HF's MimiAttention (its rope, its eager attention) compute the same after
+    kyutai -> hf."""
+    from transformers.models.mimi import modeling_mimi
+
+    from parity.harness.adapters.hf import additive_mask
+
+    torch.manual_seed(0)
+    theirs = kyutai_mimi(TINY).encoder_transformer.transformer.layers[0].self_attn
+    config, cfg = hf_config(TINY), TINY.transformer
+    hf, rope = modeling_mimi.MimiAttention(config, layer_idx=0).eval(), modeling_mimi.MimiRotaryEmbedding(config)
+    load_torch(hf, convert(torch_state(theirs), src="kyutai", dst="hf", cfg=cfg, component="mimi_attention"))
+    x = torch.randn(2, cfg.context - 1, cfg.dim)
+    positions = torch.arange(x.shape[1]).expand(x.shape[0], -1)
+    with torch.no_grad():
+        want = theirs(x, x, x)
+        got, _ = hf(
+            x, attention_mask=additive_mask(positions, cfg.context, x.dtype), position_embeddings=rope(x, positions)
+        )
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_hf_attention_computes_kyutais():
+    check_hf_attention_matches_kyutai()
 
 
 def check_attention_matches_kyutai() -> None:
@@ -288,6 +405,24 @@ def test_uninitialised_codebook_is_refused_naming_its_key():
     assert "'quantizer.rvq_rest.vq.layers.2._codebook._initialized'" in message
 
 
+def check_hf_refuses_uninitialised_codebooks() -> None:
+    """kyutai -> hf refuses an untrained codebook (HF never reads its flag, so it would encode everything to code 0);
+    so does hf -> kyutai, naming the HF key."""
+    state = random_kyutai()
+    state[FLAG] = np.zeros(1, np.float32)
+    message = conversion_error(state, dst="hf")
+    assert f"'{FLAG}'" in message and "never initialized" in message
+    hf = convert(random_kyutai(), src="kyutai", dst="hf", cfg=TINY, component="mimi")
+    key = "quantizer.acoustic_residual_vector_quantizer.layers.1.codebook.initialized"
+    hf[key] = np.zeros(1, np.float32)
+    message = conversion_error(hf, src="hf", dst="kyutai")
+    assert f"'{key}'" in message and "never initialized" in message
+
+
+def test_uninitialised_codebook_is_refused_through_hf():
+    check_hf_refuses_uninitialised_codebooks()
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_ref_to_kyutai_writes_initialised_flags(dtype):
     ref = convert(random_kyutai(dtype=dtype), src="kyutai", dst="ref", cfg=TINY, component="mimi")
@@ -315,6 +450,10 @@ def test_real_size_keys_and_shapes_without_weights():
     assert convert_shapes(flax, src="flax", dst="kyutai", cfg=cfg, component="mimi") == kyutai
     assert flax["decoder.stages.3.upsample.kernel"] == (8, 128, 64)
     assert flax["quantizer.acoustic.codebooks.30.embedding_sum"] == (2048, 256)
+    hf = convert_shapes(kyutai, src="kyutai", dst="hf", cfg=cfg, component="mimi")
+    assert hf == hf_shapes(cfg) and sum(math.prod(s) for s in hf.values()) == REAL_SIZE  # HF keeps the flags
+    assert convert_shapes(hf, src="hf", dst="flax", cfg=cfg, component="mimi") == flax
+    assert convert_shapes(hf, src="hf", dst="kyutai", cfg=cfg, component="mimi") == kyutai
     bad = dict(kyutai) | {"decoder.model.14.conv.conv.weight": (1, 64, 7)}
     with pytest.raises(
         ConversionError, match=r"wrong shape decoder\.model\.14\.conv\.conv\.weight: expected \(1, 64, 3\)"
@@ -397,6 +536,16 @@ NEGATIVE_CONTROLS = {
 }
 
 
+def _check_unchecked(inputs, cfg):
+    return [inputs[0]]
+
+
+NEGATIVE_CONTROLS |= {
+    # the codebook flag passed to HF unchecked: an untrained kyutai codebook goes through to HF, which ignores it
+    "check_initialized unchecked": ({"check_initialized": _check_unchecked}, check_hf_refuses_uninitialised_codebooks),
+}
+
+
 @pytest.mark.parametrize("name", NEGATIVE_CONTROLS)
 def test_negative_control_of_each_transform(name, monkeypatch):
     bugs, check = NEGATIVE_CONTROLS[name]
@@ -413,3 +562,31 @@ def test_negative_control_of_the_sequential_indices(monkeypatch):
     monkeypatch.setattr(mimi_kinds, "seanet_modules", _indices_without_elus)
     with pytest.raises(AssertionError):
         check_kyutai_layout(DEEP)
+
+
+def _without_rope_permutation(rows: tuple[Pair, ...]) -> tuple[Pair, ...]:
+    """The Mimi attention rows with the q/k/v split kept and the rope permutation left out (`split_qkv`, the
+    kyutai <-> ref transform)."""
+    return tuple(Pair(row.a, row.b, "split_qkv", "join_qkv") if row.a_to_b == "unfuse_qkv" else row for row in rows)
+
+
+def test_negative_control_hf_table_without_rope_permutation(monkeypatch):
+    """kyutai <-> hf with the q/k rows left in kyutai's interleaved order: every shape holds and round trips stay bit
+    for bit, but HF's attention (rotate_half pairs) no longer computes kyutai's."""
+    check_round_trip_hf(), check_hf_attention_matches_kyutai()  # hold with the real table
+    table = kyutai_hf.TABLE | mimi_hf.TABLE
+    table = table | {"mimi_attention": _without_rope_permutation(table["mimi_attention"])}
+    assert table["mimi_attention"] != mimi_hf.TABLE["mimi_attention"]
+    monkeypatch.setitem(
+        registry.EDGES,
+        ("kyutai", "hf"),
+        TableEdge("kyutai", "hf", {k: tuple(p.forward() for p in v) for k, v in table.items()}),
+    )
+    monkeypatch.setitem(
+        registry.EDGES,
+        ("hf", "kyutai"),
+        TableEdge("hf", "kyutai", {k: tuple(p.backward() for p in v) for k, v in table.items()}),
+    )
+    check_round_trip_hf()
+    with pytest.raises(AssertionError):
+        check_hf_attention_matches_kyutai()

@@ -394,3 +394,4 @@ def _ours(framework: str) -> Binding:
 
 adapters.bind("ref", "mimi", _ours("ref"))
 adapters.bind("flax", "mimi", _ours("flax"))
+from parity.harness import mimi_hf  # noqa: E402, F401  (binds the hf implementation of "mimi")
