@@ -4,16 +4,16 @@
 
 Importing the package registers the formats (formats.py: one descriptor each), the component kinds (layers.py: the
 layers and the decoder layer; lm.py: the whole LM; mimi.py: the Mimi codec, `component="mimi"`) and the edges
-kyutai <-> hf <-> ref <-> flax, plus kyutai <-> ref for Mimi (kyutai_ref.py; tables of rules, rules.py). The engine
-(engine.py, registry.py) finds the shortest path for any kind and checks every key with one accounting function
-(accounting.py), in a state's own names, released checkpoints' legacy ones included (legacy.py); checkpoint files
-are in checkpoint.py, module IO in modules.py. The CLI (cli.py) reads IN (inputs.py), holds weights to one rule of
-dtypes and values (values.py) and writes OUT atomically (outdir.py); LM configs are read from upstream files in
-lm_config.py (each field checked and named as the file names it, config_fields.py) and written for the upstream
-loaders in upstream_config.py.
+kyutai <-> hf <-> ref <-> flax (kyutai <-> hf carries Mimi's rows too, mimi_hf.py), plus kyutai <-> ref for Mimi
+(kyutai_ref.py; tables of rules, rules.py). The engine (engine.py, registry.py) finds the shortest path for any kind
+and checks every key with one accounting function (accounting.py), in a state's own names, released checkpoints'
+legacy ones included (legacy.py); checkpoint files are in checkpoint.py, module IO in modules.py. The CLI (cli.py)
+reads IN (inputs.py), holds weights to one rule of dtypes and values (values.py) and writes OUT atomically
+(outdir.py); LM configs are read from upstream files in lm_config.py (each field checked and named as the file names
+it, config_fields.py) and written for the upstream loaders in upstream_config.py.
 """
 
-from converters import formats, hf_ref, kyutai_hf, kyutai_ref, layers, lm, mimi, ref_flax  # noqa: F401  (registers all)
+from converters import formats, hf_ref, kyutai_hf, kyutai_ref, layers, lm, mimi, mimi_hf, ref_flax  # noqa: F401  (registers all)
 from converters.accounting import ConversionError, account
 from converters.arrays import from_jax, from_torch, to_jax, to_torch
 from converters.edges import FunctionEdge, TableEdge, register, register_pairs

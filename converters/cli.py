@@ -9,10 +9,13 @@ without either, IN's own moshi_parity_config.json or config.json.
 Before any weight is read: OUT may not be IN, lie inside it or contain it; IN's headers are checked against its file
 sizes; its keys and shapes are checked in its own names (and the conversion dry-run on zero-byte placeholders); its
 dtypes must be floating, float32 or bfloat16 unless --dtype casts them. While converting, a NaN or Inf weight is an
-error. Everything is written into `OUT.tmp-<pid>`, which becomes OUT only once complete (on any failure it is removed
-and OUT is left as it was). OUT holds `model.safetensors` (kyutai, hf, ref) or the Orbax checkpoint `params/` (flax),
-`moshi_parity_config.json` (the LMConfig, the formats, the tool version) and, for kyutai and hf, the `config.json` that
-upstream's loader reads. Exit status: 0 done, 1 input or conversion error, 2 usage error.
+error, and so is a kyutai Mimi codebook never initialised (its `_initialized` flag 0). Keys of the other component
+(a Mimi file with an LM config, or the reverse) are said to be that. Everything is written into `OUT.tmp-<pid>`,
+which becomes OUT only once complete (on any failure it is removed and OUT is left as it was). OUT holds
+`model.safetensors` (kyutai, hf, ref) or the Orbax checkpoint `params/` (flax), `moshi_parity_config.json` (the
+component, its config as `lm_config` or `mimi_config`, the formats, the tool version) and the `config.json` that
+upstream's loader reads: for an LM, kyutai's LMModel kwargs or HF's MoshiConfig; for a kyutai Mimi, get_mimi's config
+dict. Exit status: 0 done, 1 input or conversion error, 2 usage error.
 """
 
 from __future__ import annotations
@@ -33,15 +36,17 @@ from converters.arrays import DTYPES
 from converters.checkpoint import save_orbax, save_safetensors
 from converters.engine import convert
 from converters.inputs import (
-    COMPONENT,
+    KINDS,
     check_dtypes,
     check_keys,
     check_record,
     check_values,
+    kind_of,
+    preset_config,
     read_index,
     resolve_config,
 )
-from converters.lm_config import lm_config_to_dict
+from converters.mimi_config import to_kyutai_mimi_config
 from converters.outdir import (
     CONFIG_NAME,
     ORBAX_NAME,
@@ -55,7 +60,6 @@ from converters.outdir import (
 from converters.registry import expected_shapes
 from converters.upstream_config import upstream_config
 from converters.values import cast, some
-from moshi_spec.config import LMConfig
 
 
 def tool_version() -> str:
@@ -68,9 +72,9 @@ def tool_version() -> str:
 
 
 def preset(name: str) -> str:
-    """argparse type of --preset: a known preset (else a usage error)."""
+    """argparse type of --preset: a known preset of any component (else a usage error)."""
     try:
-        LMConfig.preset(name)
+        preset_config(name)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from err
     return name
@@ -85,8 +89,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--src", choices=formats, required=True, help="layout of IN")
     p.add_argument("--dst", choices=formats, required=True, help="layout of OUT")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--preset", type=preset, help="moshi_spec LMConfig preset (tiny, small, moshi_7b)")
-    which.add_argument("--config", type=Path, help="kyutai LM kwargs JSON, HF config.json or moshi_parity_config.json")
+    presets = "; ".join(f"{kind.name}: {', '.join(kind.presets)}" for kind in KINDS.values())
+    which.add_argument("--preset", type=preset, help=f"a config preset, which names the component ({presets})")
+    which.add_argument(
+        "--config",
+        type=Path,
+        help="kyutai LM kwargs JSON, HF config.json, kyutai get_mimi config JSON (Mimi) or moshi_parity_config.json",
+    )
     p.add_argument(
         "--dtype",
         choices=("keep", *DTYPES),
@@ -97,8 +106,8 @@ def parser() -> argparse.ArgumentParser:
         "--ignore-prefix",
         action="append",
         metavar="PREFIX",
-        help="drop IN keys starting with PREFIX, listed in the summary (repeatable; default: the source format's\n"
-        f"foreign prefixes, {foreign}; --ignore-prefix '' ignores nothing)",
+        help="drop IN keys starting with PREFIX, listed in the summary (repeatable; default for an LM: the source\n"
+        f"format's foreign prefixes, {foreign}; for a Mimi: none; --ignore-prefix '' ignores nothing)",
     )
     p.add_argument(
         "--overwrite",
@@ -138,6 +147,19 @@ def dtype_counts(items: Any) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def upstream_for(fmt: str, cfg: Any) -> dict[str, Any] | None:
+    """The config.json an OUT of format `fmt` carries for its upstream loader: an LM's (converters/upstream_config.py)
+    or, for a kyutai Mimi, get_mimi's config dict; None for a format of ours, and for an hf Mimi (HF's MimiConfig is
+    not written here).
+
+    Raises:
+        ValueError: the upstream config cannot express cfg, naming each field it would lose.
+    """
+    if kind_of(cfg).component == "lm":
+        return upstream_config(fmt, cfg)
+    return to_kyutai_mimi_config(cfg) if fmt == "kyutai" else None
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Does the conversion described by parsed arguments; returns the record written to moshi_parity_config.json.
 
@@ -152,12 +174,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     staging = Staging(out, overwrite=args.overwrite)
     check_record(inp, args.src)
     cfg, cfg_source = resolve_config(args.preset, args.config, inp)
+    kind = kind_of(cfg)
+    component = kind.component
+    check_record(inp, args.src, component)
     try:
-        upstream = upstream_config(args.dst, cfg)
+        upstream = upstream_for(args.dst, cfg)
     except ValueError as err:
         raise ValueError(f"--dst {args.dst} ({cfg_source}): {err}") from err
     index, loader = read_index(args.src, inp)
-    prefixes = tuple(args.ignore_prefix) if args.ignore_prefix is not None else registry.get_format(args.src).foreign
+    if args.ignore_prefix is not None:
+        prefixes = tuple(args.ignore_prefix)
+    else:  # other models inside a format's LM checkpoints (HF's Mimi): nothing of the kind around a Mimi's
+        prefixes = registry.get_format(args.src).foreign if component == "lm" else ()
     prefixes = tuple(p for p in prefixes if p)
     ignored = sorted(k for k in index if k.startswith(prefixes)) if prefixes else []
     kept = {k: v for k, v in index.items() if k not in set(ignored)}
@@ -174,9 +202,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with bar(progress, len(state), "check values") as b:
             check_values(state, original, inp=inp, progress=b.update)
         del original
-        total = len(expected_shapes(args.src, COMPONENT, cfg))
+        total = len(expected_shapes(args.src, component, cfg))
         with bar(progress, total, f"convert {args.src}->{args.dst}") as b:
-            converted = convert(state, src=args.src, dst=args.dst, cfg=cfg, component=COMPONENT, progress=b.update)
+            try:
+                converted = convert(state, src=args.src, dst=args.dst, cfg=cfg, component=component, progress=b.update)
+            except ValueError as err:  # a value no rule takes (a Mimi codebook never initialised), named by its key
+                raise (ConversionError if isinstance(err, ConversionError) else ValueError)(f"{inp}: {err}") from err
         del state
         files = write(converted, args.dst, tmp, progress)
         if upstream is not None:
@@ -188,8 +219,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "format": args.dst,
             "src_format": args.src,
             "source": str(inp.absolute()),
+            "component": component,
             "config_source": cfg_source,
-            "lm_config": lm_config_to_dict(cfg),
+            kind.record_key: kind.to_dict(cfg),
             "dtype": args.dtype,
             "dtypes_in": dtype_counts(d for _, d in kept.values()),
             "dtypes_out": dtype_counts(v.dtype for v in converted.values()),
@@ -204,14 +236,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return record
 
 
+UPSTREAM_KINDS = {
+    ("lm", "kyutai"): "kyutai LMModel kwargs",
+    ("lm", "hf"): "HF MoshiConfig",
+    ("mimi", "kyutai"): "kyutai get_mimi config",
+}
+
+
 def summary(record: dict[str, Any], out: Path) -> str:
-    upstream = {"kyutai": " (kyutai LMModel kwargs)", "hf": " (HF MoshiConfig)"}.get(record["format"], "")
-    files = [f + (upstream if f == UPSTREAM_CONFIG_NAME else "") for f in record["files"]]
+    component = record.get("component", "lm")
+    upstream = UPSTREAM_KINDS.get((component, record["format"]))
+    files = [f + (f" ({upstream})" if f == UPSTREAM_CONFIG_NAME and upstream else "") for f in record["files"]]
     lines = [
         f"converted {record['src_format']} -> {record['format']}: {record['num_keys']} keys, "
         f"{record['num_params']:,} parameters, dtypes {record['dtypes_out']} (in: {record['dtypes_in']}, "
         f"--dtype {record['dtype']}) in {record['seconds']} s",
-        f"config: {record['config_source']}",
+        f"config: {record['config_source']} ({KINDS[component].name})",
         f"wrote {out}: {', '.join(files)}, {CONFIG_NAME}",
     ]
     ignored = record["ignored_keys"]

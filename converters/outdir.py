@@ -2,9 +2,9 @@
 over its own input) and how any path is described to a user who passed the wrong one.
 
 OUT holds the weights (`model.safetensors` for a torch-layout format, the Orbax checkpoint `params/` for flax), the
-record `moshi_parity_config.json` (format, LMConfig, source, tool version, files) and, for kyutai and hf, the upstream
-loader's own `config.json`. The writer (converters/cli.py) and the readers (the CLI reading an earlier OUT,
-`models_flax.checkpoint`) take these names from here.
+record `moshi_parity_config.json` (format, component, its config as `lm_config` or `mimi_config`, source, tool version,
+files) and, where upstream has one, the upstream loader's own `config.json`. The writer (converters/cli.py) and the
+readers (the CLI reading an earlier OUT, `models_flax.checkpoint`) take these names from here.
 """
 
 from __future__ import annotations
@@ -17,13 +17,15 @@ from types import TracebackType
 from typing import Any
 
 CONFIG_NAME = "moshi_parity_config.json"
-"""In a converted checkpoint directory: the record (format, LMConfig as `lm_config`, source, tool version, files)."""
+"""In a converted checkpoint directory: the record (format, component "lm" or "mimi", its config as `lm_config` or
+`mimi_config`, source, tool version, files)."""
 SAFETENSORS_NAME = "model.safetensors"
 """In a converted checkpoint directory: the weights of a torch-layout format."""
 ORBAX_NAME = "params"
 """In a converted checkpoint directory: the Orbax checkpoint of an orbax-stored format (flax)."""
 UPSTREAM_CONFIG_NAME = "config.json"
-"""In a kyutai or hf OUT: the config that upstream's loader reads (kyutai LMModel kwargs, HF MoshiConfig)."""
+"""In a kyutai or hf OUT: the config that upstream's loader reads (kyutai LMModel kwargs, HF MoshiConfig; for a kyutai
+Mimi, get_mimi's config dict)."""
 TOOL = "moshi-parity converters"
 SHOWN = 5  # directory entries named when describing a directory
 
@@ -64,7 +66,7 @@ def _entries(path: Path) -> str:
 def describe(path: str | Path) -> str:
     """What `path` holds, in a few words: a converted checkpoint of some format, safetensors files, an Orbax
     checkpoint, an upstream config.json, other entries, an empty directory, or nothing."""
-    from converters.lm_config import config_kind
+    from converters.inputs import config_file_kind
 
     path = Path(path)
     if not path.exists():
@@ -82,7 +84,8 @@ def describe(path: str | Path) -> str:
         return f"an unreadable record: {err}"
     if found is not None:
         record, _ = found
-        return f"a {record['format']} checkpoint written by {TOOL} ({_entries(path)})"
+        component = {"lm": "", "mimi": " Mimi"}.get(record.get("component", "lm"), "")
+        return f"a {record['format']}{component} checkpoint written by {TOOL} ({_entries(path)})"
     if not any(path.iterdir()):
         return "an empty directory"
     what = []
@@ -93,9 +96,9 @@ def describe(path: str | Path) -> str:
     upstream = path / UPSTREAM_CONFIG_NAME
     if upstream.is_file():
         try:
-            what.append(f"a {config_kind(json.loads(upstream.read_text()))} {UPSTREAM_CONFIG_NAME}")
+            what.append(f"a {config_file_kind(json.loads(upstream.read_text()))} {UPSTREAM_CONFIG_NAME}")
         except (ValueError, UnicodeDecodeError):
-            what.append(f"a {UPSTREAM_CONFIG_NAME} that is no LM config")
+            what.append(f"a {UPSTREAM_CONFIG_NAME} that is no LM or Mimi config")
     return ", ".join([*what, f"no {CONFIG_NAME} (entries: {_entries(path)})"])
 
 

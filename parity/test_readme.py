@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from moshi_spec import LMConfig
+from moshi_spec import LMConfig, MimiConfig
 from parity.harness.adapters import kyutai
 from parity.harness.implementations import build
 
 ROOT = Path(__file__).resolve().parents[1]
+MIMI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"  # kyutai's released Mimi's name, for a tiny one here
 FENCE = re.compile(r"^```(\w+)\n(.*?)^```$", re.S | re.M)
 
 
@@ -30,6 +31,8 @@ def blocks() -> list[tuple[str, str]]:
     return FENCE.findall((ROOT / "README.md").read_text())
 
 
+LM_BLOCK = "python -m converters --src kyutai --dst flax --preset moshi_7b"
+MIMI_BLOCK = "python -m converters --src kyutai --dst flax --preset mimi "
 # Each block, by its first line, and how it runs here: substitutions applied to its text, the block that must run
 # before it in the same directory, or why it is not run.
 RUNS: dict[str, dict] = {
@@ -46,7 +49,9 @@ RUNS: dict[str, dict] = {
             ("reports/out/", "out/"),
         ],
     },
-    "python -m converters --src kyutai": {"subs": [("--preset moshi_7b", "--preset tiny")]},
+    LM_BLOCK: {"subs": [("--preset moshi_7b", "--preset tiny")]},
+    MIMI_BLOCK: {"subs": [("--preset mimi ", "--preset mimi_tiny ")]},
+    "import models_flax.mimi": {"after": MIMI_BLOCK},
     "python bench/attention.py": {  # the device checks: parsed, not run
         "subs": [
             ("bash bench/gpu_check.sh", "bash -n bench/gpu_check.sh"),
@@ -57,7 +62,7 @@ RUNS: dict[str, dict] = {
         "subs": [("python bench/step.py  ", "python bench/step.py --preset tiny --frames 2 --warmup 0  ")],
         "argv_only": "# a GPU",  # lines ending so are a GPU's: their arguments are parsed by the script, not run
     },
-    "import jax": {"after": "python -m converters --src kyutai"},
+    "import jax": {"after": LM_BLOCK},
     # one fast mutant (its test is a numpy/torch bit-pattern check) instead of a sample of 8, each minutes of tests
     "python -m parity.harness.mutation": {
         "subs": [("--sample 8", "--only conv_bf16_through_float32 --no-kill-check")],
@@ -109,13 +114,19 @@ def _run(lang: str, text: str, cwd: Path) -> str:
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
-    """What the conversion block reads: a tiny kyutai checkpoint and its kyutai LM kwargs."""
+    """What the conversion blocks read: a tiny kyutai LM checkpoint and its kyutai LM kwargs; a tiny kyutai Mimi under
+    the released file's name and its get_mimi config."""
     from safetensors.numpy import save_file
+
+    from parity.harness.mimi import kyutai_config
 
     path = tmp_path_factory.mktemp("readme-inputs")
     models = build("lm", LMConfig.tiny(), "float32", impls=("kyutai",))
     save_file(models.states["kyutai"], str(path / "model.safetensors"), metadata={"format": "pt"})
     (path / "lm_kwargs.json").write_text(json.dumps(kyutai.lm_kwargs(LMConfig.tiny())))
+    mimi = build("mimi", MimiConfig.tiny(), "float32", impls=("kyutai",))
+    save_file(mimi.states["kyutai"], str(path / MIMI_FILE), metadata={"format": "pt"})
+    (path / "mimi_config.json").write_text(json.dumps(kyutai_config(MimiConfig.tiny())))
     return path
 
 
@@ -131,7 +142,7 @@ def test_block_runs(index, inputs, tmp_path):
     spec = _spec(text.splitlines()[0])
     if "why" in spec:
         pytest.skip(spec["why"])
-    for name in ("model.safetensors", "lm_kwargs.json"):
+    for name in ("model.safetensors", "lm_kwargs.json", MIMI_FILE, "mimi_config.json"):
         (tmp_path / name).symlink_to(inputs / name)
     if "after" in spec:
         before = next((lg, t) for lg, t in blocks() if t.startswith(spec["after"]))

@@ -5,12 +5,14 @@
 - transformer.py: `LayerNorm`, `LayerScale`, `PlainMLP`, `MimiTransformerLayer`, `MimiTransformer`,
   `TransformerState`;
 - quantizer.py: `Codebook`, `ResidualVQ`, `SplitResidualVQ`;
-- model.py: `MimiModel` (batch encode / decode, captures, explicit-state streaming) and `MimiState`.
+- model.py: `MimiModel` (batch encode / decode, captures, explicit-state streaming) and `MimiState`;
+- checkpoint.py: `from_checkpoint(path)`, a MimiModel from a flax OUT of `python -m converters` (the LM's loader).
 
 Parameter paths equal models_ref.mimi's state_dict keys, a conv's or linear's `weight` being `kernel` here (layouts in
 conv.py). Imports jax and flax only.
 """
 
+from models_flax.mimi.checkpoint import from_checkpoint
 from models_flax.mimi.conv import CausalConv1d, CausalConvTranspose1d, ConvState, ConvTrState
 from models_flax.mimi.model import MimiModel, MimiState
 from models_flax.mimi.quantizer import Codebook, ResidualVQ, SplitResidualVQ
@@ -45,4 +47,5 @@ __all__ = [
     "SEANetEncoder",
     "SplitResidualVQ",
     "TransformerState",
+    "from_checkpoint",
 ]
