@@ -101,3 +101,48 @@ def test_orbax_save_shows_its_progress(tmp_path, capsys):
     assert main(["--src", "kyutai", "--dst", "flax", "--preset", "tiny", str(src), str(tmp_path / "out")]) == 0
     err = capsys.readouterr().err
     assert "save params/ (Orbax, bytes on disk)" in err and "convert kyutai->flax" in err
+
+
+def test_entry_point_and_flax_loaders_need_no_torch(tmp_path):
+    """`python -m converters` (run as `-m` runs it) converts a kyutai LM and a kyutai Mimi to flax and refuses an OUT
+    that exists (exit 1, naming it); the Flax loaders then build and run both. One fresh interpreter in which torch,
+    transformers and moshi cannot be imported: what a Flax user on a TPU host has."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from parity.test_mimi_cli import kyutai_state as mimi_state
+    from parity.test_mimi_cli import write as write_mimi
+
+    lm_src, mimi_src = write_kyutai(tmp_path, kyutai_state()), write_mimi(tmp_path, mimi_state())
+    lm_out, mimi_out = tmp_path / "lm", tmp_path / "mimi"
+    code = f"""
+import runpy, sys
+[sys.modules.__setitem__(m, None) for m in ("torch", "transformers", "moshi")]
+
+def cli(*argv):
+    sys.argv = ["converters", "--src", "kyutai", "--dst", "flax", *argv]
+    try:
+        runpy.run_module("converters", run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+        return e.code or 0
+    return 0
+
+assert cli("--preset", "tiny", {str(lm_src)!r}, {str(lm_out)!r}) == 0
+assert cli("--preset", "mimi_tiny", {str(mimi_src)!r}, {str(mimi_out)!r}) == 0
+assert cli("--preset", "tiny", {str(lm_src)!r}, {str(lm_out)!r}) == 1  # OUT exists
+import jax.numpy as jnp
+from flax import nnx
+import models_flax.mimi
+from models_flax.checkpoint import from_checkpoint
+lm = from_checkpoint({str(lm_out)!r})
+assert lm(jnp.zeros((1, 9, 3), jnp.int32)).text_logits.shape == (1, 1, 3, 48)
+mimi = models_flax.mimi.from_checkpoint({str(mimi_out)!r})
+codes = nnx.jit(lambda m, a: m.encode(a))(mimi, jnp.zeros((1, 1, 3 * mimi.cfg.frame_size)))
+assert codes.shape == (1, 4, 3), codes.shape
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
+                          cwd=Path(__file__).parents[1])  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "converted kyutai -> flax: 49 keys" in done.stdout and "converted kyutai -> flax" in done.stdout
+    assert "exists" in done.stderr

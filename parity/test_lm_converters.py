@@ -9,8 +9,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import subprocess
-import sys
 import tracemalloc
 from functools import cache
 from pathlib import Path
@@ -395,27 +393,6 @@ def test_failure_after_writing_started_removes_the_temp_dir_and_keeps_old_out(tm
     monkeypatch.undo()
     assert cli("kyutai", "ref", src, out, "--overwrite") == 0 and leftovers(tmp_path) == []
     assert json.loads((out / "moshi_parity_config.json").read_text())["format"] == "ref"
-
-
-def test_module_entry_point_in_a_subprocess(tmp_path):
-    src, out = write_kyutai(tmp_path, kyutai_state()), tmp_path / "out"
-    cmd = [sys.executable, "-m", "converters", "--src", "kyutai", "--dst", "flax", "--preset", "tiny"]
-    cmd += [str(src), str(out)]
-    cmd_dir = Path(__file__).parents[1]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=cmd_dir)
-    assert done.returncode == 0, done.stderr
-    assert "converted kyutai -> flax: 49 keys" in done.stdout and (out / "params").is_dir()
-    bad = subprocess.run([*cmd[:-2], str(src), str(out)], capture_output=True, text=True, check=False)
-    assert bad.returncode == 1 and "exists" in bad.stderr
-    # A Flax user loads the converted checkpoint without torch, transformers or moshi installed.
-    code = (
-        "import sys; [sys.modules.__setitem__(m, None) for m in ('torch', 'transformers', 'moshi')]\n"
-        "import jax.numpy as jnp; from models_flax.checkpoint import from_checkpoint\n"
-        f"lm = from_checkpoint({str(out)!r}); out = lm(jnp.zeros((1, 9, 3), jnp.int32))\n"
-        "assert out.text_logits.shape == (1, 1, 3, 48), out.text_logits.shape"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=cmd_dir)
-    assert done.returncode == 0, done.stderr
 
 
 # ----------------------------------------------------------------------------------------------------------------------
