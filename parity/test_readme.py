@@ -63,6 +63,9 @@ RUNS: dict[str, dict] = {
         "argv_only": "# a GPU",  # lines ending so are a GPU's: their arguments are parsed by the script, not run
     },
     "import jax": {"after": LM_BLOCK},
+    "python bench/mimi.py": {
+        "subs": [("python bench/mimi.py  ", "python bench/mimi.py --preset tiny --seconds 0.2 --repeats 1 --steps 2  ")]
+    },
     # one fast mutant (its test is a numpy/torch bit-pattern check) instead of a sample of 8, each minutes of tests
     "python -m parity.harness.mutation": {
         "subs": [("--sample 8", "--only conv_bf16_through_float32 --no-kill-check")],
@@ -72,9 +75,10 @@ PYTHON = re.compile(r"(?<![\w/.-])python(?= )")  # `python` where a command star
 
 
 def _spec(first: str) -> dict:
-    matches = [spec for start, spec in RUNS.items() if first.startswith(start)]
-    assert len(matches) == 1, f"README block starting {first!r} has no entry in test_readme.RUNS: say how it runs"
-    return matches[0]
+    """The RUNS entry of the block whose first line is `first`: the longest key it starts with."""
+    matches = sorted((start for start in RUNS if first.startswith(start)), key=len)
+    assert matches, f"README block starting {first!r} has no entry in test_readme.RUNS: say how it runs"
+    return RUNS[matches[-1]]
 
 
 def _prepared(text: str) -> str:

@@ -73,19 +73,22 @@ class JaxBackend:
         return jnp.concatenate(arrays, axis=axis)
 
     def compiled(self, module: Any) -> Any:
-        """module's call under an `nnx.jit` made here, so that a function patched since an earlier run (a negative
-        control) is traced afresh; Python scalars and None (an int layer_idx) stay static, as the eager call sees
-        them."""
+        """module's call under a `jax.jit` (of split/merge) made here, so that a function patched since an earlier run
+        (a negative control) is traced afresh; Python scalars and None (an int layer_idx) stay static, as the eager
+        call sees them."""
+        import jax
         from flax import nnx
 
-        @functools.partial(nnx.jit, static_argnames="static")
-        def run(module, x, arrays, static):
-            return module(x, **arrays, **dict(static))
+        graphdef, weights = nnx.split(module)  # jax.jit over split/merge: nnx.jit walks the module on every call
+
+        @functools.partial(jax.jit, static_argnames="static")
+        def run(weights, x, arrays, static):
+            return nnx.merge(graphdef, weights)(x, **arrays, **dict(static))
 
         def call(x: Any, **kwargs: Any) -> Any:
             static = tuple(sorted((k, v) for k, v in kwargs.items() if v is None or isinstance(v, int)))
             arrays = {k: v for k, v in kwargs.items() if k not in dict(static)}
-            return run(module, x, arrays, static)
+            return run(weights, x, arrays, static)
 
         return call
 

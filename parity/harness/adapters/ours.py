@@ -137,8 +137,11 @@ def decode_steps(
         )
     cache = backend.cache(batch, cfg.context + max(sizes) - 1 if cfg.context else length, cfg, built.dtype)
     outs, start = [], 0
+    compiled = module is not built.module
     for size in sizes:
         idx = step_index(layer_idx, start) if cfg.flexible else None
+        if compiled and isinstance(idx, int):  # traced, not static: one compile for every step's weight set
+            idx = backend.array(np.asarray(idx, np.int32))
         span = slice(start, start + size)
         y, cache = module(x[:, span], positions=positions[:, span], layer_idx=idx, cache=cache)
         outs.append(y)
