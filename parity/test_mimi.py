@@ -213,18 +213,19 @@ def test_negative_control(name, monkeypatch):
 
 @pytest.mark.parametrize("preset", ("tiny", pytest.param("mimi", marks=pytest.mark.nightly)))
 def test_speech_every_codebook(preset):
-    """kyutai -> flax on speech with all n_q codebooks: every stage, codes (ties explained), decoded audio. At the real
-    size (nightly; 25 frames = 2 s, 800 codes) measured 100% equal codes, stages <= 6.0e-6 max|d|/rms, audio 4.9e-6;
-    the tiny preset is its default-suite twin."""
+    """kyutai -> flax on speech with all n_q codebooks: every stage, codes (ties explained), decoded audio, and flax
+    streaming frame by frame against its full pass (codes exactly, audio within the policy). At the real size
+    (nightly; 25 frames = 2 s, 800 codes) measured 100% equal codes, stages <= 6.0e-6 max|d|/rms, audio 4.9e-6; the
+    tiny preset is its default-suite twin."""
     cfg = MimiConfig.preset(preset)
     cfg = cfg.replace(num_codebooks=cfg.n_q)
     pair = ("kyutai", "flax")
     if preset == "tiny":  # TINY encodes with all its codebooks: the cached runs of test_encode
         assert TINY.num_codebooks == TINY.n_q
-        lab, (ref, cand) = models(), (encoded(impl, "speech") for impl in pair)
+        lab, audio = models(), strategies.audio("speech", cfg, frames=FRAMES, batch=2)
+        ref, cand = (encoded(impl, "speech") for impl in pair)
     else:
-        lab = build("mimi", cfg, "float32", impls=pair)
-        audio = strategies.audio("speech", cfg, frames=25, batch=1)
+        lab, audio = build("mimi", cfg, "float32", impls=pair), strategies.audio("speech", cfg, frames=25, batch=1)
         ref, cand = (lab.run(impl, {"audio": audio, "num_codebooks": cfg.n_q}, capture=("stages",)) for impl in pair)
     compare_stages(ref, cand, mimi.stage_names(cfg)[0], pair)
     tables = mimi.quantizer_tables(converters.convert(lab.states["kyutai"], src="kyutai", dst="ref", cfg=cfg,
@@ -233,6 +234,12 @@ def test_speech_every_codebook(preset):
                  cand_latent=cand["latent"], quantizers=tables)  # fmt: skip
     decoded = [lab.run(impl, {"codes": ref["codes"]}, entry="decode")["audio"] for impl in pair]
     assert_parity(*decoded, component="mimi_audio", pair=pair, expected_dtype="float32")
+    streamed = lab.run("flax", {"audio": audio, "num_codebooks": cfg.n_q, "chunk_frames": 1}, entry="encode_stream")
+    stream_pair = ("flax[full]", "flax[stream]")
+    assert_parity(cand["codes"], streamed["codes"], component="mimi_stream_codes", pair=stream_pair,
+                  expected_dtype="int64")  # fmt: skip
+    audio_stream = lab.run("flax", {"codes": ref["codes"], "chunk_frames": 1}, entry="decode_stream")["audio"]
+    assert_parity(decoded[1], audio_stream, component="mimi_stream_audio", pair=stream_pair, expected_dtype="float32")
 
 
 @functools.cache
