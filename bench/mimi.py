@@ -4,6 +4,7 @@ step (one 80 ms frame encoded and decoded), with the real-time factor (seconds o
     python bench/mimi.py                          # CPU: the real-size Mimi, 10 s of speech, 8 codebooks (~1 min)
     python bench/mimi.py --preset tiny --seconds 1 --repeats 1     # a smoke run
     python bench/mimi.py --device                 # an accelerator: Flax on the default jax device, kyutai on CUDA
+                                                  # (bench/gpu_check.sh runs it: XLA's depthwise transposed conv on GPU)
 
 Weights: kyutai's Mimi randomised with calibrated codebooks (parity/harness/mimi.py), converted to Flax by the
 converters; timing does not depend on the values, but the codes are checked equal (a benchmark of a wrong model
@@ -90,7 +91,15 @@ def main() -> None:
     codes_f = jax.block_until_ready(encode(weights, x_flax))
     jax.block_until_ready(decode(weights, codes_f))
     agree = float((np.asarray(codes_f) == numpy_outputs({"c": codes_k})["c"]).mean())
-    print(f"codes equal: {agree:.4%}")
+    with torch.no_grad():
+        audio_k = numpy_outputs({"a": kyutai.decode(codes_k)})["a"].astype(np.float64)
+    audio_f = np.asarray(decode(weights, jnp.asarray(numpy_outputs({"c": codes_k})["c"])), np.float64)
+    rms = float(np.sqrt((audio_k**2).mean())) or 1.0
+    diff = np.abs(audio_f - audio_k)
+    print(f"codes equal: {agree:.4%}; decode of kyutai's codes, flax vs kyutai: max|d|/rms {diff.max() / rms:.2e}, "
+          f"mae/rms {diff.mean() / rms:.2e}")  # fmt: skip
+    if agree < 0.999:
+        raise SystemExit(f"codes agree {agree:.4%} < 99.9%: the benchmark would time a wrong model")
 
     def run_kyutai() -> None:
         with torch.no_grad():
