@@ -15,9 +15,10 @@ Policy:
   wrong place, a missing scale); every test module carries negative controls proving that its tolerance catches them.
 - bfloat16 is compared bf16-vs-bf16: reference and candidate both run in bfloat16 and both outputs must be bfloat16
   (`parity.harness.compare` refuses a silent upcast or downcast); the bounds reflect bf16 rounding, not porting slack.
-- Numbers are measured, and each entry's `why` states the measurement behind it. A tolerance is never widened to make a
-  failing comparison pass: a failure is either a bug to fix or a documented upstream divergence
-  (`assert_parity(..., expected_divergence=...)`).
+- Numbers are measured, and each entry's `why` states the measurement behind it (XLA's default CPU optimisation;
+  repeated under the suite's `--xla_backend_optimization_level=0`, conftest.py, within every bound). A tolerance is
+  never widened to make a failing comparison pass: a failure is either a bug to fix or a documented upstream
+  divergence (`assert_parity(..., expected_divergence=...)`).
 """
 
 from __future__ import annotations
