@@ -248,6 +248,29 @@ class MimiConfig:
             raise ValueError(f"unknown Mimi preset {name!r}; known: {sorted(presets)}")
         return presets[name]()
 
+    def stage_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(encode stages, decode stages) in computation order: what `encode(..., capture=True)` and
+        `decode(..., capture=True)` of models_ref.mimi / models_flax.mimi return, and what the harness compares. SEANet
+        and resampling outputs are (B, C, T), transformer layer outputs (B, T, D); "latent" is the unquantized latent
+        (B, D, frames) (the downsample's output), "quantizer.decode" the dequantized one."""
+        stages, layers = range(len(self.seanet.ratios)), range(self.transformer.num_layers)
+        encode = (
+            "encoder.input_conv",
+            *(f"encoder.stages.{i}" for i in stages),
+            "encoder.output_conv",
+            *(f"encoder_transformer.layers.{i}" for i in layers),
+            "latent",
+        )
+        decode = (
+            "quantizer.decode",
+            "upsample",
+            *(f"decoder_transformer.layers.{i}" for i in layers),
+            "decoder.input_conv",
+            *(f"decoder.stages.{i}" for i in stages),
+            "decoder.output_conv",
+        )
+        return encode, decode
+
     def num_params(self) -> dict[str, int]:
         """{"learnt": ..., "codebooks": ...}: kyutai's counts (its `_initialized` flags counted with the codebooks)."""
         s, t = self.seanet, self.transformer

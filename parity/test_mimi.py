@@ -51,7 +51,7 @@ def compare_stages(ref: dict, cand: dict, names: tuple[str, ...], pair: tuple[st
 def test_encode(pair, signal):
     cfg = MimiConfig.tiny()
     ref, cand = encoded(pair[0], signal), encoded(pair[1], signal)
-    compare_stages(ref, cand, mimi.stage_names(cfg)[0], pair)
+    compare_stages(ref, cand, cfg.stage_names()[0], pair)
     assert_codes(ref["codes"], cand["codes"], pair=pair, dtype="float32", ref_latent=ref["latent"],
                  cand_latent=cand["latent"], quantizers=mimi.quantizer_tables(models().states["ref"], cfg))  # fmt: skip
 
@@ -65,7 +65,7 @@ def test_decode(pair, signal):
     else:
         codes = encoded("kyutai", signal)["codes"]
     ref, cand = (models().run(impl, {"codes": codes}, entry="decode", capture=("stages",)) for impl in pair)
-    compare_stages(ref, cand, mimi.stage_names(cfg)[1], pair)
+    compare_stages(ref, cand, cfg.stage_names()[1], pair)
     assert_parity(ref["audio"], cand["audio"], component="mimi_audio", pair=pair, expected_dtype="float32")
 
 
@@ -227,7 +227,7 @@ def test_speech_every_codebook(preset):
     else:
         lab, audio = build("mimi", cfg, "float32", impls=pair), strategies.audio("speech", cfg, frames=25, batch=1)
         ref, cand = (lab.run(impl, {"audio": audio, "num_codebooks": cfg.n_q}, capture=("stages",)) for impl in pair)
-    compare_stages(ref, cand, mimi.stage_names(cfg)[0], pair)
+    compare_stages(ref, cand, cfg.stage_names()[0], pair)
     tables = mimi.quantizer_tables(converters.convert(lab.states["kyutai"], src="kyutai", dst="ref", cfg=cfg,
                                                       component="mimi"), cfg)  # fmt: skip
     assert_codes(ref["codes"], cand["codes"], pair=pair, dtype="float32", ref_latent=ref["latent"],
@@ -255,7 +255,7 @@ def test_encode_bfloat16(signal):
     """ref -> flax in bf16 (kyutai cannot encode in bf16 on CPU: test_kyutai_cannot_encode_bfloat16)."""
     pair = ("ref", "flax")
     ref, cand = (_bf16_encoded(impl, signal) for impl in pair)
-    for name in mimi.stage_names(TINY)[0]:
+    for name in TINY.stage_names()[0]:
         assert_parity(ref[name], cand[name], component="mimi_stage", pair=pair, expected_dtype="bfloat16",
                       config={"stage": name})  # fmt: skip
     tables = mimi.quantizer_tables({k: v.astype(np.float32) for k, v in models(TINY, "bfloat16").states["ref"].items()},
@@ -268,7 +268,7 @@ def test_encode_bfloat16(signal):
 def test_decode_bfloat16(pair):
     codes = _bf16_encoded("ref", "speech")["codes"]
     ref, cand = (models(TINY, "bfloat16").run(i, {"codes": codes}, entry="decode", capture=("stages",)) for i in pair)
-    for name in (*mimi.stage_names(TINY)[1], "audio"):
+    for name in (*TINY.stage_names()[1], "audio"):
         assert_parity(ref[name], cand[name], component="mimi_audio" if name == "audio" else "mimi_stage", pair=pair,
                       expected_dtype="bfloat16", config={"stage": name})  # fmt: skip
 
@@ -293,8 +293,8 @@ def test_configs(cfg, signal, frames, batch):
     dec = {impl: lab.run(impl, {"codes": out["kyutai"]["codes"]}, entry="decode", capture=("stages",))
            for impl in ("kyutai", "ref", "flax[jit]")}  # fmt: skip
     for pair in (("kyutai", "ref"), ("kyutai", "flax[jit]")):
-        compare_stages(out[pair[0]], out[pair[1]], mimi.stage_names(cfg)[0], pair)
+        compare_stages(out[pair[0]], out[pair[1]], cfg.stage_names()[0], pair)
         ref, cand = out[pair[0]], out[pair[1]]
         assert_codes(ref["codes"], cand["codes"], pair=pair, dtype="float32", config=config, quantizers=tables,
                      ref_latent=ref["latent"], cand_latent=cand["latent"])  # fmt: skip
-        compare_stages(dec[pair[0]], dec[pair[1]], (*mimi.stage_names(cfg)[1], "audio"), pair)
+        compare_stages(dec[pair[0]], dec[pair[1]], (*cfg.stage_names()[1], "audio"), pair)

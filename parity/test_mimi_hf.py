@@ -65,7 +65,7 @@ def test_weights_are_test_mimis():
 @pytest.mark.parametrize("pair", PAIRS, ids="->".join)
 def test_encode(pair, signal):
     ref, cand = encoded(pair[0], signal), encoded(pair[1], signal)
-    compare_stages(ref, cand, mimi.stage_names(TINY)[0], pair)
+    compare_stages(ref, cand, TINY.stage_names()[0], pair)
     assert_codes(ref["codes"], cand["codes"], pair=pair, dtype="float32", ref_latent=ref["latent"],
                  cand_latent=cand["latent"], quantizers=quantizers())  # fmt: skip
 
@@ -78,7 +78,7 @@ def test_decode(pair, signal):
     else:
         codes = encoded("kyutai", signal)["codes"]
     ref, cand = (run(impl, {"codes": codes}, entry="decode", capture=("stages",)) for impl in pair)
-    compare_stages(ref, cand, mimi.stage_names(TINY)[1], pair)
+    compare_stages(ref, cand, TINY.stage_names()[1], pair)
     assert_parity(ref["audio"], cand["audio"], component="mimi_audio", pair=pair, expected_dtype="float32")
 
 
@@ -152,7 +152,7 @@ def test_hf_draws_the_weights_kyutai_cannot_build():
     audio = strategies.audio("noise", cfg, frames=FRAMES, batch=2)
     inputs = {"audio": audio, "num_codebooks": cfg.num_codebooks}
     ref, cand = (models.run(impl, inputs, capture=("stages",)) for impl in ("hf", "ref"))
-    compare_stages(ref, cand, mimi.stage_names(cfg)[0], ("hf", "ref"))
+    compare_stages(ref, cand, cfg.stage_names()[0], ("hf", "ref"))
     assert_codes(ref["codes"], cand["codes"], pair=("hf", "ref"), dtype="float32", ref_latent=ref["latent"],
                  cand_latent=cand["latent"], quantizers=mimi.quantizer_tables(models.states["ref"], cfg))  # fmt: skip
     assert all(len(np.unique(ref["codes"][:, k])) >= 3 for k in range(cfg.num_codebooks)), ref["codes"]
@@ -169,7 +169,7 @@ def test_negative_control_rope_not_permuted(monkeypatch):
     bad = build("mimi", TINY, "float32", impls=("kyutai", "hf"))
     audio = strategies.audio("speech", TINY, frames=FRAMES, batch=2)
     cand = bad.run("hf", {"audio": audio, "num_codebooks": TINY.num_codebooks}, capture=("stages",))
-    names, pair = mimi.stage_names(TINY)[0], ("kyutai", "hf")
+    names, pair = TINY.stage_names()[0], ("kyutai", "hf")
     first = names.index("encoder_transformer.layers.0")
     compare_stages(encoded("kyutai", "speech"), cand, names[:first], pair)
     with pytest.raises(ParityError):

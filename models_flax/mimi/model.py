@@ -102,8 +102,8 @@ class MimiModel(nnx.Module):
     ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
         """audio (B, channels, T) -> the unquantized latent (B, D, frames). With capture=True, returns (latent,
         captures): "encoder.input_conv", "encoder.stages.{i}", "encoder.output_conv" (B, C, T'),
-        "encoder_transformer.layers.{l}" (B, T', D) (channels last, as the transformer runs), "downsample" and
-        "latent" (B, D, frames)."""
+        "encoder_transformer.layers.{l}" (B, T', D) (channels last, as the transformer runs), "latent" (B, D,
+        frames): MimiConfig.stage_names."""
         latent, captures = self._latent(audio)
         return (latent, captures) if capture else latent
 
@@ -144,7 +144,6 @@ class MimiModel(nnx.Module):
         x, _ = self.encoder_transformer(x.transpose(0, 2, 1), capture=layers)
         captures.update({f"encoder_transformer.{name}": v for name, v in layers.items()})
         latent = self.downsample(x.transpose(0, 2, 1))
-        captures["downsample"] = latent
         captures["latent"] = latent
         return latent, captures
 

@@ -6,7 +6,7 @@ encode/decode and its explicit-state streaming API.
 """
 
 from models_ref.mimi.conv import CausalConv1d, CausalConvTranspose1d, ConvState, ConvTrState
-from models_ref.mimi.model import MimiModel, MimiState, capture_names
+from models_ref.mimi.model import MimiModel, MimiState
 from models_ref.mimi.quantizer import Codebook, PointwiseProjection, ResidualVQ, SplitResidualVQ
 from models_ref.mimi.seanet import DecoderStage, EncoderStage, ResnetBlock, SEANetDecoder, SEANetEncoder
 from models_ref.mimi.transformer import (
@@ -40,5 +40,4 @@ __all__ = [
     "SEANetEncoder",
     "SplitResidualVQ",
     "TransformerState",
-    "capture_names",
 ]

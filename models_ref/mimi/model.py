@@ -3,7 +3,7 @@
     model = MimiModel(MimiConfig.tiny())
     codes = model.encode(audio)                  # audio (B, channels, T) -> (B, num_codebooks, ceil(T / frame_size))
     audio = model.decode(codes)                  # (B, K, F) -> (B, channels, F * frame_size)
-    codes, taps = model.encode(audio, capture=True)   # taps: named stage outputs (see CAPTURE_NAMES)
+    codes, taps = model.encode(audio, capture=True)   # taps: named stage outputs (MimiConfig.stage_names)
 
     state = model.init_state(batch)              # explicit streaming state, nothing stored in the module
     codes, state = model.encode_step(chunk, state)    # chunk (B, channels, n * frame_size) -> (B, K, n)
@@ -31,33 +31,6 @@ from models_ref.mimi.quantizer import SplitResidualVQ
 from models_ref.mimi.seanet import SEANetDecoder, SEANetEncoder, SEANetState
 from models_ref.mimi.transformer import MimiTransformer, TransformerState
 from moshi_spec import MimiConfig
-
-
-def capture_names(cfg: MimiConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The names `encode(..., capture=True)` and `decode(..., capture=True)` return, in computation order.
-
-    Shapes: SEANet and resampling taps are channels-first (B, C, T); transformer layer taps are channels-last
-    (B, T, D) (the layer outputs as computed); "latent" is the unquantized latent (B, D, frames) (the downsample's
-    output) and "quantizer.decode" the dequantized one.
-    """
-    n_stages, n_layers = len(cfg.seanet.ratios), cfg.transformer.num_layers
-    encode = (
-        "encoder.input_conv",
-        *(f"encoder.stages.{i}" for i in range(n_stages)),
-        "encoder.output_conv",
-        *(f"encoder_transformer.layers.{i}" for i in range(n_layers)),
-        "downsample",
-        "latent",
-    )
-    decode = (
-        "quantizer.decode",
-        "upsample",
-        *(f"decoder_transformer.layers.{i}" for i in range(n_layers)),
-        "decoder.input_conv",
-        *(f"decoder.stages.{i}" for i in range(n_stages)),
-        "decoder.output_conv",
-    )
-    return encode, decode
 
 
 @dataclass(frozen=True)
@@ -194,7 +167,8 @@ class MimiModel(nn.Module):
         audio = self._check_audio("MimiModel.encode", audio, whole_frames=False)
         frame = self.cfg.frame_size
         audio = F.pad(audio, (0, -audio.shape[-1] % frame))
-        x = self.encoder(audio, capture=capture)
+        stages: dict[str, torch.Tensor] | None = {} if capture is not None else None
+        x = self.encoder(audio, capture=stages)
         layers: list[torch.Tensor] | None = [] if capture is not None else None
         y, _ = self.encoder_transformer(
             x.transpose(1, 2), positions=self._positions(x.shape[0], x.shape[2]), capture=layers
@@ -202,8 +176,9 @@ class MimiModel(nn.Module):
         latent = self.downsample(y.transpose(1, 2))
         if capture is not None:
             assert layers is not None
+            assert stages is not None
+            capture.update({f"encoder.{name}": out for name, out in stages.items()})
             capture.update({f"encoder_transformer.layers.{i}": out for i, out in enumerate(layers)})
-            capture["downsample"] = latent
             capture["latent"] = latent
         return latent
 
@@ -218,7 +193,7 @@ class MimiModel(nn.Module):
 
         The audio is right-padded with zeros to whole frames (kyutai pad_for_conv1d(x, frame_size, frame_size)).
         num_codebooks: K, in [n_q_semantic, n_q]; cfg.num_codebooks when None.
-        capture: when True, returns (codes, taps) with taps the named stage outputs (capture_names(cfg)[0]).
+        capture: when True, returns (codes, taps) with taps the named stage outputs (cfg.stage_names()[0]).
         """
         k = self._num_codebooks("MimiModel.encode", num_codebooks)
         taps: dict[str, torch.Tensor] | None = {} if capture else None
@@ -237,13 +212,13 @@ class MimiModel(nn.Module):
         """codes (B, K, frames), n_q_semantic <= K <= n_q, integers in [0, bins) -> audio (B, channels,
         frames * frame_size) in the model dtype.
 
-        capture: when True, returns (audio, taps) with taps the named stage outputs (capture_names(cfg)[1]).
+        capture: when True, returns (audio, taps) with taps the named stage outputs (cfg.stage_names()[1]).
         """
         codes = self._check_codes("MimiModel.decode", codes)
         taps: dict[str, torch.Tensor] | None = {} if capture else None
         latent = self.quantizer.decode(codes)
         x = self.upsample(latent)
-        layers: list[torch.Tensor] | None = [] if capture is not None else None
+        layers: list[torch.Tensor] | None = [] if taps is not None else None
         y, _ = self.decoder_transformer(
             x.transpose(1, 2), positions=self._positions(x.shape[0], x.shape[2]), capture=layers
         )
@@ -252,8 +227,11 @@ class MimiModel(nn.Module):
             taps["quantizer.decode"] = latent
             taps["upsample"] = x
             taps.update({f"decoder_transformer.layers.{i}": out for i, out in enumerate(layers)})
-        audio = self.decoder(y.transpose(1, 2), capture=taps)
+        stages: dict[str, torch.Tensor] | None = {} if taps is not None else None
+        audio = self.decoder(y.transpose(1, 2), capture=stages)
         if taps is not None:
+            assert stages is not None
+            taps.update({f"decoder.{name}": out for name, out in stages.items()})
             return audio, taps
         return audio
 

@@ -135,7 +135,48 @@ class DecoderStage(nn.Module):
         return x, {"upsample": upsample, "residuals": residuals}
 
 
-class SEANetEncoder(nn.Module):
+class _SEANet(nn.Module):
+    """input_conv, stages, elu, output_conv: the structure encoder and decoder share."""
+
+    input_conv: CausalConv1d
+    stages: nn.ModuleList
+    output_conv: CausalConv1d
+
+    def forward(self, x: torch.Tensor, *, capture: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """(B, C_in, T) -> (B, C_out, T'); `capture`, a dict, receives "input_conv", "stages.{i}", "output_conv"."""
+        x = self.input_conv(x)
+        _record(capture, "input_conv", x)
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            _record(capture, f"stages.{i}", x)
+        x = self.output_conv(elu(x))
+        _record(capture, "output_conv", x)
+        return x
+
+    def init_state(self, batch: int) -> SEANetState:
+        return {
+            "input_conv": self.input_conv.init_state(batch),
+            "stages": [stage.init_state(batch) for stage in self.stages],
+            "output_conv": self.output_conv.init_state(batch),
+        }
+
+    def step(self, x: torch.Tensor, state: SEANetState) -> tuple[torch.Tensor, SEANetState]:
+        """One streaming chunk; the encoder takes a multiple of hop_length samples, the decoder any T >= 1."""
+        x, input_conv = self.input_conv.step(x, state["input_conv"])
+        stages = []
+        for stage, stage_state in zip(self.stages, state["stages"], strict=True):
+            x, stage_state = stage.step(x, stage_state)
+            stages.append(stage_state)
+        x, output_conv = self.output_conv.step(elu(x), state["output_conv"])
+        return x, {"input_conv": input_conv, "stages": stages, "output_conv": output_conv}
+
+
+def _record(capture: dict[str, torch.Tensor] | None, name: str, value: torch.Tensor) -> None:
+    if capture is not None:
+        capture[name] = value
+
+
+class SEANetEncoder(_SEANet):
     """Audio (B, channels, T) -> latent (B, dimension, T // hop_length), T a positive multiple of hop_length.
 
     input_conv (channels -> n_filters, kernel_size); stages over reversed(ratios), stage i at width n_filters * 2**i;
@@ -155,39 +196,8 @@ class SEANetEncoder(nn.Module):
             cfg.width(len(cfg.ratios)), cfg.dimension, cfg.last_kernel_size, pad_mode=cfg.pad_mode, dtype=dtype
         )
 
-    def forward(self, x: torch.Tensor, *, capture: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """capture: when given, receives "encoder.input_conv", "encoder.stages.{i}", "encoder.output_conv"."""
-        x = self.input_conv(x)
-        if capture is not None:
-            capture["encoder.input_conv"] = x
-        for i, stage in enumerate(self.stages):
-            x = stage(x)
-            if capture is not None:
-                capture[f"encoder.stages.{i}"] = x
-        x = self.output_conv(elu(x))
-        if capture is not None:
-            capture["encoder.output_conv"] = x
-        return x
 
-    def init_state(self, batch: int) -> SEANetState:
-        return {
-            "input_conv": self.input_conv.init_state(batch),
-            "stages": [stage.init_state(batch) for stage in self.stages],
-            "output_conv": self.output_conv.init_state(batch),
-        }
-
-    def step(self, x: torch.Tensor, state: SEANetState) -> tuple[torch.Tensor, SEANetState]:
-        """x (B, channels, T), T a positive multiple of hop_length -> (B, dimension, T // hop_length), new state."""
-        x, input_conv = self.input_conv.step(x, state["input_conv"])
-        stages = []
-        for stage, stage_state in zip(self.stages, state["stages"], strict=True):
-            x, stage_state = stage.step(x, stage_state)
-            stages.append(stage_state)
-        x, output_conv = self.output_conv.step(elu(x), state["output_conv"])
-        return x, {"input_conv": input_conv, "stages": stages, "output_conv": output_conv}
-
-
-class SEANetDecoder(nn.Module):
+class SEANetDecoder(_SEANet):
     """Latent (B, dimension, T) -> audio (B, channels, T * hop_length).
 
     input_conv (dimension -> n_filters * 2**len(ratios), kernel_size); stages over ratios (decoder order), stage i at
@@ -207,34 +217,3 @@ class SEANetDecoder(nn.Module):
         self.output_conv = CausalConv1d(
             cfg.n_filters, cfg.channels, cfg.last_kernel_size, pad_mode=cfg.pad_mode, dtype=dtype
         )
-
-    def forward(self, x: torch.Tensor, *, capture: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """capture: when given, receives "decoder.input_conv", "decoder.stages.{i}", "decoder.output_conv"."""
-        x = self.input_conv(x)
-        if capture is not None:
-            capture["decoder.input_conv"] = x
-        for i, stage in enumerate(self.stages):
-            x = stage(x)
-            if capture is not None:
-                capture[f"decoder.stages.{i}"] = x
-        x = self.output_conv(elu(x))
-        if capture is not None:
-            capture["decoder.output_conv"] = x
-        return x
-
-    def init_state(self, batch: int) -> SEANetState:
-        return {
-            "input_conv": self.input_conv.init_state(batch),
-            "stages": [stage.init_state(batch) for stage in self.stages],
-            "output_conv": self.output_conv.init_state(batch),
-        }
-
-    def step(self, x: torch.Tensor, state: SEANetState) -> tuple[torch.Tensor, SEANetState]:
-        """x (B, dimension, T), T > 0 -> (B, channels, T * hop_length), new state."""
-        x, input_conv = self.input_conv.step(x, state["input_conv"])
-        stages = []
-        for stage, stage_state in zip(self.stages, state["stages"], strict=True):
-            x, stage_state = stage.step(x, stage_state)
-            stages.append(stage_state)
-        x, output_conv = self.output_conv.step(elu(x), state["output_conv"])
-        return x, {"input_conv": input_conv, "stages": stages, "output_conv": output_conv}

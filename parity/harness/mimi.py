@@ -6,9 +6,9 @@ Entries of component "mimi" (numpy in, numpy out, as every adapter):
     encode_stream:     {"audio", "num_codebooks", "chunk_frames": n} -> {"codes"}: the streaming API fed n frames at a
                        time (kyutai: its `streaming` context; ours: init_state / encode_step)
     decode_stream:     {"codes", "chunk_frames": n} -> {"audio"}
-With capture=("stages",) encode and decode also return every stage's output under its name (STAGES): convolution
-outputs (B, C, T), transformer layer outputs (B, T, D), "latent" the unquantized latent (B, D, F). kyutai's are read
-with forward hooks at the module each stage name stands for (`kyutai_stage_modules`).
+With capture=("stages",) encode and decode also return every stage's output under its name (MimiConfig.stage_names):
+convolution outputs (B, C, T), transformer layer outputs (B, T, D), "latent" the unquantized latent (B, D, F). kyutai's
+are read with forward hooks at the module each stage name stands for (`kyutai_stage_modules`).
 
 Random weights (drawn by kyutai, the weight source, then converted to every other format): every parameter scaled to
 its fan-in, so that activations keep their size through SEANet; LayerScale and norm scales 1 + 0.3 N(0, 1) (not
@@ -32,28 +32,6 @@ from parity.harness import adapters
 from parity.harness.adapters.base import Binding, Built, Inputs, Outputs, numpy_outputs, torch_dtype
 
 CALIBRATION_FRAMES = 8
-
-
-def stage_names(cfg: MimiConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(encode stages, decode stages) in the order they run; the names of models_ref/models_flax modules."""
-    layers = range(cfg.transformer.num_layers)
-    stages = range(len(cfg.seanet.ratios))
-    encode = (
-        "encoder.input_conv",
-        *(f"encoder.stages.{i}" for i in stages),
-        "encoder.output_conv",
-        *(f"encoder_transformer.layers.{layer}" for layer in layers),
-        "latent",
-    )
-    decode = (
-        "quantizer.decode",
-        "upsample",
-        *(f"decoder_transformer.layers.{layer}" for layer in layers),
-        "decoder.input_conv",
-        *(f"decoder.stages.{i}" for i in stages),
-        "decoder.output_conv",
-    )
-    return encode, decode
 
 
 def kyutai_config(cfg: MimiConfig) -> dict[str, Any]:
@@ -183,7 +161,7 @@ def _kyutai_encode(built: Built, inputs: Inputs, capture: tuple) -> Outputs:
     model, cfg = built.module, built.cfg
     model.set_num_codebooks(int(inputs.get("num_codebooks", cfg.num_codebooks)))
     audio = torch.from_numpy(np.asarray(inputs["audio"], np.float32)).to(torch_dtype(built.dtype))
-    seen, hooks = _hooked(model, cfg, stage_names(cfg)[0], capture)
+    seen, hooks = _hooked(model, cfg, cfg.stage_names()[0], capture)
     try:
         codes = model.encode(audio)
     finally:
@@ -197,7 +175,7 @@ def _kyutai_decode(built: Built, inputs: Inputs, capture: tuple) -> Outputs:
 
     model, cfg = built.module, built.cfg
     codes = torch.from_numpy(np.asarray(inputs["codes"], np.int64))
-    seen, hooks = _hooked(model, cfg, stage_names(cfg)[1], capture)
+    seen, hooks = _hooked(model, cfg, cfg.stage_names()[1], capture)
     try:
         if "stages" in capture:
             seen["quantizer.decode"] = model.decode_latent(codes)
@@ -305,7 +283,7 @@ def _ours(framework: str) -> Binding:
         cfg = built.cfg
         k = int(inputs.get("num_codebooks", cfg.num_codebooks))
         codes, taps = batch(built, "encode", k)(array(inputs["audio"], built.dtype))
-        stages = keep(taps, stage_names(cfg)[0]) if "stages" in capture else {}
+        stages = keep(taps, cfg.stage_names()[0]) if "stages" in capture else {}
         return numpy_outputs({"codes": codes, **stages}) | {"codes": np.asarray(codes, np.int64)}
 
     def stepper(built: Built, method: str, k: int | None = None) -> Any:
@@ -350,7 +328,7 @@ def _ours(framework: str) -> Binding:
 
     def decode(built: Built, inputs: Inputs, capture: tuple) -> Outputs:
         audio, taps = batch(built, "decode")(array(np.asarray(inputs["codes"])))
-        stages = keep(taps, stage_names(built.cfg)[1]) if "stages" in capture else {}
+        stages = keep(taps, built.cfg.stage_names()[1]) if "stages" in capture else {}
         return numpy_outputs({"audio": audio, **stages})
 
     def concat(parts: list) -> Any:

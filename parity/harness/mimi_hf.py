@@ -34,7 +34,7 @@ import numpy as np
 from moshi_spec import MimiConfig
 from parity.harness import adapters
 from parity.harness.adapters.base import Binding, Built, Inputs, Outputs, numpy_outputs, torch_dtype
-from parity.harness.mimi import CALIBRATION_FRAMES, _chunks, stage_names
+from parity.harness.mimi import CALIBRATION_FRAMES, _chunks
 
 HF_CODEBOOK_EPS = 1e-5
 """MimiEuclideanCodebook's epsilon (MimiVectorQuantization builds it with the default; no config field)."""
@@ -161,7 +161,7 @@ def _encode(built: Built, inputs: Inputs, capture: tuple) -> Outputs:
     model, cfg = built.module, built.cfg
     _fresh_codebooks(model)
     k = int(inputs.get("num_codebooks", cfg.num_codebooks))
-    seen, hooks = _hooked(model, cfg, stage_names(cfg)[0], capture)
+    seen, hooks = _hooked(model, cfg, cfg.stage_names()[0], capture)
     try:
         codes = model.encode(_audio(built, inputs), num_quantizers=k).audio_codes
     finally:
@@ -174,7 +174,7 @@ def _decode(built: Built, inputs: Inputs, capture: tuple) -> Outputs:
     model, cfg = built.module, built.cfg
     _fresh_codebooks(model)
     codes = _codes(inputs)
-    seen, hooks = _hooked(model, cfg, stage_names(cfg)[1], capture)
+    seen, hooks = _hooked(model, cfg, cfg.stage_names()[1], capture)
     try:
         if "stages" in capture:
             seen["quantizer.decode"] = model.quantizer.decode(codes)
