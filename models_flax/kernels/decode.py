@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from models_flax.kernels.dispatch import run_kernel
 from models_flax.kernels.flash_attention import (
     attend_blocks,
     compiler_params,
@@ -35,7 +36,6 @@ from models_flax.kernels.flash_attention import (
     kv_shape,
     reference_attention,
     resolve,
-    run_kernel,
     sum_rows,
 )
 from models_flax.kernels.positions import live_block_ranges, pad_axis, visible
