@@ -101,3 +101,33 @@ def test_reset_restarts_rows():
     again, _ = step(module, jnp.stack([audio[0, :, :n], audio[1, :, n : 2 * n]]), state)
     np.testing.assert_array_equal(np.asarray(again)[0], np.asarray(first)[0])
     np.testing.assert_array_equal(np.asarray(again)[1], ref["codes"][1, :, 3:6])
+
+
+STREAM_CONTROLS = {  # name: (class in models_ref.mimi.conv, the output it must move)
+    # each chunk padded afresh, as a batch call would: the carried left context dropped
+    "conv_carry_dropped": ("CausalConv1d", "codes"),
+    # the transposed convolution's overlap tail not added to the next chunk
+    "convtr_overlap_dropped": ("CausalConvTranspose1d", "audio"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STREAM_CONTROLS))
+def test_stream_negative_control(name, monkeypatch):
+    """A streaming bug (a carry dropped between chunks) makes frame-by-frame streaming leave the full pass
+    (models_ref: eager, so the patch reaches the steps)."""
+    from models_ref.mimi import conv
+
+    cls_name, output = STREAM_CONTROLS[name]
+    cls = getattr(conv, cls_name)
+    step = cls.step
+    monkeypatch.setattr(cls, "step", lambda self, x, state: step(self, x, self.init_state(x.shape[0])))
+    codes, audio = streamed(TINY, "ref", 1)
+    ref = full(TINY, "ref")
+    pair = ("ref[full]", "ref[stream]")
+    with pytest.raises(ParityError):
+        if output == "codes":
+            assert_parity(ref["codes"], codes, component="mimi_stream_codes", pair=pair, expected_dtype="int64",
+                          control=name)  # fmt: skip
+        else:
+            assert_parity(ref["decoded"], audio, component="mimi_stream_audio", pair=pair, expected_dtype="float32",
+                          control=name)  # fmt: skip
