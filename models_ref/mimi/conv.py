@@ -59,6 +59,16 @@ def _check_batch(where: str, x: torch.Tensor, batch: int) -> None:
         raise ValueError(f"{where}: input batch {x.shape[0]} (shape {tuple(x.shape)}) differs from the state's {batch}")
 
 
+def _check_sizes(where: str, **sizes: int) -> None:
+    """Every size an int >= 1, and `groups` dividing both channel counts."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{where}: {name} must be an int >= 1, got {value!r}")
+    groups, cin, cout = sizes["groups"], sizes["in_channels"], sizes["out_channels"]
+    if cin % groups or cout % groups:
+        raise ValueError(f"{where}: groups {groups} must divide in_channels {cin} and out_channels {cout}")
+
+
 class CausalConv1d(nn.Module):
     """Left-padded 1-D convolution: (B, in, T) -> (B, out, T // stride), T a positive multiple of stride.
 
@@ -88,20 +98,8 @@ class CausalConv1d(nn.Module):
         check_dtype("CausalConv1d", dtype)
         if pad_mode not in PAD_MODES:
             raise ValueError(f"CausalConv1d: unknown pad_mode {pad_mode!r}; known: {PAD_MODES}")
-        for name, value in (
-            ("in_channels", in_channels),
-            ("out_channels", out_channels),
-            ("kernel_size", kernel_size),
-            ("stride", stride),
-            ("dilation", dilation),
-            ("groups", groups),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"CausalConv1d: {name} must be an int >= 1, got {value!r}")
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(
-                f"CausalConv1d: groups {groups} must divide in_channels {in_channels} and out_channels {out_channels}"
-            )
+        _check_sizes("CausalConv1d", in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size,
+                     stride=stride, dilation=dilation, groups=groups)  # fmt: skip
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
         self.stride, self.dilation, self.groups, self.pad_mode = stride, dilation, groups, pad_mode
         self.pad = (kernel_size - 1) * dilation + 1 - stride
@@ -182,20 +180,8 @@ class CausalConvTranspose1d(nn.Module):
     ):
         super().__init__()
         check_dtype("CausalConvTranspose1d", dtype)
-        for name, value in (
-            ("in_channels", in_channels),
-            ("out_channels", out_channels),
-            ("kernel_size", kernel_size),
-            ("stride", stride),
-            ("groups", groups),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"CausalConvTranspose1d: {name} must be an int >= 1, got {value!r}")
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(
-                f"CausalConvTranspose1d: groups {groups} must divide in_channels {in_channels} and out_channels "
-                f"{out_channels}"
-            )
+        _check_sizes("CausalConvTranspose1d", in_channels=in_channels, out_channels=out_channels,
+                     kernel_size=kernel_size, stride=stride, groups=groups)  # fmt: skip
         if stride > kernel_size:
             raise ValueError(
                 f"CausalConvTranspose1d: stride {stride} exceeds kernel_size {kernel_size} (gaps in the output)"
