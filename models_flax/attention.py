@@ -88,6 +88,8 @@ class Attention(nnx.Module):
         self.k_proj = make_linear(cfg.dim, cfg.kv_dim, cfg.weight_sets, **kw)
         self.v_proj = make_linear(cfg.dim, cfg.kv_dim, cfg.weight_sets, **kw)
         self.o_proj = make_linear(cfg.q_dim, cfg.dim, cfg.weight_sets, **kw)
+        # models_flax.training.lora attaches the LoRA adapter of the fused q/k/v projection here
+        self.qkv_lora: nnx.Module | None = nnx.data(None)
         self.rotary_emb = (
             RotaryEmbedding(cfg.head_dim, theta=cfg.rope_theta, layout=cfg.rope_layout) if cfg.rope else None
         )
@@ -104,11 +106,13 @@ class Attention(nnx.Module):
         if x.ndim != 3:
             raise ValueError(f"Attention: expected (B, T, {cfg.dim}), got {tuple(x.shape)}")
         check_positions("Attention", positions, x.shape[0], x.shape[1])
-        q = self.q_proj(x, layer_idx=layer_idx)
+        q, k, v = (proj(x, layer_idx=layer_idx) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        if self.qkv_lora is not None:  # one adapter on the fused [q; k; v] projection, as kyutai's in_projs
+            delta = self.qkv_lora(x, layer_idx=layer_idx)
+            splits = (cfg.q_dim, cfg.q_dim + cfg.kv_dim)
+            q, k, v = ((y + d).astype(y.dtype) for y, d in zip((q, k, v), jnp.split(delta, splits, -1), strict=True))
         q = q.reshape(*q.shape[:2], cfg.num_heads, cfg.head_dim)
-        k = self.k_proj(x, layer_idx=layer_idx)
         k = k.reshape(*k.shape[:2], cfg.num_kv_heads, cfg.head_dim)
-        v = self.v_proj(x, layer_idx=layer_idx)
         v = v.reshape(*v.shape[:2], cfg.num_kv_heads, cfg.head_dim)
         if q.shape[1] != positions.shape[1]:
             raise ValueError(

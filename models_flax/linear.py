@@ -1,4 +1,5 @@
-"""FlexibleLinear: one weight matrix per codebook, selected per position; and the plain Linear beside it."""
+"""FlexibleLinear: one weight matrix per codebook, selected per position; and the plain Linear beside it. Either may
+carry a LoRA adapter (`lora`, models_flax/training/lora.py) whose output adds to the layer's."""
 
 from __future__ import annotations
 
@@ -86,18 +87,28 @@ class FlexibleLinear(nnx.Module):
         self.precision = precision
         init = jax.random.normal(rngs.params(), (num_layers, in_features, out_features), jnp.float32)
         self.kernel = nnx.Param(init.astype(check_dtype("FlexibleLinear", param_dtype)))
+        self.lora: nnx.Module | None = nnx.data(None)  # models_flax.training.lora attaches one for LoRA fine-tuning
 
     def __call__(self, x: jax.Array, *, layer_idx: object = None) -> jax.Array:
         check_input("FlexibleLinear", x, rank=3, last=self.in_features, dtype=self.dtype)
-        w, valid = select_weights(self.kernel[...].astype(self.dtype), x.shape[1], layer_idx)
-        if w.shape[0] == 1:  # one kernel for every position (int / 0-d index, or num_layers == 1)
-            y = einsum("bsi,io->bso", x, w[0], precision=self.precision)
-        else:  # an S == 1 input broadcasts over the S' = L kernels
-            x = jnp.broadcast_to(x, (x.shape[0], w.shape[0], x.shape[2]))
-            y = einsum("bsi,sio->bso", x, w, precision=self.precision)
-        if valid is not None:  # a traced index out of range: NaN, not the clamped kernel's output
-            y = jnp.where(valid.reshape(1, -1, 1) if valid.ndim else valid, y, jnp.nan)
+        y = apply_kernels(x, self.kernel[...].astype(self.dtype), layer_idx, precision=self.precision)
+        if self.lora is not None:
+            y = y + self.lora(x, layer_idx=layer_idx)
         return y.astype(self.dtype)
+
+
+def apply_kernels(x: jax.Array, kernel: jax.Array, layer_idx: object, *, precision: jax.lax.PrecisionLike) -> jax.Array:
+    """x (B, S, in) through the (L, in, out) kernels `layer_idx` selects (`select_weights`) -> (B, S', out), with
+    float32 accumulation; NaN at a traced selection out of range."""
+    w, valid = select_weights(kernel, x.shape[1], layer_idx)
+    if w.shape[0] == 1:  # one kernel for every position (int / 0-d index, or num_layers == 1)
+        y = einsum("bsi,io->bso", x, w[0], precision=precision)
+    else:  # an S == 1 input broadcasts over the S' = L kernels
+        x = jnp.broadcast_to(x, (x.shape[0], w.shape[0], x.shape[2]))
+        y = einsum("bsi,sio->bso", x, w, precision=precision)
+    if valid is not None:  # a traced index out of range: NaN, not the clamped kernel's output
+        y = jnp.where(valid.reshape(1, -1, 1) if valid.ndim else valid, y, jnp.nan)
+    return y
 
 
 class Linear(nnx.Module):
@@ -119,6 +130,7 @@ class Linear(nnx.Module):
         scale = in_features**-0.5
         init = scale * jax.random.normal(rngs.params(), (in_features, out_features), jnp.float32)
         self.kernel = nnx.Param(init.astype(check_dtype("Linear", param_dtype)))
+        self.lora: nnx.Module | None = nnx.data(None)  # models_flax.training.lora attaches one for LoRA fine-tuning
 
     def __call__(self, x: jax.Array, *, layer_idx: object = None) -> jax.Array:
         if layer_idx is not None:
@@ -126,6 +138,8 @@ class Linear(nnx.Module):
         check_input("Linear", x, rank=max(x.ndim, 2), last=self.in_features, dtype=self.dtype)
         kernel = self.kernel[...].astype(self.dtype)
         y = einsum("...i,io->...o", x, kernel, precision=self.precision)
+        if self.lora is not None:
+            y = y + self.lora(x)
         return y.astype(self.dtype)
 
 

@@ -28,6 +28,24 @@ class LMOutput:
     audio_mask: jax.Array  # (B, dep_q, T)
 
 
+def run_layers(layers: nnx.List, x: jax.Array, positions: jax.Array, *, remat: bool) -> jax.Array:
+    """x through every layer (no cache); with remat, each layer's activations are recomputed in the backward pass."""
+    for layer in layers:
+        x = _remat_layer(layer, x, positions) if remat else layer(x, positions=positions)[0]
+    return x
+
+
+def _remat_layer(layer: DecoderLayer, x: jax.Array, positions: jax.Array) -> jax.Array:
+    """`jax.checkpoint` of the layer as a pure function of its state (nnx.remat would write the state back, which
+    fails when the model was merged inside an outer transform such as the train step's scan)."""
+    graphdef, state = nnx.split(layer)
+
+    def run(state: nnx.State, x: jax.Array, positions: jax.Array) -> jax.Array:
+        return nnx.merge(graphdef, state)(x, positions=positions)[0]
+
+    return jax.checkpoint(run)(state, x, positions)
+
+
 class DepthTransformer(nnx.Module):
     """Predicts the dep_q audio codebooks of one frame from the temporal state, one codebook per step."""
 
@@ -43,6 +61,7 @@ class DepthTransformer(nnx.Module):
         self.input_projections = FlexibleLinear(cfg.temporal.dim, d.dim, cfg.dep_q, **kw)
         self.layers = nnx.List([DecoderLayer(d, impl=impl, **kw) for _ in range(d.num_layers)])
         self.lm_heads = FlexibleLinear(d.dim, cfg.card, cfg.dep_q, **kw)
+        self.remat = False  # recompute each layer's activations in the backward pass (`set_remat`)
 
     def __call__(self, tokens: jax.Array, *, context: jax.Array) -> jax.Array:
         """tokens (N, dep_q): the text token, then audio tokens 0..dep_q-2 (teacher forcing); context (N, D).
@@ -55,8 +74,7 @@ class DepthTransformer(nnx.Module):
         x = jnp.stack(embeds, axis=1)
         x = x + self.input_projections(context[:, None], layer_idx=np.arange(steps, dtype=np.int32))
         positions = jnp.broadcast_to(jnp.arange(steps), (n, steps))
-        for layer in self.layers:
-            x, _ = layer(x, positions=positions)
+        x = run_layers(self.layers, x, positions, remat=self.remat)
         return self.lm_heads(x)
 
     def init_caches(self, batch: int, *, dtype: object) -> list[KVCache]:
@@ -108,6 +126,12 @@ class LM(nnx.Module):
         self.norm = RMSNorm(t.dim, eps=t.norm_eps, dtype=dtype, param_dtype=param_dtype)
         self.lm_head = Linear(t.dim, cfg.text_card, **kw)
         self.depth = DepthTransformer(cfg, impl=impl, **kw)
+        self.remat = False  # recompute each layer's activations in the backward pass (`set_remat`)
+
+    def set_remat(self, remat: bool) -> None:
+        """Activation checkpointing of every decoder layer of both transformers in the full-sequence call (training):
+        the backward pass recomputes a layer's activations instead of storing them. Same values, less memory."""
+        self.remat = self.depth.remat = bool(remat)
 
     @property
     def dtype(self) -> jnp.dtype:
@@ -148,8 +172,7 @@ class LM(nnx.Module):
         inputs, targets = delayed[:, :, :-1], delayed[:, :, 1:]
         x = self.embed(inputs)
         positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
-        for layer in self.layers:
-            x, _ = layer(x, positions=positions)
+        x = run_layers(self.layers, x, positions, remat=self.remat)
         x = self.norm(x)
         text_logits = self.lm_head(x)[:, None]
         depth_tokens = targets[:, : cfg.dep_q].transpose(0, 2, 1).reshape(batch * length, cfg.dep_q)

@@ -34,7 +34,7 @@ def test_sharded_lm_matches_unsharded():
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
         check=False,
     )
     assert result.returncode == 0, result.stderr[-4000:]
@@ -43,6 +43,10 @@ def test_sharded_lm_matches_unsharded():
     assert measured["split"] >= 40  # every kernel and embedding of the tiny LM (49 params, 9 norms)
     for diffs in measured["max_diff_over_rms"].values():
         assert diffs["text"] <= measured["bound"]["text"] and diffs["audio"] <= measured["bound"]["audio"]
+    train = measured["train"]  # the sharded train step (parity/harness/train_sharding_check.py)
+    assert train["split"] >= 100  # master, mu and nu leaves with a split axis
+    assert all(train["max_diff_over_rms"][w] <= train["bound"][w] for w in train["bound"])
+    assert all(train["doubled_shard_control"][w] > train["bound"][w] for w in train["bound"])
 
 
 def test_7b_plan_covers_every_param_and_splits_8_ways():

@@ -11,7 +11,8 @@ Checks, on a (dp=2, fsdp=4) mesh:
     under jax.jit, text and audio logits at valid positions (masks True) equal the unsharded model's within `BOUND`
     (max |diff| / rms(reference)), for the batch split over ('dp', 'fsdp') (B=8) and over 'dp' only (B=4, the first
     four rows); masks are equal; the same comparison on batch rows rolled by one fails it (negative control);
-    a batch the data axes do not divide raises.
+    a batch the data axes do not divide raises;
+    the sharded train step equals the unsharded one (parity/harness/train_sharding_check.py).
 
 It also prints the unsharded model's own float32 noise: the first four rows of the unsharded B=8 run against the
 unsharded B=4 run (same rows, only the batch size differs).
@@ -30,6 +31,7 @@ from jax.sharding import PartitionSpec as P
 from models_flax import sharding
 from models_flax.lm import LM
 from moshi_spec import LMConfig
+from parity.harness import train_sharding_check
 from parity.harness.policy import tolerance_for
 
 DEVICES = 8
@@ -124,6 +126,7 @@ def main() -> int:
         result["indivisible_batch_error"] = str(e)
     else:
         raise AssertionError("shard_batch accepted B=3 on 8 devices")
+    result["train"] = train_sharding_check.check()
     print(json.dumps(result))
     return 0
 
