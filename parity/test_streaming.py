@@ -8,6 +8,7 @@ The sampler itself (kyutai's sample_token given its noise, the top-k law, per-st
 Each has negative controls (planted delay-buffer, rope, cache and mask bugs); bad input is a clear error.
 """
 
+import copy
 import warnings
 from functools import cache
 
@@ -22,7 +23,7 @@ import models_flax.rope
 import models_flax.streaming as streaming
 from models_flax.cache import KVCache
 from models_flax.sampling import AUDIO, GREEDY, TEXT, Sampler
-from models_flax.streaming import UNGENERATED, Streamer
+from models_flax.streaming import UNGENERATED, Streamer, split_codebooks
 from moshi_spec import LMConfig
 from parity.harness.adapters import Impl
 from parity.harness.arrays import to_numpy
@@ -56,15 +57,26 @@ def _lmgen_tokens(seed: int) -> np.ndarray:
 
 @cache
 def _greedy(dtype: str, seed: int, impl: str) -> Streamer:
-    """Cached: one compile per model. Negative controls build their own Streamer (a patch must precede the trace)."""
-    return Streamer(_lms(dtype, seed, impl)[impl], text=GREEDY, audio=GREEDY)
+    """Cached: one compile per dtype and impl. Negative controls build their own Streamer (a patch must precede the
+    trace).
+
+    The weights are arguments of the Streamer's compiled programs, not constants: the LM of another seed has the same
+    structure (graphdef, asserted) and runs seed 0's programs with its own weights, split by `split_codebooks` as
+    `Streamer.__init__` splits them, instead of compiling an identical step again (~1.5 s a seed)."""
+    lm = _lms(dtype, seed, impl)[impl]
+    if seed == 0:
+        return Streamer(lm, text=GREEDY, audio=GREEDY)
+    base = _greedy(dtype, 0, impl)
+    graphdef, depth_weights, params = split_codebooks(lm)
+    assert graphdef == split_codebooks(_lms(dtype, 0, impl)[impl])[0], "seeds differ in structure, not only weights"
+    streamer = copy.copy(base)
+    streamer.depth_weights, streamer.params = depth_weights, params
+    return streamer
 
 
-def _greedy_run(seed: int, impl: str, *, fresh: bool = False) -> dict[str, np.ndarray]:
-    """Greedy `run_steps` over FRAMES frames of the seed's user codes (the cached Streamer unless `fresh`)."""
-    lm = _lms("float32", seed, impl)[impl]
-    streamer = Streamer(lm, text=GREEDY, audio=GREEDY) if fresh else _greedy("float32", seed, impl)
-    return run_steps(streamer, user_codes(CFG, 2, FRAMES, seed=seed))
+def _greedy_run(seed: int, impl: str, streamer: Streamer | None = None) -> dict[str, np.ndarray]:
+    """Greedy `run_steps` over FRAMES frames of the seed's user codes (on the cached Streamer unless given one)."""
+    return run_steps(streamer or _greedy("float32", seed, impl), user_codes(CFG, 2, FRAMES, seed=seed))
 
 
 def _kyutai_logits_of(seed: int, impl: str, run: dict[str, np.ndarray]):
@@ -100,61 +112,6 @@ def test_greedy_tokens_match_lmgen(seed, impl):
     _assert_tokens(expected, got, impl, logits=lambda: _kyutai_logits_of(seed, impl, run))
 
 
-def _slot_without_init(tokens, offsets, delays, initial):  # the initial token for offset < delay instead of <=
-    batch, _, width = tokens.shape
-    values = tokens[jnp.arange(batch), :, offsets % width]
-    return jnp.where(offsets[:, None] < delays[None], initial[None].astype(tokens.dtype), values)
-
-
-def _user_codes_undelayed(tokens, codes, offsets, delays):  # the user's codes written without their delays
-    return _ORIGINAL_WRITE_USER(tokens, codes, offsets, jnp.zeros_like(delays))
-
-
-def _outputs_undelayed(tokens, offsets, delays):  # the output read back without undoing the delays
-    return _ORIGINAL_READ_OUTPUTS(tokens, offsets, jnp.zeros_like(delays))
-
-
-_ORIGINAL_WRITE_USER = streaming.write_user_codes
-_ORIGINAL_READ_OUTPUTS = streaming.read_outputs
-_ORIGINAL_UPDATE = KVCache.update
-
-
-def _update_one_behind(self, k, v, positions):
-    return _ORIGINAL_UPDATE(self, k, v, positions - 1)
-
-
-STREAM_MUTANTS = {
-    "initial_token_off_by_one": ("read_inputs", _slot_without_init),
-    "user_codes_without_delay": ("write_user_codes", _user_codes_undelayed),
-    "output_not_undelayed": ("read_outputs", _outputs_undelayed),
-}
-
-
-# The first wrong token each planted bug makes, as its failure names it, and the verdict on the logits it was drawn
-# from: a wrong model (FAIL: the history fed in is wrong), or right logits with the token filed in a wrong place (pass).
-STREAM_MUTANT_PLACES = {
-    "initial_token_off_by_one": r"text \(stream 0, delay 0\), column 1 = frame 0, sampled at step 0: .*FAIL: candidate"
-    r" has 48 non-finite",  # an ungenerated (-1) token is fed in: its embedding is NaN, never a clamped id
-    "user_codes_without_delay": r"text \(stream 0, delay 0\), column 3 = frame 2, sampled at step 2: .*FAIL: max_abs",
-    "output_not_undelayed": r"audio codebook 2 \(stream 3, delay 1\), column 1 = frame 0, sampled at step 1: .*: pass",
-    "cache_positions_minus_one": r"text \(stream 0, delay 0\), column 2 = frame 1, sampled at step 1: .*FAIL: max_abs",
-}
-
-
-@pytest.mark.parametrize("name", STREAM_MUTANT_PLACES)
-def test_greedy_control_fails(name, patch):
-    """Each planted streaming bug makes the LMGen comparison fail. (A rope shifted by one for queries and keys alike
-    is no bug: rotary scores depend on position differences only.)"""
-    if name == "cache_positions_minus_one":  # ring bookkeeping one frame behind: the oldest visible key drops out
-        patch.setattr(KVCache, "update", _update_one_behind)
-    else:
-        patch.setattr(streaming, *STREAM_MUTANTS[name])
-    run = _greedy_run(0, "flax", fresh=True)
-    with pytest.raises(ParityError, match=STREAM_MUTANT_PLACES[name]):
-        _assert_tokens(_lmgen_tokens(0), run["tokens"], "flax", logits=lambda: _kyutai_logits_of(0, "flax", run),
-                       control=name)  # fmt: skip
-
-
 # (a) step-by-step logits vs the full forward ------------------------------------------------------------------------
 
 
@@ -164,10 +121,10 @@ def _full_forward(lm, codes):
     return lm(codes)
 
 
-def _step_vs_full(dtype: str, impl: str, seed: int = 0, frames: int = 40, *, fresh: bool = False):
+def _step_vs_full(dtype: str, impl: str, seed: int = 0, frames: int = 40, *, streamer: Streamer | None = None):
     lm = _lms(dtype, seed, impl)[impl]
     codes = user_codes(CFG, 2, frames, seed=seed)
-    run = run_steps(Streamer(lm, text=GREEDY, audio=GREEDY) if fresh else _greedy(dtype, seed, impl), codes)
+    run = run_steps(streamer or _greedy(dtype, seed, impl), codes)
     full = _full_forward(lm, jnp.asarray(consumed_codes(CFG, codes, run)))
     text_full = to_numpy(full.text_logits)[:, 0]  # (B, T, V)
     text_step = np.moveaxis(run["text_logits"], -1, 1)
@@ -220,26 +177,6 @@ def _step_vs_kyutai_at_long_positions(impl: str, *, control: str | None = None) 
 def test_step_logits_match_kyutai_at_long_positions(impl):
     """Nightly (~10-20 s each on CPU); the 40-frame tests above are its tiny twins."""
     _step_vs_kyutai_at_long_positions(impl)
-
-
-@pytest.mark.nightly
-def test_long_positions_control_fails(patch):
-    """Rope positions rounded to bf16 (exact below 256, 16 apart past 2048): the step and our own full forward agree
-    on it, kyutai does not (text logits measured 4.6 apart)."""
-    angles = models_flax.rope.rotation_angles
-    patch.setattr(models_flax.rope, "rotation_angles",
-                  lambda p, *a: angles(p.astype(jnp.bfloat16).astype(p.dtype), *a))  # fmt: skip
-    with pytest.raises(ParityError):
-        _step_vs_kyutai_at_long_positions("flax", control="rope_positions_in_bf16")
-
-
-def test_step_vs_full_control_fails(patch):
-    """Ring-cache bookkeeping one frame behind (the oldest visible key drops out) fails (a)."""
-    patch.setattr(KVCache, "update", _update_one_behind)
-    text, _ = _step_vs_full("float32", "flax", fresh=True)
-    with pytest.raises(ParityError):
-        assert_parity(*text, component="stream_text_logits", pair=("flax[full]", "flax[step]"),
-                      expected_dtype="float32", logits=True, control="cache_positions_minus_one")  # fmt: skip
 
 
 # generate loop, (d) causality ----------------------------------------------------------------------------------------
@@ -310,17 +247,6 @@ def test_later_input_never_changes_earlier_outputs(mode, change_at):
     b[:, :, change_at:] = user_codes(CFG, 2, 30 - change_at, seed=12)
     keys = jax.random.split(jax.random.key(3), 30)
     assert _first_change(run_steps(streamer, a, keys), run_steps(streamer, b, keys)) == change_at
-
-
-def test_causality_control_fails(patch):
-    """The same check on the full forward with a mask that sees the next frame reports a change before change_at."""
-    lm = _lms("float32", 0, "flax")["flax"]
-    a = jnp.asarray(np.random.default_rng(0).integers(0, CFG.card, (1, 1 + CFG.n_q, 16)))
-    b = a.at[:, :, 9:].set(0)
-    original = models_flax.attention.attention_mask
-    patch.setattr(models_flax.attention, "attention_mask", lambda q, k, ctx: original(q + 1, k, ctx))
-    outs = [{"text": np.moveaxis(to_numpy(lm(c).text_logits)[0, 0], 0, -1)} for c in (a, b)]
-    assert _first_change(*outs) < 9
 
 
 # bad input ----------------------------------------------------------------------------------------------------------
@@ -413,3 +339,94 @@ def test_unbounded_context_needs_and_respects_capacity():
 def test_bad_sampler(args, match):
     with pytest.raises(ValueError, match=match):
         Sampler(*args)
+
+
+# negative controls planted in traced code -------------------------------------------------------------------------
+# Last in the module: the `patch` fixture drops every compiled program (jax.clear_caches) before and after each of
+# them, so the tests above run first on the cached Streamers' compiled steps instead of recompiling them.
+
+
+def _slot_without_init(tokens, offsets, delays, initial):  # the initial token for offset < delay instead of <=
+    batch, _, width = tokens.shape
+    values = tokens[jnp.arange(batch), :, offsets % width]
+    return jnp.where(offsets[:, None] < delays[None], initial[None].astype(tokens.dtype), values)
+
+
+def _user_codes_undelayed(tokens, codes, offsets, delays):  # the user's codes written without their delays
+    return _ORIGINAL_WRITE_USER(tokens, codes, offsets, jnp.zeros_like(delays))
+
+
+def _outputs_undelayed(tokens, offsets, delays):  # the output read back without undoing the delays
+    return _ORIGINAL_READ_OUTPUTS(tokens, offsets, jnp.zeros_like(delays))
+
+
+_ORIGINAL_WRITE_USER = streaming.write_user_codes
+_ORIGINAL_READ_OUTPUTS = streaming.read_outputs
+_ORIGINAL_UPDATE = KVCache.update
+
+
+def _update_one_behind(self, k, v, positions):
+    return _ORIGINAL_UPDATE(self, k, v, positions - 1)
+
+
+STREAM_MUTANTS = {
+    "initial_token_off_by_one": ("read_inputs", _slot_without_init),
+    "user_codes_without_delay": ("write_user_codes", _user_codes_undelayed),
+    "output_not_undelayed": ("read_outputs", _outputs_undelayed),
+}
+
+
+# The first wrong token each planted bug makes, as its failure names it, and the verdict on the logits it was drawn
+# from: a wrong model (FAIL: the history fed in is wrong), or right logits with the token filed in a wrong place (pass).
+STREAM_MUTANT_PLACES = {
+    "initial_token_off_by_one": r"text \(stream 0, delay 0\), column 1 = frame 0, sampled at step 0: .*FAIL: candidate"
+    r" has 48 non-finite",  # an ungenerated (-1) token is fed in: its embedding is NaN, never a clamped id
+    "user_codes_without_delay": r"text \(stream 0, delay 0\), column 3 = frame 2, sampled at step 2: .*FAIL: max_abs",
+    "output_not_undelayed": r"audio codebook 2 \(stream 3, delay 1\), column 1 = frame 0, sampled at step 1: .*: pass",
+    "cache_positions_minus_one": r"text \(stream 0, delay 0\), column 2 = frame 1, sampled at step 1: .*FAIL: max_abs",
+}
+
+
+@pytest.mark.parametrize("name", STREAM_MUTANT_PLACES)
+def test_greedy_control_fails(name, patch):
+    """Each planted streaming bug makes the LMGen comparison fail. (A rope shifted by one for queries and keys alike
+    is no bug: rotary scores depend on position differences only.) The ring bookkeeping bug must also fail (a), step
+    by step against the full forward: on the same patched Streamer, so that the patched step compiles once for both."""
+    if name == "cache_positions_minus_one":  # ring bookkeeping one frame behind: the oldest visible key drops out
+        patch.setattr(KVCache, "update", _update_one_behind)
+    else:
+        patch.setattr(streaming, *STREAM_MUTANTS[name])
+    streamer = Streamer(_lms("float32", 0, "flax")["flax"], text=GREEDY, audio=GREEDY)  # traced under the patch
+    run = _greedy_run(0, "flax", streamer)
+    with pytest.raises(ParityError, match=STREAM_MUTANT_PLACES[name]):
+        _assert_tokens(_lmgen_tokens(0), run["tokens"], "flax", logits=lambda: _kyutai_logits_of(0, "flax", run),
+                       control=name)  # fmt: skip
+    if name == "cache_positions_minus_one":
+        text, _ = _step_vs_full("float32", "flax", streamer=streamer)
+        with pytest.raises(ParityError):
+            assert_parity(*text, component="stream_text_logits", pair=("flax[full]", "flax[step]"),
+                          expected_dtype="float32", logits=True, control=name)  # fmt: skip
+
+
+@pytest.mark.nightly
+def test_long_positions_control_fails(patch):
+    """Rope positions rounded to bf16 (exact below 256, 16 apart past 2048): the step and our own full forward agree
+    on it, kyutai does not (text logits measured 4.6 apart)."""
+    angles = models_flax.rope.rotation_angles
+    patch.setattr(models_flax.rope, "rotation_angles",
+                  lambda p, *a: angles(p.astype(jnp.bfloat16).astype(p.dtype), *a))  # fmt: skip
+    with pytest.raises(ParityError):
+        _step_vs_kyutai_at_long_positions("flax", control="rope_positions_in_bf16")
+
+
+def test_causality_control_fails(patch):
+    """The same check on the full forward with a mask that sees the next frame reports a change before change_at."""
+    lm = _lms("float32", 0, "flax")["flax"]
+    a = jnp.asarray(np.random.default_rng(0).integers(0, CFG.card, (1, 1 + CFG.n_q, 16)))
+    b = a.at[:, :, 9:].set(0)
+    original = models_flax.attention.attention_mask
+    patch.setattr(models_flax.attention, "attention_mask", lambda q, k, ctx: original(q + 1, k, ctx))
+    # Jitted (traced under the patch: the fixture dropped every earlier trace), one compile for both inputs; eager,
+    # the two forwards cost ~3x as much.
+    outs = [{"text": np.moveaxis(to_numpy(_full_forward(lm, c).text_logits)[0, 0], 0, -1)} for c in (a, b)]
+    assert _first_change(*outs) < 9
