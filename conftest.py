@@ -31,6 +31,10 @@ the LM; the Mimi measurements, 3 seeds x 4 signals): every component, pair class
 the margins the policy states (fp32 layers <= 1.0e-6 against 5e-6, LM audio logits 7.8e-6 against 4e-5, Mimi stages
 2.2e-6 against 1e-5; bf16 kyutai -> ours audio logits 1.4e-1 against 2e-1, Mimi as before), and the whole suite passes
 (288 s against 399-414 s without). An accelerator platform (the nightly job) keeps XLA's defaults.
+
+Each xdist worker (`-n auto`: one per core) runs torch on one thread: with torch's default (one thread per core) the
+workers' torch threads fight each other and XLA for the same cores (measured under load: kyutai LMGen over 60 frames
+6-12 s with 2 threads, 0.41-0.45 s with 1; test_streaming.py 145 s -> 45 s). Results are torch's own either way.
 """
 
 from __future__ import annotations
@@ -104,6 +108,10 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ.pop("JAX_PLATFORMS", None)
     else:
         os.environ["JAX_PLATFORMS"] = platform
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # one process per core already (see the module docstring)
+        import torch
+
+        torch.set_num_threads(1)
     flags = os.environ.get("XLA_FLAGS", "")
     if platform.split(",")[0] == "cpu" and CPU_COMPILE_FLAG not in flags:  # read when the backend starts (below)
         os.environ["XLA_FLAGS"] = f"{flags} {CPU_COMPILE_FLAG}".strip()
