@@ -66,6 +66,7 @@ RUNS: dict[str, dict] = {
     "python bench/mimi.py": {
         "subs": [("python bench/mimi.py  ", "python bench/mimi.py --preset tiny --seconds 0.2 --repeats 1 --steps 2  ")]
     },
+    "python -m train.data synth": {},
     # one fast mutant (its test is a numpy/torch bit-pattern check) instead of a sample of 8, each minutes of tests
     "python -m parity.harness.mutation": {
         "subs": [("--sample 8", "--only conv_bf16_through_float32 --no-kill-check")],
