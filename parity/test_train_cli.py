@@ -40,6 +40,9 @@ from train import data as train_data
 from train.export import ADAPTERS_NAME, KYUTAI_CONFIG_NAME
 from train.rundir import METRIC_KEYS
 
+# One xdist worker runs this module (pyproject's --dist loadgroup): its runs (module fixtures) happen once.
+pytestmark = pytest.mark.xdist_group("train_cli")
+
 CFG = LMConfig.tiny()
 TOTAL = 6
 TIMINGS = ("tokens_per_s", "elapsed")  # the metrics that measure the machine, not the run

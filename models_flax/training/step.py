@@ -79,7 +79,6 @@ class Trainer:
         if cfg.mode == "full" and has_lora(model):
             raise ValueError("Trainer: mode 'full' on a model with LoRA adapters; merge them first (merge_lora)")
         self.cfg, self.mesh, self.lm_cfg = cfg, mesh, model.cfg
-        self._gradients = None
         self.param_dtype = jnp.dtype(cfg.param_dtype)
         model.set_remat(cfg.remat)
         self.graphdef, trained, frozen, rest = nnx.split(model, trainable(cfg), nnx.Param, ...)
@@ -89,9 +88,9 @@ class Trainer:
         self._shardings = None
         if mesh is not None:
             self._shardings = self._place(mesh)
-        step = functools.partial(_step, graphdef=self.graphdef, cfg=cfg, optimizer=self.optimizer)
-        if self._shardings is None:
-            self._step = jax.jit(step, donate_argnums=0)
+        step = functools.partial(_step, graphdef=self.graphdef, cfg=cfg)
+        if self._shardings is None:  # shared by every trainer of the same model structure and config: one compile
+            self._step = functools.partial(_STEP, graphdef=self.graphdef, cfg=cfg)
         else:
             state, frozen_sh, rest_sh, data = self._shardings
             self._step = jax.jit(
@@ -154,9 +153,7 @@ class Trainer:
         """The step's gradient before clipping (float32, the mean over micro-batches), by parameter: for tests and
         diagnostics (a separate compiled function; `step` does not call it)."""
         self.check_codes(codes)
-        if self._gradients is None:
-            self._gradients = jax.jit(functools.partial(_gradients, graphdef=self.graphdef, cfg=self.cfg))
-        return self._gradients(state.master, self.frozen, self.rest, codes)[0]
+        return _GRADIENTS(state.master, self.frozen, self.rest, codes, graphdef=self.graphdef, cfg=self.cfg)[0]
 
     def model(self, state: TrainState) -> LM:
         """The LM with the trained parameters of `state` (cast to param_dtype) and the frozen ones."""
@@ -197,9 +194,9 @@ def _gradients(
 
 
 def _step(
-    state: TrainState, frozen: nnx.State, rest: nnx.State, codes: jax.Array, *, graphdef: Any, cfg: TrainConfig,
-    optimizer: optax.GradientTransformation,
-) -> tuple[TrainState, dict[str, jax.Array]]:  # fmt: skip
+    state: TrainState, frozen: nnx.State, rest: nnx.State, codes: jax.Array, *, graphdef: Any, cfg: TrainConfig
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    optimizer = adamw(cfg.optim, cfg.total_steps)  # built from cfg alone: the same transformation as Trainer's
     grads, sums = _gradients(state.master, frozen, rest, codes, graphdef=graphdef, cfg=cfg)
     grads, norm, factor = clip_by_global_norm(grads, cfg.optim.max_norm)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.master)
@@ -216,3 +213,8 @@ def _step(
         "out_of_range": sums[3],
     }
     return TrainState(step=state.step + 1, master=master, opt_state=opt_state), metrics
+
+
+# Compiled once per (model structure, TrainConfig) and shared by every Trainer that has them (tests build many).
+_STEP = jax.jit(_step, static_argnames=("graphdef", "cfg"), donate_argnums=0)
+_GRADIENTS = jax.jit(_gradients, static_argnames=("graphdef", "cfg"))
