@@ -380,8 +380,8 @@ def test_bf16_parameters_keep_an_fp32_master_copy():
     master = flat(state.master)
     used = flat(nnx.state(trainer.model(state), nnx.Param))
     kept = lost = 0
-    for name, value in master.items():
-        np.testing.assert_array_equal(used[name], value.astype(jnp.bfloat16), err_msg=name)  # the weights it computes with
+    for name, value in master.items():  # the model computes with bf16(master)
+        np.testing.assert_array_equal(used[name], value.astype(jnp.bfloat16), err_msg=name)
         moved = value != before[name]
         kept += int(moved.sum())
         lost += int((moved & (value.astype(jnp.bfloat16) == before[name].astype(jnp.bfloat16))).sum())
