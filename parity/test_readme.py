@@ -67,6 +67,17 @@ RUNS: dict[str, dict] = {
         "subs": [("python bench/mimi.py  ", "python bench/mimi.py --preset tiny --seconds 0.2 --repeats 1 --steps 2  ")]
     },
     "python -m train.data synth": {},
+    # a synthetic records file stands in for the suite's (the pytest block writes the real one)
+    "python -m reports history add": {
+        "subs": [
+            ("reports/out/", "out/"),
+            (
+                "python -m reports history add",
+                "mkdir -p out && python -c 'from pathlib import Path; from parity.harness.record_cases import fixture, "
+                'write; write(Path("out/records.jsonl"), fixture())\' && python -m reports history add',
+            ),
+        ]
+    },
     # one fast mutant (its test is a numpy/torch bit-pattern check) instead of a sample of 8, each minutes of tests
     "python -m parity.harness.mutation": {
         "subs": [("--sample 8", "--only conv_bf16_through_float32 --no-kill-check")],

@@ -27,7 +27,11 @@ def tiny():
 
 
 def test_sharded_lm_matches_unsharded():
-    env = os.environ | {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    flags = os.environ.get("XLA_FLAGS", "")  # the suite's own (conftest.py: O0 compiles on CPU) plus 8 devices
+    env = os.environ | {
+        "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count=8".strip(),
+        "JAX_PLATFORMS": "cpu",
+    }
     result = subprocess.run(
         [sys.executable, "-m", "parity.harness.sharding_check"],
         cwd=ROOT,

@@ -5,15 +5,18 @@ python -m reports render [RECORDS.jsonl] -o DIR [--previous OLD.jsonl] [--mutati
     report.html + summary.json (reports/render.py); --mutations adds the mutation job's score and survivors
 python -m reports diff OLD.jsonl NEW.jsonl [--factor 2.0] [--floor 0.01] [--allow-removed] [--allow-crashes]
     the run-to-run gate: metric regressions, new failures, removed comparisons, worker crashes (reports/diff.py)
+python -m reports history add RECORDS.jsonl --db FILE | history list --db FILE
+    the run history in one SQLite file (reports/history.py); `render --history FILE` charts it (reports/trends.py)
 
-All three read records with `reports.recordfile.read` and aggregate them with `reports.analysis`; render reads the
+All of them read records with `reports.recordfile.read` and aggregate them with `reports.analysis`; render reads the
 mutation job's results with `reports.mutations.read` and aggregates them with `reports.mutations.summarize`. A malformed
 line is reported by number and skipped.
 
 Exit status:
     0  done: summary and render whatever the verdicts; diff when the gate passes.
     1  diff's gate failed, or an input error: a records file that cannot be read, a file with lines but no record
-       (a config file), an output directory that cannot be written.
+       (a config file), an output directory that cannot be written, a history file that is not a usable run history
+       (not ours, damaged, truncated, still locked by another writer; it is left as it is).
     2  a usage error: an unknown command or option, a missing argument, --factor <= 1, --floor < 0, render with
        neither RECORDS nor --mutations.
 Errors are one line on stderr, `python -m reports COMMAND: error: ...`, without a traceback.
@@ -26,12 +29,13 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-from reports import diff, recordfile, render, summary
+from reports import diff, history, recordfile, render, summary
 
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {
     "summary": (summary.add_arguments, summary.main, "print the text summary of a records file"),
     "render": (render.add_arguments, render.main, "write the HTML report and summary.json"),
     "diff": (diff.add_arguments, diff.main, "the run-to-run gate; exits 1 when it fails"),
+    "history": (history.add_arguments, history.main, "store a run in the run history (add) or list its runs (list)"),
 }
 
 
@@ -53,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command][1](args)
     except OSError as e:
         problem = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
-    except recordfile.NoRecords as e:
+    except (recordfile.NoRecords, history.HistoryError) as e:
         problem = str(e)
     print(f"{parser.prog} {args.command}: error: {problem}", file=sys.stderr)
     return 1

@@ -1,4 +1,5 @@
-"""Per-layer drift charts drawn by matplotlib, returned as inline SVG markup (no files, no external references).
+"""The report's charts drawn by matplotlib, returned as inline SVG markup (no files, no external references): per-layer
+drift (`drift_svg`) and a metric over the runs of the history (`history_svg`).
 
 Uses `matplotlib.figure.Figure` directly (no pyplot state, no GUI backend). Text stays text (`svg.fonttype: none`), so
 a chart is a few kB; the XML prolog, DOCTYPE and metadata are dropped so that the markup embeds in HTML and names no
@@ -79,7 +80,48 @@ def drift_svg(run: dict[str, Any], *, title: str | None = None) -> str:
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     ax.set_title(title or f"{run['pair']} {run['dtype']}", fontsize=9)
-    fig.tight_layout()
+    return _svg(fig)
+
+
+def history_svg(series: dict[str, Any], *, title: str | None = None, last: int = 40) -> str:
+    """One chart: the worst max|d|/rms of the `last` runs of `series` (an item of `reports.trends.series`), x labelled
+    with each run's short commit and date, the budget (atol) dashed, failing runs marked with a red X and the run a
+    finding names (failing since, left its band) with a dotted line."""
+    points = series["points"][-last:]
+    fig = Figure(figsize=(6.4, 3.2), dpi=72)
+    ax = fig.add_subplot()
+    positive = [p["worst"] for p in points if p["worst"] is not None and 0 < p["worst"] < math.inf]
+    floor = min(positive) / 10 if positive else FLOOR
+    xs = list(range(len(points)))
+    ys = [_plottable(p["worst"], floor) for p in points]
+    ax.plot(xs, ys, marker="o", color="#1f5fbf", label="worst max|d|/rms", linewidth=1.5, markersize=4)
+    bad = [(x, y) for x, y, p in zip(xs, ys, points, strict=True) if p["failing"] and not math.isnan(y)]
+    if bad:
+        ax.plot(*zip(*bad, strict=True), marker="X", color="#c00000", markersize=9, linestyle="none", label="failing")
+    if any(p["budget"] is not None for p in points):
+        budgets = [math.nan if p["budget"] is None else p["budget"] for p in points]
+        ax.step(xs, budgets, where="mid", color="#c00000", linestyle="--", linewidth=1, label="budget (atol)")
+    for finding, color, label in (("left_band", "#d9730d", "left its band"), ("failing_since", "#c00000", "failing")):
+        found = series.get(finding)
+        x = next((x for x, p in zip(xs, points, strict=True) if found and p["run"] == found["run"]), None)
+        if x is not None:
+            ax.axvline(x, color=color, linestyle=":", linewidth=1.2, label=f"{label} since")
+    labels = [f"{p['run']['short']}\n{p['run']['date'][:10]}" for p in points]
+    ax.set_xticks(xs, labels, rotation=0 if len(xs) <= 8 else 90, fontsize=7 if len(xs) <= 8 else 6)
+    ax.set_xlim(-0.5, len(xs) - 0.5)
+    ax.set_yscale("log")
+    ax.set_ylabel("max|d| / rms(ref)")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title(title or f"{series['component']} {series['pair']} {series['dtype']}", fontsize=9)
+    ax.tick_params(axis="y", which="both", labelsize=8)
+    fig.subplots_adjust(left=0.15, right=0.98, top=0.91, bottom=0.2 if len(xs) <= 8 else 0.3)
+    return _svg(fig, tight=False)  # fixed margins: tight_layout would double the time a chart takes
+
+
+def _svg(fig: Figure, *, tight: bool = True) -> str:
+    if tight:
+        fig.tight_layout()
     buf = io.StringIO()
     with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "moshi-parity"}):
         fig.savefig(buf, format="svg", metadata={"Date": None})

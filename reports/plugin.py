@@ -15,7 +15,7 @@ each of its test reports; xdist carries the reports to the controller. Only the 
   an error while running no test: nothing is dropped silently. Records the crashed test emitted after its last
   delivered report are lost with the worker, which the record says;
 - the sidecar `records.meta.json` (see `reports.recordfile.meta_path`): start and end time, exit status, hypothesis
-  profile, workers, versions, counts.
+  profile, workers, versions, commit (`reports.records.commit`), counts.
 
 The closing counts (terminal line and sidecar) are `reports.analysis.count` of the finished file read back with
 `reports.recordfile.read`, stated by `reports.analysis.headline`: the sentence `python -m reports summary` and the HTML
@@ -101,6 +101,7 @@ class RecordsWriter:
         self._file: Any = None
         self._tmp: Path | None = None
         self._start: tuple[str, float] | None = None
+        self._commit: str | None = None
         self._seen: dict[str, int] = {}  # node id -> records of the item already written
         self._down: dict[str, str] = {}  # worker id -> error, until its crashed test's report arrives
         self._workers: set[str] = set()
@@ -115,6 +116,7 @@ class RecordsWriter:
         self._tmp = Path(tmp)
         self._file = os.fdopen(fd, "w", encoding="utf-8")
         self._start = (_now(), time.monotonic())
+        self._commit = records.commit()  # at the start: the code that runs, even if someone commits meanwhile
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when not in _PHASES:  # xdist reports a test its worker died under with when="???"
@@ -173,6 +175,7 @@ class RecordsWriter:
             "args": list(self.config.invocation_params.args),
             "rootdir": str(self.config.rootpath),
             "versions": records.versions(),
+            "commit": self._commit,
             "platform": records.platform_info(),
         }
         _write_atomic(recordfile.meta_path(self.path), json.dumps(meta, indent=2) + "\n")

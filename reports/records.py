@@ -1,13 +1,13 @@
 """Building one record per parity comparison: `emit()`, the crash record, and the context every record carries.
 
 Flow: parity/harness/compare.py builds the comparison fields and calls `emit(record)` once per comparison, pass or
-fail. emit() adds the context fields (node id, worker, time, platform, versions, hypothesis profile and reproduction
-blob), checks the record with `reports.validate.validate` (a bad record raises ValueError in the test that emitted it)
-and attaches it to the running pytest item as the user property `(RECORD_KEY, record)`. pytest copies user properties
-onto every test report, xdist carries the reports to the controller, and `reports.plugin` writes each record there as
-one JSON line. Only builtin JSON types travel: emit() converts tuples to lists and numpy scalars/arrays through
-`.tolist()`, stores non-finite floats under their `NONFINITE` names, and raises TypeError on anything else. The schema
-itself (fields, verdicts, defaults) is `reports.schema`.
+fail. emit() adds the context fields (node id, worker, time, platform, versions, commit, hypothesis profile and
+reproduction blob), checks the record with `reports.validate.validate` (a bad record raises ValueError in the test
+that emitted it) and attaches it to the running pytest item as the user property `(RECORD_KEY, record)`. pytest copies
+user properties onto every test report, xdist carries the reports to the controller, and `reports.plugin` writes each
+record there as one JSON line. Only builtin JSON types travel: emit() converts tuples to lists and numpy scalars/arrays
+through `.tolist()`, stores non-finite floats under their `NONFINITE` names, and raises TypeError on anything else. The
+schema itself (fields, verdicts, defaults) is `reports.schema`.
 
 Outside a test (a bench script calling compare, code run at import or collection time) no item is current: emit()
 appends the finished record to the module-level list `UNATTACHED` instead, so nothing is lost. The plugin does not
@@ -21,8 +21,10 @@ import functools
 import importlib.metadata
 import os
 import platform as _platform
+import subprocess
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from reports.schema import (
@@ -37,6 +39,8 @@ from reports.schema import (
 )
 from reports.validate import validate
 
+ROOT = Path(__file__).resolve().parents[1]
+"""The checkout this package runs from (its parent folder): the repository whose commit the records name."""
 UNATTACHED: list[dict[str, Any]] = []
 """Records emitted while no pytest item was running (see the module docstring)."""
 
@@ -80,6 +84,7 @@ def emit(record: Mapping[str, Any]) -> None:
         "time": _now(),
         "platform": platform_info(),
         "versions": versions(),
+        "commit": commit(),
         "hypothesis_profile": hypothesis_profile(),
     }
     out = _ordered({**CALLER_DEFAULTS, "failures": [], **body, "hypothesis": hyp, **context})
@@ -110,6 +115,7 @@ def crash_record(*, node_id: str | None, worker: str, failures: list[str]) -> di
             "time": _now(),
             "platform": platform_info(),
             "versions": versions(),
+            "commit": commit(),
             "hypothesis_profile": hypothesis_profile(),
         }
     )
@@ -133,6 +139,38 @@ def _versions() -> tuple[tuple[str, str | None], ...]:
 def versions() -> dict[str, str | None]:
     """Installed versions of the packages that decide the numbers (None when absent); computed once per process."""
     return dict(_versions())
+
+
+@functools.cache
+def commit(root: str | os.PathLike[str] = ROOT) -> str | None:
+    """The commit the code at `root` was checked out at: `git rev-parse HEAD`, plus "-dirty" when `git status` lists a
+    change (modified, staged, deleted or untracked-and-not-ignored files). None, never an error, when `root` is not the
+    top level of a git work tree (an installed copy of the package inside some other repository names no commit), when
+    git is missing or fails, or takes over 10 s. Computed once per process and root."""
+    root = Path(root).resolve()
+    try:
+        top, head = _git(root, "rev-parse", "--show-toplevel", "HEAD").splitlines()
+        if Path(top).resolve() != root:
+            return None
+        dirty = _git(root, "status", "--porcelain").strip()
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    return head + ("-dirty" if dirty else "")
+
+
+def _git(root: Path, *args: str) -> str:
+    # GIT_* variables of an enclosing git command (a hook) would point git at another repository
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    done = subprocess.run(
+        # --no-optional-locks: `git status` must not take index.lock, which would fail a user's concurrent git command
+        ["git", "--no-optional-locks", "-C", str(root), *args],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+        env=env,
+    )
+    return done.stdout
 
 
 _platform_cache: dict[str, Any] | None = None

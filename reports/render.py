@@ -7,25 +7,33 @@ rendered from `templates/report.html.j2` with jinja2's autoescaping, so record t
 `--mutations FILE` adds the mutation job's results (`python -m parity.harness.mutation --out FILE`, read and aggregated
 by `reports.mutations`): the score per porting-bug class and per package, and every survivor with its diff. Without
 RECORDS the page holds the mutation section alone (`tox -e mutation`).
+
+`--history FILE` adds the "Run history" section from a run history (`reports.history`, filled by `python -m reports
+history add`): per component x pair x dtype the worst max|d|/rms over the runs with its budget, and since which run a
+metric left its band or a comparison started failing (`reports.trends`). RECORDS joins the history as "this run" when
+it is not stored there yet.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
-from reports import analysis, charts, diff, mutations, recordfile
+from reports import analysis, charts, diff, history, mutations, recordfile, trends
 from reports.records import jsonable
 
 MAX_CHARTS = 60  # drift charts drawn; more runs are listed in summary.json and the page says how many were left out
 MAX_FAILURES = 300  # rows of the failing-comparisons table
+MAX_HISTORY_CHARTS = 60  # run-history charts drawn, flagged series first; every series keeps its row and sentence
 
 
 def build(
@@ -33,6 +41,7 @@ def build(
     *,
     previous: str | os.PathLike[str] | None = None,
     mutation_results: str | os.PathLike[str] | None = None,
+    history_db: str | os.PathLike[str] | None = None,
     factor: float = 2.0,
     floor: float = 0.01,
     allow: tuple[str, ...] = (),
@@ -43,11 +52,14 @@ def build(
 
     Counts and the matrix are `analysis.count` (stated by `analysis.headline`) and `analysis.matrix`, the numbers
     `python -m reports summary` prints. `records_path` None: no parity records (a page of mutation results alone);
-    `mutation_results`: the mutation job's results file, summarized by `reports.mutations.summarize`.
+    `mutation_results`: the mutation job's results file, summarized by `reports.mutations.summarize`; `history_db`: a
+    run history (`reports.history`), shown by `reports.trends.report` with the records file as its latest run when that
+    file is not stored in it.
 
     Raises:
-        OSError: a records or mutation results file cannot be read.
+        OSError: a records, mutation results or history file cannot be read.
         recordfile.NoRecords: a records file has lines but no record.
+        history.HistoryError: the history file is not a usable run history.
     """
     if records_path is None:
         loaded = recordfile.Loaded(path=Path(), records=[])
@@ -79,6 +91,7 @@ def build(
         "failures": [_case(r) for r in recs if analysis.classify(r) == "fail"],
         "previous": None,
         "mutations": None if mutated is None else mutations.summarize(mutated),
+        "history": None if history_db is None else _history(history_db, records_path),
     }
     if mutated is not None:
         summary["warnings"] += mutated.warnings()
@@ -94,6 +107,18 @@ def build(
     return summary
 
 
+def _history(db: str | os.PathLike[str], records_path: str | os.PathLike[str] | None) -> dict[str, Any]:
+    runs = history.runs(db)
+    rows: Iterable[history.Row] = history.rows(db, series_only=True)
+    current = None
+    if records_path is not None:
+        run, run_rows, _ = history.load_run(records_path)
+        current = run.sha256
+        if all(r.sha256 != current for r in runs):
+            runs, rows = [*runs, run], itertools.chain(rows, run_rows)  # the rendered run, after every stored one
+    return trends.report(runs, rows, db=str(Path(db).resolve()), current=current)
+
+
 def _malformed(loaded: recordfile.Loaded) -> list[dict[str, Any]]:
     return [{"line": n, "problem": p} for n, p in loaded.malformed]
 
@@ -104,6 +129,8 @@ def write(summary: dict[str, Any], out_dir: str | os.PathLike[str]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     chart_runs = summary["drift"][:MAX_CHARTS]
     svgs = [charts.drift_svg(run, title=_chart_title(run)) for run in chart_runs]
+    trend = summary.get("history") or {"series": []}
+    history_charts = [(t, charts.history_svg(t)) for t in trend["series"][:MAX_HISTORY_CHARTS]]
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
         autoescape=True,
@@ -117,6 +144,8 @@ def write(summary: dict[str, Any], out_dir: str | os.PathLike[str]) -> Path:
         s=summary,
         charts=list(zip(chart_runs, svgs, strict=True)),
         charts_left_out=len(summary["drift"]) - len(svgs),
+        history_charts=history_charts,
+        history_charts_left_out=len(trend["series"]) - len(history_charts),
         max_failures=MAX_FAILURES,
     )
     (out / "summary.json").write_text(json.dumps(jsonable(summary, "summary"), indent=1, allow_nan=False) + "\n")
@@ -169,6 +198,7 @@ def main(args: argparse.Namespace) -> int:
         args.records,
         previous=args.previous,
         mutation_results=args.mutations,
+        history_db=args.history,
         factor=args.factor,
         floor=args.floor,
         allow=diff.allowed(args),
@@ -178,6 +208,12 @@ def main(args: argparse.Namespace) -> int:
         print(line)
     if args.records is not None:
         print(summary["headline"])
+    if summary["history"] is not None:
+        h = summary["history"]
+        print(f"run history: {len(h['runs'])} run(s), {h['flagged']} of {len(h['series'])} series flagged")
+        for t in h["series"]:
+            if t["flagged"]:
+                print(f"  {t['component']} {t['pair']} {t['dtype']}: {t['sentence']}")
     if summary["mutations"] is not None:
         print(summary["mutations"]["headline"])
     print(f"parity report: {page.resolve()}")
@@ -190,4 +226,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", default="reports/out/html", help="directory for report.html + summary.json")
     parser.add_argument("--previous", default=None, help="records of a previous run: adds a 'since previous' section")
     parser.add_argument("--mutations", default=None, help="mutation job results: adds the 'Mutation score' section")
+    parser.add_argument(
+        "--history", default=None, help="run history (python -m reports history add): adds the 'Run history' section"
+    )
     diff.add_gate_arguments(parser)

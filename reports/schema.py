@@ -82,7 +82,9 @@ class Record(TypedDict):
     Filled by emit() (`CONTEXT_FIELDS`; the caller must not pass them):
         schema, node_id (None when unattached), worker ("gw0".. or "master"), time (ISO 8601, UTC),
         platform (backend, device_kind, device_count, python, system, machine), versions (package -> version or None),
-        hypothesis_profile (the loaded hypothesis settings profile, or None).
+        commit (`git rev-parse HEAD` of the checkout the `reports` package runs from, + "-dirty" when its work tree has
+        uncommitted changes; None outside a git checkout or without git; records written before this field existed
+        lack it and read as None), hypothesis_profile (the loaded hypothesis settings profile, or None).
 
     Records may carry further keys; they are kept, after these.
     """
@@ -108,12 +110,22 @@ class Record(TypedDict):
     hypothesis_profile: str | None
     platform: dict[str, Any]
     versions: dict[str, str | None]
+    commit: str | None
     worker: str
     time: str
 
 
 RECORD_FIELDS: tuple[str, ...] = tuple(Record.__annotations__)
-CONTEXT_FIELDS: tuple[str, ...] = ("schema", "node_id", "worker", "time", "platform", "versions", "hypothesis_profile")
+CONTEXT_FIELDS: tuple[str, ...] = (
+    "schema",
+    "node_id",
+    "worker",
+    "time",
+    "platform",
+    "versions",
+    "commit",
+    "hypothesis_profile",
+)
 CALLER_REQUIRED: tuple[str, ...] = ("component", "pair", "verdict", "metrics", "tolerance", "dtypes")
 CALLER_DEFAULTS: dict[str, Any] = {
     "pair_class": None,
@@ -129,7 +141,7 @@ CALLER_DEFAULTS: dict[str, Any] = {
 }
 """The caller fields emit() fills when omitted (a fresh list for `failures` each time)."""
 
-ADDED_FIELDS: tuple[str, ...] = ("pair_class",)
+ADDED_FIELDS: tuple[str, ...] = ("pair_class", "commit")
 """Fields added to schema 1 after records were first written: a record may lack them, and then holds None."""
 
 

@@ -73,6 +73,7 @@ def validate(record: Any) -> list[str]:
     check("platform", isinstance(r.get("platform"), dict), "a dict")
     versions_ = r.get("versions")
     check("versions", isinstance(versions_, dict) and all(_opt_str(v) for v in versions_.values()), "name -> str|None")
+    check("commit", opt("commit", str), "a str or None")
     check("worker", isinstance(r.get("worker"), str) and bool(r["worker"]), "a non-empty str")
     check("time", _is_iso_time(r.get("time")), "an ISO 8601 time")
 
