@@ -29,13 +29,17 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-from reports import diff, history, recordfile, render, summary
+from reports import diff, history, history_cli, recordfile, render, summary
 
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {
     "summary": (summary.add_arguments, summary.main, "print the text summary of a records file"),
     "render": (render.add_arguments, render.main, "write the HTML report and summary.json"),
     "diff": (diff.add_arguments, diff.main, "the run-to-run gate; exits 1 when it fails"),
-    "history": (history.add_arguments, history.main, "store a run in the run history (add) or list its runs (list)"),
+    "history": (
+        history_cli.add_arguments,
+        history_cli.main,
+        "store a run in the run history (add) or list its runs",
+    ),
 }
 
 
