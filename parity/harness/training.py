@@ -19,8 +19,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import torch
 from flax import nnx
@@ -123,7 +121,3 @@ def codes_batch(cfg: LMConfig, k: int, batch: int, length: int, *, seed: int, sp
             t0 = int(rng.integers(0, length - 2))
             codes[int(rng.integers(0, k)), int(rng.integers(0, batch)), s, t0 : t0 + 3] = -1
     return codes.astype(np.int32)
-
-
-def as_jax(codes: np.ndarray) -> jax.Array:
-    return jnp.asarray(codes)
