@@ -61,6 +61,8 @@ class Record(TypedDict):
         pair_class: the tolerance class of the pair ("ours-ours", "upstream-ours", "upstream-upstream"), or None.
             Records written before this field existed lack it; readers treat it as None.
         layer: layer index for per-layer comparisons, else None.
+        layer_name: what the layer index is, for the reader ("embedding", "temporal 3", "depth 1"), else None.
+            Records written before this field existed lack it; readers fall back to the index.
         stage: "propagated" or "teacher_forced" for whole-model drift, else None.
         control: name of the deliberately broken variant of a negative control (its expected verdict is "fail").
         verdict: "pass", "fail", "expected_divergence" (a failure documented as an upstream disagreement) or
@@ -95,6 +97,7 @@ class Record(TypedDict):
     pair: Pair | None
     pair_class: PairClass | None
     layer: int | None
+    layer_name: str | None
     stage: Stage | None
     control: str | None
     verdict: Verdict
@@ -130,6 +133,7 @@ CALLER_REQUIRED: tuple[str, ...] = ("component", "pair", "verdict", "metrics", "
 CALLER_DEFAULTS: dict[str, Any] = {
     "pair_class": None,
     "layer": None,
+    "layer_name": None,
     "stage": None,
     "control": None,
     "expected_divergence": None,
@@ -141,7 +145,7 @@ CALLER_DEFAULTS: dict[str, Any] = {
 }
 """The caller fields emit() fills when omitted (a fresh list for `failures` each time)."""
 
-ADDED_FIELDS: tuple[str, ...] = ("pair_class", "commit")
+ADDED_FIELDS: tuple[str, ...] = ("pair_class", "commit", "layer_name")
 """Fields added to schema 1 after records were first written: a record may lack them, and then holds None."""
 
 

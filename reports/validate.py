@@ -55,6 +55,7 @@ def validate(record: Any) -> list[str]:
     pair_class_ok = r.get("pair_class") is None or r["pair_class"] in PAIR_CLASSES
     check("pair_class", pair_class_ok, _PAIR_CLASS_WANT)
     check("layer", r.get("layer") is None or (_is_int(r["layer"]) and r["layer"] >= 0), "an int >= 0 or None")
+    check("layer_name", r.get("layer_name") is None or isinstance(r["layer_name"], str), "a str or None")
     check("stage", r.get("stage") is None or r["stage"] in STAGES, _STAGE_WANT)
     check("control", opt("control", str), "a str or None")
     check("verdict", r.get("verdict") in VERDICTS, _VERDICT_WANT)

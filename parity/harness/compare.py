@@ -184,6 +184,7 @@ def check_parity(
     pair: tuple[str, str],
     expected_dtype: str,
     layer: int | None = None,
+    layer_name: str | None = None,
     stage: str | None = None,
     config: dict | None = None,
     inputs: dict[str, tuple[int, ...]] | None = None,
@@ -203,6 +204,7 @@ def check_parity(
             registered in the adapter table, which decide the pair class.
         expected_dtype: dtype name both outputs must have; also the policy's dtype key.
         layer: layer index, for per-layer comparisons.
+        layer_name: what that index is, for the report's axis ("embedding", "temporal 3", "depth 1").
         stage: "teacher_forced" or "propagated", for whole-model drift comparisons.
         config: the config the implementations were built from (recorded).
         inputs: input names -> shapes (recorded; arrays are accepted and their shapes taken).
@@ -231,6 +233,7 @@ def check_parity(
             "component": component,
             "pair": {"reference": pair[0], "candidate": pair[1]},
             "layer": None if layer is None else int(layer),
+            "layer_name": layer_name,
             "stage": stage,
             "config": _builtin(config),
             "inputs": None if inputs is None else {str(k): _shape(v) for k, v in inputs.items()},
