@@ -108,7 +108,8 @@ def test_layer_drift(pair, dtype):
         for stage, a, b in stages:
             name = "embedding" if layer == 0 else f"temporal {layer - 1}"
             ok, _, why = check_parity(a, b, component="lm_hidden", pair=pair, expected_dtype=dtype, layer=layer,
-                                      layer_name=name, stage=stage, config={"preset": "tiny", "length": LENGTH})  # fmt: skip
+                                      layer_name=name, stage=stage,
+                                      config={"preset": "tiny", "length": LENGTH})  # fmt: skip
             if not ok:
                 failures.append(f"layer {layer} ({stage}): {'; '.join(why)}")
     assert not failures, f"{pair} first diverging: {failures[0]}"
