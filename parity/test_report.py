@@ -30,7 +30,7 @@ def test_render_fixture(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert f"parity report: {page.resolve()}" in capsys.readouterr().out
     html = page.read_text()
     assert 'id="matrix-table"' in html and "<svg" in html
-    assert html.count("<svg") == 2  # one drift chart per whole-model run
+    assert html.count("<svg") == 1  # one drift chart per component x dtype, both runs (pairs) overlaid
     assert "first over budget at layer 3" in html
     assert "@reproduce_failure(&#39;6&#39;, b&#39;FINAL&#39;)" in html  # the final replay's blob, escaped
     assert "b&#39;AAA&#39;" not in html  # shrink attempts are dropped
@@ -119,8 +119,8 @@ def test_no_number_reads_the_same_in_every_view(tmp_path: Path, capsys: pytest.C
     new = write(tmp_path / "new.jsonl", [_nonfinite(rec("logits", verdict="fail"), "NaN"), inf, xdiv])
 
     assert cli(["summary", str(new)]) == 0
-    worst = {line.split()[0]: line.split()[-1] for line in capsys.readouterr().out.splitlines()[1:4]}
-    assert worst == {"logits": "NaN", "lm_hidden": "Infinity", "rope": "-"}
+    worst = {line.split()[0]: line.split()[-2:] for line in capsys.readouterr().out.splitlines()[1:4]}
+    assert worst == {"logits": ["NaN", "NaN!"], "lm_hidden": ["Infinity", "Infinity!"], "rope": ["-", "-"]}
     assert cli(["diff", str(old), str(new)]) == 1
     diff_text = capsys.readouterr().out
     assert "REGRESSION max_abs_rms: 1e-07 -> Infinity (xInfinity, budget 1e-05)" in diff_text  # NaN: test_diff_gate
@@ -241,7 +241,7 @@ def test_page_in_headless_chromium(tmp_path: Path) -> None:
     assert 'data-ready="1"' in dom.stdout
     assert not re.search(r"<html[^>]*data-errors", dom.stdout), re.search(r"<html[^>]*>", dom.stdout)
     assert ":CONSOLE" not in dom.stderr, [line for line in dom.stderr.splitlines() if ":CONSOLE" in line]
-    assert dom.stdout.count("<svg") == 2 and 'id="matrix-table"' in dom.stdout
+    assert dom.stdout.count("<svg") == 1 and 'id="matrix-table"' in dom.stdout
 
     caught = _chromium(["--dump-dom", bad.as_uri()], tmp_path)
     [errors] = re.findall(r'<html[^>]*data-errors="([^"]*)"', caught.stdout)

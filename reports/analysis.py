@@ -11,7 +11,9 @@ diff and the plugin's closing counts.
   longer catches); `headline()` states them in the one sentence the terminal line, the summary, the page and
   summary.json all print.
 - `text()`: how every view writes a metric, NaN, infinity and "no number" included.
-- `matrix()`: one row per component x pair x dtype with those counts and the worst normalized error.
+- `budget_ratio()`: a comparison's worst checked metric as a fraction of its budget (1 = at the budget).
+- `matrix()`: one row per component x pair x dtype with those counts, the worst normalized error and the worst
+  `budget_ratio`.
 
 The remaining functions are the HTML report's further sections: worst cases, per-layer drift, expected divergences,
 negative controls, worker crashes and the environment.
@@ -157,13 +159,53 @@ def worse(x: float | None, than: float | None) -> bool:
     return severity(x) > severity(than)
 
 
+BUDGETS = (("max_abs", "atol"), ("mae", "mae"), ("kl", "kl"))
+"""The metrics `budget_ratio` weighs against a budget: (metric, tolerance key). max_abs and mae are taken in units of
+rms(ref) (`normalized`), the units of atol and mae; kl is absolute, as its budget."""
+
+
+def budget_ratio(r: Record) -> float | None:
+    """The largest of metric / budget over `BUDGETS` (max|d|/rms / atol, mae/rms / mae, kl / kl), each where both the
+    metric and a positive budget are recorded; None when none is. NaN when a metric is NaN (no number ranks worst,
+    `severity`), infinity when one overflowed.
+
+    One definition for every view: above 1 a metric exceeds its budget. The elementwise check also allows rtol * |ref|
+    per element (bf16 entries), so there a comparison can pass above 1; with rtol 0, the max_abs ratio is above 1
+    exactly when that check fails. The top-k agreement (a floor, not a budget) is not weighed.
+    """
+    tol = r.get("tolerance") or {}
+    worst = None
+    for metric, key in BUDGETS:
+        value = num((r.get("metrics") or {}).get(metric)) if metric == "kl" else normalized(r, metric)
+        budget = num(tol.get(key))
+        if value is None or budget is None or not budget > 0:
+            continue
+        ratio = value / budget if math.isfinite(value) else value
+        if worse(ratio, worst):
+            worst = ratio
+    return worst
+
+
+def over_budget(ratio: float | None) -> bool:
+    """Whether a `budget_ratio` is over the budget: above 1, infinite or NaN."""
+    return ratio is not None and not ratio <= 1
+
+
+def ratio_text(ratio: float | None) -> str:
+    """A `budget_ratio` as every view prints it: "0.42x", "12x", "NaN", "Infinity", "-" when there is none."""
+    shown = text(ratio, ".2g")
+    return f"{shown}x" if ratio is not None and math.isfinite(ratio) else shown
+
+
 def matrix(records: Iterable[Record]) -> list[dict[str, Any]]:
     """One row per component x pair x dtype of the counted records (see `counted`; worker crashes belong to no cell).
 
     Each row holds the class counts of `count` (pass, fail, controls, controls_not_failing, expected_divergence), the
     pair's tolerance class (`pair_class`: the records' value, distinct values joined by "/" should they disagree,
-    None when no record names one), `worst` (the worst `normalized` error among the pass and fail records) and a
-    `status` for the cell's colour: fail, xdiv (expected divergences only), pass, or controls (nothing but controls).
+    None when no record names one), `worst` (the worst `normalized` error among the pass and fail records),
+    `budget_ratio` (the worst `budget_ratio` among them, not necessarily the same record's), `over_budget`
+    (`over_budget` of that ratio) and a `status` for the cell's colour: fail, xdiv (expected divergences only), pass,
+    or controls (nothing but controls).
     """
     rows: dict[tuple[str, str, str], dict[str, Any]] = {}
     classes: dict[tuple[str, str, str], set[str]] = defaultdict(set)
@@ -172,13 +214,16 @@ def matrix(records: Iterable[Record]) -> list[dict[str, Any]]:
         if cls == "worker_crash":
             continue
         key = (str(r.get("component")), pair_name(r), dtype_name(r))
-        row = rows.setdefault(key, {**_CELL_COUNTS, "worst": None})
+        row = rows.setdefault(key, {**_CELL_COUNTS, "worst": None, "budget_ratio": None})
         _tally(row, r)
         if r.get("pair_class") is not None:
             classes[key].add(str(r["pair_class"]))
-        e = normalized(r)
-        if cls in ("pass", "fail") and worse(e, row["worst"]):
-            row["worst"] = e
+        if cls in ("pass", "fail"):
+            e, ratio = normalized(r), budget_ratio(r)
+            if worse(e, row["worst"]):
+                row["worst"] = e
+            if worse(ratio, row["budget_ratio"]):
+                row["budget_ratio"] = ratio
     out = []
     for (component, pair, dtype), v in sorted(rows.items()):
         status = "fail" if v["fail"] or v["controls_not_failing"] else "xdiv" if v["expected_divergence"] else "pass"
@@ -186,7 +231,15 @@ def matrix(records: Iterable[Record]) -> list[dict[str, Any]]:
             status = "controls"
         pair_class = "/".join(sorted(classes[(component, pair, dtype)])) or None
         out.append(
-            {"component": component, "pair": pair, "pair_class": pair_class, "dtype": dtype, "status": status, **v}
+            {
+                "component": component,
+                "pair": pair,
+                "pair_class": pair_class,
+                "dtype": dtype,
+                "status": status,
+                **v,
+                "over_budget": over_budget(v["budget_ratio"]),
+            }
         )
     return out
 
@@ -204,8 +257,9 @@ def worst_cases(records: Iterable[Record], *, per_component: int = 10) -> dict[s
 
 
 def drift(records: Iterable[Record]) -> list[dict[str, Any]]:
-    """Per whole-model run (node id x pair x dtype x control): per stage, the error of every layer and the first layer
-    whose max|d|/rms exceeds its budget (`tolerance.atol`) or whose verdict is not "pass"."""
+    """Per whole-model run (node id x pair x dtype x control): per stage, the error of every layer (with the layer's
+    recorded `layer_name`, None when the record has none) and the first layer whose max|d|/rms exceeds its budget
+    (`tolerance.atol`) or whose verdict is not "pass": its index and its `layer_label`."""
     groups: dict[tuple[Any, ...], dict[str, dict[int, Record]]] = defaultdict(lambda: defaultdict(dict))
     for r in records:
         layer, stage = r.get("layer"), r.get("stage")
@@ -228,6 +282,7 @@ def drift(records: Iterable[Record]) -> list[dict[str, Any]]:
                 points.append(
                     {
                         "layer": layer,
+                        "layer_name": r.get("layer_name"),
                         "max_abs_rms": err,
                         "mae_rms": normalized(r, "mae"),
                         "budget": budget,
@@ -235,8 +290,12 @@ def drift(records: Iterable[Record]) -> list[dict[str, Any]]:
                         "over": over,
                     }
                 )
-            first = next((p["layer"] for p in points if p["over"]), None)
-            series[stage] = {"points": points, "first_diverging": first}
+            first = next((p for p in points if p["over"]), None)
+            series[stage] = {
+                "points": points,
+                "first_diverging": None if first is None else first["layer"],
+                "first_diverging_name": None if first is None else layer_label(first),
+            }
         out.append(
             {
                 "node_id": node_id,
@@ -248,6 +307,22 @@ def drift(records: Iterable[Record]) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def layer_label(point: Mapping[str, Any]) -> str:
+    """A `drift` point's layer for people: its `layer_name` and index ("temporal 3 (layer 4)"), else "layer 4"."""
+    name = point.get("layer_name")
+    return f"{name} (layer {point['layer']})" if name else f"layer {point['layer']}"
+
+
+def drift_charts(runs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The `drift` runs as the page draws them: one chart per component x dtype x control (a negative control's runs
+    apart from the real ones), every pair's run overlaid, the charts sorted with the controls last."""
+    groups: dict[tuple[str, str, Any], list[Mapping[str, Any]]] = defaultdict(list)
+    for run in runs:
+        groups[(run["component"], run["dtype"], run["control"])].append(run)
+    order = sorted(groups, key=lambda k: (k[0], k[1], k[2] is not None, str(k[2])))
+    return [{"component": c, "dtype": d, "control": k, "runs": groups[(c, d, k)]} for c, d, k in order]
 
 
 def expected_divergences(records: Iterable[Record]) -> list[dict[str, Any]]:

@@ -31,7 +31,7 @@ import jinja2
 from reports import analysis, charts, diff, history, mutations, recordfile, trends
 from reports.records import jsonable
 
-MAX_CHARTS = 60  # drift charts drawn; more runs are listed in summary.json and the page says how many were left out
+MAX_CHARTS = 60  # drift charts drawn (one per component x dtype); the page says how many more were left out
 MAX_FAILURES = 300  # rows of the failing-comparisons table
 MAX_HISTORY_CHARTS = 60  # run-history charts drawn, flagged series first; every series keeps its row and sentence
 
@@ -127,8 +127,8 @@ def write(summary: dict[str, Any], out_dir: str | os.PathLike[str]) -> Path:
     """Writes a `build()` result as report.html (with its drift charts) and summary.json; returns report.html."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    chart_runs = summary["drift"][:MAX_CHARTS]
-    svgs = [charts.drift_svg(run, title=_chart_title(run)) for run in chart_runs]
+    drift_charts = analysis.drift_charts(summary["drift"])
+    svgs = [charts.drift_svg(chart) for chart in drift_charts[:MAX_CHARTS]]
     trend = summary.get("history") or {"series": []}
     history_charts = [(t, charts.history_svg(t)) for t in trend["series"][:MAX_HISTORY_CHARTS]]
     env = jinja2.Environment(
@@ -139,11 +139,12 @@ def write(summary: dict[str, Any], out_dir: str | os.PathLike[str]) -> Path:
         lstrip_blocks=True,
     )
     env.filters["fmt"] = _fmt
+    env.filters["ratio"] = analysis.ratio_text
     env.filters["js"] = lambda x: json.dumps(jsonable(x), indent=1, sort_keys=True)
     html = env.get_template("report.html.j2").render(
         s=summary,
-        charts=list(zip(chart_runs, svgs, strict=True)),
-        charts_left_out=len(summary["drift"]) - len(svgs),
+        charts=list(zip(drift_charts[:MAX_CHARTS], svgs, strict=True)),
+        charts_left_out=len(drift_charts) - len(svgs),
         history_charts=history_charts,
         history_charts_left_out=len(trend["series"]) - len(history_charts),
         max_failures=MAX_FAILURES,
@@ -177,11 +178,6 @@ def _case(r: analysis.Record) -> dict[str, Any]:
         "example": {k: v for k, v in hyp.items() if k not in ("reproduce", "is_final")} or None,
         "worker": r.get("worker"),
     }
-
-
-def _chart_title(run: dict[str, Any]) -> str:
-    control = f" control={run['control']}" if run["control"] else ""
-    return f"{run['component']} {run['pair']} {run['dtype']}{control}"
 
 
 def _fmt(x: Any) -> str:
