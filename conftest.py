@@ -10,6 +10,9 @@ Hypothesis profiles, selected by hypothesis' own `--hypothesis-profile NAME`, el
 None has a deadline (a first example pays for jit compilation) and all suppress the too_slow and data_too_large health
 checks, for the same reason.
 
+`--full-size-preset {tiny,small,moshi_7b}` sizes the tests marked `full_size` (parity/test_full_size.py): tiny in the
+default suite, moshi_7b in the nightly job (`pytest parity -m full_size --full-size-preset moshi_7b`).
+
 `--platform {cpu,gpu,cuda,rocm,tpu,auto}` (a comma-separated list is allowed, as for JAX_PLATFORMS) picks the jax
 backend: it sets `JAX_PLATFORMS` before any test module imports jax, and `jax_platforms` if jax is already imported.
 "gpu" means cuda, and cpu is always added after the chosen platforms (the interpreters' callbacks need a CPU device).
@@ -95,6 +98,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=default,
         metavar="{auto,cpu,gpu,cuda,rocm,tpu}",
         help="jax backend for the run; sets JAX_PLATFORMS (default: $JAX_PLATFORMS, else cpu; auto: jax chooses)",
+    )
+    parser.addoption(
+        "--full-size-preset",
+        default="tiny",
+        choices=("tiny", "small", "moshi_7b"),
+        help="LMConfig preset of the tests marked full_size (parity/test_full_size.py; default tiny: the suite's twin "
+        "of the nightly job's moshi_7b)",
     )
 
 

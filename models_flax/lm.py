@@ -69,13 +69,18 @@ class DepthTransformer(nnx.Module):
         Returns (N, dep_q, card) logits.
         """
         n, steps = tokens.shape
-        embeds = [self.text_embed_tokens(tokens[:, 0])]
-        embeds += [self.embed_tokens[c - 1](tokens[:, c]) for c in range(1, steps)]
-        x = jnp.stack(embeds, axis=1)
-        x = x + self.input_projections(context[:, None], layer_idx=np.arange(steps, dtype=np.int32))
+        x = self.embed(tokens, context=context)
         positions = jnp.broadcast_to(jnp.arange(steps), (n, steps))
         x = run_layers(self.layers, x, positions, remat=self.remat)
         return self.lm_heads(x)
+
+    def embed(self, tokens: jax.Array, *, context: jax.Array) -> jax.Array:
+        """The first layer's input (N, dep_q, D): each step's token embedding plus its projection of the context."""
+        steps = tokens.shape[1]
+        embeds = [self.text_embed_tokens(tokens[:, 0])]
+        embeds += [self.embed_tokens[c - 1](tokens[:, c]) for c in range(1, steps)]
+        x = jnp.stack(embeds, axis=1)
+        return x + self.input_projections(context[:, None], layer_idx=np.arange(steps, dtype=np.int32))
 
     def init_caches(self, batch: int, *, dtype: object) -> list[KVCache]:
         """One frame's caches: dep_q slots per layer (the depth transformer restarts at every frame)."""

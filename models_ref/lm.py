@@ -47,14 +47,19 @@ class DepthTransformer(nn.Module):
         Returns (N, dep_q, card) logits.
         """
         n, steps = tokens.shape
-        embeds = [self.text_embed_tokens(tokens[:, 0])]
-        embeds += [self.embed_tokens[c - 1](tokens[:, c]) for c in range(1, steps)]
-        x = torch.stack(embeds, dim=1)
-        x = x + self.input_projections(context[:, None], layer_idx=torch.arange(steps))
+        x = self.embed(tokens, context=context)
         positions = torch.arange(steps).expand(n, -1)
         for layer in self.layers:
             x, _ = layer(x, positions=positions)
         return self.lm_heads(x)
+
+    def embed(self, tokens: torch.Tensor, *, context: torch.Tensor) -> torch.Tensor:
+        """The first layer's input (N, dep_q, D): each step's token embedding plus its projection of the context."""
+        steps = tokens.shape[1]
+        embeds = [self.text_embed_tokens(tokens[:, 0])]
+        embeds += [self.embed_tokens[c - 1](tokens[:, c]) for c in range(1, steps)]
+        x = torch.stack(embeds, dim=1)
+        return x + self.input_projections(context[:, None], layer_idx=torch.arange(steps))
 
 
 class LM(nn.Module):

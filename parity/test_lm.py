@@ -1,5 +1,5 @@
 """The whole LM: kyutai LMModel vs ref vs flax on tiny configs, sequences longer than the context window, fp32 and
-bf16: text and audio logits (KL, top-k agreement, max abs), the loss, and every temporal layer's output recorded twice
+bf16: text and audio logits (KL, top-k agreement, max abs), the loss, and every layer of both stacks recorded twice
 (propagated: each implementation on its own activations; teacher-forced: each layer fed the reference's input)."""
 
 from functools import cache
@@ -14,11 +14,11 @@ from converters.cli import main as cli_main
 from models_flax.checkpoint import from_checkpoint
 from moshi_spec import LMConfig
 from parity.harness import adapters
-from parity.harness.compare import ParityError, assert_parity, check_parity
+from parity.harness.compare import ParityError, assert_parity
 from parity.harness.converter_cases import legacy
 from parity.harness.implementations import build
+from parity.harness.lm_checks import CAPTURES, compare_logits, layer_drift
 from parity.harness.strategies import random_codes
-from parity.harness.streaming_runs import first_difference, nan_rows, stream_name
 
 CFG = LMConfig.tiny()  # temporal context 8
 LENGTH = 20  # longer than the context window
@@ -41,48 +41,13 @@ def _run_all(models, codes, impls=IMPLS, capture=()):
 def _runs(dtype: str):
     models = build("lm", CFG, dtype, impls=IMPLS)
     codes = _codes()
-    return models, codes, _run_all(models, codes, capture=("hidden",))
+    return models, codes, _run_all(models, codes, capture=CAPTURES)
 
 
-def _compare_logits(ref, cand, pair, dtype, *, components=("text_logits", "audio_logits"), **kw):
-    """Compares what the delay pattern decides exactly, then the values.
-
-    Masks (the delay tail and the zero tokens) must be equal, and so must NaN placement: kyutai fills the delay tail
-    with NaN, and a port must too (finite values there would pass a loss that trusts them). A difference names the
-    stream, its delay and the first position. Values are then compared at every position kyutai's logits are finite,
-    the zero tokens' positions included (masked out of the loss, yet computed by kyutai).
-    """
+def _compare_logits(ref, cand, pair, dtype, **kw):
+    """`lm_checks.compare_logits` on the tiny config (masks and NaN placement exactly, then the values)."""
     length = ref["text_mask"].shape[-1]
-    where = {"names": pair, "delays": CFG.delays, "dep_q": CFG.dep_q}
-    for component in components:
-        first = 0 if component == "text_logits" else 1
-        mask = component.replace("logits", "mask")
-        problems = [
-            first_difference(ref[mask], cand[mask], what=mask, first_stream=first, tail=("invalid", False), **where),
-            first_difference(
-                nan_rows(ref[component]),
-                nan_rows(cand[component]),
-                what=f"NaN placement of {component}",
-                first_stream=first,
-                tail=("NaN", "NaN"),
-                **where,
-            ),
-        ]
-        if any(problems):
-            raise AssertionError(f"{pair}: " + "; ".join(p for p in problems if p))
-        valid = ~np.isnan(ref[component]).any(-1)
-        try:
-            assert_parity(ref[component][valid], cand[component][valid], component=component, pair=pair,
-                          expected_dtype=dtype, logits=True, config={"preset": "tiny", "length": length},
-                          inputs={"codes": (2, 1 + CFG.n_q, length)}, **kw)  # fmt: skip
-        except ParityError as e:  # the compared rows are the valid ones: name the worst one's place in the layout
-            if e.metrics is None:
-                raise
-            b, k, t = np.argwhere(valid)[e.metrics.worst_index[0]]
-            stream = f"{stream_name(first + k, CFG.dep_q)} (stream {first + k}, delay {CFG.delays[first + k]})"
-            raise ParityError(
-                f"{e}; worst row: row {b}, {stream}, t {t}", metrics=e.metrics, failures=e.failures
-            ) from None
+    compare_logits(CFG, ref, cand, pair, dtype, config={"preset": "tiny", "length": length}, **kw)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -95,23 +60,9 @@ def test_logits(pair, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("pair", PAIRS, ids="->".join)
 def test_layer_drift(pair, dtype):
-    """Records every layer twice; the assertion names the first layer whose error exceeds its budget."""
+    """Records every layer of both stacks twice; the assertion names the first layer whose error exceeds its budget."""
     models, _, runs = _runs(dtype)
-    ref, cand = runs[pair[0]]["hidden"], runs[pair[1]]["hidden"]
-    failures = []
-    for layer in range(CFG.temporal.num_layers + 1):
-        stages = [("propagated", ref[layer], cand[layer])]
-        if layer > 0:
-            inputs = {"x": ref[layer - 1].astype(np.float32), "layer": layer - 1}
-            forced = models.run(pair[1], inputs, entry="temporal_layer")["y"]
-            stages.append(("teacher_forced", ref[layer], forced))
-        for stage, a, b in stages:
-            name = "embedding" if layer == 0 else f"temporal {layer - 1}"
-            ok, _, why = check_parity(a, b, component="lm_hidden", pair=pair, expected_dtype=dtype, layer=layer,
-                                      layer_name=name, stage=stage,
-                                      config={"preset": "tiny", "length": LENGTH})  # fmt: skip
-            if not ok:
-                failures.append(f"layer {layer} ({stage}): {'; '.join(why)}")
+    failures = layer_drift(models, runs, pair, dtype, config={"preset": "tiny", "length": LENGTH})
     assert not failures, f"{pair} first diverging: {failures[0]}"
 
 
@@ -186,6 +137,36 @@ def test_negative_control(name, monkeypatch):
     ref, cand = runs["kyutai"], runs["flax"]
     with pytest.raises((ParityError, AssertionError)):
         _compare_logits(ref, cand, ("kyutai", "flax"), "float32", components=(component,), control=name)
+
+
+def _gate_up_swapped(layer):
+    fc1 = layer.mlp.fc1.kernel
+    fc1.set_value(np.roll(fc1[...], fc1.shape[-1] // 2, axis=-1))
+
+
+def _codebook_weights_shifted(layer):
+    fc2 = layer.mlp.fc2.kernel
+    fc2.set_value(np.roll(fc2[...], 1, axis=0))
+
+
+# the layer the bug is planted in -> (the layer of the Flax LM, the bug)
+DRIFT_CONTROLS = {
+    "temporal 1": (lambda lm: lm.layers[1], _gate_up_swapped),
+    "depth 1": (lambda lm: lm.depth.layers[1], _codebook_weights_shifted),  # codebook c runs with c - 1's weights
+}
+
+
+@pytest.mark.parametrize("planted", DRIFT_CONTROLS)
+def test_layer_drift_names_the_planted_layer(planted):
+    """Negative controls: a bug planted in one layer fails the drift there first, propagated and teacher-forced, and
+    in no earlier layer (the message a reviewer reads names it)."""
+    layer, bug = DRIFT_CONTROLS[planted]
+    models = build("lm", CFG, "float32", impls=("kyutai", "flax"))
+    bug(layer(models.module("flax")))
+    runs = _run_all(models, _codes(), impls=("kyutai", "flax"), capture=CAPTURES)
+    failures = layer_drift(models, runs, ("kyutai", "flax"), "float32", config={"preset": "tiny", "length": LENGTH},
+                           control=(f"{bug.__name__.strip('_')} in {planted}", planted))  # fmt: skip
+    assert [f.split(" (")[0] for f in failures[:2]] == [planted, planted], failures
 
 
 # HF: its forward applies no delay pattern (its generate does), so the harness feeds it kyutai's delayed layout; HF

@@ -30,6 +30,7 @@ from parity.harness.arrays import to_numpy
 from parity.harness.compare import ParityError, assert_parity
 from parity.harness.implementations import build
 from parity.harness.streaming_runs import (
+    aligned_logits,
     consumed_codes,
     describe_token_mismatch,
     kyutai_logits,
@@ -126,14 +127,9 @@ def _step_vs_full(dtype: str, impl: str, seed: int = 0, frames: int = 40, *, str
     codes = user_codes(CFG, 2, frames, seed=seed)
     run = run_steps(streamer or _greedy(dtype, seed, impl), codes)
     full = _full_forward(lm, jnp.asarray(consumed_codes(CFG, codes, run)))
-    text_full = to_numpy(full.text_logits)[:, 0]  # (B, T, V)
-    text_step = np.moveaxis(run["text_logits"], -1, 1)
-    audio_full = to_numpy(full.audio_logits)  # (B, dep_q, T, card): frame-aligned, so codebook c is at step t - d
-    audio_step = np.moveaxis(run["audio_logits"], -1, 2)
-    delays = CFG.delays[1 : 1 + CFG.dep_q]
-    audio_full = np.concatenate([audio_full[:, c, : frames - d] for c, d in enumerate(delays)], 1)
-    audio_step = np.concatenate([audio_step[:, c, d:] for c, d in enumerate(delays)], 1)
-    return (text_full, text_step), (audio_full, audio_step)
+    full = {name: to_numpy(getattr(full, name)) for name in ("text_logits", "audio_logits")}
+    aligned = aligned_logits(CFG, full, run)
+    return aligned["text_logits"], aligned["audio_logits"]
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -157,16 +153,7 @@ def _step_vs_kyutai_at_long_positions(impl: str, *, control: str | None = None) 
     codes = user_codes(CFG, 2, frames, seed=seed)
     run = run_steps(Streamer(lm, text=GREEDY, audio=GREEDY), codes)
     ref = kyutai_logits(_lms("float32", seed, impl)["kyutai"], consumed_codes(CFG, codes, run))
-    delays = CFG.delays[1 : 1 + CFG.dep_q]
-    audio_step = np.moveaxis(run["audio_logits"], -1, 2)
-    compared = {
-        "text_logits": (ref["text_logits"][:, 0], np.moveaxis(run["text_logits"], -1, 1)),
-        "audio_logits": (
-            np.concatenate([ref["audio_logits"][:, c, : frames - d] for c, d in enumerate(delays)], 1),
-            np.concatenate([audio_step[:, c, d:] for c, d in enumerate(delays)], 1),
-        ),
-    }
-    for component, (expected, step) in compared.items():
+    for component, (expected, step) in aligned_logits(CFG, ref, run).items():
         assert_parity(expected, step, component=component, pair=("kyutai", str(Impl.parse(impl).variant("step"))),
                       expected_dtype="float32", logits=True, config={"preset": "tiny", "frames": frames},
                       control=control)  # fmt: skip

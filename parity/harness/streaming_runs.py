@@ -77,6 +77,25 @@ def kyutai_logits(kyutai_lm, codes: np.ndarray) -> dict[str, np.ndarray]:
     return {"text_logits": to_numpy(out.text_logits.float()), "audio_logits": to_numpy(out.logits.float())}
 
 
+def aligned_logits(
+    cfg: LMConfig, full: dict[str, np.ndarray], run: dict[str, np.ndarray]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """component -> (full-forward logits, step logits) over the same frames: a full forward's text_logits (B, 1, T, V)
+    and audio_logits (B, dep_q, T, card) (frame-aligned, as `kyutai_logits` and our LMs return them) against a
+    `run_steps` run's, whose codebook c at frame t was sampled at step t + delay: (B, T, V) text and (B, sum of the
+    codebooks' T - delay, card) audio, the delay tail left out."""
+    frames = run["text_logits"].shape[-1]
+    delays = cfg.delays[1 : 1 + cfg.dep_q]
+    audio_step = np.moveaxis(run["audio_logits"], -1, 2)
+    return {
+        "text_logits": (full["text_logits"][:, 0], np.moveaxis(run["text_logits"], -1, 1)),
+        "audio_logits": (
+            np.concatenate([full["audio_logits"][:, c, : frames - d] for c, d in enumerate(delays)], 1),
+            np.concatenate([audio_step[:, c, d:] for c, d in enumerate(delays)], 1),
+        ),
+    }
+
+
 def stream_name(k: int, dep_q: int) -> str:
     """Stream k of the layout (text, then Moshi's dep_q audio codebooks, then the user's)."""
     if k == 0:
@@ -167,27 +186,43 @@ def describe_token_mismatch(
     *,
     names: tuple[str, str],
     logits: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None,
+    compute_dtype: str | None = None,
 ) -> str:
     """Names the first wrong token (`first_token_mismatch`): its stream, column, frame and sampling step, both tokens.
 
     logits: (the candidate's step run (`run_steps`), the reference's full-forward logits (`kyutai_logits`) of the codes
     the candidate's stream consumed): when given, the logits the wrong token was sampled from are compared with the
     reference's at the same frame through `check_parity` (the history before it is the same in both: no earlier token
-    differs), with the top two of each, which tells a near tie or a bookkeeping bug from a wrong model.
+    differs), with the top two of each, which tells a near tie or a bookkeeping bug from a wrong model. compute_dtype:
+    the models' dtype when it is not the logits' (bf16 models return float32 logits), for the policy's bound.
     """
+    return token_mismatch(cfg, expected, got, names=names, logits=logits, compute_dtype=compute_dtype)[0]
+
+
+def token_mismatch(
+    cfg: LMConfig,
+    expected: np.ndarray,
+    got: np.ndarray,
+    *,
+    names: tuple[str, str],
+    logits: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None,
+    compute_dtype: str | None = None,
+) -> tuple[str, bool | None]:
+    """`describe_token_mismatch`'s message, and whether the wrong token's logits are within the policy (None when no
+    token differs, the first differs before the first frame, or no logits were given)."""
     place = first_token_mismatch(cfg, expected, got)
     if place is None:
-        return "no token differs"
+        return "no token differs", None
     b, k, t = place
     frame, delay = t - cfg.max_delay, cfg.delays[k]
     stream = f"{stream_name(k, cfg.dep_q)} (stream {k}, delay {delay})"
     tokens = f"{names[0]} {expected[b, k, t]}, {names[1]} {got[b, k, t]}"
     if frame < 0:
-        return f"first differing token: row {b}, {stream}, column {t}, before the first frame: {tokens}"
+        return f"first differing token: row {b}, {stream}, column {t}, before the first frame: {tokens}", None
     step = frame + delay
     message = f"first differing token: row {b}, {stream}, column {t} = frame {frame}, sampled at step {step}: {tokens}"
     if logits is None:
-        return message
+        return message, None
     run, reference = logits
     if k == 0:
         component, cand, ref = "text_logits", run["text_logits"][b, :, step], reference["text_logits"][b, 0, frame]
@@ -195,12 +230,12 @@ def describe_token_mismatch(
         component, cand = "audio_logits", run["audio_logits"][b, k - 1, :, step]
         ref = reference["audio_logits"][b, k - 1, frame]
     ok, metrics, failures = judge(ref, cand, component=component, pair=names, expected_dtype=dtype_name(cand),
-                                  logits=True)  # fmt: skip
+                                  logits=True, compute_dtype=compute_dtype)  # fmt: skip
     verdict = f"pass (max_abs {metrics.max_abs:.2e})" if ok and metrics else "FAIL: " + "; ".join(failures)
     return (
         f"{message}. Logits at step {step}, {names[1]}'s step vs {names[0]}'s forward of the codes {names[1]} "
         f"consumed: {verdict}; top 2 of {names[0]}: {_top2(ref)}, of {names[1]}: {_top2(cand)}"
-    )
+    ), ok
 
 
 __all__ = [
@@ -213,5 +248,6 @@ __all__ = [
     "run_lmgen",
     "run_steps",
     "stream_name",
+    "token_mismatch",
     "user_codes",
 ]

@@ -10,13 +10,15 @@ An adapter holds one `Binding` per component it has. The harness talks to it in 
 "layer_idx" for a layer; "codes" for the LM); floating inputs arrive in float32 and the adapter casts them to the
 dtype it was built in (round to nearest even, the same on every side). `run` returns a dict of numpy arrays in the
 implementation's own output dtype (bf16 as `ml_dtypes.bfloat16`, bit for bit). Intermediates are computed only when
-named in `capture` (the LM's "hidden": the temporal stack's input and every layer's output, stacked (L + 1, B, T, D)).
+named in `capture` (the LM's "hidden": the temporal stack's input and every layer's output, stacked (L + 1, B, T, D);
+"depth_hidden": the same for the depth transformer, (L_depth + 1, B * T, dep_q, D_depth)).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -227,6 +229,20 @@ def native_inputs(inputs: Inputs, dtype: str, array: Callable[..., Any] = to_tor
         else:
             out[key] = array(value) if isinstance(value, np.ndarray) else value
     return out
+
+
+@contextlib.contextmanager
+def stack_captured(layers: Sequence[Any], *, output: Callable[[Any], Any] = lambda y: y) -> Iterator[list[Any]]:
+    """While the block runs, collects the first torch layer's input and every layer's output (`output` picks the
+    tensor from what a layer returns) into the yielded list: the "hidden" captures of a torch LM."""
+    seen: list[Any] = []
+    hooks = [layers[0].register_forward_pre_hook(lambda _m, args: seen.append(args[0]))]
+    hooks += [layer.register_forward_hook(lambda _m, _a, y: seen.append(output(y))) for layer in layers]
+    try:
+        yield seen
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def fields(output: Any) -> dict[str, Any]:

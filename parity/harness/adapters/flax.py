@@ -93,16 +93,22 @@ class JaxBackend:
         return call
 
     def lm_forward(self, module: Any, codes: np.ndarray, capture: tuple[str, ...]) -> dict[str, Any]:
-        """LM.__call__; "hidden" is read from `nnx.capture`'s method outputs: `embed`, then each layer's output."""
+        """LM.__call__; "hidden" ("depth_hidden") is read from `nnx.capture`'s method outputs: the temporal (depth)
+        stack's `embed`, then each of its layers' outputs."""
         import jax.numpy as jnp
         from flax import nnx
 
         codes = jnp.asarray(codes)
-        if "hidden" not in capture:
+        if not capture:
             return fields(module(codes))
         out, seen = nnx.capture(module, nnx.Intermediate, method_outputs=nnx.Intermediate)(codes)
-        hidden = [seen["embed"][0]] + [seen["layers"][i]["__call__"][0][0] for i in range(len(module.layers))]
-        return {**fields(out), "hidden": jnp.stack(hidden)}
+        stacks = {"hidden": (seen, module.layers), "depth_hidden": (seen["depth"], module.depth.layers)}
+        captured = {
+            name: jnp.stack([at["embed"][0]] + [at["layers"][i]["__call__"][0][0] for i in range(len(layers))])
+            for name, (at, layers) in stacks.items()
+            if name in capture
+        }
+        return {**fields(out), **captured}
 
 
 class FlaxAdapter(Adapter):

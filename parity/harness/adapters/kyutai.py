@@ -7,6 +7,7 @@ its per-codebook weights follow the step index. The whole LM takes codes (B, 1 +
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, ClassVar
 
 import numpy as np
@@ -23,6 +24,7 @@ from parity.harness.adapters.base import (
     TorchAdapter,
     native_inputs,
     numpy_outputs,
+    stack_captured,
     torch_dtype,
 )
 
@@ -139,34 +141,34 @@ def build_lm(cfg: LMConfig, dtype: str, options: dict, init: bool) -> Any:
     return LMModel(**lm_kwargs(cfg)).to(torch_dtype(dtype)).eval()
 
 
+def _stacks(module: Any) -> dict[str, Any]:
+    """capture name -> the layers of that transformer (its first layer's input is the stack's input: Moshi's kyutai
+    settings add no positional embedding outside the layers)."""
+    return {"hidden": module.transformer.layers, "depth_hidden": module.depformer.layers}
+
+
 def run_lm(built: Built, inputs: Inputs, capture: tuple) -> Outputs:
-    """LMModel.forward; "hidden" hooks the temporal transformer's input and every layer's output."""
+    """LMModel.forward; "hidden" ("depth_hidden") hooks the temporal (depth) transformer's input and every layer's
+    output."""
     import torch
 
-    module = built.module
-    hidden: list[Any] = []
-    hooks = []
-    if "hidden" in capture:
-        hooks.append(module.transformer.register_forward_pre_hook(lambda _m, args: hidden.append(args[0])))
-        hooks += [
-            layer.register_forward_hook(lambda _m, _a, y: hidden.append(y)) for layer in module.transformer.layers
-        ]
-    try:
-        out = module(torch.from_numpy(np.asarray(inputs["codes"], np.int64)))
-    finally:
-        for hook in hooks:
-            hook.remove()
+    with contextlib.ExitStack() as stack:
+        seen = {name: stack.enter_context(stack_captured(layers))
+                for name, layers in _stacks(built.module).items() if name in capture}  # fmt: skip
+        out = built.module(torch.from_numpy(np.asarray(inputs["codes"], np.int64)))
     result = {"text_logits": out.text_logits, "text_mask": out.text_mask, "audio_logits": out.logits,
               "audio_mask": out.mask}  # fmt: skip
-    if hidden:
-        result["hidden"] = torch.stack(hidden)
-    return numpy_outputs(result)
+    return numpy_outputs(result | {name: torch.stack(hidden) for name, hidden in seen.items()})
 
 
-def run_temporal_layer(built: Built, inputs: Inputs, capture: tuple) -> Outputs:
-    """Teacher forcing: temporal layer `inputs["layer"]` applied to a given input x (B, T, D) at positions 0..T-1."""
-    layer = built.module.transformer.layers[int(inputs["layer"])]
-    return numpy_outputs({"y": layer(native_inputs(inputs, built.dtype)["x"])})
+def _run_stack_layer(capture_name: str):
+    def run(built: Built, inputs: Inputs, capture: tuple) -> Outputs:
+        """Teacher forcing: layer `inputs["layer"]` of the stack applied to a given input x (B, T, D) at positions
+        0..T-1 (the depth stack: T = dep_q steps, each with its own weights)."""
+        layer = _stacks(built.module)[capture_name][int(inputs["layer"])]
+        return numpy_outputs({"y": layer(native_inputs(inputs, built.dtype)["x"])})
+
+    return run
 
 
 class KyutaiAdapter(TorchAdapter):
@@ -181,8 +183,8 @@ class KyutaiAdapter(TorchAdapter):
         "lm": Binding(
             build=build_lm,
             run=run_lm,
-            entries={"temporal_layer": run_temporal_layer},
+            entries={"temporal_layer": _run_stack_layer("hidden"), "depth_layer": _run_stack_layer("depth_hidden")},
             supports=lm_support,
-            captures=("hidden",),
+            captures=("hidden", "depth_hidden"),
         ),
     }

@@ -6,8 +6,9 @@ Layer components take x (B, T, D) (rope: (B, T, H, head_dim)), positions (B, T) 
 (T when unbounded), which must equal the full pass; "chunks" (with "cached") feeds chunks of several positions instead,
 through the tightest ring that holds them (context + largest chunk - 1); "jit" (flax) compiles each call of the layer
 (one compile per chunk size instead of one per eager op and shape). The LM takes codes (B, 1 + n_q, T); "hidden"
-captures the temporal stack's input and every layer's output; the "temporal_layer" entry runs one temporal layer on a
-given input at positions 0..T-1 (teacher forcing); the "loss" entry is the training loss of the forward
+("depth_hidden") captures the temporal (depth) stack's input and every layer's output; the "temporal_layer"
+("depth_layer") entry runs one layer of that stack on a given input at positions 0..T-1 (teacher forcing); the "loss"
+entry is the training loss of the forward
 (models_*/loss.py).
 """
 
@@ -186,11 +187,16 @@ def lm_binding(backend: Backend, *, options: dict[str, tuple]) -> Binding:
     def run(built: Built, inputs: Inputs, capture: tuple) -> Outputs:
         return numpy_outputs(backend.lm_forward(built.module, np.asarray(inputs["codes"]), capture))
 
-    def temporal_layer(built: Built, inputs: Inputs, capture: tuple) -> Outputs:
-        a = native_inputs(inputs, built.dtype, backend.array)
-        batch, length = inputs["x"].shape[:2]
-        positions = backend.array(np.broadcast_to(np.arange(length), (batch, length)).copy())
-        return numpy_outputs({"y": built.module.layers[int(inputs["layer"])](a["x"], positions=positions)[0]})
+    def stack_layer(stack: str):
+        def run_layer(built: Built, inputs: Inputs, capture: tuple) -> Outputs:
+            """Layer inputs["layer"] of the stack on a given x (B, T, D) at positions 0..T-1 (teacher forcing)."""
+            a = native_inputs(inputs, built.dtype, backend.array)
+            batch, length = inputs["x"].shape[:2]
+            positions = backend.array(np.broadcast_to(np.arange(length), (batch, length)).copy())
+            layers = built.module.layers if stack == "temporal" else built.module.depth.layers
+            return numpy_outputs({"y": layers[int(inputs["layer"])](a["x"], positions=positions)[0]})
+
+        return run_layer
 
     def loss(built: Built, inputs: Inputs, capture: tuple) -> Outputs:
         """The training loss of the forward of "codes" against "labels" (default: the codes themselves); any other
@@ -201,5 +207,5 @@ def lm_binding(backend: Backend, *, options: dict[str, tuple]) -> Binding:
         value, parts = backend.loss(output, backend.array(np.asarray(labels)), **weights)
         return numpy_outputs({"loss": value, **parts})
 
-    entries = {"temporal_layer": temporal_layer, "loss": loss}
-    return Binding(build=build, run=run, entries=entries, options=options, captures=("hidden",))
+    entries = {"temporal_layer": stack_layer("temporal"), "depth_layer": stack_layer("depth"), "loss": loss}
+    return Binding(build=build, run=run, entries=entries, options=options, captures=("hidden", "depth_hidden"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, ClassVar
 
 import numpy as np
@@ -11,7 +12,7 @@ from models_ref.lm import LM
 from models_ref.loss import lm_loss
 from moshi_spec import TransformerConfig
 from parity.harness.adapters import ours
-from parity.harness.adapters.base import TorchAdapter, fields, to_torch, torch_dtype
+from parity.harness.adapters.base import TorchAdapter, fields, stack_captured, to_torch, torch_dtype
 
 
 class TorchBackend:
@@ -40,23 +41,16 @@ class TorchBackend:
         return torch.cat(arrays, dim=axis)
 
     def lm_forward(self, module: Any, codes: np.ndarray, capture: tuple[str, ...]) -> dict[str, Any]:
-        """LM.forward; "hidden" hooks the first layer's input and every layer's output."""
+        """LM.forward; "hidden" ("depth_hidden") hooks the temporal (depth) stack's first layer's input and every
+        layer's output."""
         import torch
 
-        hidden: list[Any] = []
-        hooks = []
-        if "hidden" in capture:
-            hooks.append(module.layers[0].register_forward_pre_hook(lambda _m, args: hidden.append(args[0])))
-            hooks += [layer.register_forward_hook(lambda _m, _a, y: hidden.append(y[0])) for layer in module.layers]
-        try:
+        stacks = {"hidden": module.layers, "depth_hidden": module.depth.layers}
+        with contextlib.ExitStack() as stack:
+            seen = {name: stack.enter_context(stack_captured(layers, output=lambda y: y[0]))
+                    for name, layers in stacks.items() if name in capture}  # fmt: skip
             out = module(torch.from_numpy(codes.astype(np.int64)))
-        finally:
-            for hook in hooks:
-                hook.remove()
-        result = fields(out)
-        if hidden:
-            result["hidden"] = torch.stack(hidden)
-        return result
+        return fields(out) | {name: torch.stack(hidden) for name, hidden in seen.items()}
 
 
 class RefAdapter(TorchAdapter):
