@@ -21,6 +21,7 @@ from moshi_spec import LMConfig
 from parity.harness.adapters import pair_class
 from parity.harness.checks import SHORT_OFFSET
 from parity.harness.implementations import build
+from parity.harness.lm_checks import CAPTURES
 from parity.harness.strategies import cases, configs, random_codes
 
 os.environ.setdefault("NO_TORCH_COMPILE", "1")  # kyutai's eager code, as the suite runs it (see conftest.py)
@@ -74,11 +75,12 @@ def measure_lm(examples: int, worst: dict) -> None:
         for seed in range(examples):
             models = build("lm", cfg, dtype, impls=impls, seed=seed)
             codes = random_codes(cfg, 2, 20, seed=seed + 1, zero_fraction=0.1)
-            runs = {i: models.run(i, {"codes": codes}, capture=("hidden",)) for i in impls}
+            runs = {i: models.run(i, {"codes": codes}, capture=CAPTURES) for i in impls}
             for pair in LM_PAIRS:
                 ref, cand = runs[pair[0]], runs[pair[1]]
                 parts = {
                     "lm_hidden": (ref["hidden"], cand["hidden"]),
+                    "lm_depth_hidden": (ref["depth_hidden"], cand["depth_hidden"]),
                     "text_logits": (ref["text_logits"][ref["text_mask"]], cand["text_logits"][ref["text_mask"]]),
                     "audio_logits": (ref["audio_logits"][ref["audio_mask"]], cand["audio_logits"][ref["audio_mask"]]),
                 }

@@ -151,8 +151,9 @@ _set(
 _set("bfloat16", "lm_hidden", UPSTREAM_OURS, Tolerance(
     atol=1e-1, rtol=0.0, mae=1.5e-2, why="bf16 kyutai->ours measured 4.5e-2 / mae 6.5e-3"))  # fmt: skip
 # The depth transformer's input (token embeddings + the projected, normed temporal output) and its layers' outputs
-# (parity/harness/lm_checks.py; tiny preset, 12 weight seeds x T = 8, 20, 32, propagated and teacher-forced, measured
-# 2026-12-01 with /tmp-free code: the same loop as `layer_drift`). Its input carries the whole temporal stack's drift
+# (parity/harness/lm_checks.py; tiny preset, 12 weight seeds x T = 8, 20, 32, each layer propagated and teacher-forced
+# as `layer_drift` compares them, 2026-12-01; bench/measure_tolerances.py --components lm measures the propagated
+# stack). Its input carries the whole temporal stack's drift
 # and its states are 16-wide at the tiny size, so a few elements decide the max: fp32 1.03e-5 (mae 5.6e-7, every
 # class); bf16 ours-ours 5.2e-2 (mae 1.0e-3); bf16 kyutai -> ours 1.51e-1 (mae 1.22e-2), teacher-forced layers alone
 # 3.1e-2. Bounds by the rule above: ~5x fp32; bf16 ~2x the max, ~3x the mae.
