@@ -11,7 +11,8 @@ None has a deadline (a first example pays for jit compilation) and all suppress 
 checks, for the same reason.
 
 `--full-size-preset {tiny,small,moshi_7b}` sizes the tests marked `full_size` (parity/test_full_size.py): tiny in the
-default suite, moshi_7b in the nightly job (`pytest parity -m full_size --full-size-preset moshi_7b`).
+default suite, moshi_7b in the nightly job (`pytest parity -m full_size --full-size-preset moshi_7b`), with the weights
+and codes drawn from `--full-size-seed` (default 0).
 
 `--platform {cpu,gpu,cuda,rocm,tpu,auto}` (a comma-separated list is allowed, as for JAX_PLATFORMS) picks the jax
 backend: it sets `JAX_PLATFORMS` before any test module imports jax, and `jax_platforms` if jax is already imported.
@@ -105,6 +106,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         choices=("tiny", "small", "moshi_7b"),
         help="LMConfig preset of the tests marked full_size (parity/test_full_size.py; default tiny: the suite's twin "
         "of the nightly job's moshi_7b)",
+    )
+    parser.addoption(
+        "--full-size-seed",
+        type=int,
+        default=0,
+        help="seed of the full_size tests' weights (s) and codes (s + 1, s + 2) (default 0)",
     )
 
 

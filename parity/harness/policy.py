@@ -431,3 +431,11 @@ for _w, _atol, _measured in (("param", 1e-3, 3.1e-4), ("mu", 1e-3, 3.3e-4), ("nu
     _set("float32", f"sharded_train_{_w}", OURS, Tolerance(
         atol=_atol, rtol=0.0, mae=_atol, why=f"sharded vs unsharded train step, 2 steps: {_measured:.1e} max",
     ))  # fmt: skip
+
+
+def sized(component: str, preset: str) -> str:
+    """The policy component of a whole-LM comparison at an LMConfig preset: the component itself at tiny (where the
+    suite measures its bounds), `component@preset` above it, with rows measured at that size
+    (bench/measure_full_size.py). Rounding grows with width, depth and vocabulary: the tiny bounds would fail a correct
+    larger model, and bounds wide enough for 7B would let a bug in the tiny model pass."""
+    return component if preset == "tiny" else f"{component}@{preset}"

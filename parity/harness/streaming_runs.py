@@ -22,6 +22,7 @@ from models_flax.streaming import UNGENERATED, Streamer
 from moshi_spec import LMConfig
 from parity.harness.arrays import dtype_name, to_numpy
 from parity.harness.compare import judge
+from parity.harness.policy import sized
 
 
 def user_codes(cfg: LMConfig, batch: int, frames: int, *, seed: int) -> np.ndarray:
@@ -187,6 +188,7 @@ def describe_token_mismatch(
     names: tuple[str, str],
     logits: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None,
     compute_dtype: str | None = None,
+    preset: str = "tiny",
 ) -> str:
     """Names the first wrong token (`first_token_mismatch`): its stream, column, frame and sampling step, both tokens.
 
@@ -194,9 +196,10 @@ def describe_token_mismatch(
     the candidate's stream consumed): when given, the logits the wrong token was sampled from are compared with the
     reference's at the same frame through `check_parity` (the history before it is the same in both: no earlier token
     differs), with the top two of each, which tells a near tie or a bookkeeping bug from a wrong model. compute_dtype:
-    the models' dtype when it is not the logits' (bf16 models return float32 logits), for the policy's bound.
+    the models' dtype when it is not the logits' (bf16 models return float32 logits), for the policy's bound; preset:
+    the size whose policy rows bound it (`policy.sized`).
     """
-    return token_mismatch(cfg, expected, got, names=names, logits=logits, compute_dtype=compute_dtype)[0]
+    return token_mismatch(cfg, expected, got, names=names, logits=logits, compute_dtype=compute_dtype, preset=preset)[0]
 
 
 def token_mismatch(
@@ -207,6 +210,7 @@ def token_mismatch(
     names: tuple[str, str],
     logits: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None,
     compute_dtype: str | None = None,
+    preset: str = "tiny",
 ) -> tuple[str, bool | None]:
     """`describe_token_mismatch`'s message, and whether the wrong token's logits are within the policy (None when no
     token differs, the first differs before the first frame, or no logits were given)."""
@@ -229,8 +233,9 @@ def token_mismatch(
     else:
         component, cand = "audio_logits", run["audio_logits"][b, k - 1, :, step]
         ref = reference["audio_logits"][b, k - 1, frame]
-    ok, metrics, failures = judge(ref, cand, component=component, pair=names, expected_dtype=dtype_name(cand),
-                                  logits=True, compute_dtype=compute_dtype)  # fmt: skip
+    key = sized(component, preset)
+    ok, metrics, failures = judge(ref, cand, component=key, pair=names, expected_dtype=dtype_name(cand), logits=True,
+                                  compute_dtype=compute_dtype)  # fmt: skip
     verdict = f"pass (max_abs {metrics.max_abs:.2e})" if ok and metrics else "FAIL: " + "; ".join(failures)
     return (
         f"{message}. Logits at step {step}, {names[1]}'s step vs {names[0]}'s forward of the codes {names[1]} "

@@ -1,0 +1,76 @@
+"""The runs behind the full-size checks (parity/test_full_size.py) and their measurement (bench/measure_full_size.py):
+kyutai LMModel and our Flax LM at an LMConfig preset with one seed's random weights, run on the same codes.
+
+From a seed s: the weights (s), the forward's codes (s + 1) and the stream's user codes (s + 2). The Flax LM runs on the
+default jax device (the accelerator); kyutai runs in torch on the host CPU, as it must on a TPU host.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+
+import jax
+import numpy as np
+
+from models_flax.sampling import GREEDY
+from models_flax.streaming import Streamer
+from moshi_spec import LMConfig
+from parity.harness.implementations import Models, build
+from parity.harness.lm_checks import CAPTURES
+from parity.harness.strategies import random_codes
+from parity.harness.streaming_runs import consumed_codes, kyutai_logits, run_lmgen, run_steps, user_codes
+
+FRAMES = 32  # a few dozen: past the tiny preset's context (8), a 2.5 s stretch of Moshi's 12.5 Hz frames
+STREAM_FRAMES = 6  # steps of the streaming check past the delay (its first max_delay steps sample nothing)
+BATCH = 2
+PAIR = ("kyutai", "flax")
+DTYPES = ("bfloat16", "float32")
+BYTES = {"float32": 4, "bfloat16": 2}
+
+
+def memory_shortfall(cfg: LMConfig, dtype: str) -> str | None:
+    """Why this machine cannot hold the runs in `dtype`, or None.
+
+    Host: kyutai is built in float32 and cast (4 + b bytes per parameter at the peak), its state is read as numpy
+    (shared with torch) and converted once for Flax (b): 4 + 2b bytes per parameter, plus a quarter for activations
+    and the allocator. Device: the Flax weights (b), plus a quarter. On a CPU-only run both live in host memory.
+    """
+    params, size = cfg.num_params(), BYTES[dtype]
+    host_need = 1.25 * params * (4 + 2 * size)
+    device_need = 1.25 * params * size
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    device = jax.devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if stats is None or "bytes_limit" not in stats:
+        host_need += device_need
+    elif device_need > stats["bytes_limit"]:
+        limit = stats["bytes_limit"]
+        return f"{dtype}: the Flax weights need ~{device_need / 2**30:.0f} GiB, {device} has {limit / 2**30:.0f}"
+    if host_need > host:
+        return f"{dtype}: kyutai on the host needs ~{host_need / 2**30:.0f} GiB, the host has {host / 2**30:.0f}"
+    return None
+
+
+@cache
+def models(preset: str, dtype: str, seed: int) -> Models:
+    return build("lm", LMConfig.preset(preset), dtype, impls=PAIR, seed=seed)
+
+
+@cache
+def drift_runs(preset: str, dtype: str, seed: int) -> tuple[Models, dict[str, dict[str, np.ndarray]]]:
+    """(the models, each one's forward of the seed's codes with both stacks captured)."""
+    built = models(preset, dtype, seed)
+    codes = random_codes(built.cfg, BATCH, FRAMES, seed=seed + 1, zero_fraction=0.1)
+    return built, {impl: built.run(impl, {"codes": codes}, capture=CAPTURES) for impl in PAIR}
+
+
+@cache
+def stream_runs(preset: str, dtype: str, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(LMGen's greedy tokens, our Streamer's greedy run, kyutai's full-forward logits of what our stream consumed)."""
+    built = models(preset, dtype, seed)
+    cfg = built.cfg
+    codes = user_codes(cfg, BATCH, cfg.max_delay + STREAM_FRAMES, seed=seed + 2)
+    expected = run_lmgen(built.module("kyutai"), codes, use_sampling=False)
+    run = run_steps(Streamer(built.module("flax"), text=GREEDY, audio=GREEDY), codes)
+    return expected, run, kyutai_logits(built.module("kyutai"), consumed_codes(cfg, codes, run))
