@@ -7,16 +7,20 @@ python -m reports diff OLD.jsonl NEW.jsonl [--factor 2.0] [--floor 0.01] [--allo
     the run-to-run gate: metric regressions, new failures, removed comparisons, worker crashes (reports/diff.py)
 python -m reports history add RECORDS.jsonl --db FILE | history list --db FILE
     the run history in one SQLite file (reports/history.py); `render --history FILE` charts it (reports/trends.py)
+python -m reports upstream RECORDS.jsonl [--junit JUNIT.xml] [-o OUT.md]
+    the upstream drift watch (reports/upstream.py): expected divergences that now pass, comparisons and tests that now
+    fail, versions against the pins, in Markdown; exits 1 when it lists anything
 
 All of them read records with `reports.recordfile.read` and aggregate them with `reports.analysis`; render reads the
 mutation job's results with `reports.mutations.read` and aggregates them with `reports.mutations.summarize`. A malformed
 line is reported by number and skipped.
 
 Exit status:
-    0  done: summary and render whatever the verdicts; diff when the gate passes.
-    1  diff's gate failed, or an input error: a records file that cannot be read, a file with lines but no record
-       (a config file), an output directory that cannot be written, a history file that is not a usable run history
-       (not ours, damaged, truncated, still locked by another writer; it is left as it is).
+    0  done: summary and render whatever the verdicts; diff when the gate passes; upstream when nothing changed.
+    1  diff's gate failed, upstream listed a change, or an input error: a records file that cannot be read, a file
+       with lines but no record (a config file), an output directory that cannot be written, a history file that is
+       not a usable run history (not ours, damaged, truncated, still locked by another writer; it is left as it is), a
+       junit file that is not junit XML.
     2  a usage error: an unknown command or option, a missing argument, --factor <= 1, --floor < 0, render with
        neither RECORDS nor --mutations.
 Errors are one line on stderr, `python -m reports COMMAND: error: ...`, without a traceback.
@@ -29,7 +33,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-from reports import diff, history, history_cli, recordfile, render, summary
+from reports import diff, history, history_cli, recordfile, render, summary, upstream
 
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {
     "summary": (summary.add_arguments, summary.main, "print the text summary of a records file"),
@@ -39,6 +43,11 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[a
         history_cli.add_arguments,
         history_cli.main,
         "store a run in the run history (add) or list its runs",
+    ),
+    "upstream": (
+        upstream.add_arguments,
+        upstream.main,
+        "the upstream drift watch: fixed divergences, new failures, versions vs pins; exits 1 when anything changed",
     ),
 }
 
