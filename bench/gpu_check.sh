@@ -14,13 +14,20 @@
 #      frames, Flax only (bench/train_step.py --flax-only): tokens/s and peak device memory (jax memory_stats) against
 #      the recipe's published ~12k tokens/s and 39.6 GB on one H100, and against models_flax/memory.py's plan (about
 #      2-3 minutes: build, jit compile, one warm-up step and two timed steps of ~15 s each at the recipe's rate).
+#   6. the nightly job's full-size checks at 7B (`nightly`, one call of its own: about 6-9 minutes, unmeasured):
+#      bench/measure_full_size.py --preset moshi_7b, the numbers behind the 7B policy rows (kyutai on the host CPU,
+#      Flax on the GPU; bf16, and fp32 where it fits), then `.ci/nightly gpu` on parity/test_full_size.py at 7B:
+#      records, history, report (the 7B per-layer drift chart: copy html/report.html's chart to docs/) and summary.
 # Each step fails (rc=1) when a Pallas output is more than 2x the XLA path's error against the exact reference.
-# Usage (repo root): bash bench/gpu_check.sh [all|no-train|train]   -- output also lands in $OUT (or ./gpu_check_out).
-#   all (default): steps 0-5; no-train: steps 0-4; train: step 5 only. Step 5's CPU twin, which keeps its Python from
+# Usage (repo root): bash bench/gpu_check.sh [all|no-train|train|nightly]   -- output also lands in $OUT (or
+#   ./gpu_check_out). all (default): steps 0-5; no-train: steps 0-4; train: step 5 only; nightly: step 6 only. Step 5's CPU twin, which keeps its Python from
 #   rotting (the same script and flags at the tiny preset): see bench/README.md, train_step.py.
 set -uo pipefail
 which="${1:-all}"
-case "$which" in all | no-train | train) ;; *) echo "usage: bash bench/gpu_check.sh [all|no-train|train]" >&2; exit 2 ;; esac
+case "$which" in
+    all | no-train | train | nightly) ;;
+    *) echo "usage: bash bench/gpu_check.sh [all|no-train|train|nightly]" >&2; exit 2 ;;
+esac
 out="${OUT:-gpu_check_out}"
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 JAX_PLATFORMS=cuda
@@ -28,6 +35,13 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv | tee "$
 python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())" \
     | tee -a "$out/device.txt"
 rc=0
+if [ "$which" = nightly ]; then
+    timeout 330 python3 bench/measure_full_size.py --preset moshi_7b --seeds 0 2>&1 | tee "$out/measure_7b.txt" || rc=1
+    NIGHTLY_OUT="$out/nightly" PROFILE=ci FULL_SIZE_PRESET=moshi_7b WORKERS=0 TESTS=parity/test_full_size.py \
+        timeout 240 bash .ci/nightly gpu 2>&1 | tee "$out/nightly.txt" || rc=1
+    echo "gpu_check rc=$rc"
+    exit $rc
+fi
 if [ "$which" != train ]; then
     timeout 200 python3 bench/step.py --preset moshi_7b --dtype bfloat16 --no-kyutai --impl xla pallas --frames 30 \
         2>&1 | tee "$out/step_7b.txt" || rc=1

@@ -320,6 +320,13 @@ def tolerance_for(dtype: str, component: str, pair_class: str) -> Tolerance:
     try:
         return POLICY[(dtype, component, pair_class)]
     except KeyError:
+        if "@" in component:  # a whole-LM comparison at a larger preset (`sized`)
+            name, preset = component.split("@", 1)
+            raise KeyError(
+                f"no tolerance for {name} at preset {preset!r} ({dtype}, {pair_class}): its bounds are not measured at "
+                f"that size yet; run `python bench/measure_full_size.py --preset {preset}` where it fits and add its "
+                f"rows to parity/harness/policy.py"
+            ) from None
         known = ", ".join(repr(key) for key in sorted(POLICY))
         raise KeyError(
             f"no tolerance for dtype {dtype!r}, component {component!r}, pair class {pair_class!r}; known keys: {known}"
