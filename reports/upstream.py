@@ -353,7 +353,7 @@ def markdown(w: Watch, *, records_path: str | Path, junit_path: str | Path | Non
     for v in w.versions:
         run = ", ".join("-" if x is None else str(x) for x in v["run"])
         lines.append(f"| {v['package']} | {_cell(v['pin'] or '-')} | {_cell(run)} | {v['status']} |")
-    return "\n".join(lines) + "\n"
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)) + "\n"  # one blank line between blocks
 
 
 def main(args: argparse.Namespace) -> int:
