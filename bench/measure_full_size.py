@@ -19,6 +19,7 @@ import warnings
 
 os.environ.setdefault("NO_TORCH_COMPILE", "1")  # kyutai's eager code, as the suite runs it (see conftest.py)
 
+from parity.harness import full_size
 from parity.harness.compare import judge
 from parity.harness.full_size import DTYPES, PAIR, drift_runs, stream_runs
 from parity.harness.lm_checks import LOGITS, check_layout, drift_cases
@@ -56,6 +57,7 @@ def main() -> None:
             _, run, reference = stream_runs(args.preset, dtype, seed)
             for component, (full, step) in aligned_logits(models.cfg, reference, run).items():
                 _measure(worst, (component, dtype), full, step, dtype="float32", logits=True)
+            full_size.release()
             print(f"{dtype} seed {seed} done", flush=True)
     print(f"\n{'component':28} {'dtype':9} {'max|d|/rms':>11} {'mae/rms':>10} {'kl':>10} {'top-5':>7}")
     for (component, dtype), (mx, mae, kl, topk) in sorted(worst.items()):

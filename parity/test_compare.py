@@ -215,6 +215,7 @@ def test_record_contents(records):
         pair=("hf", "ref"),
         expected_dtype="float32",
         layer=np.int64(1),
+        layer_name="temporal 0",
         stage="teacher_forced",
         config={"dim": np.int64(16), "theta": 10000.0, "delays": (0, 1, 1)},
         inputs={"x": (2, 3, 4), "positions": np.zeros((2, 3), np.int32)},
@@ -227,6 +228,7 @@ def test_record_contents(records):
         "pair",
         "pair_class",
         "layer",
+        "layer_name",
         "stage",
         "config",
         "inputs",
@@ -241,7 +243,7 @@ def test_record_contents(records):
         "failures",
     }
     assert record["pair"] == {"reference": "hf", "candidate": "ref"}
-    assert record["layer"] == 1 and type(record["layer"]) is int
+    assert record["layer"] == 1 and type(record["layer"]) is int and record["layer_name"] == "temporal 0"
     assert record["config"] == {"dim": 16, "theta": 10000.0, "delays": [0, 1, 1]}
     assert record["inputs"] == {"x": [2, 3, 4], "positions": [2, 3]}
     assert record["tolerance"]["why"] == tolerance_for("float32", "decoder_layer", "upstream-ours").why

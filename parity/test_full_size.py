@@ -50,10 +50,16 @@ def size(request: pytest.FixtureRequest) -> tuple[str, int]:
     return request.config.getoption("full_size_preset"), request.config.getoption("full_size_seed")
 
 
-def _checked(size: tuple[str, int], dtype: str) -> None:
-    reason = full_size.memory_shortfall(LMConfig.preset(size[0]), dtype)
+@pytest.fixture(scope="module", params=DTYPES)
+def dtype(request: pytest.FixtureRequest, size: tuple[str, int]):
+    """The run's dtype, module-scoped so that pytest runs every test of one dtype before the next dtype's, whose models
+    are built only after the last one's are released (at 7B each pair holds tens of GB); skipped, saying why, where the
+    machine cannot hold that dtype's pair."""
+    reason = full_size.memory_shortfall(LMConfig.preset(size[0]), request.param)
     if reason:
         pytest.skip(f"{size[0]}: {reason}")
+    yield request.param
+    full_size.release()
 
 
 def _config(size: tuple[str, int], **extra) -> dict:
@@ -62,26 +68,20 @@ def _config(size: tuple[str, int], **extra) -> dict:
             "platform": jax.default_backend(), **extra}  # fmt: skip
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
 def test_logits(size, dtype):
-    _checked(size, dtype)
     models, runs = full_size.drift_runs(size[0], dtype, size[1])
     compare_logits(models.cfg, runs["kyutai"], runs["flax"], PAIR, dtype, preset=size[0], config=_config(size))
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
 def test_layer_drift(size, dtype):
     """Every layer of both stacks, propagated and teacher-forced; the assertion names the first over budget."""
-    _checked(size, dtype)
     models, runs = full_size.drift_runs(size[0], dtype, size[1])
     failures = layer_drift(models, runs, PAIR, dtype, preset=size[0], config=_config(size))
     assert not failures, f"{size[0]} {dtype} {PAIR} first diverging: {failures[0]}"
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
 def test_stream_logits_match_kyutai(size, dtype):
     """Every frame's step logits against kyutai's full forward of the same history (whatever the tokens were)."""
-    _checked(size, dtype)
     _, run, reference = full_size.stream_runs(size[0], dtype, size[1])
     cfg = LMConfig.preset(size[0])
     for component, (full, step) in aligned_logits(cfg, reference, run).items():
@@ -91,11 +91,9 @@ def test_stream_logits_match_kyutai(size, dtype):
                       config=_config(size, frames=cfg.max_delay + STREAM_FRAMES))  # fmt: skip
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
 def test_stream_tokens_match_lmgen(size, dtype):
     """float32: token for token. bfloat16: equal up to the first difference, which must be a near tie (its logits
     match kyutai's within the policy); the tokens after it follow a different history and are not compared."""
-    _checked(size, dtype)
     expected, got, reference = full_size.stream_runs(size[0], dtype, size[1])
     cfg = LMConfig.preset(size[0])
     assert got["tokens"].shape == expected.shape

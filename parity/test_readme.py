@@ -50,6 +50,10 @@ RUNS: dict[str, dict] = {
         ],
     },
     LM_BLOCK: {"subs": [("--preset moshi_7b", "--preset tiny")]},
+    "NIGHTLY_OUT=reports/out/nightly": {
+        "why": "the nightly job's command: parity/test_nightly_script.py runs it end to end on a one-test selection"
+    },
+    "pytest parity -m full_size": {"why": "7B needs an accelerator; the suite runs the same tests at the tiny preset"},
     MIMI_BLOCK: {"subs": [("--preset mimi ", "--preset mimi_tiny ")]},
     "import models_flax.mimi": {"after": MIMI_BLOCK},
     "python bench/attention.py": {  # the device checks: parsed, not run

@@ -36,7 +36,7 @@ from models_flax.training.optimizer import onecycle
 from moshi_spec import LMConfig
 from moshi_spec.loss import LossWeights
 from moshi_spec.training import LoRAConfig, OptimConfig, TrainConfig
-from parity.harness.compare import ParityError, assert_parity, check_parity
+from parity.harness.compare import ParityError, assert_parity, judge
 from parity.harness.implementations import build
 from parity.harness.training import Pair, codes_batch, flat, make_pair, single_key_queries, to_flax
 
@@ -286,10 +286,10 @@ def _control(ref: dict, cand: dict, pair: Pair, *, component: str, control: str)
         mask = single_key_queries(name, r.shape, pair.cfg)
         if mask is not None:
             r, c = r[~mask], c[~mask]
-        kw = dict(component=component, pair=PAIR, expected_dtype="float32", config={"parameter": name})
-        if not check_parity(r, c, **kw)[0]:
+        kw = dict(component=component, pair=PAIR, expected_dtype="float32")
+        if not judge(r, c, **kw)[0]:
             with pytest.raises(ParityError):
-                assert_parity(r, c, control=control, **kw)
+                assert_parity(r, c, control=control, config={"parameter": name}, **kw)
             return
     pytest.fail(f"negative control {control!r}: every {component} comparison passed")
 

@@ -7,6 +7,7 @@ default jax device (the accelerator); kyutai runs in torch on the host CPU, as i
 
 from __future__ import annotations
 
+import gc
 import os
 from functools import cache
 
@@ -74,3 +75,11 @@ def stream_runs(preset: str, dtype: str, seed: int) -> tuple[np.ndarray, dict[st
     expected = run_lmgen(built.module("kyutai"), codes, use_sampling=False)
     run = run_steps(Streamer(built.module("flax"), text=GREEDY, audio=GREEDY), codes)
     return expected, run, kyutai_logits(built.module("kyutai"), consumed_codes(cfg, codes, run))
+
+
+def release() -> None:
+    """Drops every cached model and run: at 7B one dtype's pair holds tens of GB, so a caller that moves on to the
+    next dtype or seed releases the last one first."""
+    for cached in (models, drift_runs, stream_runs):
+        cached.cache_clear()
+    gc.collect()
