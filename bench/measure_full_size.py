@@ -57,6 +57,7 @@ def main() -> None:
             _, run, reference = stream_runs(args.preset, dtype, seed)
             for component, (full, step) in aligned_logits(models.cfg, reference, run).items():
                 _measure(worst, (component, dtype), full, step, dtype="float32", logits=True)
+            del models, runs, run, reference  # the next seed's pair is built only after this one is freed
             full_size.release()
             print(f"{dtype} seed {seed} done", flush=True)
     print(f"\n{'component':28} {'dtype':9} {'max|d|/rms':>11} {'mae/rms':>10} {'kl':>10} {'top-5':>7}")

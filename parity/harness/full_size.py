@@ -55,7 +55,11 @@ def memory_shortfall(cfg: LMConfig, dtype: str) -> str | None:
 
 @cache
 def models(preset: str, dtype: str, seed: int) -> Models:
-    return build("lm", LMConfig.preset(preset), dtype, impls=PAIR, seed=seed)
+    """The pair, without the weight states `build` keeps (two more copies of the weights on the host: 31 GB each for
+    7B in float32; nothing here converts again)."""
+    built = build("lm", LMConfig.preset(preset), dtype, impls=PAIR, seed=seed)
+    built.states.clear()
+    return built
 
 
 @cache
