@@ -76,6 +76,14 @@ OURS, UPSTREAM_OURS, UPSTREAM = PAIR_CLASSES
 POLICY: dict[tuple[str, str, str], Tolerance] = {}
 
 
+def sized(component: str, preset: str) -> str:
+    """The policy component of a whole-LM comparison at an LMConfig preset: the component itself at tiny (where the
+    suite measures its bounds), `component@preset` above it, with rows measured at that size
+    (bench/measure_full_size.py). Rounding grows with width, depth and vocabulary: the tiny bounds would fail a correct
+    larger model, and bounds wide enough for 7B would let a bug in the tiny model pass."""
+    return component if preset == "tiny" else f"{component}@{preset}"
+
+
 def _set(dtype: str, components: tuple[str, ...] | str, classes: tuple[str, ...] | str, tol: Tolerance) -> None:
     for component in (components,) if isinstance(components, str) else components:
         for klass in (classes,) if isinstance(classes, str) else classes:
@@ -163,6 +171,31 @@ _set("bfloat16", "lm_depth_hidden", OURS, Tolerance(
     atol=1e-1, rtol=0.0, mae=3e-3, why="bf16 ref<->flax measured 5.2e-2 / mae 1.0e-3"))  # fmt: skip
 _set("bfloat16", "lm_depth_hidden", UPSTREAM_OURS, Tolerance(
     atol=3e-1, rtol=0.0, mae=4e-2, why="bf16 kyutai->ours measured 1.51e-1 / mae 1.22e-2"))  # fmt: skip
+
+# The full-size checks at the small preset (parity/test_full_size.py --full-size-preset small: kyutai -> flax, 32
+# frames, propagated and teacher-forced drift, the streaming step's logits), measured by
+# `python bench/measure_full_size.py --preset small --seeds 0 1 2` (CPU, 2026-12-01). fp32: hidden 9.1e-6 (mae 1.4e-6),
+# depth 1.9e-5 (mae 2.6e-6), text logits 1.1e-5 (mae 1.5e-6, KL 2.0e-12), audio logits 2.0e-5 (mae 2.6e-6, KL
+# 2.6e-11), top-5 1.0: 2-4x the tiny preset's, as summing over 1024-wide rows and a 32000/2048 vocabulary predicts.
+# bf16: hidden 9.4e-2 (mae 1.0e-2), depth 1.4e-1 (mae 2.1e-2), text 8.3e-2 (mae 1.1e-2, KL 1.2e-4, top-5 0.84),
+# audio 1.5e-1 (mae 2.2e-2, KL 1.7e-3, top-5 0.76: random weights give near-flat 2048-way logits). Only three seeds:
+# bounds by the rule above (~5x fp32; bf16 ~2x the max, ~3x the mae and KL), and top-5 ~0.8x the lowest seen.
+_set("float32", sized("lm_hidden", "small"), UPSTREAM_OURS, Tolerance(
+    atol=5e-5, rtol=0.0, mae=7e-6, why="small preset, fp32 measured 9.1e-6 / mae 1.4e-6"))  # fmt: skip
+_set("float32", sized("lm_depth_hidden", "small"), UPSTREAM_OURS, Tolerance(
+    atol=1e-4, rtol=0.0, mae=1.3e-5, why="small preset, fp32 measured 1.9e-5 / mae 2.6e-6"))  # fmt: skip
+_set("float32", (sized("text_logits", "small"), sized("audio_logits", "small")), UPSTREAM_OURS, Tolerance(
+    atol=1e-4, rtol=0.0, mae=1.3e-5, kl=1e-9, topk=5, topk_agreement=0.99,
+    why="small preset, fp32 measured max 2.0e-5, mae 2.6e-6, KL 2.6e-11, top-5 1.0",
+))  # fmt: skip
+_set("bfloat16", sized("lm_hidden", "small"), UPSTREAM_OURS, Tolerance(
+    atol=2e-1, rtol=0.0, mae=3e-2, why="small preset, bf16 measured 9.4e-2 / mae 1.0e-2"))  # fmt: skip
+_set("bfloat16", sized("lm_depth_hidden", "small"), UPSTREAM_OURS, Tolerance(
+    atol=3e-1, rtol=0.0, mae=6e-2, why="small preset, bf16 measured 1.4e-1 / mae 2.1e-2"))  # fmt: skip
+_set("bfloat16", (sized("text_logits", "small"), sized("audio_logits", "small")), UPSTREAM_OURS, Tolerance(
+    atol=3e-1, rtol=0.0, mae=6.5e-2, kl=5e-3, topk=5, topk_agreement=0.6,
+    why="small preset, bf16 measured max 1.5e-1, mae 2.2e-2, KL 1.7e-3, top-5 0.76",
+))  # fmt: skip
 _set("float32", ("text_logits", "audio_logits"), (OURS, UPSTREAM_OURS, UPSTREAM), Tolerance(
     atol=4e-5, rtol=0.0, mae=2.5e-6, kl=1e-10, topk=5, topk_agreement=0.99,
     why="fp32 measured max 6.7e-6, mae 5.2e-7, KL 6.9e-13, top-5 1.0 (every class)",
@@ -438,11 +471,3 @@ for _w, _atol, _measured in (("param", 1e-3, 3.1e-4), ("mu", 1e-3, 3.3e-4), ("nu
     _set("float32", f"sharded_train_{_w}", OURS, Tolerance(
         atol=_atol, rtol=0.0, mae=_atol, why=f"sharded vs unsharded train step, 2 steps: {_measured:.1e} max",
     ))  # fmt: skip
-
-
-def sized(component: str, preset: str) -> str:
-    """The policy component of a whole-LM comparison at an LMConfig preset: the component itself at tiny (where the
-    suite measures its bounds), `component@preset` above it, with rows measured at that size
-    (bench/measure_full_size.py). Rounding grows with width, depth and vocabulary: the tiny bounds would fail a correct
-    larger model, and bounds wide enough for 7B would let a bug in the tiny model pass."""
-    return component if preset == "tiny" else f"{component}@{preset}"
