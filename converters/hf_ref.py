@@ -14,6 +14,7 @@ from converters.rules import Pair
 TABLE: dict[str, tuple[Pair, ...]] = {
     "flexible_linear": (Pair("weight", "weight"),),
     "rmsnorm": (Pair("weight", "weight"),),
+    "layer_norm": (Pair("weight", "weight"), Pair("bias", "bias")),
     "gating_mlp": (Pair("fc1.weight", "fc1.weight"), Pair("fc2.weight", "fc2.weight")),
     "attention": (
         Pair("q_proj.linear.weight", "q_proj.weight", "q_half_to_layout", "q_layout_to_half"),
@@ -24,7 +25,6 @@ TABLE: dict[str, tuple[Pair, ...]] = {
     "lm_top": (
         Pair("embed_tokens.{c}.weight", "embed_tokens.{c}.weight"),
         Pair("decoder.model.embed_tokens.weight", "text_embed_tokens.weight"),
-        Pair("decoder.model.norm.weight", "norm.weight"),
         Pair("decoder.lm_head.weight", "lm_head.weight"),
         Pair("depth_decoder.text_embed_tokens.weight", "depth.text_embed_tokens.weight"),
         Pair("depth_decoder.embed_tokens.{c}.weight", "depth.embed_tokens.{c}.weight"),

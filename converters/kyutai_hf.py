@@ -5,7 +5,9 @@
   codebooks to (W, out, in) when cfg.flexible; `out_projs.{c}.weight` -> o_proj.linear.weight likewise.
 - gating_mlp: `linear_in/linear_out` -> fc1/fc2; flexible: the ModuleList's `{c}.linear_in/out` stacked.
 - rmsnorm: `alpha` (1, 1, D) -> `weight` (D,).
-- lm_top: embeddings renamed, `out_norm.alpha` reshaped, per-codebook `depformer_in.{c}` / `linears.{c}` stacked into
+- layer_norm (the layer-norm kinds' norms, and Mimi's): weight and bias kept (HF's Moshi has no layer norm: this
+  format is a hop on the way to ref, and an HF checkpoint of such a model is refused by its config writer).
+- lm_top: embeddings renamed, per-codebook `depformer_in.{c}` / `linears.{c}` stacked into
   `depth_decoder.input_projections` (K, Dd, D) / `depth_decoder.lm_heads` (K, V, Dd).
 Released checkpoints' legacy fused names are normalized before this edge runs (see formats.KYUTAI.legacy); hf -> kyutai
 emits the current names. kyutai has no standalone flexible linear (it uses ModuleLists of nn.Linear).
@@ -42,7 +44,6 @@ TABLE: dict[str, tuple[Pair, ...]] = {
     "lm_top": (
         Pair("emb.{c}.weight", "embed_tokens.{c}.weight"),
         Pair("text_emb.weight", "decoder.model.embed_tokens.weight"),
-        Pair("out_norm.alpha", "decoder.model.norm.weight", "alpha_to_weight", "weight_to_alpha"),
         Pair("text_linear.weight", "decoder.lm_head.weight"),
         Pair("depformer_in.{c}.weight", "depth_decoder.input_projections.weight", "stack", "unstack"),
         Pair("depformer_emb.{c}.weight", "depth_decoder.embed_tokens.{c}.weight"),

@@ -1,5 +1,6 @@
-"""Moshi's layer component kinds: flexible_linear, rmsnorm, gating_mlp, attention (leaves) and decoder_layer (their
-composite), with their shapes in any format built from the format's descriptor (converters/formats.py) alone.
+"""Moshi's layer component kinds: flexible_linear, rmsnorm, layer_norm, gating_mlp, attention (leaves) and
+decoder_layer (their composite, whose norms are rmsnorm or layer_norm by the config's `norm` kind), with their shapes
+in any format built from the format's descriptor (converters/formats.py) alone.
 
 Axis names: D dim, Q q_dim (heads x head_dim), KV kv_dim, F ffn_dim, Hd hidden (= F/2), W weight sets (num_codebooks
 when flexible, else the axis is absent), L num_codebooks (a standalone flexible linear's stack). A linear is written
@@ -26,6 +27,7 @@ class LayerConfig(Protocol):
     flexible: bool
     rope: bool
     rope_layout: str
+    layer_norm: bool
 
     @property
     def q_dim(self) -> int: ...
@@ -42,9 +44,14 @@ class LayerConfig(Protocol):
 register_condition("flexible", lambda cfg: cfg.flexible)  # one weight set per codebook (the depth transformer)
 register_condition("plain", lambda cfg: not cfg.flexible)
 
-DECODER_CHILDREN = {"norm1": "rmsnorm", "norm2": "rmsnorm", "attention": "attention", "mlp": "gating_mlp"}
+DECODER_CHILDREN = {"norm1": "norm", "norm2": "norm", "attention": "attention", "mlp": "gating_mlp"}
 """A decoder layer's parts by role (each format's `LMSpelling.children` gives their prefixes): pre-attention norm,
-pre-MLP norm, attention, gated MLP."""
+pre-MLP norm (kind `norm_kind(cfg)`), attention, gated MLP."""
+
+
+def norm_kind(cfg: LayerConfig) -> str:
+    """The component kind of cfg's norms: layer_norm (weight and bias) or rmsnorm (a scale)."""
+    return "layer_norm" if cfg.layer_norm else "rmsnorm"
 
 
 def linear(fmt: Any, out: int | None, inp: int | None) -> Shape:
@@ -78,6 +85,11 @@ def _rmsnorm(fmt: Any, cfg: LayerConfig) -> dict[str, Shape] | None:
     return norm(fmt, cfg.dim) if fmt.lm else None
 
 
+def _layer_norm(fmt: Any, cfg: Any) -> dict[str, Shape] | None:
+    """torch's nn.LayerNorm in every format (the LM's layer-norm kinds and Mimi's); reads cfg.dim."""
+    return {"weight": (cfg.dim,), "bias": (cfg.dim,)} if fmt.lm or fmt.mimi else None
+
+
 def _gating_mlp(fmt: Any, cfg: LayerConfig) -> dict[str, Shape] | None:
     if not fmt.lm:
         return None
@@ -103,13 +115,17 @@ def _attention(fmt: Any, cfg: LayerConfig) -> dict[str, Shape] | None:
 def _decoder_parts(fmt: Any, cfg: LayerConfig) -> list[Part] | None:
     if not fmt.lm:
         return None
-    return [Part(role, fmt.lm.children[role], kind, cfg) for role, kind in DECODER_CHILDREN.items()]
+    kinds = {role: norm_kind(cfg) if kind == "norm" else kind for role, kind in DECODER_CHILDREN.items()}
+    return [Part(role, fmt.lm.children[role], kind, cfg) for role, kind in kinds.items()]
 
 
 LAYER_COMPONENTS = ("flexible_linear", "rmsnorm", "gating_mlp", "attention", "decoder_layer")
 
 register_component(Component(name="flexible_linear", shapes=_flexible_linear))
 register_component(Component(name="rmsnorm", shapes=_rmsnorm))
+register_component(Component(name="layer_norm", shapes=_layer_norm))
 register_component(Component(name="gating_mlp", shapes=_gating_mlp))
 register_component(Component(name="attention", shapes=_attention))
-register_component(Component(name="decoder_layer", parts=_decoder_parts, uses=("rmsnorm", "attention", "gating_mlp")))
+register_component(
+    Component(name="decoder_layer", parts=_decoder_parts, uses=("rmsnorm", "layer_norm", "attention", "gating_mlp"))
+)

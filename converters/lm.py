@@ -1,5 +1,6 @@
-"""The whole Moshi LM (Mimi excluded) as component kinds of the engine: "lm_top" (embeddings, final norm and heads, a
-leaf) and "lm" (lm_top plus one decoder layer per layer of the temporal and depth stacks, a composite), both `whole`:
+"""The whole Moshi LM (Mimi excluded) as component kinds of the engine: "lm_top" (embeddings and heads, a leaf) and
+"lm" (lm_top, the final norm of the temporal stack's norm kind, and one decoder layer per layer of the temporal and
+depth stacks, a composite), both `whole`:
 an LM state is a checkpoint with exact keys. Shapes and prefixes come from each format's `LMSpelling`.
 
 Axis names: D temporal dim, Dd depth dim, K dep_q (codebooks the depth transformer predicts), V card (audio vocabulary;
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from converters.accounting import Shape
-from converters.layers import LayerConfig, linear, norm
+from converters.layers import LayerConfig, linear, norm_kind
 from converters.registry import Component, Part, register_component
 
 STACKS = ("temporal", "depth")
@@ -46,7 +47,6 @@ def _top(fmt: Any, cfg: LMShapeConfig) -> dict[str, Shape] | None:
     return (
         embeddings("audio_emb", cfg.n_q, V + 1, D)
         | {f"{at['text_emb']}{emb}": (T + 1, D)}
-        | {at["norm"] + key: shape for key, shape in norm(fmt, D).items()}
         | {f"{at['text_head']}{kernel}": linear(fmt, T, D)}
         | per_codebook("depth_in", Dd, D)
         | embeddings("depth_emb", K - 1, V + 1, Dd)
@@ -58,7 +58,7 @@ def _top(fmt: Any, cfg: LMShapeConfig) -> dict[str, Shape] | None:
 def _parts(fmt: Any, cfg: LMShapeConfig) -> list[Part] | None:
     if not fmt.lm:
         return None
-    found = [Part("top", "", "lm_top", cfg)]
+    found = [Part("top", "", "lm_top", cfg), Part("norm", fmt.lm.top["norm"], norm_kind(cfg.temporal), cfg.temporal)]
     for stack in STACKS:
         sub = getattr(cfg, stack)
         prefix = fmt.lm.stacks[stack]
@@ -67,4 +67,6 @@ def _parts(fmt: Any, cfg: LMShapeConfig) -> list[Part] | None:
 
 
 register_component(Component(name="lm_top", shapes=_top, whole=True))
-register_component(Component(name="lm", parts=_parts, uses=("lm_top", "decoder_layer"), whole=True))
+register_component(
+    Component(name="lm", parts=_parts, uses=("lm_top", "rmsnorm", "layer_norm", "decoder_layer"), whole=True)
+)

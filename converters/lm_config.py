@@ -12,7 +12,7 @@ from typing import Any
 
 from converters.config_fields import building, dataclass_problems, field_problems
 from moshi_spec import kyutai
-from moshi_spec.config import ACTIVATIONS, LMConfig, TransformerConfig
+from moshi_spec.config import ACTIVATIONS, NORM_EPS, LMConfig, TransformerConfig
 
 UNBOUNDED = 2**31 - 1
 """HF's sliding_window (an int in MoshiConfig) for a stack without a context window; read back as None."""
@@ -34,7 +34,7 @@ KYUTAI_USED = frozenset(
 )
 KYUTAI_SUPPORTED: dict[str, tuple[Any, tuple[Any, ...]]] = {
     # key: (LMModel's default when absent, the values this port implements)
-    "norm": ("layer_norm", ("rms_norm_f32",)),
+    "norm": ("layer_norm", tuple(NORM_EPS)),  # each kind with the eps kyutai fixes for it
     "positional_embedding": ("sin", ("rope",)),
     "depformer_pos_emb": ("sin", ("none",)),
     "depformer_multi_linear": (False, (True,)),
@@ -73,10 +73,10 @@ KYUTAI_LM_NAMES["depth.num_codebooks"] = "dep_q"
 KYUTAI_STACK_NAMES = {
     "temporal": {"dim": "dim", "num_heads": "num_heads", "num_layers": "num_layers", "ffn_dim": "hidden_scale",
                  "num_kv_heads_override": "kv_repeat", "activation": "gating", "rope_theta": "max_period",
-                 "context": "context"},
+                 "context": "context", "norm": "norm", "norm_eps": "norm"},
     "depth": {"dim": "depformer_dim", "num_heads": "depformer_num_heads", "num_layers": "depformer_num_layers",
               "ffn_dim": "depformer_dim_feedforward", "num_kv_heads_override": "depformer_kv_repeat",
-              "activation": "depformer_gating", "num_codebooks": "dep_q"},
+              "activation": "depformer_gating", "num_codebooks": "dep_q", "norm": "norm", "norm_eps": "norm"},
 }  # fmt: skip
 
 
@@ -144,16 +144,16 @@ def from_kyutai_kwargs(kwargs: Mapping[str, Any]) -> LMConfig:
                 num_kv_heads_override=heads // kv_repeat if kv_repeat != 1 else None, activation=activation, **kw,
             )  # fmt: skip
 
-    hidden_scale, kv_repeat = d["hidden_scale"], d["kv_repeat"]
+    hidden_scale, kv_repeat, norm = d["hidden_scale"], d["kv_repeat"], d.get("norm", "layer_norm")
     temporal = stack(
         "temporal", d["dim"], d["num_heads"], d["num_layers"], int(hidden_scale * d["dim"]), kv_repeat, gating,
-        rope=True, rope_theta=float(d["max_period"]), context=d["context"],
+        rope=True, rope_theta=float(d["max_period"]), context=d["context"], norm=norm,
     )  # fmt: skip
     dd = d["depformer_dim"]
     depth = stack(
         "depth", dd, d["depformer_num_heads"], d.get("depformer_num_layers", d["num_layers"]),
         d.get("depformer_dim_feedforward") or int(hidden_scale * dd), d.get("depformer_kv_repeat", kv_repeat),
-        depformer_gating, rope=False, context=None, num_codebooks=d["dep_q"], flexible=True,
+        depformer_gating, rope=False, context=None, num_codebooks=d["dep_q"], flexible=True, norm=norm,
     )  # fmt: skip
     with building(where, KYUTAI_LM_NAMES):
         return LMConfig(

@@ -1,9 +1,10 @@
 """The Mimi codec as component kinds of the engine, with its shapes in every format that has a `MimiSpelling`
 (converters/formats.py: kyutai, hf, ref, flax).
 
-Leaves (one edge table row set each): causal_conv1d, causal_conv_transpose1d, layer_norm, layer_scale, mimi_attention,
-plain_mlp, vq_projection, codebook. Composites: resnet_block, seanet_encoder, seanet_decoder, mimi_transformer_layer,
-mimi_transformer, residual_vq, split_residual_vq and "mimi", the whole model (`whole`: a checkpoint with exact keys).
+Leaves (one edge table row set each): causal_conv1d, causal_conv_transpose1d, layer_norm (registered with the LM's
+layers, converters/layers.py), layer_scale, mimi_attention, plain_mlp, vq_projection, codebook. Composites:
+resnet_block, seanet_encoder, seanet_decoder, mimi_transformer_layer, mimi_transformer, residual_vq, split_residual_vq
+and "mimi", the whole model (`whole`: a checkpoint with exact keys).
 Part names are our module names (`stages.1.residuals.0`, `layers.3`, `codebooks.7`): a kyutai leaf is matched to its
 ref / flax leaf by name, whatever its kyutai key.
 
@@ -154,10 +155,6 @@ def _seanet_parts(side: str):
     return parts
 
 
-def _layer_norm(fmt: Any, cfg: Any) -> dict[str, Shape] | None:
-    return {"weight": (cfg.dim,), "bias": (cfg.dim,)} if fmt.mimi else None
-
-
 def _layer_scale(fmt: Any, cfg: Any) -> dict[str, Shape] | None:
     return {"scale": (cfg.dim,)} if fmt.mimi else None
 
@@ -278,7 +275,6 @@ MIMI_COMPOSITES = (
 
 register_component(Component(name=CONV, shapes=_conv))
 register_component(Component(name=CONV_TR, shapes=_conv_transpose))
-register_component(Component(name="layer_norm", shapes=_layer_norm))
 register_component(Component(name="layer_scale", shapes=_layer_scale))
 register_component(Component(name="mimi_attention", shapes=_attention))
 register_component(Component(name="plain_mlp", shapes=_plain_mlp))

@@ -33,7 +33,6 @@ TABLE: dict[str, tuple[Pair, ...]] = {
     "lm_top": (
         _same("embed_tokens.{c}.weight"),
         _same("text_embed_tokens.weight"),
-        _same("norm.weight"),
         _kernel("lm_head."),
         _same("depth.text_embed_tokens.weight"),
         _same("depth.embed_tokens.{c}.weight"),

@@ -14,7 +14,7 @@ from typing import Any
 from converters.lm_config import UNBOUNDED, from_hf_config, from_kyutai_kwargs, lm_config_to_dict
 from converters.outdir import SAFETENSORS_NAME
 from moshi_spec import kyutai
-from moshi_spec.config import LMConfig
+from moshi_spec.config import NORM_EPS, LMConfig
 
 LAYOUT_ONLY = ("rope_layout",)
 """TransformerConfig fields that choose our own weight layout, not the model: no upstream config holds them."""
@@ -24,9 +24,12 @@ def to_kyutai_kwargs(cfg: LMConfig) -> dict[str, Any]:
     """kyutai `LMModel` keyword arguments for cfg, in the layout of `moshi.models.loaders._lm_kwargs`.
 
     Raises:
-        ValueError: kyutai cannot express the temporal stack's MLP width as int(hidden_scale * dim).
+        ValueError: kyutai cannot express the temporal stack's MLP width as int(hidden_scale * dim), or its norms: one
+            kind for both stacks, with the eps kyutai fixes for it (NORM_EPS).
     """
     t, d = cfg.temporal, cfg.depth
+    if problem := kyutai_norm_problem(cfg):
+        raise ValueError(problem)
     dff = kyutai.dim_feedforward(t.dim, t.hidden)
     hidden_scale = dff / t.dim
     if int(hidden_scale * t.dim) != dff:
@@ -34,7 +37,7 @@ def to_kyutai_kwargs(cfg: LMConfig) -> dict[str, Any]:
     return {
         "delays": list(cfg.delays), "n_q": cfg.n_q, "dep_q": cfg.dep_q, "card": cfg.card, "text_card": cfg.text_card,
         "dim": t.dim, "num_heads": t.num_heads, "num_layers": t.num_layers, "hidden_scale": hidden_scale,
-        "norm": "rms_norm_f32", "context": t.context, "max_period": t.rope_theta, "gating": t.activation,
+        "norm": t.norm, "context": t.context, "max_period": t.rope_theta, "gating": t.activation,
         "positional_embedding": "rope", "causal": True, "existing_text_padding_id": cfg.existing_text_padding_id,
         "depformer_dim": d.dim, "depformer_dim_feedforward": kyutai.dim_feedforward(d.dim, d.hidden),
         "depformer_num_heads": d.num_heads, "depformer_num_layers": d.num_layers, "depformer_multi_linear": True,
@@ -42,13 +45,31 @@ def to_kyutai_kwargs(cfg: LMConfig) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def kyutai_norm_problem(cfg: LMConfig) -> str | None:
+    """Why kyutai LMModel cannot build cfg's norms (None when it can): one `norm` kind for both stacks and the final
+    norm, each kind with the eps create_norm_fn fixes for it."""
+    t, d = cfg.temporal, cfg.depth
+    if t.norm != d.norm:
+        return f"kyutai LMModel has one norm kind for both stacks, got temporal {t.norm!r} and depth {d.norm!r}"
+    for name, sub in (("temporal", t), ("depth", d)):
+        if sub.norm_eps != NORM_EPS[sub.norm]:
+            return f"kyutai's {sub.norm} fixes eps at {NORM_EPS[sub.norm]:g}, got {sub.norm_eps:g} ({name} stack)"
+    return None
+
+
 def to_hf_config(cfg: LMConfig, *, audio_encoder: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """An HF MoshiConfig dict (what `MoshiConfig.from_dict` takes and config.json holds) for the LM of cfg.
 
     Args:
         audio_encoder: MimiConfig fields besides codebook_size (= cfg.card); by default HF's own, the released Mimi.
+
+    Raises:
+        ValueError: cfg's norms are layer norms (HF's Moshi has only MoshiRMSNorm, computed in float32).
     """
     t, d = cfg.temporal, cfg.depth
+    for name, sub in (("temporal", t), ("depth", d)):
+        if sub.layer_norm:
+            raise ValueError(f"HF's Moshi has only RMSNorm: norm={sub.norm!r} ({name} stack) cannot be converted to hf")
 
     def stack(s: Any) -> dict[str, Any]:
         return {

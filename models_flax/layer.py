@@ -9,7 +9,7 @@ from flax import nnx
 from models_flax.attention import Attention
 from models_flax.cache import KVCache
 from models_flax.mlp import GatingMLP
-from models_flax.norm import RMSNorm
+from models_flax.norm import make_norm
 from moshi_spec import TransformerConfig
 
 
@@ -25,9 +25,9 @@ class DecoderLayer(nnx.Module):
         rngs: nnx.Rngs,
     ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs)
-        self.input_layernorm = RMSNorm(cfg.dim, eps=cfg.norm_eps, dtype=dtype, param_dtype=param_dtype)
+        self.input_layernorm = make_norm(cfg, dtype=dtype, param_dtype=param_dtype)
         self.self_attn = Attention(cfg, impl=impl, **kw)
-        self.post_attention_layernorm = RMSNorm(cfg.dim, eps=cfg.norm_eps, dtype=dtype, param_dtype=param_dtype)
+        self.post_attention_layernorm = make_norm(cfg, dtype=dtype, param_dtype=param_dtype)
         self.mlp = GatingMLP(cfg, **kw)
 
     def __call__(

@@ -16,7 +16,7 @@ from models_flax.delays import delay, undelay
 from models_flax.embedding import Embedding
 from models_flax.layer import DecoderLayer
 from models_flax.linear import FlexibleLinear, Linear
-from models_flax.norm import RMSNorm
+from models_flax.norm import make_norm
 from moshi_spec import LMConfig
 
 
@@ -128,7 +128,7 @@ class LM(nnx.Module):
         self.text_embed_tokens = Embedding(cfg.text_card + 1, t.dim, **kw)
         kw |= {"precision": precision}
         self.layers = nnx.List([DecoderLayer(t, impl=impl, **kw) for _ in range(t.num_layers)])
-        self.norm = RMSNorm(t.dim, eps=t.norm_eps, dtype=dtype, param_dtype=param_dtype)
+        self.norm = make_norm(t, dtype=dtype, param_dtype=param_dtype)
         self.lm_head = Linear(t.dim, cfg.text_card, **kw)
         self.depth = DepthTransformer(cfg, impl=impl, **kw)
         self.remat = False  # recompute each layer's activations in the backward pass (`set_remat`)

@@ -69,6 +69,7 @@ RULES: tuple[Rule, ...] = (
     Rule(_LAYER + r"mlp\.fc2\.kernel", P("fsdp", None), why="(F/2, D): F/2"),
     Rule(_LAYER + r"(input|post_attention)_layernorm\.weight", P(None), why="norm: replicated"),
     Rule(r"norm\.weight", P(None), why="norm: replicated"),
+    Rule(r"(depth\.)?(" + _LAYER + r"(input|post_attention)_layer)?norm\.bias", P(None), why="layer norm: replicated"),
     Rule(r"lm_head\.kernel", P(None, "fsdp"), why="(D, text_card): vocabulary"),
     # Depth transformer: flexible kernels (K, in, out), the codebook axis K replicated.
     Rule(r"depth\.input_projections\.kernel", P(None, "fsdp", None), why="(K, D, Dd): D"),

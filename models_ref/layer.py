@@ -8,16 +8,16 @@ from torch import nn
 from models_ref.attention import Attention
 from models_ref.cache import KVCache
 from models_ref.mlp import GatingMLP
-from models_ref.norm import RMSNorm
+from models_ref.norm import make_norm
 from moshi_spec import TransformerConfig
 
 
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: TransformerConfig, *, dtype: torch.dtype = torch.float32):
         super().__init__()
-        self.input_layernorm = RMSNorm(cfg.dim, eps=cfg.norm_eps, dtype=dtype)
+        self.input_layernorm = make_norm(cfg, dtype=dtype)
         self.self_attn = Attention(cfg, dtype=dtype)
-        self.post_attention_layernorm = RMSNorm(cfg.dim, eps=cfg.norm_eps, dtype=dtype)
+        self.post_attention_layernorm = make_norm(cfg, dtype=dtype)
         self.mlp = GatingMLP(cfg, dtype=dtype)
 
     def forward(

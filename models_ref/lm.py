@@ -16,7 +16,7 @@ from models_ref.delays import delay, undelay
 from models_ref.embedding import Embedding
 from models_ref.layer import DecoderLayer
 from models_ref.linear import FlexibleLinear, Linear
-from models_ref.norm import RMSNorm
+from models_ref.norm import make_norm
 from moshi_spec import LMConfig
 
 
@@ -70,7 +70,7 @@ class LM(nn.Module):
         self.embed_tokens = nn.ModuleList([Embedding(cfg.card + 1, t.dim, dtype=dtype) for _ in range(cfg.n_q)])
         self.text_embed_tokens = Embedding(cfg.text_card + 1, t.dim, dtype=dtype)
         self.layers = nn.ModuleList([DecoderLayer(t, dtype=dtype) for _ in range(t.num_layers)])
-        self.norm = RMSNorm(t.dim, eps=t.norm_eps, dtype=dtype)
+        self.norm = make_norm(t, dtype=dtype)
         self.lm_head = Linear(t.dim, cfg.text_card, dtype=dtype)
         self.depth = DepthTransformer(cfg, dtype=dtype)
 

@@ -23,6 +23,11 @@ the loss never scores."""
 ROPE_LAYOUTS = ("half", "interleaved")
 """`half`: HF's rotate_half, pairs (i, i + D/2). `interleaved`: kyutai's pairs (2i, 2i + 1)."""
 
+NORM_EPS = {"rms_norm": 1e-5, "rms_norm_f32": 1e-8, "layer_norm": 1e-5, "layer_norm_f32": 1e-8}
+"""kyutai's norm kinds (`create_norm_fn` in moshi.modules.transformer) and the eps each one fixes. rms_norm computes
+in the input's dtype, rms_norm_f32 in float32; both layer norms (weight and bias) compute in float32 (torch's
+nn.LayerNorm does so for a bfloat16 input too) and differ only in eps."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class TransformerConfig:
@@ -41,7 +46,10 @@ class TransformerConfig:
         num_kv_heads_override: key/value heads (grouped-query attention) when they differ from num_heads; None or a
             divisor of num_heads.
         activation: gate activation, one of ACTIVATIONS.
-        norm_eps: RMSNorm epsilon (Moshi: 1e-8, inside the square root); finite, >= 0.
+        norm: the norm kind of the layers, one of NORM_EPS (Moshi-7B: rms_norm_f32); the LM's final norm too.
+        norm_eps: the norm's epsilon (inside the square root); finite, >= 0. None (the default) takes the kind's
+            (NORM_EPS: what kyutai fixes); another value is the port's and HF's (MoshiRMSNorm's eps is free) and
+            kyutai refuses it. `replace(norm=...)` moves an eps that was the old kind's to the new kind's.
         rope: whether attention applies rotary embeddings (the depth transformer does not).
         rope_theta: rotary base (kyutai `max_period`); finite, > 1 (checked even when rope is off).
         rope_layout: pairing of rotary dimensions, one of ROPE_LAYOUTS; the weights must be laid out to match.
@@ -57,7 +65,8 @@ class TransformerConfig:
     head_dim_override: int | None = None
     num_kv_heads_override: int | None = None
     activation: str = "silu"
-    norm_eps: float = 1e-8
+    norm: str = "rms_norm_f32"
+    norm_eps: float = None  # type: ignore[assignment]  (None: the kind's eps, set by __post_init__)
     rope: bool = True
     rope_theta: float = 10_000.0
     rope_layout: Literal["half", "interleaved"] = "half"
@@ -78,7 +87,11 @@ class TransformerConfig:
             c.integer(name, optional=True)
         c.choice("activation", ACTIVATIONS)
         c.choice("rope_layout", ROPE_LAYOUTS)
-        c.real("norm_eps", at_least=0.0)
+        c.choice("norm", tuple(NORM_EPS))
+        if self.norm_eps is None and c.valid("norm"):
+            object.__setattr__(self, "norm_eps", NORM_EPS[self.norm])
+        if self.norm_eps is not None:  # None here: an unknown norm, already reported
+            c.real("norm_eps", at_least=0.0)
         c.real("rope_theta", above=1.0)
         c.flag("rope")
         c.flag("flexible")
@@ -136,14 +149,33 @@ class TransformerConfig:
         """Weight sets per linear: num_codebooks when flexible, else 1."""
         return self.num_codebooks if self.flexible else 1
 
+    @property
+    def layer_norm(self) -> bool:
+        """Whether the norms are layer norms (weight and bias) rather than RMSNorms (weight only)."""
+        return self.norm.startswith("layer_norm")
+
+    @property
+    def norm_upcast(self) -> bool:
+        """Whether an RMSNorm computes in float32 (rms_norm_f32) rather than in its input's dtype (rms_norm)."""
+        return self.norm != "rms_norm"
+
     def replace(self, **changes: Any) -> TransformerConfig:
+        """dataclasses.replace; a new `norm` without a new `norm_eps` brings its own eps if the old one was the old
+        kind's."""
+        if "norm" in changes and "norm_eps" not in changes and self.norm_eps == NORM_EPS[self.norm]:
+            changes["norm_eps"] = None
         return dataclasses.replace(self, **changes)
 
     def num_params(self) -> int:
         """Parameters of the layer stack (no embeddings, no final norm)."""
         attn = self.dim * (self.q_dim + 2 * self.kv_dim) + self.q_dim * self.dim
         mlp = self.dim * self.ffn_dim + self.hidden * self.dim
-        return self.num_layers * (self.weight_sets * (attn + mlp) + 2 * self.dim)
+        return self.num_layers * (self.weight_sets * (attn + mlp) + 2 * self.norm_params)
+
+    @property
+    def norm_params(self) -> int:
+        """Parameters of one norm: a scale, plus a bias for a layer norm."""
+        return (2 if self.layer_norm else 1) * self.dim
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -234,11 +266,16 @@ class LMConfig:
     def replace(self, **changes: Any) -> LMConfig:
         return dataclasses.replace(self, **changes)
 
+    def with_norm(self, norm: str) -> LMConfig:
+        """Both stacks (and so the final norm) with the norm kind `norm` (kyutai LMModel's `norm=`), each with the
+        kind's eps unless it had another one (`TransformerConfig.replace`)."""
+        return self.replace(temporal=self.temporal.replace(norm=norm), depth=self.depth.replace(norm=norm))
+
     def num_params(self) -> int:
         """Parameters of the LM without Mimi, counted as the upstreams lay them out."""
         t, d = self.temporal, self.depth
         emb = (self.text_card + 1) * t.dim + self.n_q * (self.card + 1) * t.dim
-        head = t.dim * self.text_card + t.dim  # text head + final norm
+        head = t.dim * self.text_card + t.norm_params  # text head + final norm
         depth_emb = (self.text_card + 1) * d.dim + (self.dep_q - 1) * (self.card + 1) * d.dim
         depth_io = self.dep_q * (t.dim * d.dim + d.dim * self.card)
         return emb + head + t.num_params() + depth_emb + depth_io + d.num_params()

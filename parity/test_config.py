@@ -40,6 +40,7 @@ TRANSFORMER = [
     ("flexible", "yes", TYPE, "flexible must be a bool, got 'yes' (str)"),
     ("activation", None, TYPE, "unknown activation None; known: ('silu'"),
     ("rope_layout", 0, TYPE, "unknown rope_layout 0; known: ('half', 'interleaved')"),
+    ("norm", "layernorm", VALUE, "unknown norm 'layernorm'; known: ('rms_norm', 'rms_norm_f32', 'layer_norm'"),
     ("num_layers", 0, VALUE, "num_layers must be >= 1, got 0"),
     ("num_codebooks", -3, VALUE, "num_codebooks must be >= 1, got -3"),
     ("head_dim_override", 0, VALUE, "head_dim_override must be >= 1 or None, got 0"),
@@ -138,6 +139,17 @@ def test_float_fields_take_ints_and_store_floats():
     cfg = PLAIN.replace(norm_eps=0, rope_theta=np.float64(500))
     assert type(cfg.norm_eps) is float and type(cfg.rope_theta) is float and cfg.rope_theta == 500.0
     assert cfg == PLAIN.replace(norm_eps=0.0, rope_theta=500.0)
+
+
+def test_norm_eps_follows_the_kind_unless_given():
+    """kyutai fixes the eps per norm kind: a config takes the kind's unless it names another (HF's is free; kyutai
+    refuses it, converters/upstream_config.kyutai_norm_problem), and a new kind brings its eps along."""
+    assert (PLAIN.norm, PLAIN.norm_eps) == ("rms_norm_f32", 1e-8)
+    assert PLAIN.replace(norm="layer_norm").norm_eps == 1e-5
+    assert PLAIN.replace(norm="layer_norm").replace(norm="layer_norm_f32").norm_eps == 1e-8
+    assert PLAIN.replace(norm_eps=1e-6).replace(norm="layer_norm").norm_eps == 1e-6  # a chosen eps stays
+    assert TINY.with_norm("rms_norm").depth.norm_eps == 1e-5
+    assert TINY.with_norm("layer_norm").num_params() == TINY.num_params() + 32 * 5 + 16 * 4  # a bias per norm
 
 
 def test_presets_and_tree_configs_construct():

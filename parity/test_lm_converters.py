@@ -188,7 +188,8 @@ def test_legacy_fused_names_give_the_same_params():
     assert_bit_equal(convert(old, src="kyutai", dst="kyutai", cfg=CFG, component="lm"), state)
     calls = []
     convert(old, src="kyutai", dst="flax", cfg=CFG, component="lm", progress=calls.append)  # one call per block
-    assert len(calls) == 1 + CFG.temporal.num_layers + CFG.depth.num_layers and sum(calls) == len(state)
+    # blocks: the embeddings and heads, the final norm, each layer
+    assert len(calls) == 2 + CFG.temporal.num_layers + CFG.depth.num_layers and sum(calls) == len(state)
 
 
 def test_errors_name_every_missing_extra_and_misshaped_key():
@@ -415,7 +416,7 @@ def test_config_files_are_detected(tmp_path, capsys):
         ({"foo": 1, "bar": [2]}, "cannot tell which LM config this is (none matches)"),
         ([1, 2], "must be an object, got list"),
         (kyutai_kwargs | {"depth_decoder_config": {}}, "ambiguous: kyutai, hf"),
-        (kyutai_kwargs | {"norm": "layer_norm", "bogus": 1}, "norm='layer_norm' is not supported"),
+        (kyutai_kwargs | {"quantize": True, "bogus": 1}, "quantize=True is not supported"),
         (kyutai_kwargs | {"bogus": 1}, "unknown key 'bogus'"),
         ({k: v for k, v in kyutai_kwargs.items() if k != "depformer_num_heads"}, "'depformer_num_heads'"),
         (hf | {"depth_decoder_config": hf["depth_decoder_config"] | {"num_codebooks": 3}}, "num_codebooks=3"),

@@ -91,8 +91,8 @@ TWIN = (
     Mutation(
         "twin_docstring",
         "models_flax/norm.py",
-        '"""RMSNorm with float32 math',
-        '"""RMSNorm, with float32 math',
+        '"""The norms of kyutai',
+        '"""The norms, of kyutai',
         "harmless",
         (TWIN_TEST,),
         "a docstring edit: nothing can notice it",

@@ -21,31 +21,8 @@ from models_flax.attention import Attention
 from models_flax.cache import KVCache
 from models_flax.checks import check_dtype, check_input
 from models_flax.linear import Linear
+from models_flax.norm import LayerNorm
 from moshi_spec import TransformerConfig
-
-
-class LayerNorm(nnx.Module):
-    """weight (D,), bias (D,); y = (x - mean) / sqrt(var + eps) * weight + bias in float32, rounded once to x's dtype
-    (what torch's nn.LayerNorm computes for bf16 tensors on CPU, up to one ulp in ~2e-5 of the elements)."""
-
-    def __init__(self, dim: int, *, eps: float, dtype: object = jnp.float32, param_dtype: object = jnp.float32):
-        if eps < 0:
-            raise ValueError(f"LayerNorm: eps must be >= 0, got {eps}")
-        self.dim, self.eps = dim, eps
-        self.dtype = check_dtype("LayerNorm", dtype)
-        pdt = check_dtype("LayerNorm", param_dtype)
-        self.weight = nnx.Param(jnp.ones((dim,), pdt))
-        self.bias = nnx.Param(jnp.zeros((dim,), pdt))
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        check_input("LayerNorm", x, rank=3, last=self.dim, dtype=self.dtype)
-        x32 = x.astype(jnp.float32)
-        mean = jnp.mean(x32, axis=-1, keepdims=True)
-        centered = x32 - mean
-        var = jnp.mean(jnp.square(centered), axis=-1, keepdims=True)
-        y = centered * jax.lax.rsqrt(var + jnp.float32(self.eps))
-        y = y * self.weight[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
-        return y.astype(x.dtype)
 
 
 class LayerScale(nnx.Module):

@@ -18,32 +18,8 @@ from models_ref.attention import Attention
 from models_ref.cache import KVCache
 from models_ref.checks import check_dtype, check_input
 from models_ref.linear import Linear
+from models_ref.norm import LayerNorm
 from moshi_spec import TransformerConfig
-
-
-class LayerNorm(nn.Module):
-    """weight (D,), bias (D,); y = (x - mean) / sqrt(var + eps) * weight + bias over the last axis.
-
-    Computed in float32 (weights too) and rounded once to the input dtype: what torch's nn.LayerNorm does for a
-    bfloat16 input with bfloat16 weights (checked bit for bit on CPU), and plain float32 math otherwise.
-    """
-
-    def __init__(self, dim: int, *, eps: float, dtype: torch.dtype = torch.float32):
-        super().__init__()
-        check_dtype("LayerNorm", dtype)
-        if eps < 0:
-            raise ValueError(f"LayerNorm: eps must be >= 0, got {eps}")
-        self.dim, self.eps = dim, eps
-        self.weight = nn.Parameter(torch.ones(dim, dtype=dtype))
-        self.bias = nn.Parameter(torch.zeros(dim, dtype=dtype))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input("LayerNorm", x, rank=3, last=self.dim, dtype=self.weight.dtype)
-        x32 = x.float()
-        mean = x32.mean(-1, keepdim=True)
-        var = (x32 - mean).pow(2).mean(-1, keepdim=True)
-        y = (x32 - mean) * torch.rsqrt(var + self.eps)
-        return (y * self.weight.float() + self.bias.float()).to(x.dtype)
 
 
 class LayerScale(nn.Module):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from hypothesis import strategies as st
 
-from moshi_spec import ACTIVATIONS, ZERO_TOKEN, LMConfig, MimiConfig, TransformerConfig
+from moshi_spec import ACTIVATIONS, NORM_EPS, ZERO_TOKEN, LMConfig, MimiConfig, TransformerConfig
 
 DTYPES = ("float32", "bfloat16")
 LAYER_IDX_MODES = ("none", "int", "0d", "1d", "broadcast")
@@ -131,6 +131,16 @@ def cases(
     shape = (batch, length, cfg.num_heads, features) if width == "head" else (batch, length, features)
     x = (magnitude * rng.standard_normal(shape)).astype(np.float32)
     return Case(cfg, dtype or draw(st.sampled_from(DTYPES)), x, positions.astype(np.int64), layer_idx, mode)
+
+
+@st.composite
+def lm_cases(draw: st.DrawFn) -> tuple[LMConfig, str]:
+    """A tiny LM over the kyutai LMModel options the port implements (today the norm kind, `norm=`, with its eps) and
+    a dtype kyutai runs it in: layer_norm_f32 in float32 only (kyutai's LayerNormF32 feeds a float32 input to
+    bfloat16 weights, which torch's CPU layer_norm refuses)."""
+    norm = draw(st.sampled_from(tuple(NORM_EPS)))
+    dtype = draw(st.sampled_from(("float32",) if norm == "layer_norm_f32" else DTYPES))
+    return LMConfig.tiny().with_norm(norm), dtype
 
 
 def random_codes(cfg: LMConfig, batch: int, length: int, *, seed: int, zero_fraction: float = 0.0) -> np.ndarray:

@@ -128,10 +128,17 @@ def lm_config(cfg: LMConfig) -> Any:
     return hf
 
 
+def norm_support(cfg: TransformerConfig) -> str | None:
+    """Why HF cannot build cfg's norms (None when it can): its only norm is MoshiRMSNorm, in float32 (rms_norm_f32)."""
+    if cfg.norm != "rms_norm_f32":
+        return f"HF's Moshi norm is MoshiRMSNorm computed in float32 (rms_norm_f32), the config asks for {cfg.norm!r}"
+    return None
+
+
 def lm_support(cfg: LMConfig) -> str | None:
     if cfg.n_q != 2 * cfg.dep_q:
         return f"HF Moshi has n_q = 2 * num_codebooks, got n_q {cfg.n_q}, dep_q {cfg.dep_q}"
-    return None
+    return norm_support(cfg.temporal) or norm_support(cfg.depth)
 
 
 def build_lm(cfg: LMConfig, dtype: str, options: dict, init: bool) -> Any:
@@ -192,6 +199,10 @@ class HFAdapter(TorchAdapter):
     format = "hf"
     bindings: ClassVar = {
         **{c: Binding(build=_build_layer(c), run=_run_layer(c), weights=c != "rope") for c in LAYERS},
+        **{
+            c: Binding(build=_build_layer(c), run=_run_layer(c), supports=norm_support)
+            for c in ("rmsnorm", "decoder_layer")
+        },
         "lm": Binding(
             build=build_lm, run=run_lm, supports=lm_support, captures=("hidden",), options={"depth_mask": ("default",)}
         ),

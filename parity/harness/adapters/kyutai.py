@@ -12,8 +12,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from converters.upstream_config import to_kyutai_kwargs
-from moshi_spec import LMConfig, TransformerConfig
+from converters.upstream_config import kyutai_norm_problem, to_kyutai_kwargs
+from moshi_spec import NORM_EPS, LMConfig, TransformerConfig
 from moshi_spec.kyutai import dim_feedforward
 from parity.harness.adapters import LAYERS
 from parity.harness.adapters.base import (
@@ -39,8 +39,8 @@ def layer_support(component: str):
             return "kyutai's per-codebook gating exists only inside a layer"
         if component in ("attention", "decoder_layer") and cfg.head_dim * cfg.num_heads != cfg.dim:
             return f"kyutai ties head_dim to dim / num_heads ({cfg.dim} / {cfg.num_heads}), got head_dim {cfg.head_dim}"
-        if component == "decoder_layer" and cfg.norm_eps != 1e-8:
-            return f"kyutai's rms_norm_f32 fixes eps at 1e-8, got {cfg.norm_eps}"
+        if component == "decoder_layer" and cfg.norm_eps != NORM_EPS[cfg.norm]:
+            return f"kyutai's {cfg.norm} fixes eps at {NORM_EPS[cfg.norm]:g}, got {cfg.norm_eps:g}"
         return None
 
     return supports
@@ -83,7 +83,7 @@ def _build_layer(component: str):
             module = transformer.StreamingMultiheadAttention(embed_dim=cfg.dim, **_layer_kwargs(cfg))
         else:
             module = transformer.StreamingTransformerLayer(
-                d_model=cfg.dim, dim_feedforward=kyutai_dim_feedforward(cfg), norm="rms_norm_f32",
+                d_model=cfg.dim, dim_feedforward=kyutai_dim_feedforward(cfg), norm=cfg.norm,
                 gating=cfg.activation, **_layer_kwargs(cfg),
             )  # fmt: skip
         return module.to(torch_dtype(dtype)).eval()
@@ -127,9 +127,11 @@ def lm_kwargs(cfg: LMConfig) -> dict[str, Any]:
 
 def lm_support(cfg: LMConfig) -> str | None:
     t, d = cfg.temporal, cfg.depth
+    if problem := kyutai_norm_problem(cfg):
+        return problem
     for name, sub in (("temporal", t), ("depth", d)):
-        if sub.norm_eps != 1e-8 or sub.num_kv_heads != sub.num_heads or sub.head_dim * sub.num_heads != sub.dim:
-            return f"kyutai LMModel needs eps 1e-8, no grouped kv heads and head_dim = dim / heads ({name})"
+        if sub.num_kv_heads != sub.num_heads or sub.head_dim * sub.num_heads != sub.dim:
+            return f"kyutai LMModel needs no grouped kv heads and head_dim = dim / heads ({name})"
     if d.activation != t.activation or d.context is not None or d.rope or not t.rope:
         return "kyutai LMModel: one activation for both stacks, rope only in the temporal one, no depth context"
     return None

@@ -1,0 +1,161 @@
+"""The norm kinds of kyutai's LMModel (`norm=`: rms_norm, rms_norm_f32, layer_norm, layer_norm_f32, each with the eps
+kyutai fixes for it) in the temporal and depth layers and the final norm: kyutai vs ref vs flax logits over drawn kinds
+and dtypes, streaming greedy tokens vs LMGen and a CLI conversion for a layer-norm model, and negative controls (the
+layer norm's eps, its bias). HF has no layer norm: its refusal is tested with the converters (parity/test_lm_converters)
+and here for the harness."""
+
+import json
+from functools import cache
+
+import numpy as np
+import pytest
+from flax import nnx
+from hypothesis import given, settings
+from jax import lax
+from jax.sharding import PartitionSpec as P
+from safetensors.numpy import save_file
+
+from converters import convert
+from converters.cli import main as cli_main
+from converters.upstream_config import to_kyutai_kwargs
+from models_flax import sharding
+from models_flax.checkpoint import from_checkpoint
+from models_flax.sampling import GREEDY
+from models_flax.streaming import Streamer
+from moshi_spec import LMConfig
+from parity.harness import adapters, strategies
+from parity.harness.compare import ParityError
+from parity.harness.implementations import build
+from parity.harness.lm_checks import compare_logits
+from parity.harness.streaming_runs import run_lmgen, run_steps, token_mismatch, user_codes
+
+LAYER_NORM = LMConfig.tiny().with_norm("layer_norm")
+LENGTH = 20  # longer than the tiny context window (8)
+PAIRS = (("kyutai", "ref"), ("kyutai", "flax"))
+
+
+def _codes(cfg: LMConfig, *, seed: int = 1):
+    return strategies.random_codes(cfg, 2, LENGTH, seed=seed, zero_fraction=0.1)
+
+
+def _compare(cfg: LMConfig, ref, cand, pair, dtype, **kw):
+    compare_logits(cfg, ref, cand, pair, dtype, config={"preset": "tiny", "norm": cfg.temporal.norm}, **kw)
+
+
+@settings(max_examples=max(2, settings.default.max_examples // 8))  # ci 2, nightly 25: ~4 s each
+@given(case=strategies.lm_cases())
+def test_logits_over_norm_kinds(case):
+    """kyutai -> ref and -> flax logits (masks exactly, values within the policy) for a drawn norm kind and dtype."""
+    cfg, dtype = case
+    models = build("lm", cfg, dtype, impls=("kyutai", "ref", "flax"))
+    codes = _codes(cfg)
+    runs = {impl: models.run(impl, {"codes": codes}) for impl in ("kyutai", "ref", "flax")}
+    for pair in PAIRS:
+        _compare(cfg, runs[pair[0]], runs[pair[1]], pair, dtype)
+
+
+@cache
+def _layer_norm_runs():
+    """The float32 layer-norm LM in kyutai and flax, and kyutai's logits (shared by the checks below)."""
+    models = build("lm", LAYER_NORM, "float32", impls=("kyutai", "flax"))
+    return models, models.run("kyutai", {"codes": _codes(LAYER_NORM)})
+
+
+def test_layer_norm_logits_match_kyutai():
+    models, expected = _layer_norm_runs()
+    _compare(LAYER_NORM, expected, models.run("flax", {"codes": _codes(LAYER_NORM)}), ("kyutai", "flax"), "float32")
+
+
+def test_layer_norm_stream_tokens_match_lmgen():
+    """float32 greedy streaming, token for token against kyutai's LMGen."""
+    models, _ = _layer_norm_runs()
+    codes = user_codes(LAYER_NORM, 2, LAYER_NORM.max_delay + 6, seed=2)
+    expected = run_lmgen(models.module("kyutai"), codes, use_sampling=False)
+    got = run_steps(Streamer(models.module("flax"), text=GREEDY, audio=GREEDY), codes)["tokens"]
+    where, _ = token_mismatch(LAYER_NORM, expected, got, names=("kyutai", "flax[step]"))
+    assert np.array_equal(expected, got), where
+
+
+def test_cli_converts_a_layer_norm_checkpoint(tmp_path):
+    """A kyutai checkpoint with its LMModel kwargs (norm="layer_norm") as --config converts with the CLI; the Flax LM
+    loaded from the output computes kyutai's logits."""
+    models, expected = _layer_norm_runs()
+    kwargs = to_kyutai_kwargs(LAYER_NORM)
+    assert kwargs["norm"] == "layer_norm"
+    (tmp_path / "config.json").write_text(json.dumps(kwargs))
+    save_file(models.states["kyutai"], str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    out = tmp_path / "flax"
+    args = ["--no-progress", "--src", "kyutai", "--dst", "flax", "--config", str(tmp_path / "config.json")]
+    assert cli_main([*args, str(tmp_path / "model.safetensors"), str(out)]) == 0
+    flax = adapters.adapter("flax")
+    loaded = flax.wrap(from_checkpoint(out, precision=lax.Precision.HIGHEST), "lm", LAYER_NORM, dtype="float32")
+    _compare(LAYER_NORM, expected, flax.run(loaded, {"codes": _codes(LAYER_NORM)}), ("kyutai", "flax"), "float32")
+
+
+def test_layer_norm_parameter_count():
+    """kyutai's layer norms have a weight and a bias: LMConfig.num_params counts them as kyutai lays them out."""
+    models, _ = _layer_norm_runs()
+    assert sum(v.size for v in models.states["kyutai"].values()) == LAYER_NORM.num_params()
+
+
+def test_layer_norm_biases_have_a_sharding_rule():
+    """Every parameter of a layer-norm LM matches one sharding rule; the norms' biases are replicated like their
+    weights."""
+    models, _ = _layer_norm_runs()
+    specs = sharding.param_specs(models.module("flax"), {"dp": 1, "fsdp": 4})
+    flat = {".".join(map(str, path)): spec.get_value() for path, spec in nnx.to_flat_state(specs)}
+    biases = [name for name in flat if name.endswith("norm.bias")]
+    assert len(biases) == 2 * 2 + 1 + 2 * 2 and all(flat[name] == P(None) for name in biases), biases
+
+
+def test_hf_refuses_layer_norms(tmp_path, capsys):
+    """HF's Moshi has only MoshiRMSNorm: the harness cannot build it, and the CLI refuses an HF output, naming the
+    option."""
+    with pytest.raises(ValueError, match=r"MoshiRMSNorm computed in float32 .* 'layer_norm'"):
+        build("lm", LAYER_NORM, "float32", impls=("hf",))
+    models, _ = _layer_norm_runs()
+    (tmp_path / "config.json").write_text(json.dumps(to_kyutai_kwargs(LAYER_NORM)))
+    save_file(models.states["kyutai"], str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    args = ["--no-progress", "--src", "kyutai", "--dst", "hf", "--config", str(tmp_path / "config.json")]
+    assert cli_main([*args, str(tmp_path / "model.safetensors"), str(tmp_path / "hf")]) == 1
+    assert "HF's Moshi has only RMSNorm: norm='layer_norm'" in capsys.readouterr().err
+    assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="kyutai's LayerNormF32 in bfloat16: mixed dtypes on CPU")
+def test_kyutai_cannot_run_layer_norm_f32_in_bfloat16():
+    """LMModel(...).to(bfloat16) makes LayerNormF32's weights bfloat16; it feeds them a float32 input, which torch's
+    CPU layer_norm refuses. The port's bfloat16 layer_norm_f32 has no upstream to match."""
+    cfg = LMConfig.tiny().with_norm("layer_norm_f32")
+    build("lm", cfg, "bfloat16", impls=("kyutai",)).run("kyutai", {"codes": _codes(cfg)})
+
+
+# Negative controls: a layer norm ported with the other kind's eps, or without its bias, fails the float32 logits.
+
+
+def _run(impl: str, cfg: LMConfig, state: dict):
+    """`impl`'s LM for cfg loaded with `state` (in its format), run on the shared codes."""
+    adapter = adapters.adapter(impl)
+    built = adapter.build("lm", cfg, dtype="float32", init=False)
+    adapter.load(built, state)
+    return adapter.run(built, {"codes": _codes(LAYER_NORM)})
+
+
+def _wrong_eps(models):
+    """flax with eps 1e-8 (layer_norm_f32's) for layer_norm's 1e-5, loaded with the same weights."""
+    wrong = {name: getattr(LAYER_NORM, name).replace(norm_eps=1e-8) for name in ("temporal", "depth")}
+    return "flax", _run("flax", LAYER_NORM.replace(**wrong), models.states["flax"])
+
+
+def _bias_dropped(models):
+    """ref with every layer norm's bias left at zero (a port that keeps an RMSNorm-style scale only)."""
+    state = convert(models.states["kyutai"], src="kyutai", dst="ref", cfg=LAYER_NORM, component="lm")
+    return "ref", _run("ref", LAYER_NORM, {k: v * 0 if k.endswith("norm.bias") else v for k, v in state.items()})
+
+
+@pytest.mark.parametrize("control", (_wrong_eps, _bias_dropped), ids=lambda f: f.__name__.strip("_"))
+def test_negative_control(control):
+    models, expected = _layer_norm_runs()
+    impl, cand = control(models)
+    with pytest.raises(ParityError):
+        _compare(LAYER_NORM, expected, cand, ("kyutai", impl), "float32", control=control.__name__.strip("_"))
