@@ -3,8 +3,9 @@
 
 For each seed (weights, codes and the stream's user codes drawn from it, as the test draws them from
 --full-size-seed) and dtype it runs exactly the test's comparisons, kyutai vs Flax: the logits rows, every layer's
-drift (propagated and teacher-forced) and the streaming step's logits against kyutai's full forward, and prints the
-worst max|d|/rms, mae/rms, KL and the lowest top-5 agreement per (component, dtype). Run:
+drift (propagated and teacher-forced) and the streaming step's logits against kyutai's full forward, and the codec
+(the preset's Mimi, float32: every stage and the decoded audio), and prints the worst max|d|/rms, mae/rms, KL and the
+lowest top-5 agreement per (component, dtype). Run:
 
     python bench/measure_full_size.py --preset small --seeds 0 1 2      # CPU, about 3 minutes a seed
     python bench/measure_full_size.py --preset moshi_7b --seeds 0 1     # on an accelerator (bench/gpu_check.sh)
@@ -37,15 +38,31 @@ def _measure(worst: dict, key: tuple[str, str], ref, cand, *, dtype: str, logits
         w[2], w[3] = max(w[2], m.kl), min(w[3], m.topk_agreement)
 
 
+def _measure_mimi(worst: dict, preset: str, seeds: list[int]) -> None:
+    for seed in seeds:
+        built, encoded, decoded = full_size.mimi_runs(preset, seed)
+        for *_, a, b in full_size.stage_cases(built.cfg, encoded, decoded):
+            _measure(worst, ("mimi_stage", "float32"), a, b, dtype="float32", logits=False)
+        audio = decoded["kyutai"]["audio"], decoded["flax"]["audio"]
+        _measure(worst, ("mimi_audio", "float32"), *audio, dtype="float32", logits=False)
+        codes = encoded["kyutai"]["codes"], encoded["flax"]["codes"]
+        print(f"mimi seed {seed}: codes equal {float((codes[0] == codes[1]).mean()):.4f}", flush=True)
+        del built, encoded, decoded
+        full_size.release()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="small", choices=("tiny", "small", "moshi_7b"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=DTYPES)
+    parser.add_argument("--parts", nargs="+", default=["lm", "mimi"], choices=("lm", "mimi"))
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     worst: dict[tuple[str, str], list[float]] = {}
-    for dtype in args.dtypes:
+    if "mimi" in args.parts:
+        _measure_mimi(worst, args.preset, args.seeds)
+    for dtype in args.dtypes if "lm" in args.parts else ():
         for seed in args.seeds:
             models, runs = drift_runs(args.preset, dtype, seed)
             for component in LOGITS:
@@ -63,7 +80,8 @@ def main() -> None:
     print(f"\n{'component':28} {'dtype':9} {'max|d|/rms':>11} {'mae/rms':>10} {'kl':>10} {'top-5':>7}")
     for (component, dtype), (mx, mae, kl, topk) in sorted(worst.items()):
         kl_text, topk_text = (f"{kl:10.2e}", f"{topk:7.4f}") if component in LOGITS else (f"{'-':>10}", f"{'-':>7}")
-        print(f"{sized(component, args.preset):28} {dtype:9} {mx:11.2e} {mae:10.2e} {kl_text} {topk_text}")
+        preset = full_size.MIMI_PRESETS[args.preset] if component.startswith("mimi") else args.preset
+        print(f"{sized(component, preset):28} {dtype:9} {mx:11.2e} {mae:10.2e} {kl_text} {topk_text}")
     if any(math.isnan(v) for w in worst.values() for v in w):
         raise SystemExit("a metric is NaN")
 

@@ -24,8 +24,9 @@ import pytest
 from models_flax.sampling import GREEDY
 from models_flax.streaming import Streamer
 from moshi_spec import LMConfig
-from parity.harness import full_size
-from parity.harness.compare import assert_parity
+from parity.harness import full_size, mimi
+from parity.harness.codes import assert_codes
+from parity.harness.compare import assert_parity, check_parity
 from parity.harness.full_size import BATCH, DTYPES, PAIR, STREAM_FRAMES
 from parity.harness.implementations import build
 from parity.harness.lm_checks import compare_logits, layer_drift
@@ -103,6 +104,29 @@ def test_stream_tokens_match_lmgen(size, dtype):
                                 compute_dtype=dtype, preset=size[0])  # fmt: skip
     if dtype == "float32" or not tie:
         raise AssertionError(f"{size[0]} {dtype}: {where}")
+
+
+def test_mimi(size):
+    """The codec at the preset's Mimi (the real one beside any LM above tiny), float32, kyutai vs Flax, on speech:
+    every encoder and decoder stage recorded as a layer of one axis (the report's per-layer chart of the codec; kyutai
+    cannot encode in bf16 on a CPU), the codes (equal, or a first difference the latents' difference explains), and the
+    decoded audio. The assertion names the first stage over budget."""
+    built, encoded, decoded = full_size.mimi_runs(*size)
+    codec = full_size.MIMI_PRESETS[size[0]]
+    config = _config(size, codec=codec, frames=full_size.MIMI_FRAMES[codec])
+    failures = []
+    for layer, name, a, b in full_size.stage_cases(built.cfg, encoded, decoded):
+        ok, _, why = check_parity(a, b, component=sized("mimi_stage", codec), pair=PAIR, expected_dtype="float32",
+                                  layer=layer, layer_name=name, stage="propagated", config=config)  # fmt: skip
+        if not ok:
+            failures.append(f"{name} (layer {layer}): {'; '.join(why)}")
+    assert not failures, f"{codec} {PAIR} first diverging: {failures[0]}"
+    ref, cand = encoded["kyutai"], encoded["flax"]
+    assert_codes(ref["codes"], cand["codes"], pair=PAIR, dtype="float32", ref_latent=ref["latent"],
+                 cand_latent=cand["latent"], quantizers=mimi.quantizer_tables(built.states["ref"], built.cfg),
+                 config=config)  # fmt: skip
+    assert_parity(decoded["kyutai"]["audio"], decoded["flax"]["audio"], component=sized("mimi_audio", codec),
+                  pair=PAIR, expected_dtype="float32", config=config)  # fmt: skip
 
 
 def test_bf16_token_check_fails_on_a_wrong_model():

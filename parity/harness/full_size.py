@@ -16,7 +16,7 @@ import numpy as np
 
 from models_flax.sampling import GREEDY
 from models_flax.streaming import Streamer
-from moshi_spec import LMConfig
+from moshi_spec import LMConfig, MimiConfig
 from parity.harness.implementations import Models, build
 from parity.harness.lm_checks import CAPTURES
 from parity.harness.strategies import random_codes
@@ -84,6 +84,39 @@ def stream_runs(preset: str, dtype: str, seed: int) -> tuple[np.ndarray, dict[st
 def release() -> None:
     """Drops every cached model and run: at 7B one dtype's pair holds tens of GB, so a caller that moves on to the
     next dtype or seed releases the last one first."""
-    for cached in (models, drift_runs, stream_runs):
+    for cached in (models, drift_runs, stream_runs, mimi_runs):
         cached.cache_clear()
     gc.collect()
+
+
+MIMI_PRESETS = {"tiny": "tiny", "small": "mimi", "moshi_7b": "mimi"}
+"""The Mimi preset that goes with each LM preset: the real codec beside any LM above tiny."""
+MIMI_FRAMES = {"tiny": 8, "mimi": 24}  # the real codec: 24 frames, 1.92 s of speech
+
+
+@cache
+def mimi_runs(preset: str, seed: int) -> tuple[Models, dict[str, dict], dict[str, dict]]:
+    """(kyutai, ref and flax Mimi with the seed's weights and calibrated codebooks, each one's encode of speech with
+    its stages captured, each one's decode of kyutai's codes with its stages captured). ref is built for the
+    quantizer tables the code check reads (`mimi.quantizer_tables`)."""
+    from parity.harness import mimi, strategies  # noqa: F401  (mimi binds the component to every implementation)
+
+    cfg = MimiConfig.preset(MIMI_PRESETS[preset])
+    built = build("mimi", cfg, "float32", impls=("kyutai", "ref", "flax"), seed=seed)
+    audio = strategies.audio("speech", cfg, frames=MIMI_FRAMES[MIMI_PRESETS[preset]], batch=BATCH, seed=seed)
+    encoded = {impl: built.run(impl, {"audio": audio, "num_codebooks": cfg.num_codebooks}, capture=("stages",))
+               for impl in PAIR}  # fmt: skip
+    codes = {"codes": encoded["kyutai"]["codes"]}
+    decoded = {impl: built.run(impl, codes, entry="decode", capture=("stages",)) for impl in PAIR}
+    return built, encoded, decoded
+
+
+def stage_cases(
+    cfg: MimiConfig, encoded: dict[str, dict], decoded: dict[str, dict]
+) -> list[tuple[int, str, np.ndarray, np.ndarray]]:
+    """(layer, stage name, kyutai's output, Flax's) of every encoder stage, then every decoder stage: one axis through
+    the codec, as the report draws it."""
+    names = cfg.stage_names()
+    runs = [(encoded, names[0]), (decoded, names[1])]
+    stages = [(name, run["kyutai"][name], run["flax"][name]) for run, stage_names in runs for name in stage_names]
+    return [(layer, name, a, b) for layer, (name, a, b) in enumerate(stages)]
