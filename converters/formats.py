@@ -38,7 +38,8 @@ class LMSpelling:
         stacks: "temporal" / "depth" -> layer-stack prefix; layer l's keys are `{prefix}{l}.` + the layer's keys.
         top: role -> module prefix of the LM outside its stacks: audio_emb (n_q embeddings), text_emb, norm (final
             norm), text_head, depth_in (per-codebook temporal -> depth projections), depth_emb (dep_q - 1 embeddings),
-            depth_text_emb, depth_heads (per-codebook audio heads).
+            depth_text_emb, depth_heads (per-codebook audio heads), depth_norms (per-codebook output norms, kyutai's
+            depformer_norms; `{prefix}{c}.`).
     """
 
     norm: str = "weight"
@@ -180,6 +181,7 @@ OUR_TOP = {
     "depth_emb": "depth.embed_tokens.",
     "depth_text_emb": "depth.text_embed_tokens.",
     "depth_heads": "depth.lm_heads.",
+    "depth_norms": "depth.out_norms.",
 }
 
 KYUTAI = Format(
@@ -211,6 +213,7 @@ KYUTAI = Format(
             "depth_emb": "depformer_emb.",
             "depth_text_emb": "depformer_text_emb.",
             "depth_heads": "linears.",
+            "depth_norms": "depformer_norms.",
         },
     ),
     mimi=MimiSpelling(
@@ -246,6 +249,7 @@ HF = Format(
             "depth_emb": "depth_decoder.embed_tokens.",
             "depth_text_emb": "depth_decoder.text_embed_tokens.",
             "depth_heads": "depth_decoder.lm_heads.",
+            "depth_norms": "depth_decoder.out_norms.",  # HF has none: a hop only (converters/kyutai_hf.py)
         },
     ),
     # transformers' MimiModel (its own state_dict: the SEANet, transformer and down/upsampling of each half nested

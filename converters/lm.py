@@ -1,6 +1,6 @@
 """The whole Moshi LM (Mimi excluded) as component kinds of the engine: "lm_top" (embeddings and heads, a leaf) and
-"lm" (lm_top, the final norm of the temporal stack's norm kind, and one decoder layer per layer of the temporal and
-depth stacks, a composite), both `whole`:
+"lm" (lm_top, the final norm of the temporal stack's norm kind, the depth stack's per-codebook output norms when
+depformer_norm is set, and one decoder layer per layer of the temporal and depth stacks, a composite), both `whole`:
 an LM state is a checkpoint with exact keys. Shapes and prefixes come from each format's `LMSpelling`.
 
 Axis names: D temporal dim, Dd depth dim, K dep_q (codebooks the depth transformer predicts), V card (audio vocabulary;
@@ -27,6 +27,9 @@ class LMShapeConfig(Protocol):
     dep_q: int
     card: int
     text_card: int
+
+    @property
+    def depth_out_norm(self) -> LayerConfig | None: ...
 
 
 def _top(fmt: Any, cfg: LMShapeConfig) -> dict[str, Shape] | None:
@@ -59,6 +62,9 @@ def _parts(fmt: Any, cfg: LMShapeConfig) -> list[Part] | None:
     if not fmt.lm:
         return None
     found = [Part("top", "", "lm_top", cfg), Part("norm", fmt.lm.top["norm"], norm_kind(cfg.temporal), cfg.temporal)]
+    if (out := cfg.depth_out_norm) is not None:  # kyutai's depformer_norms, one per codebook
+        prefix = fmt.lm.top["depth_norms"]
+        found += [Part(f"depth_norm.{c}", f"{prefix}{c}.", norm_kind(out), out) for c in range(cfg.dep_q)]
     for stack in STACKS:
         sub = getattr(cfg, stack)
         prefix = fmt.lm.stacks[stack]

@@ -42,6 +42,7 @@ def to_kyutai_kwargs(cfg: LMConfig) -> dict[str, Any]:
         "depformer_dim": d.dim, "depformer_dim_feedforward": kyutai.dim_feedforward(d.dim, d.hidden),
         "depformer_num_heads": d.num_heads, "depformer_num_layers": d.num_layers, "depformer_multi_linear": True,
         "depformer_weights_per_step": True, "depformer_pos_emb": "none",
+        **({"depformer_norm": cfg.depformer_norm} if cfg.depformer_norm else {}),
     }  # fmt: skip
 
 
@@ -64,9 +65,13 @@ def to_hf_config(cfg: LMConfig, *, audio_encoder: Mapping[str, Any] | None = Non
         audio_encoder: MimiConfig fields besides codebook_size (= cfg.card); by default HF's own, the released Mimi.
 
     Raises:
-        ValueError: cfg's norms are layer norms (HF's Moshi has only MoshiRMSNorm, computed in float32).
+        ValueError: cfg's norms are layer norms (HF's Moshi has only MoshiRMSNorm, computed in float32), or it has
+            depformer_norm (HF's depth decoder has no output norm).
     """
     t, d = cfg.temporal, cfg.depth
+    if cfg.depformer_norm is not None:
+        raise ValueError(f"HF's depth decoder has no output norm: depformer_norm={cfg.depformer_norm!r} cannot be "
+                         "converted to hf")  # fmt: skip
     for name, sub in (("temporal", t), ("depth", d)):
         if sub.layer_norm:
             raise ValueError(f"HF's Moshi has only RMSNorm: norm={sub.norm!r} ({name} stack) cannot be converted to hf")

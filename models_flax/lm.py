@@ -61,6 +61,9 @@ class DepthTransformer(nnx.Module):
         self.input_projections = FlexibleLinear(cfg.temporal.dim, d.dim, cfg.dep_q, **kw)
         self.layers = nnx.List([DecoderLayer(d, impl=impl, **kw) for _ in range(d.num_layers)])
         self.lm_heads = FlexibleLinear(d.dim, cfg.card, cfg.dep_q, **kw)
+        # kyutai's depformer_norms: one norm per codebook on the output, before its head (absent by default)
+        n, norm_kw = cfg.depth_out_norm, dict(dtype=dtype, param_dtype=param_dtype)
+        self.out_norms = None if n is None else nnx.List([make_norm(n, **norm_kw) for _ in range(cfg.dep_q)])
         self.remat = False  # recompute each layer's activations in the backward pass (`set_remat`)
 
     def __call__(self, tokens: jax.Array, *, context: jax.Array) -> jax.Array:
@@ -72,7 +75,13 @@ class DepthTransformer(nnx.Module):
         x = self.embed(tokens, context=context)
         positions = jnp.broadcast_to(jnp.arange(steps), (n, steps))
         x = run_layers(self.layers, x, positions, remat=self.remat)
-        return self.lm_heads(x)
+        return self.lm_heads(self.out_norm(x))
+
+    def out_norm(self, x: jax.Array, *, first: int = 0) -> jax.Array:
+        """x (N, S, D), step s the output for codebook first + s, through that codebook's output norm (if any)."""
+        if self.out_norms is None:
+            return x
+        return jnp.concatenate([self.out_norms[first + s](x[:, s : s + 1]) for s in range(x.shape[1])], axis=1)
 
     def embed(self, tokens: jax.Array, *, context: jax.Array) -> jax.Array:
         """The first layer's input (N, dep_q, D): each step's token embedding plus its projection of the context."""
@@ -112,7 +121,7 @@ class DepthTransformer(nnx.Module):
         for layer, cache in zip(self.layers, caches, strict=True):
             x, cache = layer(x, positions=positions, layer_idx=idx, cache=cache)
             new_caches.append(cache)
-        return self.lm_heads(x, layer_idx=idx)[:, 0], new_caches
+        return self.lm_heads(self.out_norm(x, first=codebook), layer_idx=idx)[:, 0], new_caches
 
 
 class LM(nnx.Module):

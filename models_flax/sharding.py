@@ -79,6 +79,7 @@ RULES: tuple[Rule, ...] = (
     Rule(r"depth\." + _LAYER + r"mlp\.fc2\.kernel", P(None, "fsdp", None), why="(K, F/2, Dd): F/2"),
     Rule(r"depth\." + _LAYER + r"(input|post_attention)_layernorm\.weight", P(None), why="norm: replicated"),
     Rule(r"depth\.lm_heads\.kernel", P(None, None, "fsdp"), why="(K, Dd, card): vocabulary"),
+    Rule(r"depth\.out_norms\.\d+\.(weight|bias)", P(None), why="norm: replicated"),
     # LoRA adapters (models_flax/training/lora.py): A (in, r) split like its kernel's input, B (r, out) like its output
     # (the fused q/k/v adapter's output is [q; k; v]); a per-codebook adapter keeps its leading axis replicated.
     Rule(r"(?!depth\.).+\.(qkv_)?lora\.a", P("fsdp", None), why="LoRA A (in, r): in"),

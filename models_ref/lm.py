@@ -40,6 +40,15 @@ class DepthTransformer(nn.Module):
         self.input_projections = FlexibleLinear(cfg.temporal.dim, d.dim, cfg.dep_q, dtype=dtype)
         self.layers = nn.ModuleList([DecoderLayer(d, dtype=dtype) for _ in range(d.num_layers)])
         self.lm_heads = FlexibleLinear(d.dim, cfg.card, cfg.dep_q, dtype=dtype)
+        # kyutai's depformer_norms: one norm per codebook on the output, before its head (absent by default)
+        n = cfg.depth_out_norm
+        self.out_norms = None if n is None else nn.ModuleList([make_norm(n, dtype=dtype) for _ in range(cfg.dep_q)])
+
+    def out_norm(self, x: torch.Tensor, *, first: int = 0) -> torch.Tensor:
+        """x (N, S, D), step s the output for codebook first + s, through that codebook's output norm (if any)."""
+        if self.out_norms is None:
+            return x
+        return torch.cat([self.out_norms[first + s](x[:, s : s + 1]) for s in range(x.shape[1])], dim=1)
 
     def forward(self, tokens: torch.Tensor, *, context: torch.Tensor) -> torch.Tensor:
         """tokens (N, dep_q): the text token, then audio tokens 0..dep_q-2 (teacher forcing); context (N, D).
@@ -51,7 +60,7 @@ class DepthTransformer(nn.Module):
         positions = torch.arange(steps).expand(n, -1)
         for layer in self.layers:
             x, _ = layer(x, positions=positions)
-        return self.lm_heads(x)
+        return self.lm_heads(self.out_norm(x))
 
     def embed(self, tokens: torch.Tensor, *, context: torch.Tensor) -> torch.Tensor:
         """The first layer's input (N, dep_q, D): each step's token embedding plus its projection of the context."""

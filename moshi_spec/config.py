@@ -194,6 +194,8 @@ class LMConfig:
         text_card: text vocabulary size (>= 1); id `text_card` is the initial text token.
         delays: per-stream delays, text first: a tuple of 1 + n_q ints >= 0.
         existing_text_padding_id: kyutai's text padding id, a text token: 0 <= id < text_card.
+        depformer_norm: kyutai's `depformer_norm`: the kind (one of NORM_EPS, with its eps) of a norm per codebook on
+            the depth transformer's output before that codebook's head; None (kyutai's default): none.
     """
 
     temporal: TransformerConfig
@@ -204,6 +206,7 @@ class LMConfig:
     text_card: int = 32000
     delays: tuple[int, ...] = field(default=(0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1))
     existing_text_padding_id: int = 3
+    depformer_norm: str | None = None
 
     def __post_init__(self) -> None:
         """Checks every field, the delays entry by entry, and the two stacks against the LM's sizes.
@@ -219,6 +222,8 @@ class LMConfig:
             c.integer(name)
         c.integer("existing_text_padding_id", minimum=0)
         c.integers("delays", minimum=0)
+        if self.depformer_norm is not None:
+            c.choice("depformer_norm", tuple(NORM_EPS))
         pad, n_q, dep_q = self.existing_text_padding_id, self.n_q, self.dep_q
         if c.valid("existing_text_padding_id", "text_card"):
             c.require(
@@ -252,6 +257,12 @@ class LMConfig:
         c.raise_if_any()
 
     @property
+    def depth_out_norm(self) -> TransformerConfig | None:
+        """The depth stack's config with depformer_norm's kind and eps (what one per-codebook output norm reads), or
+        None without them."""
+        return None if self.depformer_norm is None else self.depth.replace(norm=self.depformer_norm, norm_eps=None)
+
+    @property
     def initial_audio_token(self) -> int:
         return self.card
 
@@ -278,7 +289,8 @@ class LMConfig:
         head = t.dim * self.text_card + t.norm_params  # text head + final norm
         depth_emb = (self.text_card + 1) * d.dim + (self.dep_q - 1) * (self.card + 1) * d.dim
         depth_io = self.dep_q * (t.dim * d.dim + d.dim * self.card)
-        return emb + head + t.num_params() + depth_emb + depth_io + d.num_params()
+        out_norms = 0 if self.depth_out_norm is None else self.dep_q * self.depth_out_norm.norm_params
+        return emb + head + t.num_params() + depth_emb + depth_io + d.num_params() + out_norms
 
     @classmethod
     def tiny(cls, *, context: int | None = 8) -> LMConfig:

@@ -68,6 +68,7 @@ TRANSFORMER = [
 LM = [
     ("n_q", "8", TYPE, "n_q must be an int, got '8' (str)"),
     ("card", 32.0, TYPE, "card must be an int, got 32.0 (float)"),
+    ("depformer_norm", "rms", VALUE, "unknown depformer_norm 'rms'; known: ('rms_norm', 'rms_norm_f32'"),
     ("delays", [0] * 9, TYPE, "delays must be a tuple of ints, got [0, 0, 0, 0, 0, 0, 0, 0, 0] (list)"),
     ("delays", (0, 0, 1.0, 1, 1, 0, 1, 1, 1), TYPE, "delays[2] must be an int, got 1.0 (float)"),
     ("temporal", {"dim": 32}, TYPE, "temporal must be a TransformerConfig, got {'dim': 32} (dict)"),
@@ -150,6 +151,8 @@ def test_norm_eps_follows_the_kind_unless_given():
     assert PLAIN.replace(norm_eps=1e-6).replace(norm="layer_norm").norm_eps == 1e-6  # a chosen eps stays
     assert TINY.with_norm("rms_norm").depth.norm_eps == 1e-5
     assert TINY.with_norm("layer_norm").num_params() == TINY.num_params() + 32 * 5 + 16 * 4  # a bias per norm
+    out = TINY.replace(depformer_norm="layer_norm_f32").depth_out_norm  # kyutai's depformer_norms: the kind's eps
+    assert (out.norm, out.norm_eps, out.dim) == ("layer_norm_f32", 1e-8, 16) and TINY.depth_out_norm is None
 
 
 def test_presets_and_tree_configs_construct():

@@ -135,12 +135,15 @@ def cases(
 
 @st.composite
 def lm_cases(draw: st.DrawFn) -> tuple[LMConfig, str]:
-    """A tiny LM over the kyutai LMModel options the port implements (today the norm kind, `norm=`, with its eps) and
-    a dtype kyutai runs it in: layer_norm_f32 in float32 only (kyutai's LayerNormF32 feeds a float32 input to
-    bfloat16 weights, which torch's CPU layer_norm refuses)."""
+    """A tiny LM over the kyutai LMModel options the port implements (today the norm kinds: `norm=` and
+    `depformer_norm=`, each with its eps) and a dtype kyutai runs it in: with layer_norm_f32, float32 only (kyutai's
+    LayerNormF32 feeds a float32 input to bfloat16 weights, which torch's CPU layer_norm refuses). depformer_norm is
+    a layer-norm kind or None: kyutai's forward cannot run the RMS kinds there (parity/test_lm_norms.py)."""
     norm = draw(st.sampled_from(tuple(NORM_EPS)))
-    dtype = draw(st.sampled_from(("float32",) if norm == "layer_norm_f32" else DTYPES))
-    return LMConfig.tiny().with_norm(norm), dtype
+    depformer_norm = draw(st.sampled_from((None, "layer_norm", "layer_norm_f32")))
+    f32_only = "layer_norm_f32" in (norm, depformer_norm)
+    dtype = draw(st.sampled_from(("float32",) if f32_only else DTYPES))
+    return LMConfig.tiny().with_norm(norm).replace(depformer_norm=depformer_norm), dtype
 
 
 def random_codes(cfg: LMConfig, batch: int, length: int, *, seed: int, zero_fraction: float = 0.0) -> np.ndarray:

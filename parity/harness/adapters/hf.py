@@ -138,6 +138,8 @@ def norm_support(cfg: TransformerConfig) -> str | None:
 def lm_support(cfg: LMConfig) -> str | None:
     if cfg.n_q != 2 * cfg.dep_q:
         return f"HF Moshi has n_q = 2 * num_codebooks, got n_q {cfg.n_q}, dep_q {cfg.dep_q}"
+    if cfg.depformer_norm is not None:
+        return f"HF's depth decoder has no output norm (depformer_norm={cfg.depformer_norm!r})"
     return norm_support(cfg.temporal) or norm_support(cfg.depth)
 
 
