@@ -5,8 +5,9 @@
   codebooks to (W, out, in) when cfg.flexible; `out_projs.{c}.weight` -> o_proj.linear.weight likewise.
 - gating_mlp: `linear_in/linear_out` -> fc1/fc2; flexible: the ModuleList's `{c}.linear_in/out` stacked.
 - rmsnorm: `alpha` (1, 1, D) -> `weight` (D,).
-- layer_norm (the layer-norm kinds' norms, and Mimi's): weight and bias kept (HF's Moshi has no layer norm: this
-  format is a hop on the way to ref, and an HF checkpoint of such a model is refused by its config writer).
+- layer_norm (the layer-norm kinds' norms, norm_emb's and Mimi's): weight and bias kept. HF's Moshi has no layer norm,
+  no embedding norm and no depth output norm (depformer_norm): for such a model this format is a hop on the way to
+  ref, and an HF checkpoint of it is refused by its config writer (converters/upstream_config.to_hf_config).
 - lm_top: embeddings renamed, per-codebook `depformer_in.{c}` / `linears.{c}` stacked into
   `depth_decoder.input_projections` (K, Dd, D) / `depth_decoder.lm_heads` (K, V, Dd).
 Released checkpoints' legacy fused names are normalized before this edge runs (see formats.KYUTAI.legacy); hf -> kyutai

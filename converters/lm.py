@@ -1,6 +1,7 @@
 """The whole Moshi LM (Mimi excluded) as component kinds of the engine: "lm_top" (embeddings and heads, a leaf) and
-"lm" (lm_top, the final norm of the temporal stack's norm kind, the depth stack's per-codebook output norms when
-depformer_norm is set, and one decoder layer per layer of the temporal and depth stacks, a composite), both `whole`:
+"lm" (lm_top, the final norm of the temporal stack's norm kind, the embeddings' layer norms when norm_emb is set, the
+depth stack's per-codebook output norms when depformer_norm is set, and one decoder layer per layer of the temporal and
+depth stacks, a composite), both `whole`:
 an LM state is a checkpoint with exact keys. Shapes and prefixes come from each format's `LMSpelling`.
 
 Axis names: D temporal dim, Dd depth dim, K dep_q (codebooks the depth transformer predicts), V card (audio vocabulary;
@@ -27,6 +28,7 @@ class LMShapeConfig(Protocol):
     dep_q: int
     card: int
     text_card: int
+    norm_emb: bool
 
     @property
     def depth_out_norm(self) -> LayerConfig | None: ...
@@ -58,10 +60,28 @@ def _top(fmt: Any, cfg: LMShapeConfig) -> dict[str, Shape] | None:
     )
 
 
+def _embedding_norms(top: dict[str, str], cfg: LMShapeConfig) -> list[Part]:
+    """The layer norm of every embedding (`{embedding}norm.`), named by the embedding's role and index."""
+    t, d = cfg.temporal, cfg.depth
+    tables = (
+        ("audio_emb", cfg.n_q, t),
+        ("text_emb", None, t),
+        ("depth_emb", cfg.dep_q - 1, d),
+        ("depth_text_emb", None, d),
+    )
+    parts = []
+    for role, count, sub in tables:
+        at = [f"{top[role]}norm."] if count is None else [f"{top[role]}{i}.norm." for i in range(count)]
+        parts += [Part(f"{role}_norm.{i}", prefix, "layer_norm", sub) for i, prefix in enumerate(at)]
+    return parts
+
+
 def _parts(fmt: Any, cfg: LMShapeConfig) -> list[Part] | None:
     if not fmt.lm:
         return None
     found = [Part("top", "", "lm_top", cfg), Part("norm", fmt.lm.top["norm"], norm_kind(cfg.temporal), cfg.temporal)]
+    if cfg.norm_emb:  # kyutai's norm_emb: a layer norm inside every embedding
+        found += _embedding_norms(fmt.lm.top, cfg)
     if (out := cfg.depth_out_norm) is not None:  # kyutai's depformer_norms, one per codebook
         prefix = fmt.lm.top["depth_norms"]
         found += [Part(f"depth_norm.{c}", f"{prefix}{c}.", norm_kind(out), out) for c in range(cfg.dep_q)]

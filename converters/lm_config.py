@@ -47,7 +47,8 @@ KYUTAI_SUPPORTED: dict[str, tuple[Any, tuple[Any, ...]]] = {
     "depformer_norm": (None, (None, *NORM_EPS)),
     **{k: (None, (None,)) for k in "layer_scale depformer_layer_scale".split()},
     **{k: (None, (None,)) for k in "depformer_weights_per_step_schedule depformer_low_rank_embeddings".split()},
-    **{k: (False, (False,)) for k in "norm_emb bias_proj demux_second_text_stream demux_second_stream".split()},
+    "norm_emb": (False, (False, True)),
+    **{k: (False, (False,)) for k in "bias_proj demux_second_text_stream demux_second_stream".split()},
     **{k: (False, (False,)) for k in "cross_attention quantize lora skip_self_attn".split()},
 }
 KYUTAI_IGNORED = frozenset(
@@ -72,6 +73,7 @@ KYUTAI_FIELDS = {
 KYUTAI_LM_NAMES = {k: k for k in "n_q dep_q card text_card delays existing_text_padding_id".split()}
 KYUTAI_LM_NAMES["depth.num_codebooks"] = "dep_q"
 KYUTAI_LM_NAMES["depformer_norm"] = "depformer_norm"
+KYUTAI_LM_NAMES["norm_emb"] = "norm_emb"
 KYUTAI_STACK_NAMES = {
     "temporal": {"dim": "dim", "num_heads": "num_heads", "num_layers": "num_layers", "ffn_dim": "hidden_scale",
                  "num_kv_heads_override": "kv_repeat", "activation": "gating", "rope_theta": "max_period",
@@ -161,7 +163,7 @@ def from_kyutai_kwargs(kwargs: Mapping[str, Any]) -> LMConfig:
         return LMConfig(
             temporal=temporal, depth=depth, n_q=d["n_q"], dep_q=d["dep_q"], card=d["card"], text_card=d["text_card"],
             delays=tuple(d["delays"]), existing_text_padding_id=d["existing_text_padding_id"],
-            depformer_norm=d.get("depformer_norm"),
+            depformer_norm=d.get("depformer_norm"), norm_emb=d.get("norm_emb", False),
         )  # fmt: skip
 
 

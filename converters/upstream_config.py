@@ -43,6 +43,7 @@ def to_kyutai_kwargs(cfg: LMConfig) -> dict[str, Any]:
         "depformer_num_heads": d.num_heads, "depformer_num_layers": d.num_layers, "depformer_multi_linear": True,
         "depformer_weights_per_step": True, "depformer_pos_emb": "none",
         **({"depformer_norm": cfg.depformer_norm} if cfg.depformer_norm else {}),
+        **({"norm_emb": True} if cfg.norm_emb else {}),
     }  # fmt: skip
 
 
@@ -66,12 +67,14 @@ def to_hf_config(cfg: LMConfig, *, audio_encoder: Mapping[str, Any] | None = Non
 
     Raises:
         ValueError: cfg's norms are layer norms (HF's Moshi has only MoshiRMSNorm, computed in float32), or it has
-            depformer_norm (HF's depth decoder has no output norm).
+            depformer_norm (HF's depth decoder has no output norm) or norm_emb (nor have its embeddings).
     """
     t, d = cfg.temporal, cfg.depth
     if cfg.depformer_norm is not None:
         raise ValueError(f"HF's depth decoder has no output norm: depformer_norm={cfg.depformer_norm!r} cannot be "
                          "converted to hf")  # fmt: skip
+    if cfg.norm_emb:
+        raise ValueError("HF's Moshi embeddings have no norm: norm_emb=True cannot be converted to hf")
     for name, sub in (("temporal", t), ("depth", d)):
         if sub.layer_norm:
             raise ValueError(f"HF's Moshi has only RMSNorm: norm={sub.norm!r} ({name} stack) cannot be converted to hf")

@@ -1,4 +1,5 @@
-"""Token embedding whose id -1 (kyutai's zero token) embeds to an exact zero vector."""
+"""Token embedding whose id -1 (kyutai's zero token) embeds to an exact zero vector, optionally through a layer norm
+(kyutai's `norm_emb`)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,20 @@ import jax.numpy as jnp
 from flax import nnx
 
 from models_flax.checks import check_dtype, check_ids, check_int_array
-from moshi_spec import ZERO_TOKEN
+from models_flax.norm import LayerNorm
+from moshi_spec import NORM_EPS, ZERO_TOKEN
+
+EMB_NORM_EPS = NORM_EPS["layer_norm"]
+"""kyutai's norm_emb is always a `layer_norm` (ScaledEmbedding: create_norm_fn("layer_norm", dim))."""
 
 
 class Embedding(nnx.Module):
     """weight (V, D); ids in [0, V) or ZERO_TOKEN. Any other id is a ValueError when the ids are concrete and embeds to
     NaN when they are traced: never clamped to a row of the table. (Traced ids are checked with checkify where they
-    enter the model, e.g. `LM.check_codes`, which names them; not again per table.)"""
+    enter the model, e.g. `LM.check_codes`, which names them; not again per table.)
+
+    norm=True (kyutai's norm_emb): each row goes through `norm`, a LayerNorm (eps 1e-5, kyutai's layer_norm), before
+    the zero token is zeroed."""
 
     def __init__(
         self,
@@ -22,17 +30,21 @@ class Embedding(nnx.Module):
         *,
         dtype: object = jnp.float32,
         param_dtype: object = jnp.float32,
+        norm: bool = False,
         rngs: nnx.Rngs,
     ):
         self.num_embeddings = num_embeddings
         self.dtype = check_dtype("Embedding", dtype)
         init = jax.random.normal(rngs.params(), (num_embeddings, dim), jnp.float32)
         self.weight = nnx.Param(init.astype(check_dtype("Embedding", param_dtype)))
+        self.norm = LayerNorm(dim, eps=EMB_NORM_EPS, dtype=dtype, param_dtype=param_dtype) if norm else None
 
     def __call__(self, ids: jax.Array) -> jax.Array:
         """ids (...) integers -> (..., D) embeddings in the layer's dtype."""
         check_int_array("Embedding", "ids", ids, "(...)")
         ids = check_ids("Embedding", "ids", ids, vocab=self.num_embeddings, traced_check=False)
         rows = self.weight[...].astype(self.dtype)[jnp.maximum(ids, 0)]
+        if self.norm is not None:  # LayerNorm takes (B, T, D)
+            rows = self.norm(rows.reshape(-1, 1, rows.shape[-1])).reshape(rows.shape)
         fill = jnp.where(ids == ZERO_TOKEN, 0.0, jnp.nan).astype(self.dtype)
         return jnp.where((ids >= 0)[..., None], rows, fill[..., None])

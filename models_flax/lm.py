@@ -55,8 +55,10 @@ class DepthTransformer(nnx.Module):
         d = cfg.depth
         self.cfg = cfg
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.text_embed_tokens = Embedding(cfg.text_card + 1, d.dim, **kw)
-        self.embed_tokens = nnx.List([Embedding(cfg.card + 1, d.dim, **kw) for _ in range(cfg.dep_q - 1)])
+        self.text_embed_tokens = Embedding(cfg.text_card + 1, d.dim, **kw, norm=cfg.norm_emb)
+        self.embed_tokens = nnx.List(
+            [Embedding(cfg.card + 1, d.dim, **kw, norm=cfg.norm_emb) for _ in range(cfg.dep_q - 1)]
+        )
         kw |= {"precision": precision}
         self.input_projections = FlexibleLinear(cfg.temporal.dim, d.dim, cfg.dep_q, **kw)
         self.layers = nnx.List([DecoderLayer(d, impl=impl, **kw) for _ in range(d.num_layers)])
@@ -133,8 +135,8 @@ class LM(nnx.Module):
         t = cfg.temporal
         self.cfg = cfg
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.embed_tokens = nnx.List([Embedding(cfg.card + 1, t.dim, **kw) for _ in range(cfg.n_q)])
-        self.text_embed_tokens = Embedding(cfg.text_card + 1, t.dim, **kw)
+        self.embed_tokens = nnx.List([Embedding(cfg.card + 1, t.dim, **kw, norm=cfg.norm_emb) for _ in range(cfg.n_q)])
+        self.text_embed_tokens = Embedding(cfg.text_card + 1, t.dim, **kw, norm=cfg.norm_emb)
         kw |= {"precision": precision}
         self.layers = nnx.List([DecoderLayer(t, impl=impl, **kw) for _ in range(t.num_layers)])
         self.norm = make_norm(t, dtype=dtype, param_dtype=param_dtype)

@@ -62,6 +62,7 @@ _LAYER = r"layers\.\d+\."
 RULES: tuple[Rule, ...] = (
     # Embeddings (V + 1, D): the row count is odd in Moshi 7B, so split D.
     Rule(r"(depth\.)?(text_)?embed_tokens(\.\d+)?\.weight", P(None, "fsdp"), why="(V+1, D): D; V+1 is odd"),
+    Rule(r"(depth\.)?(text_)?embed_tokens(\.\d+)?\.norm\.(weight|bias)", P(None), why="norm: replicated"),
     # Temporal transformer: kernels are (in, out).
     Rule(_LAYER + r"self_attn\.[qkv]_proj\.kernel", P(None, "fsdp"), why="(D, H*hd): heads"),
     Rule(_LAYER + r"self_attn\.o_proj\.kernel", P("fsdp", None), why="(H*hd, D): heads"),

@@ -35,8 +35,10 @@ class DepthTransformer(nn.Module):
         super().__init__()
         d = cfg.depth
         self.cfg = cfg
-        self.text_embed_tokens = Embedding(cfg.text_card + 1, d.dim, dtype=dtype)
-        self.embed_tokens = nn.ModuleList([Embedding(cfg.card + 1, d.dim, dtype=dtype) for _ in range(cfg.dep_q - 1)])
+        self.text_embed_tokens = Embedding(cfg.text_card + 1, d.dim, dtype=dtype, norm=cfg.norm_emb)
+        self.embed_tokens = nn.ModuleList(
+            [Embedding(cfg.card + 1, d.dim, dtype=dtype, norm=cfg.norm_emb) for _ in range(cfg.dep_q - 1)]
+        )
         self.input_projections = FlexibleLinear(cfg.temporal.dim, d.dim, cfg.dep_q, dtype=dtype)
         self.layers = nn.ModuleList([DecoderLayer(d, dtype=dtype) for _ in range(d.num_layers)])
         self.lm_heads = FlexibleLinear(d.dim, cfg.card, cfg.dep_q, dtype=dtype)
@@ -76,8 +78,10 @@ class LM(nn.Module):
         super().__init__()
         t = cfg.temporal
         self.cfg = cfg
-        self.embed_tokens = nn.ModuleList([Embedding(cfg.card + 1, t.dim, dtype=dtype) for _ in range(cfg.n_q)])
-        self.text_embed_tokens = Embedding(cfg.text_card + 1, t.dim, dtype=dtype)
+        self.embed_tokens = nn.ModuleList(
+            [Embedding(cfg.card + 1, t.dim, dtype=dtype, norm=cfg.norm_emb) for _ in range(cfg.n_q)]
+        )
+        self.text_embed_tokens = Embedding(cfg.text_card + 1, t.dim, dtype=dtype, norm=cfg.norm_emb)
         self.layers = nn.ModuleList([DecoderLayer(t, dtype=dtype) for _ in range(t.num_layers)])
         self.norm = make_norm(t, dtype=dtype)
         self.lm_head = Linear(t.dim, cfg.text_card, dtype=dtype)

@@ -194,6 +194,8 @@ class LMConfig:
         text_card: text vocabulary size (>= 1); id `text_card` is the initial text token.
         delays: per-stream delays, text first: a tuple of 1 + n_q ints >= 0.
         existing_text_padding_id: kyutai's text padding id, a text token: 0 <= id < text_card.
+        norm_emb: kyutai's `norm_emb`: every token embedding (both stacks') goes through its own layer norm (eps 1e-5,
+            kyutai's `layer_norm`) before the zero token's zeroing.
         depformer_norm: kyutai's `depformer_norm`: the kind (one of NORM_EPS, with its eps) of a norm per codebook on
             the depth transformer's output before that codebook's head; None (kyutai's default): none.
     """
@@ -207,6 +209,7 @@ class LMConfig:
     delays: tuple[int, ...] = field(default=(0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1))
     existing_text_padding_id: int = 3
     depformer_norm: str | None = None
+    norm_emb: bool = False
 
     def __post_init__(self) -> None:
         """Checks every field, the delays entry by entry, and the two stacks against the LM's sizes.
@@ -224,6 +227,7 @@ class LMConfig:
         c.integers("delays", minimum=0)
         if self.depformer_norm is not None:
             c.choice("depformer_norm", tuple(NORM_EPS))
+        c.flag("norm_emb")
         pad, n_q, dep_q = self.existing_text_padding_id, self.n_q, self.dep_q
         if c.valid("existing_text_padding_id", "text_card"):
             c.require(
@@ -290,7 +294,8 @@ class LMConfig:
         depth_emb = (self.text_card + 1) * d.dim + (self.dep_q - 1) * (self.card + 1) * d.dim
         depth_io = self.dep_q * (t.dim * d.dim + d.dim * self.card)
         out_norms = 0 if self.depth_out_norm is None else self.dep_q * self.depth_out_norm.norm_params
-        return emb + head + t.num_params() + depth_emb + depth_io + d.num_params() + out_norms
+        emb_norms = 2 * ((1 + self.n_q) * t.dim + self.dep_q * d.dim) if self.norm_emb else 0  # weight and bias each
+        return emb + head + t.num_params() + depth_emb + depth_io + d.num_params() + out_norms + emb_norms
 
     @classmethod
     def tiny(cls, *, context: int | None = 8) -> LMConfig:

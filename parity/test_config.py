@@ -69,6 +69,7 @@ LM = [
     ("n_q", "8", TYPE, "n_q must be an int, got '8' (str)"),
     ("card", 32.0, TYPE, "card must be an int, got 32.0 (float)"),
     ("depformer_norm", "rms", VALUE, "unknown depformer_norm 'rms'; known: ('rms_norm', 'rms_norm_f32'"),
+    ("norm_emb", 1, TYPE, "norm_emb must be a bool, got 1 (int)"),
     ("delays", [0] * 9, TYPE, "delays must be a tuple of ints, got [0, 0, 0, 0, 0, 0, 0, 0, 0] (list)"),
     ("delays", (0, 0, 1.0, 1, 1, 0, 1, 1, 1), TYPE, "delays[2] must be an int, got 1.0 (float)"),
     ("temporal", {"dim": 32}, TYPE, "temporal must be a TransformerConfig, got {'dim': 32} (dict)"),

@@ -1,8 +1,9 @@
 """The norm kinds of kyutai's LMModel (`norm=`: rms_norm, rms_norm_f32, layer_norm, layer_norm_f32, each with the eps
-kyutai fixes for it) in the temporal and depth layers and the final norm, and `depformer_norm=` (a norm per codebook on
-the depth output): kyutai vs ref vs flax logits over drawn kinds and dtypes; for a layer-norm model with depformer
-norms, streaming greedy tokens vs LMGen, a CLI conversion from kyutai kwargs and negative controls (the layer norm's
-eps, its bias, the depformer norms' codebook order). HF has neither: the harness and the CLI refuse it."""
+kyutai fixes for it) in the temporal and depth layers and the final norm, `depformer_norm=` (a norm per codebook on
+the depth output) and `norm_emb` (a layer norm in every embedding): kyutai vs ref vs flax logits over drawn options
+and dtypes; for a model with all three, streaming greedy tokens vs LMGen, a CLI conversion from kyutai kwargs and
+negative controls (the layer norm's eps, its bias, the depformer norms' codebook order, the embedding norms ignored).
+HF has none of them: the harness and the CLI refuse it."""
 
 import json
 from functools import cache
@@ -10,7 +11,7 @@ from functools import cache
 import numpy as np
 import pytest
 from flax import nnx
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from jax import lax
 from jax.sharding import PartitionSpec as P
 from safetensors.numpy import save_file
@@ -29,9 +30,9 @@ from parity.harness.implementations import build
 from parity.harness.lm_checks import compare_logits
 from parity.harness.streaming_runs import run_lmgen, run_steps, token_mismatch, user_codes
 
-# layer norms (eps 1e-5) in both stacks and the final norm, and a layer norm per codebook on the depth output
-# (kyutai's depformer_norm="layer_norm_f32", eps 1e-8)
-LAYER_NORM = LMConfig.tiny().with_norm("layer_norm").replace(depformer_norm="layer_norm_f32")
+# layer norms (eps 1e-5) in both stacks and the final norm, a layer norm per codebook on the depth output (kyutai's
+# depformer_norm="layer_norm_f32", eps 1e-8) and one in every embedding (norm_emb)
+LAYER_NORM = LMConfig.tiny().with_norm("layer_norm").replace(depformer_norm="layer_norm_f32", norm_emb=True)
 LENGTH = 20  # longer than the tiny context window (8)
 PAIRS = (("kyutai", "ref"), ("kyutai", "flax"))
 
@@ -44,26 +45,17 @@ def _compare(cfg: LMConfig, ref, cand, pair, dtype, **kw):
     compare_logits(cfg, ref, cand, pair, dtype, config={"preset": "tiny", "norm": cfg.temporal.norm}, **kw)
 
 
-@settings(max_examples=max(2, settings.default.max_examples // 8))  # ci 2, nightly 25: ~4 s each
+@settings(max_examples=max(1, settings.default.max_examples // 8))  # ci 1, nightly 25: ~2 s each
 @given(case=strategies.lm_cases())
+@example(case=(LMConfig.tiny().with_norm("rms_norm"), "bfloat16"))  # computes in bf16 where rms_norm_f32 upcasts
 def test_logits_over_norm_kinds(case):
-    """kyutai -> ref and -> flax logits (masks exactly, values within the policy) for a drawn norm kind and dtype."""
+    """kyutai -> ref and -> flax logits (masks exactly, values within the policy) for drawn norm options and dtype."""
     cfg, dtype = case
     models = build("lm", cfg, dtype, impls=("kyutai", "ref", "flax"))
     codes = _codes(cfg)
     runs = {impl: models.run(impl, {"codes": codes}) for impl in ("kyutai", "ref", "flax")}
     for pair in PAIRS:
         _compare(cfg, runs[pair[0]], runs[pair[1]], pair, dtype)
-
-
-def test_rms_norm_bfloat16_logits_match_kyutai():
-    """bfloat16 with kyutai's rms_norm, which computes in the input's dtype (rms_norm_f32 upcasts): the kind whose
-    bfloat16 math differs (the drawn cases above cover the rest)."""
-    cfg = LMConfig.tiny().with_norm("rms_norm")
-    models = build("lm", cfg, "bfloat16", impls=("kyutai", "flax"))
-    codes = _codes(cfg)
-    _compare(cfg, models.run("kyutai", {"codes": codes}), models.run("flax", {"codes": codes}), ("kyutai", "flax"),
-             "bfloat16")  # fmt: skip
 
 
 @cache
@@ -89,11 +81,11 @@ def test_layer_norm_stream_tokens_match_lmgen():
 
 
 def test_cli_converts_a_layer_norm_checkpoint(tmp_path):
-    """A kyutai checkpoint with its LMModel kwargs (norm="layer_norm", depformer_norm="layer_norm_f32") as --config
-    converts with the CLI; the Flax LM loaded from the output computes kyutai's logits."""
+    """A kyutai checkpoint with its LMModel kwargs (norm="layer_norm", depformer_norm="layer_norm_f32",
+    norm_emb=True) as --config converts with the CLI; the Flax LM loaded from the output computes kyutai's logits."""
     models, expected = _layer_norm_runs()
     kwargs = to_kyutai_kwargs(LAYER_NORM)
-    assert (kwargs["norm"], kwargs["depformer_norm"]) == ("layer_norm", "layer_norm_f32")
+    assert (kwargs["norm"], kwargs["depformer_norm"], kwargs["norm_emb"]) == ("layer_norm", "layer_norm_f32", True)
     (tmp_path / "config.json").write_text(json.dumps(kwargs))
     save_file(models.states["kyutai"], str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
     out = tmp_path / "flax"
@@ -110,23 +102,27 @@ def test_layer_norm_parameter_count():
     assert sum(v.size for v in models.states["kyutai"].values()) == LAYER_NORM.num_params()
 
 
-def test_layer_norm_biases_have_a_sharding_rule():
-    """Every parameter of a layer-norm LM matches one sharding rule; the norms' biases are replicated like their
-    weights."""
+def test_norms_have_a_sharding_rule():
+    """Every parameter of the model matches one sharding rule; every norm's (weight and bias) is replicated."""
     models, _ = _layer_norm_runs()
     specs = sharding.param_specs(models.module("flax"), {"dp": 1, "fsdp": 4})
     flat = {".".join(map(str, path)): spec.get_value() for path, spec in nnx.to_flat_state(specs)}
-    biases = [name for name in flat if name.endswith("norm.bias")]
-    assert len(biases) == 2 * 2 + 1 + 2 * 2 and all(flat[name] == P(None) for name in biases), biases
+    norms = {name: spec for name, spec in flat.items() if "norm" in name}
+    for name in ("norm.bias", "layers.1.post_attention_layernorm.bias", "depth.out_norms.3.bias",
+                 "embed_tokens.7.norm.bias", "depth.text_embed_tokens.norm.weight"):  # fmt: skip
+        assert norms[name] == P(None), name
+    assert all(spec == P(None) for spec in norms.values()), norms
 
 
 def test_hf_refuses_layer_norms(tmp_path, capsys):
-    """HF's Moshi has only MoshiRMSNorm and no depth output norm: the harness cannot build the model, and the CLI
-    refuses an HF output, naming the option."""
+    """HF's Moshi has only MoshiRMSNorm, no depth output norm and no embedding norm: the harness cannot build the
+    model, and the CLI refuses an HF output, naming the option."""
     with pytest.raises(ValueError, match=r"MoshiRMSNorm computed in float32 .* 'layer_norm'"):
         build("lm", LMConfig.tiny().with_norm("layer_norm"), "float32", impls=("hf",))
     with pytest.raises(ValueError, match=r"HF's depth decoder has no output norm \(depformer_norm='layer_norm_f32'\)"):
         build("lm", LAYER_NORM, "float32", impls=("hf",))
+    with pytest.raises(ValueError, match=r"HF's Moshi embeddings have no norm \(norm_emb=True\)"):
+        build("lm", LMConfig.tiny().replace(norm_emb=True), "float32", impls=("hf",))
     models, _ = _layer_norm_runs()
     (tmp_path / "config.json").write_text(json.dumps(to_kyutai_kwargs(LAYER_NORM)))
     save_file(models.states["kyutai"], str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
@@ -153,7 +149,8 @@ def test_kyutai_forward_cannot_run_an_rms_depformer_norm():
     build("lm", cfg, "float32", impls=("kyutai",)).run("kyutai", {"codes": _codes(cfg)})
 
 
-# Negative controls: a layer norm ported with the other kind's eps, or without its bias, fails the float32 logits.
+# Negative controls: a layer norm ported with the other kind's eps or without its bias, depformer norms applied to the
+# wrong codebooks, and embeddings without their norm each fail the float32 logits.
 
 
 def _run(impl: str, cfg: LMConfig, state: dict):
@@ -162,12 +159,6 @@ def _run(impl: str, cfg: LMConfig, state: dict):
     built = adapter.build("lm", cfg, dtype="float32", init=False)
     adapter.load(built, state)
     return adapter.run(built, {"codes": _codes(LAYER_NORM)})
-
-
-def _wrong_eps(models):
-    """flax with eps 1e-8 (layer_norm_f32's) for layer_norm's 1e-5, loaded with the same weights."""
-    wrong = {name: getattr(LAYER_NORM, name).replace(norm_eps=1e-8) for name in ("temporal", "depth")}
-    return "flax", _run("flax", LAYER_NORM.replace(**wrong), models.states["flax"])
 
 
 def _bias_dropped(models):
@@ -188,8 +179,19 @@ def _depformer_norms_reversed(models):
     return "ref", _run("ref", LAYER_NORM, state | moved)
 
 
+def _norm_emb_ignored(models):
+    """ref built without norm_emb (its embeddings' norms left out)."""
+    state = convert(models.states["kyutai"], src="kyutai", dst="ref", cfg=LAYER_NORM, component="lm")
+    plain = {k: v for k, v in state.items() if "embed_tokens" not in k or ".norm." not in k}
+    return "ref", _run("ref", LAYER_NORM.replace(norm_emb=False), plain)
+
+
 # the bug -> the logits it must disturb
-CONTROLS = {_wrong_eps: "text_logits", _bias_dropped: "text_logits", _depformer_norms_reversed: "audio_logits"}
+CONTROLS = {
+    _bias_dropped: "text_logits",
+    _depformer_norms_reversed: "audio_logits",
+    _norm_emb_ignored: "text_logits",
+}
 
 
 @pytest.mark.parametrize("control", CONTROLS, ids=lambda f: f.__name__.strip("_"))
@@ -199,3 +201,15 @@ def test_negative_control(control):
     with pytest.raises(ParityError):
         _compare(LAYER_NORM, expected, cand, ("kyutai", impl), "float32", components=(CONTROLS[control],),
                  control=control.__name__.strip("_"))  # fmt: skip
+
+
+def test_negative_control_wrong_eps():
+    """flax with eps 1e-8 (layer_norm_f32's) for layer_norm's 1e-5, loaded with the same weights, fails. The model has
+    no norm_emb: normalized embeddings (variance ~1) would hide the eps, raw ones (variance ~1/D) show it."""
+    cfg = LAYER_NORM.replace(norm_emb=False)
+    models = build("lm", cfg, "float32", impls=("kyutai", "flax"))
+    expected = models.run("kyutai", {"codes": _codes(cfg)})
+    wrong = {name: getattr(cfg, name).replace(norm_eps=1e-8) for name in ("temporal", "depth")}
+    cand = _run("flax", cfg.replace(**wrong), models.states["flax"])
+    with pytest.raises(ParityError):
+        _compare(cfg, expected, cand, ("kyutai", "flax"), "float32", components=("text_logits",), control="wrong_eps")

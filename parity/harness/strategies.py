@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from hypothesis import strategies as st
 
-from moshi_spec import ACTIVATIONS, NORM_EPS, ZERO_TOKEN, LMConfig, MimiConfig, TransformerConfig
+from moshi_spec import ACTIVATIONS, ZERO_TOKEN, LMConfig, MimiConfig, TransformerConfig
 
 DTYPES = ("float32", "bfloat16")
 LAYER_IDX_MODES = ("none", "int", "0d", "1d", "broadcast")
@@ -135,15 +135,18 @@ def cases(
 
 @st.composite
 def lm_cases(draw: st.DrawFn) -> tuple[LMConfig, str]:
-    """A tiny LM over the kyutai LMModel options the port implements (today the norm kinds: `norm=` and
-    `depformer_norm=`, each with its eps) and a dtype kyutai runs it in: with layer_norm_f32, float32 only (kyutai's
-    LayerNormF32 feeds a float32 input to bfloat16 weights, which torch's CPU layer_norm refuses). depformer_norm is
-    a layer-norm kind or None: kyutai's forward cannot run the RMS kinds there (parity/test_lm_norms.py)."""
-    norm = draw(st.sampled_from(tuple(NORM_EPS)))
-    depformer_norm = draw(st.sampled_from((None, "layer_norm", "layer_norm_f32")))
+    """A tiny LM over the kyutai LMModel options the port implements (today the norms: the kinds of `norm=` and
+    `depformer_norm=`, each with its eps, and `norm_emb`) and a dtype kyutai runs it in: with layer_norm_f32, float32
+    only (kyutai's LayerNormF32 feeds a float32 input to bfloat16 weights, which torch's CPU layer_norm refuses).
+    depformer_norm is a layer-norm kind or None: kyutai's forward cannot run the RMS kinds there
+    (parity/test_lm_norms.py)."""
+    # each choice's first value turns its option on: the simplest draw (ci's first) exercises all of them
+    norm = draw(st.sampled_from(("layer_norm_f32", "layer_norm", "rms_norm", "rms_norm_f32")))
+    depformer_norm = draw(st.sampled_from(("layer_norm_f32", "layer_norm", None)))
     f32_only = "layer_norm_f32" in (norm, depformer_norm)
     dtype = draw(st.sampled_from(("float32",) if f32_only else DTYPES))
-    return LMConfig.tiny().with_norm(norm).replace(depformer_norm=depformer_norm), dtype
+    norm_emb = draw(st.sampled_from((True, False)))
+    return LMConfig.tiny().with_norm(norm).replace(depformer_norm=depformer_norm, norm_emb=norm_emb), dtype
 
 
 def random_codes(cfg: LMConfig, batch: int, length: int, *, seed: int, zero_fraction: float = 0.0) -> np.ndarray:

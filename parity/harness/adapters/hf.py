@@ -140,6 +140,8 @@ def lm_support(cfg: LMConfig) -> str | None:
         return f"HF Moshi has n_q = 2 * num_codebooks, got n_q {cfg.n_q}, dep_q {cfg.dep_q}"
     if cfg.depformer_norm is not None:
         return f"HF's depth decoder has no output norm (depformer_norm={cfg.depformer_norm!r})"
+    if cfg.norm_emb:
+        return "HF's Moshi embeddings have no norm (norm_emb=True)"
     return norm_support(cfg.temporal) or norm_support(cfg.depth)
 
 
