@@ -78,12 +78,16 @@ def convert(
         A new flat state in dst's layout, with the same instance prefixes and dtypes. Round trips are bit-exact.
 
     Raises:
-        ValueError: unknown format or component, a format without the component, or no path between the formats.
+        ValueError: unknown format or component, a format without the component, no path between the formats, or an
+            end format that cannot hold this component's weights for cfg (`Format.refuses`: an LM with layer norms
+            to or from hf).
         ConversionError: the input (in its own names, legacy ones included), or any edge's output, does not account
             for every key with the right shape.
     """
     for fmt in (src, dst):
         registry.expected_shapes(fmt, component, cfg)
+        if refused := getattr(registry.get_format(fmt), "refuses", lambda *_: None)(component, cfg):
+            raise ValueError(f"convert {src}->{dst} ({component}): {refused}")
     path = registry.find_path(src, dst, component)
     chain = _chain(path, component, cfg)
     task = f"convert {src}->{dst}" if src != dst else f"validate {src}"

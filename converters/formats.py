@@ -13,8 +13,9 @@ plus its tables (as Mimi was).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from converters.registry import register_format
 from converters.rules import Pair
@@ -153,6 +154,9 @@ class Format:
             backward they give the old names' shapes, so that a state is checked in the names it uses.
         lm: how the format spells Moshi's LM; None: the format has no Moshi LM.
         mimi: how the format spells the Mimi codec; None: the format has no Mimi.
+        refuses: (component, cfg) -> why a state of this format cannot hold that component's weights for cfg (None:
+            it can). Checked where a conversion starts or ends, not on the hops between (HF's keys carry a layer-norm
+            LM from kyutai to ref, although no HF model has them).
     """
 
     name: str
@@ -163,6 +167,7 @@ class Format:
     legacy: Mapping[str, tuple[Pair, ...]] = field(default_factory=dict)
     lm: LMSpelling | None = None
     mimi: MimiSpelling | None = None
+    refuses: Callable[[str, Any], str | None] = lambda component, cfg: None
 
 
 HF_CHILDREN = {
@@ -233,8 +238,30 @@ KYUTAI = Format(
     ),
 )
 
+
+def hf_refuses(component: str, cfg: Any) -> str | None:
+    """What HF's Moshi has no weights for: layer norms (MoshiRMSNorm only), embedding norms (norm_emb) and norms on
+    the depth output (depformer_norm); None when it has them all. Reads an LMConfig ("lm") or a TransformerConfig."""
+    if component == "lm":
+        if cfg.norm_emb:
+            return "HF's Moshi embeddings have no norm: norm_emb=True cannot be converted to hf"
+        if cfg.depformer_norm is not None:
+            kind = cfg.depformer_norm
+            return f"HF's depth decoder has no output norm: depformer_norm={kind!r} cannot be converted to hf"
+        stacks = {"temporal": cfg.temporal, "depth": cfg.depth}
+    elif component in ("decoder_layer", "layer_norm"):
+        stacks = {"this": cfg}
+    else:
+        return None
+    for name, sub in stacks.items():
+        if getattr(sub, "layer_norm", False):
+            return f"HF's Moshi has only RMSNorm: norm={sub.norm!r} ({name} stack) cannot be converted to hf"
+    return None
+
+
 HF = Format(
     name="hf",
+    refuses=hf_refuses,
     foreign=("audio_encoder.",),  # MoshiForConditionalGeneration carries Mimi: not part of the LM
     lm=LMSpelling(
         proj="{n}_proj.linear.",  # MoshiLinear wraps nn.Linear / MoshiFlexibleLinear

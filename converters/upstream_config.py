@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from converters.formats import hf_refuses
 from converters.lm_config import UNBOUNDED, from_hf_config, from_kyutai_kwargs, lm_config_to_dict
 from converters.outdir import SAFETENSORS_NAME
 from moshi_spec import kyutai
@@ -70,14 +71,8 @@ def to_hf_config(cfg: LMConfig, *, audio_encoder: Mapping[str, Any] | None = Non
             depformer_norm (HF's depth decoder has no output norm) or norm_emb (nor have its embeddings).
     """
     t, d = cfg.temporal, cfg.depth
-    if cfg.depformer_norm is not None:
-        raise ValueError(f"HF's depth decoder has no output norm: depformer_norm={cfg.depformer_norm!r} cannot be "
-                         "converted to hf")  # fmt: skip
-    if cfg.norm_emb:
-        raise ValueError("HF's Moshi embeddings have no norm: norm_emb=True cannot be converted to hf")
-    for name, sub in (("temporal", t), ("depth", d)):
-        if sub.layer_norm:
-            raise ValueError(f"HF's Moshi has only RMSNorm: norm={sub.norm!r} ({name} stack) cannot be converted to hf")
+    if problem := hf_refuses("lm", cfg):
+        raise ValueError(problem)
 
     def stack(s: Any) -> dict[str, Any]:
         return {

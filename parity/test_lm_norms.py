@@ -213,3 +213,14 @@ def test_negative_control_wrong_eps():
     cand = _run("flax", cfg.replace(**wrong), models.states["flax"])
     with pytest.raises(ParityError):
         _compare(cfg, expected, cand, ("kyutai", "flax"), "float32", components=("text_logits",), control="wrong_eps")
+
+
+def test_converting_to_hf_names_the_option():
+    """converters.convert refuses an hf end for weights HF has no place for (hf stays a hop: kyutai -> flax above)."""
+    models, _ = _layer_norm_runs()
+    with pytest.raises(ValueError, match=r"convert kyutai->hf \(lm\): HF's Moshi embeddings have no norm"):
+        convert(models.states["kyutai"], src="kyutai", dst="hf", cfg=LAYER_NORM, component="lm")
+    cfg = LMConfig.tiny().with_norm("layer_norm")
+    state = build("lm", cfg, "float32", impls=("kyutai",)).states["kyutai"]
+    with pytest.raises(ValueError, match=r"HF's Moshi has only RMSNorm: norm='layer_norm' \(temporal stack\)"):
+        convert(state, src="kyutai", dst="hf", cfg=cfg, component="lm")
