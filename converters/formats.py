@@ -249,7 +249,7 @@ def hf_refuses(component: str, cfg: Any) -> str | None:
             kind = cfg.depformer_norm
             return f"HF's depth decoder has no output norm: depformer_norm={kind!r} cannot be converted to hf"
         stacks = {"temporal": cfg.temporal, "depth": cfg.depth}
-    elif component in ("decoder_layer", "layer_norm"):
+    elif component == "decoder_layer":  # (a standalone layer_norm is Mimi's too, which HF has)
         stacks = {"this": cfg}
     else:
         return None
