@@ -15,8 +15,8 @@
 #      the recipe's published ~12k tokens/s and 39.6 GB on one H100, and against models_flax/memory.py's plan (about
 #      2-3 minutes: build, jit compile, one warm-up step and two timed steps of ~15 s each at the recipe's rate).
 #   6. the nightly job's full-size checks at 7B (`nightly`, one call of its own: about 6-9 minutes, unmeasured):
-#      bench/measure_full_size.py --preset moshi_7b, the numbers behind the 7B policy rows (kyutai on the host CPU,
-#      Flax on the GPU; bf16, and fp32 where it fits), then `.ci/nightly gpu` on parity/test_full_size.py at 7B:
+#      bench/measure_full_size.py --preset moshi_7b, the numbers behind the 7B policy rows (kyutai and Flax on the
+#      GPU; bf16, and fp32 where it fits), then `.ci/nightly gpu` on parity/test_full_size.py at 7B:
 #      records, history, report (the 7B per-layer drift chart: copy html/report.html's chart to docs/) and summary.
 # Each step fails (rc=1) when a Pallas output is more than 2x the XLA path's error against the exact reference.
 # Usage (repo root): bash bench/gpu_check.sh [all|no-train|train|nightly]   -- output also lands in $OUT (or

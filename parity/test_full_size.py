@@ -66,7 +66,7 @@ def dtype(request: pytest.FixtureRequest, size: tuple[str, int]):
 def _config(size: tuple[str, int], **extra) -> dict:
     preset, seed = size
     return {"preset": preset, "seed": seed, "frames": full_size.FRAMES, "batch": BATCH,
-            "platform": jax.default_backend(), **extra}  # fmt: skip
+            "platform": jax.default_backend(), "kyutai_device": full_size.kyutai_device(), **extra}  # fmt: skip
 
 
 def test_logits(size, dtype):

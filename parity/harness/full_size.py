@@ -2,7 +2,8 @@
 kyutai LMModel and our Flax LM at an LMConfig preset with one seed's random weights, run on the same codes.
 
 From a seed s: the weights (s), the forward's codes (s + 1) and the stream's user codes (s + 2). The Flax LM runs on the
-default jax device (the accelerator); kyutai runs in torch on the host CPU, as it must on a TPU host.
+default jax device (the accelerator); kyutai runs in torch on the GPU when jax runs on one and torch sees CUDA
+(`kyutai_device`), else on the host CPU, as it must on a TPU host.
 """
 
 from __future__ import annotations
@@ -53,12 +54,21 @@ def memory_shortfall(cfg: LMConfig, dtype: str) -> str | None:
     return None
 
 
+def kyutai_device() -> str:
+    """Where kyutai's model runs: "cuda" when jax's default backend is a GPU and torch sees CUDA, else "cpu"."""
+    import torch
+
+    return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
 @cache
 def models(preset: str, dtype: str, seed: int) -> Models:
-    """The pair, without the weight states `build` keeps (two more copies of the weights on the host: 31 GB each for
-    7B in float32; nothing here converts again)."""
+    """The pair, kyutai moved to `kyutai_device()` after its weights were drawn and converted, without the weight
+    states `build` keeps (two more copies of the weights on the host: 31 GB each for 7B in float32; nothing here
+    converts again)."""
     built = build("lm", LMConfig.preset(preset), dtype, impls=PAIR, seed=seed)
     built.states.clear()
+    built.module("kyutai").to(kyutai_device())
     return built
 
 

@@ -20,6 +20,7 @@ import torch
 
 from models_flax.streaming import UNGENERATED, Streamer
 from moshi_spec import LMConfig
+from parity.harness.adapters.base import device_of
 from parity.harness.arrays import dtype_name, to_numpy
 from parity.harness.compare import judge
 from parity.harness.policy import sized
@@ -40,7 +41,7 @@ def run_lmgen(kyutai_lm, codes: np.ndarray, **lmgen_kwargs) -> np.ndarray:
     outs = []
     with gen.streaming(batch):
         for t in range(frames):
-            out = gen.step(torch.from_numpy(codes[:, :, t : t + 1]))
+            out = gen.step(torch.from_numpy(codes[:, :, t : t + 1]).to(device_of(kyutai_lm)))
             if out is None:
                 out = torch.full((batch, 1 + kyutai_lm.dep_q, 1), UNGENERATED)
             outs.append(to_numpy(out[:, :, 0]))
@@ -74,7 +75,7 @@ def consumed_codes(cfg: LMConfig, user: np.ndarray, run: dict[str, np.ndarray]) 
 def kyutai_logits(kyutai_lm, codes: np.ndarray) -> dict[str, np.ndarray]:
     """kyutai LMModel.forward of codes (B, 1 + n_q, T): text_logits (B, 1, T, V) and audio_logits (B, dep_q, T, card),
     aligned with the frames of the codes (NaN in the delay tail)."""
-    out = kyutai_lm(torch.from_numpy(codes))
+    out = kyutai_lm(torch.from_numpy(codes).to(device_of(kyutai_lm)))
     return {"text_logits": to_numpy(out.text_logits.float()), "audio_logits": to_numpy(out.logits.float())}
 
 

@@ -231,6 +231,12 @@ def native_inputs(inputs: Inputs, dtype: str, array: Callable[..., Any] = to_tor
     return out
 
 
+def device_of(module: Any) -> Any:
+    """The torch device a module's weights are on (a module moved to a GPU takes its inputs there; outputs come back
+    through `numpy_outputs` from any device)."""
+    return next(module.parameters()).device
+
+
 @contextlib.contextmanager
 def stack_captured(layers: Sequence[Any], *, output: Callable[[Any], Any] = lambda y: y) -> Iterator[list[Any]]:
     """While the block runs, collects the first torch layer's input and every layer's output (`output` picks the

@@ -22,6 +22,7 @@ from parity.harness.adapters.base import (
     Inputs,
     Outputs,
     TorchAdapter,
+    device_of,
     native_inputs,
     numpy_outputs,
     stack_captured,
@@ -157,7 +158,7 @@ def run_lm(built: Built, inputs: Inputs, capture: tuple) -> Outputs:
     with contextlib.ExitStack() as stack:
         seen = {name: stack.enter_context(stack_captured(layers))
                 for name, layers in _stacks(built.module).items() if name in capture}  # fmt: skip
-        out = built.module(torch.from_numpy(np.asarray(inputs["codes"], np.int64)))
+        out = built.module(torch.from_numpy(np.asarray(inputs["codes"], np.int64)).to(device_of(built.module)))
     result = {"text_logits": out.text_logits, "text_mask": out.text_mask, "audio_logits": out.logits,
               "audio_mask": out.mask}  # fmt: skip
     return numpy_outputs(result | {name: torch.stack(hidden) for name, hidden in seen.items()})
@@ -168,7 +169,7 @@ def _run_stack_layer(capture_name: str):
         """Teacher forcing: layer `inputs["layer"]` of the stack applied to a given input x (B, T, D) at positions
         0..T-1 (the depth stack: T = dep_q steps, each with its own weights)."""
         layer = _stacks(built.module)[capture_name][int(inputs["layer"])]
-        return numpy_outputs({"y": layer(native_inputs(inputs, built.dtype)["x"])})
+        return numpy_outputs({"y": layer(native_inputs(inputs, built.dtype)["x"].to(device_of(layer)))})
 
     return run
 
