@@ -36,6 +36,7 @@ KINDS.update(
         "int?": ("a positive integer or null", lambda x: x is None or (_int(x) and x >= 1)),
         "num": ("a positive number", lambda x: _number(x) and x > 0),
         "num0": ("a number >= 0", lambda x: _number(x) and x >= 0),
+        "num?": ("a number or null", lambda x: x is None or _number(x)),
         "str": ("a string", lambda x: isinstance(x, str)),
         "ints": ("a list of integers >= 0", lambda x: isinstance(x, list) and all(_int(v) and v >= 0 for v in x)),
     }

@@ -175,6 +175,9 @@ HF_CHILDREN = {
     "norm2": "post_attention_layernorm.",
     "attention": "self_attn.",
     "mlp": "mlp.",
+    "plain_mlp": "mlp.",  # HF's Moshi has no plain MLP (nor layer scales): a hop only, named as HF's Mimi names them
+    "layer_scale_1": "self_attn_layer_scale.",
+    "layer_scale_2": "mlp_layer_scale.",
 }
 OUR_STACKS = {"temporal": "layers.", "depth": "depth.layers."}
 OUR_TOP = {
@@ -207,7 +210,15 @@ KYUTAI = Format(
         fused=("in_projs.", "out_projs."),
         lists=True,
         flexible_linear=False,  # kyutai uses ModuleLists of nn.Linear inside attention and gating instead
-        children={"norm1": "norm1.", "norm2": "norm2.", "attention": "self_attn.", "mlp": "gating."},
+        children={
+            "norm1": "norm1.",
+            "norm2": "norm2.",
+            "attention": "self_attn.",
+            "mlp": "gating.",
+            "plain_mlp": "",  # gating="none": linear1 / linear2 in the layer itself
+            "layer_scale_1": "layer_scale_1.",
+            "layer_scale_2": "layer_scale_2.",
+        },
         stacks={"temporal": "transformer.layers.", "depth": "depformer.layers."},
         top={
             "audio_emb": "emb.",
@@ -240,8 +251,9 @@ KYUTAI = Format(
 
 
 def hf_refuses(component: str, cfg: Any) -> str | None:
-    """What HF's Moshi has no weights for: layer norms (MoshiRMSNorm only), embedding norms (norm_emb) and norms on
-    the depth output (depformer_norm); None when it has them all. Reads an LMConfig ("lm") or a TransformerConfig."""
+    """What HF's Moshi has no weights for: layer norms (MoshiRMSNorm only), embedding norms (norm_emb), norms on
+    the depth output (depformer_norm), plain MLPs (gating="none") and layer scales; None when it has them all. Reads
+    an LMConfig ("lm") or a TransformerConfig."""
     if component == "lm":
         if cfg.norm_emb:
             return "HF's Moshi embeddings have no norm: norm_emb=True cannot be converted to hf"
@@ -256,6 +268,11 @@ def hf_refuses(component: str, cfg: Any) -> str | None:
     for name, sub in stacks.items():
         if getattr(sub, "layer_norm", False):
             return f"HF's Moshi has only RMSNorm: norm={sub.norm!r} ({name} stack) cannot be converted to hf"
+        if not getattr(sub, "gated", True):
+            return f"HF's Moshi has only the gated MLP: gating='none' ({name} stack) cannot be converted to hf"
+        if getattr(sub, "layer_scale", None) is not None:
+            scale = sub.layer_scale
+            return f"HF's Moshi has no layer scale: layer_scale={scale!r} ({name} stack) cannot be converted to hf"
     return None
 
 

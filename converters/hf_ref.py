@@ -7,7 +7,7 @@ top-level modules drop HF's `decoder.model.` / `depth_decoder.` nesting.
 
 from __future__ import annotations
 
-from converters import layers, lm  # noqa: F401  (registers the component kinds these tables name)
+from converters import layers, lm, mimi  # noqa: F401  (registers the component kinds these tables name)
 from converters.edges import register_pairs
 from converters.rules import Pair
 
@@ -16,6 +16,8 @@ TABLE: dict[str, tuple[Pair, ...]] = {
     "rmsnorm": (Pair("weight", "weight"),),
     "layer_norm": (Pair("weight", "weight"), Pair("bias", "bias")),
     "gating_mlp": (Pair("fc1.weight", "fc1.weight"), Pair("fc2.weight", "fc2.weight")),
+    "plain_mlp": (Pair("fc1.weight", "fc1.weight"), Pair("fc2.weight", "fc2.weight")),
+    "layer_scale": (Pair("scale", "scale"),),
     "attention": (
         Pair("q_proj.linear.weight", "q_proj.weight", "q_half_to_layout", "q_layout_to_half"),
         Pair("k_proj.linear.weight", "k_proj.weight", "k_half_to_layout", "k_layout_to_half"),

@@ -28,6 +28,8 @@ class LayerConfig(Protocol):
     rope: bool
     rope_layout: str
     layer_norm: bool
+    gated: bool
+    layer_scale: float | None
 
     @property
     def q_dim(self) -> int: ...
@@ -46,7 +48,10 @@ register_condition("plain", lambda cfg: not cfg.flexible)
 
 DECODER_CHILDREN = {"norm1": "norm", "norm2": "norm", "attention": "attention", "mlp": "gating_mlp"}
 """A decoder layer's parts by role (each format's `LMSpelling.children` gives their prefixes): pre-attention norm,
-pre-MLP norm (kind `norm_kind(cfg)`), attention, gated MLP."""
+pre-MLP norm (kind `norm_kind(cfg)`), attention, gated MLP. A plain MLP (cfg.gated False: kyutai's gating="none") is
+a "plain_mlp" under the role `plain_mlp`'s prefix (kyutai: its linear1/linear2 sit in the layer itself); with
+kyutai's layer_scale, the roles layer_scale_1 (on the attention's update) and layer_scale_2 (on the MLP's) join."""
+LAYER_SCALES = {"layer_scale_1": "layer_scale", "layer_scale_2": "layer_scale"}
 
 
 def norm_kind(cfg: LayerConfig) -> str:
@@ -116,7 +121,11 @@ def _decoder_parts(fmt: Any, cfg: LayerConfig) -> list[Part] | None:
     if not fmt.lm:
         return None
     kinds = {role: norm_kind(cfg) if kind == "norm" else kind for role, kind in DECODER_CHILDREN.items()}
-    return [Part(role, fmt.lm.children[role], kind, cfg) for role, kind in kinds.items()]
+    kinds |= {} if cfg.layer_scale is None else LAYER_SCALES
+    parts = [Part(role, fmt.lm.children[role], kind, cfg) for role, kind in kinds.items()]
+    if not cfg.gated:
+        parts = [Part("mlp", fmt.lm.children["plain_mlp"], "plain_mlp", cfg) if p.name == "mlp" else p for p in parts]
+    return parts
 
 
 LAYER_COMPONENTS = ("flexible_linear", "rmsnorm", "gating_mlp", "attention", "decoder_layer")

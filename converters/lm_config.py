@@ -31,6 +31,7 @@ KYUTAI_DEFAULTS: dict[str, Any] = {
 KYUTAI_USED = frozenset(
     {*KYUTAI_REQUIRED, *KYUTAI_DEFAULTS}
     | {"depformer_dim_feedforward", "depformer_num_layers", "depformer_gating", "depformer_kv_repeat", "text_card_out"}
+    | {"layer_scale", "depformer_layer_scale"}
 )
 KYUTAI_SUPPORTED: dict[str, tuple[Any, tuple[Any, ...]]] = {
     # key: (LMModel's default when absent, the values this port implements)
@@ -45,7 +46,6 @@ KYUTAI_SUPPORTED: dict[str, tuple[Any, tuple[Any, ...]]] = {
     "conditioners": (None, (None, {})),
     "fuser": (None, (None, {})),
     "depformer_norm": (None, (None, *NORM_EPS)),
-    **{k: (None, (None,)) for k in "layer_scale depformer_layer_scale".split()},
     **{k: (None, (None,)) for k in "depformer_weights_per_step_schedule depformer_low_rank_embeddings".split()},
     "norm_emb": (False, (False, True)),
     **{k: (False, (False,)) for k in "bias_proj demux_second_text_stream demux_second_stream".split()},
@@ -67,6 +67,7 @@ KYUTAI_FIELDS = {
     **dict.fromkeys("depformer_dim depformer_num_heads depformer_num_layers depformer_kv_repeat".split(), "int"),
     **dict.fromkeys("context text_card_out".split(), "int?"),
     **dict.fromkeys("hidden_scale max_period".split(), "num"),
+    **dict.fromkeys("layer_scale depformer_layer_scale".split(), "num?"),
     "existing_text_padding_id": "int0",
     "delays": "ints",
 }
@@ -74,19 +75,23 @@ KYUTAI_LM_NAMES = {k: k for k in "n_q dep_q card text_card delays existing_text_
 KYUTAI_LM_NAMES["depth.num_codebooks"] = "dep_q"
 KYUTAI_LM_NAMES["depformer_norm"] = "depformer_norm"
 KYUTAI_LM_NAMES["norm_emb"] = "norm_emb"
+KYUTAI_LM_NAMES["depth.gated"] = "depformer_gating"
 KYUTAI_STACK_NAMES = {
     "temporal": {"dim": "dim", "num_heads": "num_heads", "num_layers": "num_layers", "ffn_dim": "hidden_scale",
                  "num_kv_heads_override": "kv_repeat", "activation": "gating", "rope_theta": "max_period",
-                 "context": "context", "norm": "norm", "norm_eps": "norm"},
+                 "context": "context", "norm": "norm", "norm_eps": "norm", "gated": "gating",
+                 "layer_scale": "layer_scale"},
     "depth": {"dim": "depformer_dim", "num_heads": "depformer_num_heads", "num_layers": "depformer_num_layers",
               "ffn_dim": "depformer_dim_feedforward", "num_kv_heads_override": "depformer_kv_repeat",
-              "activation": "depformer_gating", "num_codebooks": "dep_q", "norm": "norm", "norm_eps": "norm"},
+              "activation": "depformer_gating", "num_codebooks": "dep_q", "norm": "norm", "norm_eps": "norm",
+              "gated": "depformer_gating", "layer_scale": "depformer_layer_scale"},
 }  # fmt: skip
 
 
 def _kyutai_size_problems(d: Mapping[str, Any]) -> list[str]:
-    """kyutai's own ties between sizes (head_dim = dim / num_heads, even for rope; kv_repeat divides num_heads; a gated
-    hidden width of at least 1), named by the kwargs that break them."""
+    """kyutai's own ties between sizes (head_dim = dim / num_heads, even for rope; kv_repeat divides num_heads; a
+    hidden width of at least 1: the gating's, or dim_feedforward itself for gating="none"), named by the kwargs that
+    break them."""
     problems = []
     for stack, names in KYUTAI_STACK_NAMES.items():
         dim_key, heads_key, kv_key = names["dim"], names["num_heads"], names["num_kv_heads_override"]
@@ -103,9 +108,29 @@ def _kyutai_size_problems(d: Mapping[str, Any]) -> list[str]:
     for dim_key, width, key in (("dim", int(scale * d["dim"]), "hidden_scale"),
                                 ("depformer_dim", dff or int(scale * d["depformer_dim"]),
                                  "depformer_dim_feedforward" if dff else "hidden_scale")):  # fmt: skip
-        if kyutai.gating_hidden(d[dim_key], width) < 1:
+        plain = d["gating"] == "none" and dim_key == "dim"
+        if (width if plain else kyutai.gating_hidden(d[dim_key], width)) < 1:
             problems.append(f"{key}={d.get(key, scale)!r} leaves the gating of {dim_key}={d[dim_key]} no hidden units")
     return problems
+
+
+def _per_step_widths(d: dict[str, Any], problems: list[str]) -> None:
+    """Reads a per-step depformer_dim_feedforward list (kyutai 0.2.13: one width per depformer weight set, dep_q of
+    them without a schedule) in d: equal widths become that one width; different widths (a ragged per-codebook stack
+    the port does not build), a list of the wrong length or of non-widths are appended to problems (and dropped)."""
+    key, widths = "depformer_dim_feedforward", d.get("depformer_dim_feedforward")
+    if not isinstance(widths, list):
+        return
+    if not widths or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths):
+        problems.append(f"{key}={widths!r} is not a positive integer, a list of them or null")
+    elif isinstance(d.get("dep_q"), int) and len(widths) != d["dep_q"]:
+        problems.append(f"{key} has {len(widths)} widths, kyutai needs one per depformer step (dep_q={d['dep_q']})")
+    elif len(set(widths)) > 1:
+        problems.append(f"{key}={widths!r}: per-step widths that differ are not supported (one stack of weight sets)")
+    else:
+        d[key] = widths[0]
+        return
+    del d[key]
 
 
 def from_kyutai_kwargs(kwargs: Mapping[str, Any]) -> LMConfig:
@@ -124,10 +149,8 @@ def from_kyutai_kwargs(kwargs: Mapping[str, Any]) -> LMConfig:
     unknown = sorted(set(d) - KYUTAI_USED - KYUTAI_IGNORED - set(KYUTAI_SUPPORTED))
     problems += [f"unknown key {k!r}" for k in unknown]
     problems += field_problems(d, KYUTAI_FIELDS)
-    if isinstance(d.get("depformer_dim_feedforward"), list):
-        problems.append("depformer_dim_feedforward: per-step widths (a list) are not supported")
-    else:
-        problems += field_problems(d, {"depformer_dim_feedforward": "int?"})
+    _per_step_widths(d, problems)
+    problems += field_problems(d, {"depformer_dim_feedforward": "int?"})
     for key, (default, allowed) in KYUTAI_SUPPORTED.items():
         if d.get(key, default) not in allowed:
             problems.append(f"{key}={d.get(key, default)!r} is not supported (supported: {list(allowed)})")
@@ -135,29 +158,42 @@ def from_kyutai_kwargs(kwargs: Mapping[str, Any]) -> LMConfig:
         problems.append(f"text_card_out={d['text_card_out']!r} differs from text_card (not supported)")
     gating = d["gating"]
     depformer_gating = d.get("depformer_gating", gating)
-    for key, value in (("gating", gating), ("depformer_gating", depformer_gating)):
-        if value not in ACTIVATIONS:
-            problems.append(f"{key}={value!r}: the port's layers are gated with one of {ACTIVATIONS}")
+    if gating not in (*ACTIVATIONS, "none"):
+        problems.append(f"gating={gating!r}: the port's layers are gated with one of {ACTIVATIONS}, or plain ('none')")
+    if depformer_gating == "none":
+        named = "depformer_gating" if "depformer_gating" in d else "depformer_gating (gating's, inherited)"
+        problems.append(
+            f"{named}='none': kyutai's depformer has a weight set per step, which its plain FFN does not support "
+            "(StreamingTransformerLayer asserts it); give depformer_gating one of " + str(ACTIVATIONS)
+        )
+    elif depformer_gating not in ACTIVATIONS:
+        problems.append(f"depformer_gating={depformer_gating!r}: the port's layers are gated with one of {ACTIVATIONS}")
     if problems or (problems := _kyutai_size_problems(d)):
         raise ValueError(f"{where}: " + "; ".join(problems))
 
-    def stack(name: str, dim: int, heads: int, layers: int, dff: int, kv_repeat: int, activation: str, **kw: Any):
+    def stack(name: str, dim: int, heads: int, layers: int, dff: int, kv_repeat: int, gating: str, **kw: Any):
+        # gating="none": kyutai's plain FFN, linear1 (dff, dim) through StreamingTransformerLayer's default activation
+        # (F.gelu, exact); a gated one's linear_in has twice the gating's hidden width
+        gated = gating != "none"
         with building(f"{where} ({name} stack)", KYUTAI_STACK_NAMES[name]):
             return TransformerConfig(
-                dim=dim, num_heads=heads, num_layers=layers, ffn_dim=2 * kyutai.gating_hidden(dim, dff),
-                num_kv_heads_override=heads // kv_repeat if kv_repeat != 1 else None, activation=activation, **kw,
+                dim=dim, num_heads=heads, num_layers=layers,
+                ffn_dim=2 * kyutai.gating_hidden(dim, dff) if gated else dff,
+                num_kv_heads_override=heads // kv_repeat if kv_repeat != 1 else None,
+                activation=gating if gated else "gelu", gated=gated, **kw,
             )  # fmt: skip
 
     hidden_scale, kv_repeat, norm = d["hidden_scale"], d["kv_repeat"], d.get("norm", "layer_norm")
     temporal = stack(
         "temporal", d["dim"], d["num_heads"], d["num_layers"], int(hidden_scale * d["dim"]), kv_repeat, gating,
-        rope=True, rope_theta=float(d["max_period"]), context=d["context"], norm=norm,
+        rope=True, rope_theta=float(d["max_period"]), context=d["context"], norm=norm, layer_scale=d.get("layer_scale"),
     )  # fmt: skip
     dd = d["depformer_dim"]
     depth = stack(
         "depth", dd, d["depformer_num_heads"], d.get("depformer_num_layers", d["num_layers"]),
         d.get("depformer_dim_feedforward") or int(hidden_scale * dd), d.get("depformer_kv_repeat", kv_repeat),
         depformer_gating, rope=False, context=None, num_codebooks=d["dep_q"], flexible=True, norm=norm,
+        layer_scale=d.get("depformer_layer_scale", d.get("layer_scale")),  # LMModel passes layer_scale on
     )  # fmt: skip
     with building(where, KYUTAI_LM_NAMES):
         return LMConfig(

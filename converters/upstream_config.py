@@ -25,26 +25,31 @@ def to_kyutai_kwargs(cfg: LMConfig) -> dict[str, Any]:
     """kyutai `LMModel` keyword arguments for cfg, in the layout of `moshi.models.loaders._lm_kwargs`.
 
     Raises:
-        ValueError: kyutai cannot express the temporal stack's MLP width as int(hidden_scale * dim), or its norms: one
-            kind for both stacks, with the eps kyutai fixes for it (NORM_EPS).
+        ValueError: kyutai cannot express the temporal stack's MLP width as int(hidden_scale * dim), its norms (one
+            kind for both stacks, with the eps kyutai fixes for it: NORM_EPS), or its plain FFN (exact gelu only).
     """
     t, d = cfg.temporal, cfg.depth
-    if problem := kyutai_norm_problem(cfg):
+    if problem := kyutai_norm_problem(cfg) or kyutai_ffn_problem(cfg):
         raise ValueError(problem)
-    dff = kyutai.dim_feedforward(t.dim, t.hidden)
+    dff = kyutai.dim_feedforward(t.dim, t.hidden) if t.gated else t.ffn_dim
     hidden_scale = dff / t.dim
+    gating = t.activation if t.gated else "none"
     if int(hidden_scale * t.dim) != dff:
         raise ValueError(f"kyutai cannot express dim_feedforward {dff} as int(hidden_scale * {t.dim})")
     return {
         "delays": list(cfg.delays), "n_q": cfg.n_q, "dep_q": cfg.dep_q, "card": cfg.card, "text_card": cfg.text_card,
         "dim": t.dim, "num_heads": t.num_heads, "num_layers": t.num_layers, "hidden_scale": hidden_scale,
-        "norm": t.norm, "context": t.context, "max_period": t.rope_theta, "gating": t.activation,
+        "norm": t.norm, "context": t.context, "max_period": t.rope_theta, "gating": gating,
         "positional_embedding": "rope", "causal": True, "existing_text_padding_id": cfg.existing_text_padding_id,
         "depformer_dim": d.dim, "depformer_dim_feedforward": kyutai.dim_feedforward(d.dim, d.hidden),
         "depformer_num_heads": d.num_heads, "depformer_num_layers": d.num_layers, "depformer_multi_linear": True,
         "depformer_weights_per_step": True, "depformer_pos_emb": "none",
         **({"depformer_norm": cfg.depformer_norm} if cfg.depformer_norm else {}),
         **({"norm_emb": True} if cfg.norm_emb else {}),
+        **({"depformer_gating": d.activation} if d.activation != gating else {}),
+        **({"layer_scale": t.layer_scale} if t.layer_scale is not None else {}),
+        # LMModel passes layer_scale on to the depformer unless depformer_layer_scale says otherwise
+        **({"depformer_layer_scale": d.layer_scale} if d.layer_scale != t.layer_scale else {}),
     }  # fmt: skip
 
 
@@ -57,6 +62,14 @@ def kyutai_norm_problem(cfg: LMConfig) -> str | None:
     for name, sub in (("temporal", t), ("depth", d)):
         if sub.norm_eps != NORM_EPS[sub.norm]:
             return f"kyutai's {sub.norm} fixes eps at {NORM_EPS[sub.norm]:g}, got {sub.norm_eps:g} ({name} stack)"
+    return None
+
+
+def kyutai_ffn_problem(cfg: LMConfig) -> str | None:
+    """Why kyutai LMModel cannot build cfg's feed-forward blocks (None when it can): its plain FFN (gating="none") is
+    StreamingTransformerLayer's default activation, exact GELU, and its depformer (a weight set per step) is gated."""
+    if not cfg.temporal.gated and cfg.temporal.activation != "gelu":
+        return f"kyutai's plain FFN (gating='none') applies exact gelu, got activation {cfg.temporal.activation!r}"
     return None
 
 

@@ -67,7 +67,7 @@ RULES: tuple[Rule, ...] = (
     Rule(_LAYER + r"self_attn\.[qkv]_proj\.kernel", P(None, "fsdp"), why="(D, H*hd): heads"),
     Rule(_LAYER + r"self_attn\.o_proj\.kernel", P("fsdp", None), why="(H*hd, D): heads"),
     Rule(_LAYER + r"mlp\.fc1\.kernel", P(None, "fsdp"), why="(D, F): F"),
-    Rule(_LAYER + r"mlp\.fc2\.kernel", P("fsdp", None), why="(F/2, D): F/2"),
+    Rule(_LAYER + r"mlp\.fc2\.kernel", P("fsdp", None), why="(F/2, D): F/2 (plain MLP: (F, D))"),
     Rule(_LAYER + r"(input|post_attention)_layernorm\.weight", P(None), why="norm: replicated"),
     Rule(r"norm\.weight", P(None), why="norm: replicated"),
     Rule(r"(depth\.)?(" + _LAYER + r"(input|post_attention)_layer)?norm\.bias", P(None), why="layer norm: replicated"),
@@ -81,6 +81,7 @@ RULES: tuple[Rule, ...] = (
     Rule(r"depth\." + _LAYER + r"(input|post_attention)_layernorm\.weight", P(None), why="norm: replicated"),
     Rule(r"depth\.lm_heads\.kernel", P(None, None, "fsdp"), why="(K, Dd, card): vocabulary"),
     Rule(r"depth\.out_norms\.\d+\.(weight|bias)", P(None), why="norm: replicated"),
+    Rule(r"(depth\.)?" + _LAYER + r"(self_attn|mlp)_layer_scale\.scale", P(None), why="layer scale (D,): replicated"),
     # LoRA adapters (models_flax/training/lora.py): A (in, r) split like its kernel's input, B (r, out) like its output
     # (the fused q/k/v adapter's output is [q; k; v]); a per-codebook adapter keeps its leading axis replicated.
     Rule(r"(?!depth\.).+\.(qkv_)?lora\.a", P("fsdp", None), why="LoRA A (in, r): in"),

@@ -40,12 +40,18 @@ class TransformerConfig:
         dim: hidden size D (>= 1).
         num_heads: query heads H (>= 1); must divide dim unless head_dim_override is given.
         num_layers: decoder layers (>= 1).
-        ffn_dim: output width of the MLP's first linear (HF `ffn_dim`): twice the gated hidden width (even, >= 2).
+        ffn_dim: output width of the MLP's first linear (HF `ffn_dim`): gated, twice the hidden width (even, >= 2);
+            plain (gated=False), the hidden width itself (kyutai's dim_feedforward).
         head_dim_override: per-head width when it differs from dim // num_heads (HF allows it, kyutai does not);
             None or >= 1, and even when rope is on (as is the derived head_dim).
         num_kv_heads_override: key/value heads (grouped-query attention) when they differ from num_heads; None or a
             divisor of num_heads.
-        activation: gate activation, one of ACTIVATIONS.
+        activation: the MLP's activation, one of ACTIVATIONS (the gate's when gated).
+        gated: whether the MLP is gated (kyutai's `gating=<activation>`, HF's only MLP: fc1's first half through the
+            activation times its second half) or plain (kyutai's `gating="none"`: fc2(activation(fc1(x))), kyutai's
+            activation being exact GELU).
+        layer_scale: kyutai's `layer_scale`: a learnt per-channel scale (D,) on the attention's and on the MLP's
+            residual update, initialised to this value; None (Moshi-7B, kyutai's default): none. Finite.
         norm: the norm kind of the layers, one of NORM_EPS (Moshi-7B: rms_norm_f32); the LM's final norm too.
         norm_eps: the norm's epsilon (inside the square root); finite, >= 0. None (the default) takes the kind's
             (NORM_EPS: what kyutai fixes); another value is the port's and HF's (MoshiRMSNorm's eps is free) and
@@ -65,6 +71,8 @@ class TransformerConfig:
     head_dim_override: int | None = None
     num_kv_heads_override: int | None = None
     activation: str = "silu"
+    gated: bool = True
+    layer_scale: float | None = None
     norm: str = "rms_norm_f32"
     norm_eps: float = None  # type: ignore[assignment]  (None: the kind's eps, set by __post_init__)
     rope: bool = True
@@ -95,7 +103,10 @@ class TransformerConfig:
         c.real("rope_theta", above=1.0)
         c.flag("rope")
         c.flag("flexible")
-        if c.valid("ffn_dim"):
+        c.flag("gated")
+        if self.layer_scale is not None:
+            c.real("layer_scale")
+        if c.valid("ffn_dim", "gated") and self.gated:
             c.require(
                 "ffn_dim", self.ffn_dim % 2 == 0, f"ffn_dim must be even (gate and value halves), got {self.ffn_dim}"
             )
@@ -141,8 +152,9 @@ class TransformerConfig:
 
     @property
     def hidden(self) -> int:
-        """Gated hidden width (kyutai's `hidden`, the input width of the MLP's second linear)."""
-        return self.ffn_dim // 2
+        """The MLP's hidden width (the input width of its second linear): kyutai's gating `hidden` (ffn_dim / 2) when
+        gated, ffn_dim when plain."""
+        return self.ffn_dim // 2 if self.gated else self.ffn_dim
 
     @property
     def weight_sets(self) -> int:
@@ -170,7 +182,8 @@ class TransformerConfig:
         """Parameters of the layer stack (no embeddings, no final norm)."""
         attn = self.dim * (self.q_dim + 2 * self.kv_dim) + self.q_dim * self.dim
         mlp = self.dim * self.ffn_dim + self.hidden * self.dim
-        return self.num_layers * (self.weight_sets * (attn + mlp) + 2 * self.norm_params)
+        scales = 0 if self.layer_scale is None else 2 * self.dim
+        return self.num_layers * (self.weight_sets * (attn + mlp) + 2 * self.norm_params + scales)
 
     @property
     def norm_params(self) -> int:
@@ -187,7 +200,7 @@ class LMConfig:
     Attributes:
         temporal: the temporal transformer (rope, context window); not flexible.
         depth: the depth transformer (no positional encoding, one weight set per codebook, no context window: kyutai's
-            LMModel overrides depformer_context with None); flexible with num_codebooks == dep_q.
+            LMModel overrides depformer_context with None); flexible with num_codebooks == dep_q, gated.
         n_q: audio streams fed to the temporal transformer (Moshi's dep_q and the user's); >= 1.
         dep_q: audio codebooks Moshi predicts (depth steps after the text step); 1 <= dep_q <= n_q.
         card: audio codebook size (>= 1); id `card` is the initial audio token.
@@ -254,6 +267,13 @@ class LMConfig:
                 "depth.flexible",
                 self.depth.flexible,
                 "depth.flexible must be True (a weight set per codebook), got False",
+            )
+        if c.valid("depth"):
+            c.require(
+                "depth.gated",
+                self.depth.gated,
+                "depth.gated must be True: kyutai's depformer (a weight set per step) has no plain MLP "
+                '(StreamingTransformerLayer asserts gating != "none" with weights_per_step), got False',
             )
         if c.valid("depth", "dep_q"):
             k = self.depth.num_codebooks

@@ -51,6 +51,9 @@ TRANSFORMER = [
     ("norm_eps", math.nan, VALUE, "norm_eps must be finite, got nan"),
     ("rope_theta", 1.0, VALUE, "rope_theta must be > 1, got 1.0"),
     ("rope_theta", math.inf, VALUE, "rope_theta must be finite, got inf"),
+    ("gated", 0, TYPE, "gated must be a bool, got 0 (int)"),
+    ("layer_scale", "0.1", TYPE, "layer_scale must be a float, got '0.1' (str)"),
+    ("layer_scale", math.inf, VALUE, "layer_scale must be finite, got inf"),
     (
         "ffn_dim",
         63,
@@ -85,6 +88,7 @@ LM = [
     ("existing_text_padding_id", 48, VALUE, "existing_text_padding_id must be a text token (< text_card 48), got 48"),
     ("depth", TINY.depth.replace(flexible=False), VALUE, "depth.flexible must be True (a weight set per codebook)"),
     ("temporal", TINY.depth, VALUE, "temporal.flexible must be False (the LM runs its temporal layers without"),
+    ("depth", TINY.depth.replace(gated=False), VALUE, "depth.gated must be True: kyutai's depformer (a weight set per"),
 ]
 
 
@@ -154,6 +158,16 @@ def test_norm_eps_follows_the_kind_unless_given():
     assert TINY.with_norm("layer_norm").num_params() == TINY.num_params() + 32 * 5 + 16 * 4  # a bias per norm
     out = TINY.replace(depformer_norm="layer_norm_f32").depth_out_norm  # kyutai's depformer_norms: the kind's eps
     assert (out.norm, out.norm_eps, out.dim) == ("layer_norm_f32", 1e-8, 16) and TINY.depth_out_norm is None
+
+
+def test_plain_mlp_width_and_layer_scales():
+    """A plain MLP (kyutai gating="none") has hidden == ffn_dim, odd widths included; layer scales (kyutai's
+    layer_scale) add two (D,) scales per layer to num_params; both default to Moshi-7B's (gated, none)."""
+    assert (PLAIN.gated, PLAIN.layer_scale) == (True, None)
+    plain = PLAIN.replace(gated=False, ffn_dim=81, activation="gelu")
+    assert plain.hidden == 81 and PLAIN.replace(ffn_dim=82).hidden == 41
+    scaled = PLAIN.replace(layer_scale=1e-4)
+    assert scaled.layer_scale == 1e-4 and scaled.num_params() - PLAIN.num_params() == 2 * PLAIN.dim * PLAIN.num_layers
 
 
 def test_presets_and_tree_configs_construct():

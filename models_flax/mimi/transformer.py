@@ -16,50 +16,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from models_flax.activations import get_activation
 from models_flax.attention import Attention
 from models_flax.cache import KVCache
 from models_flax.checks import check_dtype, check_input
-from models_flax.linear import Linear
+from models_flax.layer_scale import LayerScale
+from models_flax.mlp import PlainMLP
 from models_flax.norm import LayerNorm
 from moshi_spec import TransformerConfig
-
-
-class LayerScale(nnx.Module):
-    """scale (D,), initialised to `init`; y = scale * x in x's dtype (as kyutai: channels last)."""
-
-    def __init__(self, dim: int, *, init: float = 0.01, dtype: object = jnp.float32, param_dtype: object = jnp.float32):
-        self.dim = dim
-        self.dtype = check_dtype("LayerScale", dtype)
-        self.scale = nnx.Param(jnp.full((dim,), init, check_dtype("LayerScale", param_dtype)))
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        check_input("LayerScale", x, rank=3, last=self.dim, dtype=self.dtype)
-        return self.scale[...].astype(self.dtype) * x
-
-
-class PlainMLP(nnx.Module):
-    """fc2(act(fc1(x))), no bias: fc1 kernel (D, ffn_dim), fc2 kernel (ffn_dim, D); the activation (exact GELU for
-    Mimi) in float32, rounded once."""
-
-    def __init__(
-        self,
-        cfg: TransformerConfig,
-        *,
-        dtype: object = jnp.float32,
-        param_dtype: object = jnp.float32,
-        precision: jax.lax.PrecisionLike = None,
-        rngs: nnx.Rngs,
-    ):
-        self.activation_name = cfg.activation
-        self.activation = get_activation(cfg.activation)
-        kw = dict(dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs)
-        self.fc1 = Linear(cfg.dim, cfg.ffn_dim, **kw)
-        self.fc2 = Linear(cfg.ffn_dim, cfg.dim, **kw)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        h = self.fc1(x)
-        return self.fc2(self.activation(h.astype(jnp.float32)).astype(h.dtype))
 
 
 class MimiTransformerLayer(nnx.Module):

@@ -13,44 +13,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models_ref.activations import get_activation
 from models_ref.attention import Attention
 from models_ref.cache import KVCache
-from models_ref.checks import check_dtype, check_input
-from models_ref.linear import Linear
+from models_ref.checks import check_input
+from models_ref.layer_scale import LayerScale
+from models_ref.mlp import PlainMLP
 from models_ref.norm import LayerNorm
 from moshi_spec import TransformerConfig
-
-
-class LayerScale(nn.Module):
-    """scale (D,), a learnt per-channel factor (initialised to `init`); y = scale * x over the last axis."""
-
-    def __init__(self, dim: int, *, init: float = 0.01, dtype: torch.dtype = torch.float32):
-        super().__init__()
-        check_dtype("LayerScale", dtype)
-        self.dim = dim
-        self.scale = nn.Parameter(torch.full((dim,), init, dtype=dtype))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input("LayerScale", x, rank=3, last=self.dim, dtype=self.scale.dtype)
-        return self.scale * x
-
-
-class PlainMLP(nn.Module):
-    """fc1 (ffn_dim, D), fc2 (D, ffn_dim), no bias: fc2(act(fc1(x))) with the config's activation (Mimi: exact gelu).
-
-    The activation is evaluated in float32 and rounded once (what torch does inside F.gelu for bfloat16 tensors).
-    """
-
-    def __init__(self, cfg: TransformerConfig, *, dtype: torch.dtype = torch.float32):
-        super().__init__()
-        self.activation = get_activation(cfg.activation)
-        self.fc1 = Linear(cfg.dim, cfg.ffn_dim, dtype=dtype)
-        self.fc2 = Linear(cfg.ffn_dim, cfg.dim, dtype=dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.fc1(x)
-        return self.fc2(self.activation(h.float()).to(h.dtype))
 
 
 class MimiTransformerLayer(nn.Module):

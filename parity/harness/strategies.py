@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from hypothesis import strategies as st
 
-from moshi_spec import ACTIVATIONS, ZERO_TOKEN, LMConfig, MimiConfig, TransformerConfig
+from moshi_spec import ACTIVATIONS, ZERO_TOKEN, LMConfig, MimiConfig, TransformerConfig, kyutai
 
 DTYPES = ("float32", "bfloat16")
 LAYER_IDX_MODES = ("none", "int", "0d", "1d", "broadcast")
@@ -135,10 +135,12 @@ def cases(
 
 @st.composite
 def lm_cases(draw: st.DrawFn) -> tuple[LMConfig, str]:
-    """A tiny LM over the kyutai LMModel options the port implements (today the norms: the kinds of `norm=` and
-    `depformer_norm=`, each with its eps, and `norm_emb`) and a dtype kyutai runs it in: with layer_norm_f32, float32
-    only (kyutai's LayerNormF32 feeds a float32 input to bfloat16 weights, which torch's CPU layer_norm refuses).
-    depformer_norm is a layer-norm kind or None: kyutai's forward cannot run the RMS kinds there
+    """A tiny LM over the kyutai LMModel options the port implements and a dtype kyutai runs it in: the norms (the
+    kinds of `norm=` and `depformer_norm=`, each with its eps, and `norm_emb`) and the feed-forward blocks
+    (`ffn_options`: gating="none", hidden_scale, depformer_dim_feedforward, layer_scale, depformer_layer_scale). With
+    layer_norm_f32,
+    float32 only (kyutai's LayerNormF32 feeds a float32 input to bfloat16 weights, which torch's CPU layer_norm
+    refuses). depformer_norm is a layer-norm kind or None: kyutai's forward cannot run the RMS kinds there
     (parity/test_lm_norms.py)."""
     # each choice's first value turns its option on: the simplest draw (ci's first) exercises all of them
     norm = draw(st.sampled_from(("layer_norm_f32", "layer_norm", "rms_norm", "rms_norm_f32")))
@@ -146,7 +148,35 @@ def lm_cases(draw: st.DrawFn) -> tuple[LMConfig, str]:
     f32_only = "layer_norm_f32" in (norm, depformer_norm)
     dtype = draw(st.sampled_from(("float32",) if f32_only else DTYPES))
     norm_emb = draw(st.sampled_from((True, False)))
-    return LMConfig.tiny().with_norm(norm).replace(depformer_norm=depformer_norm, norm_emb=norm_emb), dtype
+    cfg = LMConfig.tiny().with_norm(norm).replace(depformer_norm=depformer_norm, norm_emb=norm_emb)
+    return draw(ffn_options(cfg)), dtype
+
+
+HIDDEN_SCALES = (2.5, 4.125, 3, 4)
+"""kyutai hidden_scale values (dim_feedforward = int(hidden_scale * dim)): non-integers first; 4 takes the gating's
+21/8 rule (moshi_spec.kyutai.gating_hidden)."""
+
+
+@st.composite
+def ffn_options(draw: st.DrawFn, cfg: LMConfig) -> LMConfig:
+    """cfg with kyutai's feed-forward options drawn, each choice's first value turning its option on: the temporal
+    stack plain (gating="none", exact gelu) or gated, its width from a hidden_scale, the depth stack's width from
+    hidden_scale or its own depformer_dim_feedforward, layer_scale in the temporal stack (LMModel passes it on to the
+    depth stack) and depformer_layer_scale (the inherited one, another, or none)."""
+    t, d = cfg.temporal, cfg.depth
+    gated = draw(st.sampled_from((False, True)))
+    scale = draw(st.sampled_from(HIDDEN_SCALES))
+    dff = int(scale * t.dim)
+    temporal = t.replace(gated=gated, ffn_dim=2 * kyutai.gating_hidden(t.dim, dff) if gated else dff)
+    temporal = temporal.replace(activation=t.activation if gated else "gelu")
+    depth_dff = draw(st.sampled_from((40, None)))  # depformer_dim_feedforward, or hidden_scale's
+    depth_width = kyutai.gating_hidden(d.dim, depth_dff or int(scale * d.dim))
+    layer_scale = draw(st.sampled_from((1e-4, None)))  # kyutai LayerScale's default init
+    depth_scale = draw(st.sampled_from((layer_scale, 0.01, None)))
+    return cfg.replace(
+        temporal=temporal.replace(layer_scale=layer_scale),
+        depth=d.replace(ffn_dim=2 * depth_width, layer_scale=depth_scale),
+    )
 
 
 def random_codes(cfg: LMConfig, batch: int, length: int, *, seed: int, zero_fraction: float = 0.0) -> np.ndarray:

@@ -135,6 +135,15 @@ def norm_support(cfg: TransformerConfig) -> str | None:
     return None
 
 
+def ffn_support(cfg: TransformerConfig) -> str | None:
+    """Why HF cannot build cfg's feed-forward block (None when it can): only the gated MLP, no layer scale."""
+    if not cfg.gated:
+        return "HF's Moshi has only the gated MLP (MoshiGatingMLP), the config asks for a plain one (gating='none')"
+    if cfg.layer_scale is not None:
+        return f"HF's Moshi has no layer scale (layer_scale={cfg.layer_scale!r})"
+    return None
+
+
 def lm_support(cfg: LMConfig) -> str | None:
     if cfg.n_q != 2 * cfg.dep_q:
         return f"HF Moshi has n_q = 2 * num_codebooks, got n_q {cfg.n_q}, dep_q {cfg.dep_q}"
@@ -142,7 +151,7 @@ def lm_support(cfg: LMConfig) -> str | None:
         return f"HF's depth decoder has no output norm (depformer_norm={cfg.depformer_norm!r})"
     if cfg.norm_emb:
         return "HF's Moshi embeddings have no norm (norm_emb=True)"
-    return norm_support(cfg.temporal) or norm_support(cfg.depth)
+    return next(filter(None, (f(s) for f in (norm_support, ffn_support) for s in (cfg.temporal, cfg.depth))), None)
 
 
 def build_lm(cfg: LMConfig, dtype: str, options: dict, init: bool) -> Any:
@@ -203,10 +212,12 @@ class HFAdapter(TorchAdapter):
     format = "hf"
     bindings: ClassVar = {
         **{c: Binding(build=_build_layer(c), run=_run_layer(c), weights=c != "rope") for c in LAYERS},
-        **{
-            c: Binding(build=_build_layer(c), run=_run_layer(c), supports=norm_support)
-            for c in ("rmsnorm", "decoder_layer")
-        },
+        "rmsnorm": Binding(build=_build_layer("rmsnorm"), run=_run_layer("rmsnorm"), supports=norm_support),
+        "decoder_layer": Binding(
+            build=_build_layer("decoder_layer"),
+            run=_run_layer("decoder_layer"),
+            supports=lambda cfg: norm_support(cfg) or ffn_support(cfg),
+        ),
         "lm": Binding(
             build=build_lm, run=run_lm, supports=lm_support, captures=("hidden",), options={"depth_mask": ("default",)}
         ),

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from converters.upstream_config import kyutai_norm_problem, to_kyutai_kwargs
+from converters.upstream_config import kyutai_ffn_problem, kyutai_norm_problem, to_kyutai_kwargs
 from moshi_spec import NORM_EPS, LMConfig, TransformerConfig
 from moshi_spec.kyutai import dim_feedforward
 from parity.harness.adapters import LAYERS
@@ -42,14 +42,16 @@ def layer_support(component: str):
             return f"kyutai ties head_dim to dim / num_heads ({cfg.dim} / {cfg.num_heads}), got head_dim {cfg.head_dim}"
         if component == "decoder_layer" and cfg.norm_eps != NORM_EPS[cfg.norm]:
             return f"kyutai's {cfg.norm} fixes eps at {NORM_EPS[cfg.norm]:g}, got {cfg.norm_eps:g}"
+        if component == "decoder_layer" and not cfg.gated and (cfg.flexible or cfg.activation != "gelu"):
+            return "kyutai's plain FFN (gating='none') applies exact gelu and has no weight set per step"
         return None
 
     return supports
 
 
 def kyutai_dim_feedforward(cfg: TransformerConfig) -> int:
-    """The dim_feedforward kyutai derives cfg's gated hidden width from."""
-    return dim_feedforward(cfg.dim, cfg.hidden)
+    """The dim_feedforward kyutai derives cfg's gated hidden width from (a plain FFN's: its width)."""
+    return dim_feedforward(cfg.dim, cfg.hidden) if cfg.gated else cfg.ffn_dim
 
 
 def _rope(cfg: TransformerConfig):
@@ -85,7 +87,7 @@ def _build_layer(component: str):
         else:
             module = transformer.StreamingTransformerLayer(
                 d_model=cfg.dim, dim_feedforward=kyutai_dim_feedforward(cfg), norm=cfg.norm,
-                gating=cfg.activation, **_layer_kwargs(cfg),
+                gating=cfg.activation if cfg.gated else "none", layer_scale=cfg.layer_scale, **_layer_kwargs(cfg),
             )  # fmt: skip
         return module.to(torch_dtype(dtype)).eval()
 
@@ -128,13 +130,13 @@ def lm_kwargs(cfg: LMConfig) -> dict[str, Any]:
 
 def lm_support(cfg: LMConfig) -> str | None:
     t, d = cfg.temporal, cfg.depth
-    if problem := kyutai_norm_problem(cfg):
+    if problem := kyutai_norm_problem(cfg) or kyutai_ffn_problem(cfg):
         return problem
     for name, sub in (("temporal", t), ("depth", d)):
         if sub.num_kv_heads != sub.num_heads or sub.head_dim * sub.num_heads != sub.dim:
             return f"kyutai LMModel needs no grouped kv heads and head_dim = dim / heads ({name})"
-    if d.activation != t.activation or d.context is not None or d.rope or not t.rope:
-        return "kyutai LMModel: one activation for both stacks, rope only in the temporal one, no depth context"
+    if d.context is not None or d.rope or not t.rope:
+        return "kyutai LMModel: rope only in the temporal stack, no depth context"
     return None
 
 
