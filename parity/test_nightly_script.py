@@ -15,10 +15,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / ".ci" / "nightly"
 
 
+# What .ci/nightly reads from the environment: none may leak in from a run that is itself the nightly job's (its
+# HISTORY would receive this test's run).
+SCRIPT_ENV = ("NIGHTLY_OUT", "HISTORY", "PREVIOUS", "PROFILE", "FULL_SIZE_PRESET", "WORKERS", "TESTS", "PYTEST_ARGS",
+              "MUTATIONS", "MUTATION_JOBS", "GITHUB_STEP_SUMMARY", "PYTEST_XDIST_WORKER")  # fmt: skip
+
+
 def _nightly(*args: str, **env: str) -> subprocess.CompletedProcess:
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # `python` is this venv's
-    environ = {**os.environ, "PATH": path, **env}
-    environ.pop("PYTEST_XDIST_WORKER", None)
+    inherited = {k: v for k, v in os.environ.items() if k not in SCRIPT_ENV}
+    environ = {**inherited, "PATH": path, **env}
     return subprocess.run(["bash", str(SCRIPT), *args], cwd=ROOT, env=environ, capture_output=True, text=True)
 
 
