@@ -18,6 +18,7 @@ import converters
 from converters import convert, from_hf_config
 from converters.cli import main
 from converters.inputs import read_config
+from converters.lm_config import lm_config_to_dict
 from parity.harness.adapters import kyutai
 from parity.test_lm_converters import CFG, cli, kyutai_lm, kyutai_state, leftovers, write_kyutai
 
@@ -73,24 +74,30 @@ def test_hf_config_json_loads_with_from_pretrained_to_the_same_weights(tmp_path)
     assert read_config(tmp_path / "out" / "config.json")[0] == CFG
 
 
+def _plain_silu_ffn() -> dict:
+    """Our LMConfig dict of a plain (ungated) temporal FFN with silu: kyutai's plain FFN is always exact gelu."""
+    return lm_config_to_dict(CFG.replace(temporal=CFG.temporal.replace(gated=False)))
+
+
 @pytest.mark.parametrize(
-    ("dst", "change", "said"),
+    ("dst", "config_of", "said"),
     [
         (
             "hf",
-            {"delays": [0, 0, 2, 2, 2, 0, 2, 2, 2]},
+            lambda: kyutai.lm_kwargs(CFG) | {"delays": [0, 0, 2, 2, 2, 0, 2, 2, 2]},
             "an HF MoshiConfig cannot express this LMConfig: delays=[0, 0, 2",
         ),
         (
             "kyutai",
-            {"depformer_gating": "gelu"},
-            "kyutai LMModel kwargs cannot express this LMConfig: depth.activation",
+            _plain_silu_ffn,
+            "kyutai's plain FFN (gating='none') applies exact gelu, got activation 'silu'",
         ),
     ],
+    ids=["hf", "kyutai"],
 )
-def test_a_config_the_upstream_cannot_express_is_refused_before_writing(tmp_path, capsys, dst, change, said):
+def test_a_config_the_upstream_cannot_express_is_refused_before_writing(tmp_path, capsys, dst, config_of, said):
     config = tmp_path / "config.json"
-    config.write_text(json.dumps(kyutai.lm_kwargs(CFG) | change))
+    config.write_text(json.dumps(config_of()))
     src = write_kyutai(tmp_path, kyutai_state())
     assert cli("kyutai", dst, src, tmp_path / "out", "--config", str(config), preset=None) == 1
     assert said in capsys.readouterr().err and not (tmp_path / "out").exists() and leftovers(tmp_path) == []

@@ -64,7 +64,8 @@ def ours(cfg: LMConfig, *, padding: bool) -> dict[str, Any]:
         out |= _stack(
             name, dim=s.dim, num_heads=s.num_heads, num_kv_heads=s.num_kv_heads, head_dim=s.head_dim,
             num_layers=s.num_layers, ffn_dim=s.ffn_dim, weight_sets=s.weight_sets, context=s.context,
-            rope_theta=_sig(s.rope_theta) if s.rope else None, activation=s.activation, norm_eps=s.norm_eps,
+            rope_theta=_sig(s.rope_theta) if s.rope else None, activation=s.activation if s.gated else "ungated",
+            norm_eps=s.norm_eps,
         )  # fmt: skip
     out |= {"n_q": cfg.n_q, "dep_q": cfg.dep_q, "card": cfg.card, "text_card": cfg.text_card, "delays": [*cfg.delays]}
     return out | ({"existing_text_padding_id": cfg.existing_text_padding_id} if padding else {})

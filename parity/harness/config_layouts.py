@@ -60,11 +60,17 @@ def _lm_kwargs() -> dict[str, Any]:
     return loaders._lm_kwargs
 
 
+def _without_key(d: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k != key}
+
+
 KYUTAI_LAYOUTS: dict[str, Callable[[], dict[str, Any]]] = {
     "released config.json": lambda: KYUTAI_RELEASED,
     "loaders._lm_kwargs (7B)": _lm_kwargs,
     "minimal kwargs": lambda: KYUTAI_MINIMAL,
     "optional keys overridden": lambda: KYUTAI_OVERRIDES,
+    # LMModel's default gating is "none": a plain temporal FFN (the depformer needs its own gating: weights per step)
+    "gating left to LMModel's default": lambda: _without_key(KYUTAI_MINIMAL, "gating") | {"depformer_gating": "silu"},
 }
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -151,8 +157,8 @@ HF_REFUSED = {
     ),
 }  # fmt: skip
 KYUTAI_REFUSED = {
-    "no gating (LMModel's default)": (  # kyutai builds no ungated depformer with weights per step
-        {k: v for k, v in KYUTAI_MINIMAL.items() if k != "gating"} | {"depformer_gating": "silu"}, "gating='none'",
-        ("temporal.activation", "ungated"),
+    "sinusoidal positions (LMModel's default)": (  # not ported yet (issue 16): read as rope, it would be wrong
+        _without_key(KYUTAI_MINIMAL, "positional_embedding"), "positional_embedding='sin' is not supported",
+        ("temporal.rope_theta", None),
     ),
 }  # fmt: skip

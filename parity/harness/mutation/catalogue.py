@@ -175,8 +175,8 @@ FLAX: tuple[Mutation, ...] = (
     Mutation(
         "flax_layer_post_norm",
         "models_flax/layer.py",
-        "x = x + self.mlp(self.post_attention_layernorm(x), layer_idx=layer_idx)",
-        "x = self.post_attention_layernorm(x + self.mlp(x, layer_idx=layer_idx))",
+        "x = x + _scaled(self.mlp_layer_scale, self.mlp(self.post_attention_layernorm(x), layer_idx=layer_idx))",
+        "x = self.post_attention_layernorm(x + _scaled(self.mlp_layer_scale, self.mlp(x, layer_idx=layer_idx)))",
         "residual/norm wiring",
         ("parity/test_decoder_layer.py::test_parity[ref-flax-16]",),
         "the MLP block is post-norm instead of pre-norm",
@@ -358,8 +358,8 @@ REF: tuple[Mutation, ...] = (
     Mutation(
         "ref_layer_shared_norm",
         "models_ref/layer.py",
-        "x = x + self.mlp(self.post_attention_layernorm(x), layer_idx=layer_idx)",
-        "x = x + self.mlp(self.input_layernorm(x), layer_idx=layer_idx)",
+        "self.mlp(self.post_attention_layernorm(x), layer_idx=layer_idx)",
+        "self.mlp(self.input_layernorm(x), layer_idx=layer_idx)",
         "residual/norm wiring",
         ("parity/test_decoder_layer.py::test_parity[hf-ref-16]",),
         "the MLP block reuses the attention block's norm",

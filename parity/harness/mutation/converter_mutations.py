@@ -61,8 +61,8 @@ CONVERTERS: tuple[Mutation, ...] = (
     Mutation(
         "conv_kyutai_norms_swapped",
         "converters/formats.py",
-        'children={"norm1": "norm1.", "norm2": "norm2.",',
-        'children={"norm1": "norm2.", "norm2": "norm1.",',
+        '"norm1": "norm1.",\n            "norm2": "norm2.",',
+        '"norm1": "norm2.",\n            "norm2": "norm1.",',
         "converter key map",
         ("parity/test_decoder_layer.py::test_kyutai_to_hf",),
         "kyutai's norm1 / norm2 mapped onto HF's post-attention / input norms",
