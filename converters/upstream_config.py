@@ -44,6 +44,10 @@ def to_kyutai_kwargs(cfg: LMConfig) -> dict[str, Any]:
         "depformer_dim": d.dim, "depformer_dim_feedforward": kyutai.dim_feedforward(d.dim, d.hidden),
         "depformer_num_heads": d.num_heads, "depformer_num_layers": d.num_layers, "depformer_multi_linear": True,
         "depformer_weights_per_step": True, "depformer_pos_emb": "none",
+        # grouped kv heads (kyutai's kv_repeat); the depformer inherits kv_repeat unless depformer_kv_repeat is given
+        **({"kv_repeat": t.num_heads // t.num_kv_heads} if t.num_kv_heads != t.num_heads else {}),
+        **({"depformer_kv_repeat": d.num_heads // d.num_kv_heads}
+           if d.num_heads // d.num_kv_heads != t.num_heads // t.num_kv_heads else {}),
         **({"depformer_norm": cfg.depformer_norm} if cfg.depformer_norm else {}),
         **({"norm_emb": True} if cfg.norm_emb else {}),
         **({"depformer_gating": d.activation} if d.activation != gating else {}),

@@ -136,12 +136,13 @@ def cases(
 @st.composite
 def lm_cases(draw: st.DrawFn) -> tuple[LMConfig, str]:
     """A tiny LM over the kyutai LMModel options the port implements and a dtype kyutai runs it in: the norms (the
-    kinds of `norm=` and `depformer_norm=`, each with its eps, and `norm_emb`) and the feed-forward blocks
-    (`ffn_options`: gating="none", hidden_scale, depformer_dim_feedforward, layer_scale, depformer_layer_scale). With
-    layer_norm_f32,
-    float32 only (kyutai's LayerNormF32 feeds a float32 input to bfloat16 weights, which torch's CPU layer_norm
-    refuses). depformer_norm is a layer-norm kind or None: kyutai's forward cannot run the RMS kinds there
-    (parity/test_lm_norms.py)."""
+        kinds of `norm=` and `depformer_norm=`, each with its eps, and `norm_emb`) and the feed-forward blocks
+        (`ffn_options`: gating="none", hidden_scale, depformer_dim_feedforward, layer_scale, depformer_layer_scale) and the
+    grouped kv heads (`kv_heads`: kv_repeat, depformer_kv_repeat). With
+        layer_norm_f32,
+        float32 only (kyutai's LayerNormF32 feeds a float32 input to bfloat16 weights, which torch's CPU layer_norm
+        refuses). depformer_norm is a layer-norm kind or None: kyutai's forward cannot run the RMS kinds there
+        (parity/test_lm_norms.py)."""
     # each choice's first value turns its option on: the simplest draw (ci's first) exercises all of them
     norm = draw(st.sampled_from(("layer_norm_f32", "layer_norm", "rms_norm", "rms_norm_f32")))
     depformer_norm = draw(st.sampled_from(("layer_norm_f32", "layer_norm", None)))
@@ -149,7 +150,7 @@ def lm_cases(draw: st.DrawFn) -> tuple[LMConfig, str]:
     dtype = draw(st.sampled_from(("float32",) if f32_only else DTYPES))
     norm_emb = draw(st.sampled_from((True, False)))
     cfg = LMConfig.tiny().with_norm(norm).replace(depformer_norm=depformer_norm, norm_emb=norm_emb)
-    return draw(ffn_options(cfg)), dtype
+    return draw(kv_heads(draw(ffn_options(cfg)))), dtype
 
 
 HIDDEN_SCALES = (2.5, 4.125, 3, 4)
@@ -176,6 +177,19 @@ def ffn_options(draw: st.DrawFn, cfg: LMConfig) -> LMConfig:
     return cfg.replace(
         temporal=temporal.replace(layer_scale=layer_scale),
         depth=d.replace(ffn_dim=2 * depth_width, layer_scale=depth_scale),
+    )
+
+
+@st.composite
+def kv_heads(draw: st.DrawFn, cfg: LMConfig) -> LMConfig:
+    """cfg with kyutai's grouped kv heads drawn, grouping first: kv_repeat (the temporal heads per kv head, a divisor
+    of num_heads) and depformer_kv_repeat (LMModel passes kv_repeat on, unless it is given)."""
+    t, d = cfg.temporal, cfg.depth
+    repeat = draw(st.sampled_from([r for r in (2, 4, 1) if t.num_heads % r == 0]))
+    depth_repeat = draw(st.sampled_from([r for r in dict.fromkeys((repeat, 1, 2)) if d.num_heads % r == 0]))
+    return cfg.replace(
+        temporal=t.replace(num_kv_heads_override=None if repeat == 1 else t.num_heads // repeat),
+        depth=d.replace(num_kv_heads_override=None if depth_repeat == 1 else d.num_heads // depth_repeat),
     )
 
 

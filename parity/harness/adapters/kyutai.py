@@ -133,8 +133,8 @@ def lm_support(cfg: LMConfig) -> str | None:
     if problem := kyutai_norm_problem(cfg) or kyutai_ffn_problem(cfg):
         return problem
     for name, sub in (("temporal", t), ("depth", d)):
-        if sub.num_kv_heads != sub.num_heads or sub.head_dim * sub.num_heads != sub.dim:
-            return f"kyutai LMModel needs no grouped kv heads and head_dim = dim / heads ({name})"
+        if sub.head_dim * sub.num_heads != sub.dim:
+            return f"kyutai LMModel needs head_dim = dim / heads ({name})"
     if d.context is not None or d.rope or not t.rope:
         return "kyutai LMModel: rope only in the temporal stack, no depth context"
     return None
