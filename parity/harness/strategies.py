@@ -136,13 +136,11 @@ def cases(
 @st.composite
 def lm_cases(draw: st.DrawFn) -> tuple[LMConfig, str]:
     """A tiny LM over the kyutai LMModel options the port implements and a dtype kyutai runs it in: the norms (the
-        kinds of `norm=` and `depformer_norm=`, each with its eps, and `norm_emb`) and the feed-forward blocks
-        (`ffn_options`: gating="none", hidden_scale, depformer_dim_feedforward, layer_scale, depformer_layer_scale) and the
-    grouped kv heads (`kv_heads`: kv_repeat, depformer_kv_repeat). With
-        layer_norm_f32,
-        float32 only (kyutai's LayerNormF32 feeds a float32 input to bfloat16 weights, which torch's CPU layer_norm
-        refuses). depformer_norm is a layer-norm kind or None: kyutai's forward cannot run the RMS kinds there
-        (parity/test_lm_norms.py)."""
+    kinds of `norm=` and `depformer_norm=`, each with its eps, and `norm_emb`), the feed-forward blocks (`ffn_options`:
+    gating="none", hidden_scale, depformer_dim_feedforward, layer_scale, depformer_layer_scale) and the grouped kv heads
+    (`kv_heads`: kv_repeat, depformer_kv_repeat). With layer_norm_f32, float32 only (kyutai's LayerNormF32 feeds a
+    float32 input to bfloat16 weights, which torch's CPU layer_norm refuses). depformer_norm is a layer-norm kind or
+    None: kyutai's forward cannot run the RMS kinds there (parity/test_lm_norms.py)."""
     # each choice's first value turns its option on: the simplest draw (ci's first) exercises all of them
     norm = draw(st.sampled_from(("layer_norm_f32", "layer_norm", "rms_norm", "rms_norm_f32")))
     depformer_norm = draw(st.sampled_from(("layer_norm_f32", "layer_norm", None)))
