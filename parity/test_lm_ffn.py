@@ -7,31 +7,21 @@ streaming greedy tokens vs LMGen, a CLI conversion from kyutai kwargs and negati
 swapped, the plain FFN's gelu for silu, the 21/8 hidden width for the 2/3 one). HF has none of them: the harness and
 the converters refuse it, naming the option."""
 
-import json
 from functools import cache
 
-import numpy as np
 import pytest
 from flax import nnx
 from hypothesis import example, given, settings
-from jax import lax
 from jax.sharding import PartitionSpec as P
-from safetensors.numpy import save_file
 
 from converters import ConversionError, convert
-from converters.cli import main as cli_main
 from converters.lm_config import from_kyutai_kwargs
 from converters.upstream_config import to_kyutai_kwargs
 from models_flax import sharding
-from models_flax.checkpoint import from_checkpoint
-from models_flax.sampling import GREEDY
-from models_flax.streaming import Streamer
 from moshi_spec import LMConfig, kyutai
-from parity.harness import adapters, strategies
+from parity.harness import adapters, lm_options, strategies
 from parity.harness.compare import ParityError
 from parity.harness.implementations import build
-from parity.harness.streaming_runs import run_lmgen, run_steps, token_mismatch, user_codes
-from parity.test_lm_norms import _codes, _compare
 
 TINY = LMConfig.tiny()
 # the temporal stack plain (gating="none", hidden_scale 2.5: dim_feedforward 80) with layer scales; the depth stack
@@ -50,31 +40,27 @@ def test_logits_over_ffn_options(cfg):
     """kyutai -> ref and -> flax float32 logits (masks exactly, values within the policy) for drawn feed-forward
     options; the example: a gated temporal stack at hidden_scale 4.125 (dff 132, no 21/8 rule) with layer scales."""
     models = build("lm", cfg, "float32", impls=("kyutai", "ref", "flax"))
-    runs = {impl: models.run(impl, {"codes": _codes(cfg)}) for impl in ("kyutai", "ref", "flax")}
+    runs = {impl: models.run(impl, {"codes": lm_options.codes(cfg)}) for impl in ("kyutai", "ref", "flax")}
     for pair in PAIRS:
-        _compare(cfg, runs[pair[0]], runs[pair[1]], pair, "float32")
+        lm_options.compare(cfg, runs[pair[0]], runs[pair[1]], pair, "float32")
 
 
 @cache
 def _ffn_runs():
     """The float32 FFN LM in kyutai and flax, and kyutai's logits (shared by the checks below)."""
     models = build("lm", FFN, "float32", impls=("kyutai", "flax"))
-    return models, models.run("kyutai", {"codes": _codes(FFN)})
+    return models, models.run("kyutai", {"codes": lm_options.codes(FFN)})
 
 
 def test_ffn_logits_match_kyutai():
     models, expected = _ffn_runs()
-    _compare(FFN, expected, models.run("flax", {"codes": _codes(FFN)}), ("kyutai", "flax"), "float32")
+    cand = models.run("flax", {"codes": lm_options.codes(FFN)})
+    lm_options.compare(FFN, expected, cand, ("kyutai", "flax"), "float32")
 
 
 def test_ffn_stream_tokens_match_lmgen():
     """float32 greedy streaming, token for token against kyutai's LMGen."""
-    models, _ = _ffn_runs()
-    codes = user_codes(FFN, 2, FFN.max_delay + 6, seed=2)
-    expected = run_lmgen(models.module("kyutai"), codes, use_sampling=False)
-    got = run_steps(Streamer(models.module("flax"), text=GREEDY, audio=GREEDY), codes)["tokens"]
-    where, _ = token_mismatch(FFN, expected, got, names=("kyutai", "flax[step]"))
-    assert np.array_equal(expected, got), where
+    lm_options.assert_stream_tokens_match_lmgen(_ffn_runs()[0])
 
 
 def test_cli_converts_an_ffn_checkpoint(tmp_path):
@@ -87,14 +73,8 @@ def test_cli_converts_an_ffn_checkpoint(tmp_path):
     assert (kwargs["layer_scale"], kwargs["depformer_layer_scale"]) == (0.1, 0.01)
     assert kyutai.gating_hidden(16, kwargs["depformer_dim_feedforward"]) == kyutai.gating_hidden(16, 40)
     kwargs["depformer_dim_feedforward"] = [40] * FFN.dep_q  # kyutai 0.2.13's per-step form, equal widths
-    (tmp_path / "config.json").write_text(json.dumps(kwargs))
-    save_file(models.states["kyutai"], str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
-    out = tmp_path / "flax"
-    args = ["--no-progress", "--src", "kyutai", "--dst", "flax", "--config", str(tmp_path / "config.json")]
-    assert cli_main([*args, str(tmp_path / "model.safetensors"), str(out)]) == 0
-    flax = adapters.adapter("flax")
-    loaded = flax.wrap(from_checkpoint(out, precision=lax.Precision.HIGHEST), "lm", FFN, dtype="float32")
-    _compare(FFN, expected, flax.run(loaded, {"codes": _codes(FFN)}), ("kyutai", "flax"), "float32")
+    cand = lm_options.cli_converted_logits(models, kwargs, tmp_path)
+    lm_options.compare(FFN, expected, cand, ("kyutai", "flax"), "float32")
 
 
 def test_ffn_parameter_count():
@@ -154,7 +134,7 @@ def _run(impl: str, cfg: LMConfig, state: dict):
     adapter = adapters.adapter(impl)
     built = adapter.build("lm", cfg, dtype="float32", init=False)
     adapter.load(built, state)
-    return adapter.run(built, {"codes": _codes(FFN)})
+    return adapter.run(built, {"codes": lm_options.codes(FFN)})
 
 
 def _ref_state(models):
@@ -198,7 +178,7 @@ def test_negative_control(control):
     models, expected = _ffn_runs()
     impl, cand = control(models)
     with pytest.raises(ParityError):
-        _compare(FFN, expected, cand, ("kyutai", impl), "float32", components=(CONTROLS[control],),
+        lm_options.compare(FFN, expected, cand, ("kyutai", impl), "float32", components=(CONTROLS[control],),
                  control=control.__name__.strip("_"))  # fmt: skip
 
 

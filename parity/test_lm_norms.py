@@ -8,11 +8,9 @@ HF has none of them: the harness and the CLI refuse it."""
 import json
 from functools import cache
 
-import numpy as np
 import pytest
 from flax import nnx
 from hypothesis import example, given, settings
-from jax import lax
 from jax.sharding import PartitionSpec as P
 from safetensors.numpy import save_file
 
@@ -20,29 +18,15 @@ from converters import convert
 from converters.cli import main as cli_main
 from converters.upstream_config import to_kyutai_kwargs
 from models_flax import sharding
-from models_flax.checkpoint import from_checkpoint
-from models_flax.sampling import GREEDY
-from models_flax.streaming import Streamer
 from moshi_spec import LMConfig
-from parity.harness import adapters, strategies
+from parity.harness import adapters, lm_options, strategies
 from parity.harness.compare import ParityError
 from parity.harness.implementations import build
-from parity.harness.lm_checks import compare_logits
-from parity.harness.streaming_runs import run_lmgen, run_steps, token_mismatch, user_codes
 
 # layer norms (eps 1e-5) in both stacks and the final norm, a layer norm per codebook on the depth output (kyutai's
 # depformer_norm="layer_norm_f32", eps 1e-8) and one in every embedding (norm_emb)
 LAYER_NORM = LMConfig.tiny().with_norm("layer_norm").replace(depformer_norm="layer_norm_f32", norm_emb=True)
-LENGTH = 20  # longer than the tiny context window (8)
 PAIRS = (("kyutai", "ref"), ("kyutai", "flax"))
-
-
-def _codes(cfg: LMConfig, *, seed: int = 1):
-    return strategies.random_codes(cfg, 2, LENGTH, seed=seed, zero_fraction=0.1)
-
-
-def _compare(cfg: LMConfig, ref, cand, pair, dtype, **kw):
-    compare_logits(cfg, ref, cand, pair, dtype, config={"preset": "tiny", "norm": cfg.temporal.norm}, **kw)
 
 
 @settings(max_examples=max(1, settings.default.max_examples // 8))  # ci 1, nightly 25: ~2 s each
@@ -52,32 +36,28 @@ def test_logits_over_norm_kinds(case):
     """kyutai -> ref and -> flax logits (masks exactly, values within the policy) for drawn norm options and dtype."""
     cfg, dtype = case
     models = build("lm", cfg, dtype, impls=("kyutai", "ref", "flax"))
-    codes = _codes(cfg)
+    codes = lm_options.codes(cfg)
     runs = {impl: models.run(impl, {"codes": codes}) for impl in ("kyutai", "ref", "flax")}
     for pair in PAIRS:
-        _compare(cfg, runs[pair[0]], runs[pair[1]], pair, dtype)
+        lm_options.compare(cfg, runs[pair[0]], runs[pair[1]], pair, dtype)
 
 
 @cache
 def _layer_norm_runs():
     """The float32 layer-norm LM in kyutai and flax, and kyutai's logits (shared by the checks below)."""
     models = build("lm", LAYER_NORM, "float32", impls=("kyutai", "flax"))
-    return models, models.run("kyutai", {"codes": _codes(LAYER_NORM)})
+    return models, models.run("kyutai", {"codes": lm_options.codes(LAYER_NORM)})
 
 
 def test_layer_norm_logits_match_kyutai():
     models, expected = _layer_norm_runs()
-    _compare(LAYER_NORM, expected, models.run("flax", {"codes": _codes(LAYER_NORM)}), ("kyutai", "flax"), "float32")
+    cand = models.run("flax", {"codes": lm_options.codes(LAYER_NORM)})
+    lm_options.compare(LAYER_NORM, expected, cand, ("kyutai", "flax"), "float32")
 
 
 def test_layer_norm_stream_tokens_match_lmgen():
     """float32 greedy streaming, token for token against kyutai's LMGen."""
-    models, _ = _layer_norm_runs()
-    codes = user_codes(LAYER_NORM, 2, LAYER_NORM.max_delay + 6, seed=2)
-    expected = run_lmgen(models.module("kyutai"), codes, use_sampling=False)
-    got = run_steps(Streamer(models.module("flax"), text=GREEDY, audio=GREEDY), codes)["tokens"]
-    where, _ = token_mismatch(LAYER_NORM, expected, got, names=("kyutai", "flax[step]"))
-    assert np.array_equal(expected, got), where
+    lm_options.assert_stream_tokens_match_lmgen(_layer_norm_runs()[0])
 
 
 def test_cli_converts_a_layer_norm_checkpoint(tmp_path):
@@ -86,14 +66,8 @@ def test_cli_converts_a_layer_norm_checkpoint(tmp_path):
     models, expected = _layer_norm_runs()
     kwargs = to_kyutai_kwargs(LAYER_NORM)
     assert (kwargs["norm"], kwargs["depformer_norm"], kwargs["norm_emb"]) == ("layer_norm", "layer_norm_f32", True)
-    (tmp_path / "config.json").write_text(json.dumps(kwargs))
-    save_file(models.states["kyutai"], str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
-    out = tmp_path / "flax"
-    args = ["--no-progress", "--src", "kyutai", "--dst", "flax", "--config", str(tmp_path / "config.json")]
-    assert cli_main([*args, str(tmp_path / "model.safetensors"), str(out)]) == 0
-    flax = adapters.adapter("flax")
-    loaded = flax.wrap(from_checkpoint(out, precision=lax.Precision.HIGHEST), "lm", LAYER_NORM, dtype="float32")
-    _compare(LAYER_NORM, expected, flax.run(loaded, {"codes": _codes(LAYER_NORM)}), ("kyutai", "flax"), "float32")
+    cand = lm_options.cli_converted_logits(models, kwargs, tmp_path)
+    lm_options.compare(LAYER_NORM, expected, cand, ("kyutai", "flax"), "float32")
 
 
 def test_layer_norm_parameter_count():
@@ -137,7 +111,7 @@ def test_kyutai_cannot_run_layer_norm_f32_in_bfloat16():
     """LMModel(...).to(bfloat16) makes LayerNormF32's weights bfloat16; it feeds them a float32 input, which torch's
     CPU layer_norm refuses. The port's bfloat16 layer_norm_f32 has no upstream to match."""
     cfg = LMConfig.tiny().with_norm("layer_norm_f32")
-    build("lm", cfg, "bfloat16", impls=("kyutai",)).run("kyutai", {"codes": _codes(cfg)})
+    build("lm", cfg, "bfloat16", impls=("kyutai",)).run("kyutai", {"codes": lm_options.codes(cfg)})
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason="kyutai's forward feeds depformer_norms 2-D inputs")
@@ -146,7 +120,7 @@ def test_kyutai_forward_cannot_run_an_rms_depformer_norm():
     asserts 3-D inputs (nn.LayerNorm takes any rank), so only the layer-norm kinds run there. LMGen's step passes
     (B, 1, D) and runs every kind; the port runs every kind in both."""
     cfg = LMConfig.tiny().replace(depformer_norm="rms_norm")
-    build("lm", cfg, "float32", impls=("kyutai",)).run("kyutai", {"codes": _codes(cfg)})
+    build("lm", cfg, "float32", impls=("kyutai",)).run("kyutai", {"codes": lm_options.codes(cfg)})
 
 
 # Negative controls: a layer norm ported with the other kind's eps or without its bias, depformer norms applied to the
@@ -158,7 +132,7 @@ def _run(impl: str, cfg: LMConfig, state: dict):
     adapter = adapters.adapter(impl)
     built = adapter.build("lm", cfg, dtype="float32", init=False)
     adapter.load(built, state)
-    return adapter.run(built, {"codes": _codes(LAYER_NORM)})
+    return adapter.run(built, {"codes": lm_options.codes(LAYER_NORM)})
 
 
 def _bias_dropped(models):
@@ -199,7 +173,7 @@ def test_negative_control(control):
     models, expected = _layer_norm_runs()
     impl, cand = control(models)
     with pytest.raises(ParityError):
-        _compare(LAYER_NORM, expected, cand, ("kyutai", impl), "float32", components=(CONTROLS[control],),
+        lm_options.compare(LAYER_NORM, expected, cand, ("kyutai", impl), "float32", components=(CONTROLS[control],),
                  control=control.__name__.strip("_"))  # fmt: skip
 
 
@@ -208,11 +182,12 @@ def test_negative_control_wrong_eps():
     no norm_emb: normalized embeddings (variance ~1) would hide the eps, raw ones (variance ~1/D) show it."""
     cfg = LAYER_NORM.replace(norm_emb=False)
     models = build("lm", cfg, "float32", impls=("kyutai", "flax"))
-    expected = models.run("kyutai", {"codes": _codes(cfg)})
+    expected = models.run("kyutai", {"codes": lm_options.codes(cfg)})
     wrong = {name: getattr(cfg, name).replace(norm_eps=1e-8) for name in ("temporal", "depth")}
     cand = _run("flax", cfg.replace(**wrong), models.states["flax"])
     with pytest.raises(ParityError):
-        _compare(cfg, expected, cand, ("kyutai", "flax"), "float32", components=("text_logits",), control="wrong_eps")
+        lm_options.compare(cfg, expected, cand, ("kyutai", "flax"), "float32", components=("text_logits",),
+                           control="wrong_eps")  # fmt: skip
 
 
 def test_converting_to_hf_names_the_option():
