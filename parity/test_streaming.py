@@ -32,10 +32,10 @@ from parity.harness.implementations import build
 from parity.harness.streaming_runs import (
     aligned_logits,
     consumed_codes,
-    describe_token_mismatch,
     kyutai_logits,
     run_lmgen,
     run_steps,
+    token_mismatch,
     user_codes,
 )
 
@@ -88,13 +88,13 @@ def _kyutai_logits_of(seed: int, impl: str, run: dict[str, np.ndarray]):
 
 def _assert_tokens(expected: np.ndarray, got: np.ndarray, impl: str, *, logits=None, **kw) -> None:
     """Tokens equal, token for token; a failure names the first wrong token (row, stream, column, frame, sampling
-    step) and, given `logits` (a callable returning `describe_token_mismatch`'s pair), the logits it came from."""
+    step) and, given `logits` (a callable returning `token_mismatch`'s pair), the logits it came from."""
     try:
         assert_parity(expected.astype(np.int64), got.astype(np.int64), component="stream_tokens", pair=("kyutai", impl),
                       expected_dtype="int64", config={"preset": "tiny", "frames": FRAMES}, **kw)  # fmt: skip
     except ParityError as e:
-        where = describe_token_mismatch(CFG, expected, got, names=("kyutai", impl),
-                                        logits=None if logits is None else logits())  # fmt: skip
+        where, _ = token_mismatch(CFG, expected, got, names=("kyutai", impl),
+                                  logits=None if logits is None else logits())  # fmt: skip
         raise ParityError(f"{e}\n{where}", metrics=e.metrics, failures=[*e.failures, where]) from None
 
 

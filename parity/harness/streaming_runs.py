@@ -8,7 +8,7 @@ codes[k, t - 1 - delays[k]] at position t, hence codes[k, j] = generated[k][j + 
 codes[k, j] = user[k][j + 1] for the user's (the user's codes of step 0 are never read, in kyutai as here).
 
 A failure names its place in that layout: `first_difference` names the stream (text, audio codebook c), its delay and
-the first differing position of codes, masks or NaN placement; `describe_token_mismatch` names the first token a stream
+the first differing position of codes, masks or NaN placement; `token_mismatch` names the first token a stream
 got wrong in generation order (its column, frame and sampling step) and compares the logits it was sampled from.
 """
 
@@ -181,28 +181,6 @@ def _top2(row: np.ndarray) -> str:
     return ", ".join(f"{i} ({row[i]:.4g})" for i in top)
 
 
-def describe_token_mismatch(
-    cfg: LMConfig,
-    expected: np.ndarray,
-    got: np.ndarray,
-    *,
-    names: tuple[str, str],
-    logits: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None,
-    compute_dtype: str | None = None,
-    preset: str = "tiny",
-) -> str:
-    """Names the first wrong token (`first_token_mismatch`): its stream, column, frame and sampling step, both tokens.
-
-    logits: (the candidate's step run (`run_steps`), the reference's full-forward logits (`kyutai_logits`) of the codes
-    the candidate's stream consumed): when given, the logits the wrong token was sampled from are compared with the
-    reference's at the same frame through `check_parity` (the history before it is the same in both: no earlier token
-    differs), with the top two of each, which tells a near tie or a bookkeeping bug from a wrong model. compute_dtype:
-    the models' dtype when it is not the logits' (bf16 models return float32 logits), for the policy's bound; preset:
-    the size whose policy rows bound it (`policy.sized`).
-    """
-    return token_mismatch(cfg, expected, got, names=names, logits=logits, compute_dtype=compute_dtype, preset=preset)[0]
-
-
 def token_mismatch(
     cfg: LMConfig,
     expected: np.ndarray,
@@ -213,8 +191,17 @@ def token_mismatch(
     compute_dtype: str | None = None,
     preset: str = "tiny",
 ) -> tuple[str, bool | None]:
-    """`describe_token_mismatch`'s message, and whether the wrong token's logits are within the policy (None when no
-    token differs, the first differs before the first frame, or no logits were given)."""
+    """(a message naming the first wrong token (`first_token_mismatch`): its stream, column, frame and sampling step,
+    both tokens; whether its logits are within the policy: None when no token differs, the first differs before the
+    first frame, or no logits were given).
+
+    logits: (the candidate's step run (`run_steps`), the reference's full-forward logits (`kyutai_logits`) of the codes
+    the candidate's stream consumed): when given, the logits the wrong token was sampled from are compared with the
+    reference's at the same frame (the history before it is the same in both: no earlier token differs), with the top
+    two of each, which tells a near tie or a bookkeeping bug from a wrong model. compute_dtype: the models' dtype when
+    it is not the logits' (bf16 models return float32 logits), for the policy's bound; preset: the size whose policy
+    rows bound it (`policy.sized`).
+    """
     place = first_token_mismatch(cfg, expected, got)
     if place is None:
         return "no token differs", None
@@ -246,7 +233,6 @@ def token_mismatch(
 
 __all__ = [
     "consumed_codes",
-    "describe_token_mismatch",
     "first_difference",
     "first_token_mismatch",
     "kyutai_logits",
