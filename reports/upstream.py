@@ -282,6 +282,11 @@ def _cell(x: Any) -> str:
     return text if len(text) <= _MESSAGE_CHARS else text[: _MESSAGE_CHARS - 3] + "..."
 
 
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    """A Markdown table's lines: the header, its rule, one line per row of already escaped cells."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
 def _code(x: Any) -> str:
     text = _cell(x).replace("`", "'")
     return f"`{text}`"
@@ -305,16 +310,12 @@ def markdown(w: Watch, *, records_path: str | Path, junit_path: str | Path | Non
     if not n_fixed:
         lines.append("None.")
     if w.fixed:
-        lines += [
-            "| test | documented divergence | component | pair | dtype | comparisons | worst \\|d\\|/rms |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for f in w.fixed:
-            lines.append(
-                f"| {_code(f['node_id'])} | {_cell(f['reason'])} | {_cell(', '.join(f['components']))} | "
-                f"{_cell(', '.join(f['pairs']))} | {_cell(', '.join(f['dtypes']))} | {f['count']} | "
-                f"{_metric(f['worst'])} |"
-            )
+        header = ("test", "documented divergence", "component", "pair", "dtype", "comparisons", "worst \\|d\\|/rms")
+        lines += _table(header, [
+            (_code(f["node_id"]), _cell(f["reason"]), _cell(", ".join(f["components"])), _cell(", ".join(f["pairs"])),
+             _cell(", ".join(f["dtypes"])), str(f["count"]), _metric(f["worst"]))
+            for f in w.fixed
+        ])  # fmt: skip
     if w.xpassed:
         lines += ["", "Strict xfails that passed (junit):", ""]
         lines += [f"- {_code(c.node_id)}: {_cell(c.message)}" for c in w.xpassed]
@@ -324,17 +325,13 @@ def markdown(w: Watch, *, records_path: str | Path, junit_path: str | Path | Non
     if w.empty:
         lines.append("- **The run recorded no comparison** (see the junit file and the job log).")
     if w.failing:
-        lines += [
-            "| test | component | pair | dtype | failing | layers | worst \\|d\\|/rms | budget | failure |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for f in w.failing:
-            layers = ", ".join(map(str, f["layers"])) or "-"
-            lines.append(
-                f"| {_code(f['node_id'])} | {_cell(f['component'])} | {_cell(f['pair'])} | {_cell(f['dtype'])} | "
-                f"{f['count']} | {_cell(layers)} | {_metric(f['worst'])} | {_metric(f['budget'])} | "
-                f"{_cell(f['failure'])} |"
-            )
+        header = ("test", "component", "pair", "dtype", "failing", "layers", "worst \\|d\\|/rms", "budget", "failure")
+        lines += _table(header, [
+            (_code(f["node_id"]), _cell(f["component"]), _cell(f["pair"]), _cell(f["dtype"]), str(f["count"]),
+             _cell(", ".join(map(str, f["layers"])) or "-"), _metric(f["worst"]), _metric(f["budget"]),
+             _cell(f["failure"]))
+            for f in w.failing
+        ])  # fmt: skip
     if w.crashes:
         lines += ["", "Worker crashes:", ""]
         lines += [f"- {_code(c['test'])}: {_cell(c['failure'] or '-')}" for c in w.crashes]
