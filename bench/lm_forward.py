@@ -213,8 +213,8 @@ def build_flax(cfg: LMConfig, dtype: str, codes: np.ndarray):
 
         def temporal_fn(state, codes):
             m = nnx.merge(graphdef, state)
-            x = m.embed(codes)
             positions = jnp.broadcast_to(jnp.arange(codes.shape[2]), (codes.shape[0], codes.shape[2]))
+            x = m.stack_input(m.embed(codes), positions)
             for layer in m.layers:
                 x, _ = layer(x, positions=positions)
             x = m.norm(x)

@@ -265,6 +265,18 @@ def hf_refuses(component: str, cfg: Any) -> str | None:
         stacks = {"this": cfg}
     else:
         return None
+    if component == "lm":
+        t, d = cfg.temporal, cfg.depth
+        if not t.rope or t.sin_embedding or d.rope or d.sin_embedding:
+            sin = {False: "", True: "sin"}  # kyutai's names (moshi_spec.kyutai.positional_embedding)
+            kinds = ", ".join(
+                f"{key}={(sin[s.sin_embedding] + '_rope' * s.rope).strip('_') or 'none'!r} (rope={s.rope}, "
+                f"sin_embedding={s.sin_embedding})"
+                for key, s in (("positional_embedding", t), ("depformer_pos_emb", d))
+            )
+            return (
+                f"HF's Moshi has rope in the temporal stack only and no sinusoidal embedding: {kinds} cannot go to hf"
+            )
     for name, sub in stacks.items():
         if getattr(sub, "layer_norm", False):
             return f"HF's Moshi has only RMSNorm: norm={sub.norm!r} ({name} stack) cannot be converted to hf"

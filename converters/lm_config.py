@@ -31,17 +31,18 @@ KYUTAI_DEFAULTS: dict[str, Any] = {
 KYUTAI_USED = frozenset(
     {*KYUTAI_REQUIRED, *KYUTAI_DEFAULTS}
     | {"depformer_dim_feedforward", "depformer_num_layers", "depformer_gating", "depformer_kv_repeat", "text_card_out"}
-    | {"layer_scale", "depformer_layer_scale"}
+    | {"layer_scale", "depformer_layer_scale", "depformer_max_period", "positional_scale", "depformer_positional_scale"}
 )
+POSITIONAL_EMBEDDINGS = ("rope", "rope_concat", "sin", "sin_rope", "none")
+"""kyutai StreamingTransformer's `positional_embedding` values (LMModel's `depformer_pos_emb` for the depth stack)."""
 KYUTAI_SUPPORTED: dict[str, tuple[Any, tuple[Any, ...]]] = {
     # key: (LMModel's default when absent, the values this port implements)
     "norm": ("layer_norm", tuple(NORM_EPS)),  # each kind with the eps kyutai fixes for it
-    "positional_embedding": ("sin", ("rope",)),
-    "depformer_pos_emb": ("sin", ("none",)),
+    "positional_embedding": ("sin", POSITIONAL_EMBEDDINGS),
+    "depformer_pos_emb": ("sin", POSITIONAL_EMBEDDINGS),
     "depformer_multi_linear": (False, (True,)),
     "depformer_weights_per_step": (False, (True,)),
     "causal": (True, (True,)),
-    "positional_scale": (1.0, (1.0,)),
     "extra_heads_num_heads": (0, (0,)),
     "conditioners": (None, (None, {})),
     "fuser": (None, (None, {})),
@@ -52,9 +53,9 @@ KYUTAI_SUPPORTED: dict[str, tuple[Any, tuple[Any, ...]]] = {
     **{k: (False, (False,)) for k in "cross_attention quantize lora skip_self_attn".split()},
 }
 KYUTAI_IGNORED = frozenset(
-    # no effect on the weights or on this port: LMModel overrides depformer_context with None, the depth stack has no
-    # rope, depformer_causal is deprecated (loaders drop it), and the rest is training or loading detail.
-    "depformer_context depformer_max_period depformer_causal existing_text_end_padding_id extra_heads_dim "
+    # no effect on the weights or on this port: LMModel overrides depformer_context with None, depformer_causal is
+    # deprecated (loaders drop it), and the rest is training or loading detail.
+    "depformer_context depformer_causal existing_text_end_padding_id extra_heads_dim "
     "gradient_checkpointing lora_rank lora_scaling dtype device".split()
     # kyutai config.json entries that loaders.CheckpointInfo pops before building the LM
     + "moshi_name mimi_name mimi_config_name tokenizer_name lora_name model_type lm_gen_config tts_config stt_config "
@@ -66,7 +67,8 @@ KYUTAI_FIELDS = {
     **dict.fromkeys("dim num_heads num_layers n_q dep_q card text_card kv_repeat".split(), "int"),
     **dict.fromkeys("depformer_dim depformer_num_heads depformer_num_layers depformer_kv_repeat".split(), "int"),
     **dict.fromkeys("context text_card_out".split(), "int?"),
-    **dict.fromkeys("hidden_scale max_period".split(), "num"),
+    **dict.fromkeys("hidden_scale max_period depformer_max_period".split(), "num"),
+    **dict.fromkeys("positional_scale depformer_positional_scale".split(), "num"),
     **dict.fromkeys("layer_scale depformer_layer_scale".split(), "num?"),
     "existing_text_padding_id": "int0",
     "delays": "ints",
@@ -80,27 +82,36 @@ KYUTAI_STACK_NAMES = {
     "temporal": {"dim": "dim", "num_heads": "num_heads", "num_layers": "num_layers", "ffn_dim": "hidden_scale",
                  "num_kv_heads_override": "kv_repeat", "activation": "gating", "rope_theta": "max_period",
                  "context": "context", "norm": "norm", "norm_eps": "norm", "gated": "gating",
-                 "layer_scale": "layer_scale"},
+                 "layer_scale": "layer_scale", "rope": "positional_embedding", "rope_concat": "positional_embedding",
+                 "sin_embedding": "positional_embedding", "positional_scale": "positional_scale"},
     "depth": {"dim": "depformer_dim", "num_heads": "depformer_num_heads", "num_layers": "depformer_num_layers",
               "ffn_dim": "depformer_dim_feedforward", "num_kv_heads_override": "depformer_kv_repeat",
               "activation": "depformer_gating", "num_codebooks": "dep_q", "norm": "norm", "norm_eps": "norm",
-              "gated": "depformer_gating", "layer_scale": "depformer_layer_scale"},
+              "gated": "depformer_gating", "layer_scale": "depformer_layer_scale", "rope": "depformer_pos_emb",
+              "rope_concat": "depformer_pos_emb", "sin_embedding": "depformer_pos_emb",
+              "rope_theta": "depformer_max_period", "positional_scale": "depformer_positional_scale"},
 }  # fmt: skip
 
 
 def _kyutai_size_problems(d: Mapping[str, Any]) -> list[str]:
-    """kyutai's own ties between sizes (head_dim = dim / num_heads, even for rope; kv_repeat divides num_heads; a
-    hidden width of at least 1: the gating's, or dim_feedforward itself for gating="none"), named by the kwargs that
-    break them."""
+    """kyutai's own ties between sizes (head_dim = dim / num_heads, even for rope; an even dim of at least 4 for the
+    sinusoidal embedding; kv_repeat divides num_heads; a hidden width of at least 1: the gating's, or dim_feedforward
+    itself for gating="none"), named by the kwargs that break them."""
     problems = []
-    for stack, names in KYUTAI_STACK_NAMES.items():
+    for names in KYUTAI_STACK_NAMES.values():
         dim_key, heads_key, kv_key = names["dim"], names["num_heads"], names["num_kv_heads_override"]
         dim, heads = d[dim_key], d[heads_key]
         kv = d.get(kv_key, d["kv_repeat"])
+        pos_key = names["rope"]
+        pos = d.get(pos_key, KYUTAI_SUPPORTED[pos_key][0])
         if dim % heads:
             problems.append(f"{heads_key}={heads} does not divide {dim_key}={dim} (kyutai's head_dim is the quotient)")
-        elif stack == "temporal" and (dim // heads) % 2:
-            problems.append(f"{dim_key} / {heads_key} = {dim // heads} is odd: rope needs an even head_dim")
+        elif "rope" in pos and (dim // heads) % 2:
+            problems.append(
+                f"{dim_key} / {heads_key} = {dim // heads} is odd: {pos_key}={pos!r} needs an even head_dim"
+            )
+        if "sin" in pos and (dim % 2 or dim < 4):
+            problems.append(f"{pos_key}={pos!r} needs an even {dim_key} >= 4 (cos and sin halves), got {dim}")
         if heads % kv:
             problems.append(f"{heads_key}={heads} is not a multiple of {kv_key}={kv}")
     scale = d["hidden_scale"]
@@ -131,6 +142,13 @@ def _per_step_widths(d: dict[str, Any], problems: list[str]) -> None:
         d[key] = widths[0]
         return
     del d[key]
+
+
+def _positions(kind: str, max_period: float, scale: float) -> dict[str, Any]:
+    """The TransformerConfig fields of a kyutai positional_embedding (one of POSITIONAL_EMBEDDINGS; inverse:
+    moshi_spec.kyutai.positional_embedding)."""
+    return {"rope": "rope" in kind, "rope_concat": kind == "rope_concat", "sin_embedding": "sin" in kind,
+            "rope_theta": float(max_period), "positional_scale": float(scale)}  # fmt: skip
 
 
 def from_kyutai_kwargs(kwargs: Mapping[str, Any]) -> LMConfig:
@@ -184,15 +202,20 @@ def from_kyutai_kwargs(kwargs: Mapping[str, Any]) -> LMConfig:
             )  # fmt: skip
 
     hidden_scale, kv_repeat, norm = d["hidden_scale"], d["kv_repeat"], d.get("norm", "layer_norm")
+    scale = d.get("positional_scale", 1.0)
     temporal = stack(
         "temporal", d["dim"], d["num_heads"], d["num_layers"], int(hidden_scale * d["dim"]), kv_repeat, gating,
-        rope=True, rope_theta=float(d["max_period"]), context=d["context"], norm=norm, layer_scale=d.get("layer_scale"),
+        **_positions(d.get("positional_embedding", "sin"), d["max_period"], scale),
+        context=d["context"], norm=norm, layer_scale=d.get("layer_scale"),
     )  # fmt: skip
     dd = d["depformer_dim"]
     depth = stack(
         "depth", dd, d["depformer_num_heads"], d.get("depformer_num_layers", d["num_layers"]),
         d.get("depformer_dim_feedforward") or int(hidden_scale * dd), d.get("depformer_kv_repeat", kv_repeat),
-        depformer_gating, rope=False, context=None, num_codebooks=d["dep_q"], flexible=True, norm=norm,
+        depformer_gating, context=None, num_codebooks=d["dep_q"], flexible=True, norm=norm,
+        # the depformer's positional_embedding is depformer_pos_emb; max_period and positional_scale are inherited
+        **_positions(d.get("depformer_pos_emb", "sin"), d.get("depformer_max_period", d["max_period"]),
+                     d.get("depformer_positional_scale", scale)),
         layer_scale=d.get("depformer_layer_scale", d.get("layer_scale")),  # LMModel passes layer_scale on
     )  # fmt: skip
     with building(where, KYUTAI_LM_NAMES):

@@ -64,10 +64,13 @@ def sites(cfg: LMConfig) -> list[Site]:
     return out
 
 
-def _permute(b: np.ndarray, stack: TransformerConfig, fn) -> np.ndarray:
-    """B (out, r) of a fused [q; k; v] projection with fn applied to q's and k's rows (per head)."""
-    if not stack.rope or stack.rope_layout == "interleaved":
+def _permute(b: np.ndarray, stack: TransformerConfig, *, to_ours: bool) -> np.ndarray:
+    """B (out, r) of a fused [q; k; v] projection with q's and k's rows (per head) moved from kyutai's rope layout
+    (interleaved; half-split with its rope_concat) to ours (stack.rope_layout), or back."""
+    kyutai = "half" if stack.rope_concat else "interleaved"
+    if not stack.rope or stack.rope_layout == kyutai:
         return b
+    fn = interleaved_to_half if (kyutai if to_ours else stack.rope_layout) == "interleaved" else half_to_interleaved
     q, kv = stack.q_dim, stack.kv_dim
     return np.concatenate([fn(b[:q], stack.num_heads), fn(b[q : q + kv], stack.num_kv_heads), b[q + kv :]])
 
@@ -94,7 +97,7 @@ def kyutai_to_flax(state: Mapping[str, np.ndarray], cfg: LMConfig) -> dict[str, 
         a = [np.asarray(state[f"{m}.lora_A.weight"]) for m in site.kyutai]
         b = [np.asarray(state[f"{m}.lora_B.weight"]) for m in site.kyutai]
         if site.qkv is not None:
-            b = [_permute(x, site.qkv, interleaved_to_half) for x in b]
+            b = [_permute(x, site.qkv, to_ours=True) for x in b]
         shapes = {(x.shape, y.shape) for x, y in zip(a, b, strict=True)}
         if len(shapes) != 1 or any(x.shape[0] != y.shape[1] for x, y in zip(a, b, strict=True)):
             bad.append(f"{site.kyutai[0]}: A {a[0].shape}, B {b[0].shape} (rank must agree across A, B and codebooks)")
@@ -123,7 +126,7 @@ def flax_to_kyutai(state: Mapping[str, np.ndarray], cfg: LMConfig) -> dict[str, 
             continue
         a_list, b_list = (list(a), list(b)) if site.stacked else ([a], [b])
         for module, x, y in zip(site.kyutai, a_list, b_list, strict=True):
-            y = y.T if site.qkv is None else _permute(y.T, site.qkv, half_to_interleaved)
+            y = y.T if site.qkv is None else _permute(y.T, site.qkv, to_ours=False)
             out[f"{module}.lora_A.weight"], out[f"{module}.lora_B.weight"] = np.ascontiguousarray(x.T), y
     if bad:
         raise LoRAConversionError("flax LoRA state: misshaped factors:\n  " + "\n  ".join(bad))

@@ -76,16 +76,17 @@ def _unstack(x: np.ndarray, cfg: Any) -> list[np.ndarray]:
 
 
 def _unfuse_qkv(inputs: Arrays, cfg: Any) -> Arrays:
-    """kyutai `in_projs.{c}` rows [q; k; v] (interleaved rope) -> HF q, k, v (half rope), stacked over codebooks.
+    """kyutai `in_projs.{c}` rows [q; k; v] (interleaved rope; half-split with kyutai's rope_concat) -> HF q, k, v
+    (half rope), stacked over codebooks.
 
-    Reads cfg.q_dim, .kv_dim, .rope, .num_heads, .num_kv_heads, .flexible.
+    Reads cfg.q_dim, .kv_dim, .rope, .rope_concat, .num_heads, .num_kv_heads, .flexible.
     """
     (fused,) = inputs
     Q, KV = cfg.q_dim, cfg.kv_dim
     qs, ks, vs = [], [], []
     for w in fused:
         q, k, v = w[:Q], w[Q : Q + KV], w[Q + KV :]
-        if cfg.rope:  # kyutai's rope is always interleaved; the depth transformer has none
+        if cfg.rope and not cfg.rope_concat:  # kyutai's `rope` pairs (2i, 2i + 1), its `rope_concat` HF's pairs
             q, k = interleaved_to_half(q, cfg.num_heads), interleaved_to_half(k, cfg.num_kv_heads)
         qs.append(q), ks.append(k), vs.append(v)
     return [[_stack(qs, cfg)], [_stack(ks, cfg)], [_stack(vs, cfg)]]
@@ -96,7 +97,7 @@ def _fuse_qkv(inputs: Arrays, cfg: Any) -> Arrays:
     (q,), (k,), (v,) = inputs
     fused = []
     for qc, kc, vc in zip(_unstack(q, cfg), _unstack(k, cfg), _unstack(v, cfg), strict=True):
-        if cfg.rope:
+        if cfg.rope and not cfg.rope_concat:
             qc, kc = half_to_interleaved(qc, cfg.num_heads), half_to_interleaved(kc, cfg.num_kv_heads)
         fused.append(np.concatenate([qc, kc, vc], axis=0))
     return [fused]

@@ -17,8 +17,9 @@ from converters.outdir import SAFETENSORS_NAME
 from moshi_spec import kyutai
 from moshi_spec.config import NORM_EPS, LMConfig
 
-LAYOUT_ONLY = ("rope_layout",)
-"""TransformerConfig fields that choose our own weight layout, not the model: no upstream config holds them."""
+LAYOUT_ONLY = ("rope_layout", "rope_concat")
+"""TransformerConfig fields that choose a weight layout, not the model: ours (rope_layout, which no upstream config
+holds) and kyutai's (rope_concat, which only kyutai's holds: another upstream's config may lose it)."""
 
 
 def to_kyutai_kwargs(cfg: LMConfig) -> dict[str, Any]:
@@ -40,10 +41,15 @@ def to_kyutai_kwargs(cfg: LMConfig) -> dict[str, Any]:
         "delays": list(cfg.delays), "n_q": cfg.n_q, "dep_q": cfg.dep_q, "card": cfg.card, "text_card": cfg.text_card,
         "dim": t.dim, "num_heads": t.num_heads, "num_layers": t.num_layers, "hidden_scale": hidden_scale,
         "norm": t.norm, "context": t.context, "max_period": t.rope_theta, "gating": gating,
-        "positional_embedding": "rope", "causal": True, "existing_text_padding_id": cfg.existing_text_padding_id,
+        "positional_embedding": kyutai.positional_embedding(t), "causal": True,
+        "existing_text_padding_id": cfg.existing_text_padding_id,
         "depformer_dim": d.dim, "depformer_dim_feedforward": kyutai.dim_feedforward(d.dim, d.hidden),
         "depformer_num_heads": d.num_heads, "depformer_num_layers": d.num_layers, "depformer_multi_linear": True,
-        "depformer_weights_per_step": True, "depformer_pos_emb": "none",
+        "depformer_weights_per_step": True, "depformer_pos_emb": kyutai.positional_embedding(d),
+        **({"positional_scale": t.positional_scale} if t.positional_scale != 1.0 else {}),
+        # the depformer inherits max_period and positional_scale unless its own are given
+        **({"depformer_max_period": d.rope_theta} if d.rope_theta != t.rope_theta else {}),
+        **({"depformer_positional_scale": d.positional_scale} if d.positional_scale != t.positional_scale else {}),
         # grouped kv heads (kyutai's kv_repeat); the depformer inherits kv_repeat unless depformer_kv_repeat is given
         **({"kv_repeat": t.num_heads // t.num_kv_heads} if t.num_kv_heads != t.num_heads else {}),
         **({"depformer_kv_repeat": d.num_heads // d.num_kv_heads}

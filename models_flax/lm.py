@@ -17,6 +17,7 @@ from models_flax.embedding import Embedding
 from models_flax.layer import DecoderLayer
 from models_flax.linear import FlexibleLinear, Linear
 from models_flax.norm import make_norm
+from models_flax.sin_embedding import add_sin_embedding
 from moshi_spec import LMConfig
 
 
@@ -74,8 +75,8 @@ class DepthTransformer(nnx.Module):
         Returns (N, dep_q, card) logits.
         """
         n, steps = tokens.shape
-        x = self.embed(tokens, context=context)
         positions = jnp.broadcast_to(jnp.arange(steps), (n, steps))
+        x = self.stack_input(self.embed(tokens, context=context), positions)
         x = run_layers(self.layers, x, positions, remat=self.remat)
         return self.lm_heads(self.out_norm(x))
 
@@ -92,6 +93,11 @@ class DepthTransformer(nnx.Module):
         embeds += [self.embed_tokens[c - 1](tokens[:, c]) for c in range(1, steps)]
         x = jnp.stack(embeds, axis=1)
         return x + self.input_projections(context[:, None], layer_idx=np.arange(steps, dtype=np.int32))
+
+    def stack_input(self, x: jax.Array, positions: jax.Array) -> jax.Array:
+        """The first layer's input: the embeddings x (N, S, D) at positions (N, S), plus the sinusoidal embedding
+        when the depth stack has one (kyutai's depformer_pos_emb "sin"))."""
+        return add_sin_embedding(self.cfg.depth, x, positions)
 
     def init_caches(self, batch: int, *, dtype: object) -> list[KVCache]:
         """One frame's caches: dep_q slots per layer (the depth transformer restarts at every frame)."""
@@ -117,8 +123,9 @@ class DepthTransformer(nnx.Module):
         """
         idx = codebook if weight_set is None else weight_set
         embed = self.text_embed_tokens if codebook == 0 else self.embed_tokens[codebook - 1]
-        x = embed(token[:, None]) + self.input_projections(context[:, None], layer_idx=idx)
         positions = jnp.full((token.shape[0], 1), codebook, jnp.int32)
+        x = embed(token[:, None]) + self.input_projections(context[:, None], layer_idx=idx)
+        x = self.stack_input(x, positions)
         new_caches = []
         for layer, cache in zip(self.layers, caches, strict=True):
             x, cache = layer(x, positions=positions, layer_idx=idx, cache=cache)
@@ -164,6 +171,11 @@ class LM(nnx.Module):
             x = x + self.embed_tokens[k](tokens[:, 1 + k])
         return x + self.text_embed_tokens(tokens[:, 0])
 
+    def stack_input(self, x: jax.Array, positions: jax.Array) -> jax.Array:
+        """The first layer's input: the embeddings x (B, T, D) at positions (B, T), plus the sinusoidal embedding when
+        the temporal stack has one (kyutai's positional_embedding "sin" or "sin_rope")."""
+        return add_sin_embedding(self.cfg.temporal, x, positions)
+
     def check_codes(self, codes: jax.Array | np.ndarray) -> jax.Array:
         """codes (B, 1 + n_q, T), B and T >= 1, integers: text ids (stream 0) in [0, text_card), audio ids in
         [0, card), or -1 (the zero token) -> int32 codes. Bad codes raise (TypeError, ValueError) when concrete; traced
@@ -186,8 +198,8 @@ class LM(nnx.Module):
         first = jnp.broadcast_to(initial[None, :, None], (batch, initial.shape[0], 1))
         delayed = jnp.concatenate([first, delay(codes, cfg.delays, initial)], axis=2)
         inputs, targets = delayed[:, :, :-1], delayed[:, :, 1:]
-        x = self.embed(inputs)
         positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
+        x = self.stack_input(self.embed(inputs), positions)
         x = run_layers(self.layers, x, positions, remat=self.remat)
         x = self.norm(x)
         text_logits = self.lm_head(x)[:, None]

@@ -147,8 +147,8 @@ def _step(
     delays = jnp.asarray(cfg.delays, jnp.int32)
     tokens = write_user_codes(state.tokens, codes, state.offsets, delays)
     inputs = read_inputs(tokens, state.offsets, delays, lm.initial_tokens())
-    x = lm.embed(inputs[:, :, None])
     positions = state.offsets[:, None]
+    x = lm.stack_input(lm.embed(inputs[:, :, None]), positions)
     caches = []
     for layer, cache in zip(lm.layers, state.caches, strict=True):
         x, cache = layer(x, positions=positions, cache=cache)

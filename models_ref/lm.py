@@ -17,6 +17,7 @@ from models_ref.embedding import Embedding
 from models_ref.layer import DecoderLayer
 from models_ref.linear import FlexibleLinear, Linear
 from models_ref.norm import make_norm
+from models_ref.sin_embedding import add_sin_embedding
 from moshi_spec import LMConfig
 
 
@@ -58,11 +59,16 @@ class DepthTransformer(nn.Module):
         Returns (N, dep_q, card) logits.
         """
         n, steps = tokens.shape
-        x = self.embed(tokens, context=context)
         positions = torch.arange(steps).expand(n, -1)
+        x = self.stack_input(self.embed(tokens, context=context), positions)
         for layer in self.layers:
             x, _ = layer(x, positions=positions)
         return self.lm_heads(self.out_norm(x))
+
+    def stack_input(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The first layer's input: the embeddings x (N, S, D) at positions (N, S), plus the sinusoidal embedding
+        when the depth stack has one (kyutai's depformer_pos_emb "sin")."""
+        return add_sin_embedding(self.cfg.depth, x, positions)
 
     def embed(self, tokens: torch.Tensor, *, context: torch.Tensor) -> torch.Tensor:
         """The first layer's input (N, dep_q, D): each step's token embedding plus its projection of the context."""
@@ -97,6 +103,11 @@ class LM(nn.Module):
             x = x + self.embed_tokens[k](tokens[:, 1 + k])
         return x + self.text_embed_tokens(tokens[:, 0])
 
+    def stack_input(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The first layer's input: the embeddings x (B, T, D) at positions (B, T), plus the sinusoidal embedding when
+        the temporal stack has one (kyutai's positional_embedding "sin" or "sin_rope")."""
+        return add_sin_embedding(self.cfg.temporal, x, positions)
+
     def check_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """codes (B, 1 + n_q, T), B and T >= 1, integers: text ids (stream 0) in [0, text_card), audio ids in
         [0, card), or -1 (the zero token) -> int64 codes; anything else raises (models_flax's LM.check_codes)."""
@@ -117,8 +128,8 @@ class LM(nn.Module):
         initial = self.initial_tokens()
         delayed = torch.cat([initial.view(1, -1, 1).expand(batch, -1, 1), delay(codes, cfg.delays, initial)], dim=2)
         inputs, targets = delayed[:, :, :-1], delayed[:, :, 1:]
-        x = self.embed(inputs)
         positions = torch.arange(length).expand(batch, -1)
+        x = self.stack_input(self.embed(inputs), positions)
         for layer in self.layers:
             x, _ = layer(x, positions=positions)
         x = self.norm(x)

@@ -56,9 +56,20 @@ class TransformerConfig:
         norm_eps: the norm's epsilon (inside the square root); finite, >= 0. None (the default) takes the kind's
             (NORM_EPS: what kyutai fixes); another value is the port's and HF's (MoshiRMSNorm's eps is free) and
             kyutai refuses it. `replace(norm=...)` moves an eps that was the old kind's to the new kind's.
-        rope: whether attention applies rotary embeddings (the depth transformer does not).
-        rope_theta: rotary base (kyutai `max_period`); finite, > 1 (checked even when rope is off).
-        rope_layout: pairing of rotary dimensions, one of ROPE_LAYOUTS; the weights must be laid out to match.
+        rope: whether attention applies rotary embeddings (kyutai's `rope`, `rope_concat` and `sin_rope`; Moshi's
+            depth transformer has none).
+        rope_theta: kyutai's `max_period`: the rotary base and the sinusoidal embedding's period; finite, > 1
+            (checked even when both are off).
+        rope_layout: pairing of rotary dimensions in our weights (ref, flax), one of ROPE_LAYOUTS; the weights must be
+            laid out to match.
+        rope_concat: kyutai's `rope_concat`: the same rotation as its `rope`, but its checkpoint lays q/k rows out for
+            half-split pairs (i, i + D/2) instead of interleaved ones. A property of the kyutai checkpoint only (the
+            converters permute by it); needs rope and no sin_embedding (kyutai has no `sin_rope_concat`).
+        sin_embedding: kyutai's sinusoidal embedding (`sin`, `sin_rope`): positional_scale * [cos(p / f), sin(p / f)],
+            f = rope_theta ** (i / (D/2 - 1)), added to the stack's input at each position p, computed in the
+            activations' dtype as kyutai does (in bfloat16 the positions themselves round above 256). dim must be
+            even and >= 4.
+        positional_scale: kyutai's `positional_scale`, the sinusoidal embedding's factor; finite.
         context: attention window: query at position p sees keys at p - context < k <= p. None (unbounded) or >= 1.
         num_codebooks: weight sets of the per-codebook ("flexible") linears (>= 1); 1 for the temporal transformer.
         flexible: whether attention and MLP use one weight set per codebook (the depth transformer).
@@ -78,6 +89,9 @@ class TransformerConfig:
     rope: bool = True
     rope_theta: float = 10_000.0
     rope_layout: Literal["half", "interleaved"] = "half"
+    rope_concat: bool = False
+    sin_embedding: bool = False
+    positional_scale: float = 1.0
     context: int | None = None
     num_codebooks: int = 1
     flexible: bool = False
@@ -102,6 +116,9 @@ class TransformerConfig:
             c.real("norm_eps", at_least=0.0)
         c.real("rope_theta", above=1.0)
         c.flag("rope")
+        c.flag("rope_concat")
+        c.flag("sin_embedding")
+        c.real("positional_scale")
         c.flag("flexible")
         c.flag("gated")
         if self.layer_scale is not None:
@@ -125,6 +142,14 @@ class TransformerConfig:
                 f"rope needs an even head_dim, got {self.head_dim} "
                 + (f"(head_dim_override {override})" if override is not None else f"(dim {dim} // num_heads {heads})"),
             )
+        if c.valid("rope", "rope_concat", "sin_embedding") and self.rope_concat:
+            c.require("rope_concat", self.rope and not self.sin_embedding,
+                      "rope_concat (a kyutai checkpoint layout of rope) needs rope=True and sin_embedding=False, got "
+                      f"rope={self.rope}, sin_embedding={self.sin_embedding}")  # fmt: skip
+        if c.valid("dim", "sin_embedding") and self.sin_embedding:
+            c.require("dim", dim % 2 == 0 and dim >= 4,
+                      f"the sinusoidal embedding needs an even dim >= 4 (cos and sin halves, periods over D/2 - 1 "
+                      f"steps), got {dim}")  # fmt: skip
         kv = self.num_kv_heads_override
         if c.valid("num_heads", "num_kv_heads_override") and kv is not None:
             c.require(
@@ -198,9 +223,10 @@ class LMConfig:
     Checked at construction like TransformerConfig; the stacks are checked against the LM's sizes.
 
     Attributes:
-        temporal: the temporal transformer (rope, context window); not flexible.
-        depth: the depth transformer (no positional encoding, one weight set per codebook, no context window: kyutai's
-            LMModel overrides depformer_context with None); flexible with num_codebooks == dep_q, gated.
+        temporal: the temporal transformer (Moshi's: rope and a context window); not flexible.
+        depth: the depth transformer over the dep_q steps of a frame (positions 0..dep_q-1; Moshi's has no positional
+            encoding; no context window: kyutai's LMModel overrides depformer_context with None); flexible with
+            num_codebooks == dep_q, gated.
         n_q: audio streams fed to the temporal transformer (Moshi's dep_q and the user's); >= 1.
         dep_q: audio codebooks Moshi predicts (depth steps after the text step); 1 <= dep_q <= n_q.
         card: audio codebook size (>= 1); id `card` is the initial audio token.

@@ -5,6 +5,8 @@ Framework-neutral: imports neither torch nor jax.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 def gating_hidden(dim: int, dim_feedforward: int) -> int:
     """kyutai `ActivationGating`'s hidden width (the input width of `linear_out`; `linear_in` has twice as many rows).
@@ -26,3 +28,11 @@ def dim_feedforward(dim: int, hidden: int) -> int:
         if gating_hidden(dim, dff) == hidden:
             return dff
     raise ValueError(f"kyutai cannot express a gated hidden width of {hidden} for dim {dim}")
+
+
+def positional_embedding(stack: Any) -> str:
+    """The kyutai `positional_embedding` (LMModel's `depformer_pos_emb` for the depth stack) of a TransformerConfig:
+    rope, rope_concat (rope with kyutai's half-split checkpoint layout), sin, sin_rope or none."""
+    if stack.rope:
+        return "sin_rope" if stack.sin_embedding else "rope_concat" if stack.rope_concat else "rope"
+    return "sin" if stack.sin_embedding else "none"

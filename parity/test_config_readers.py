@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from converters import lm_config
 from converters.lm_config import from_hf_config
-from moshi_spec import LMConfig
+from moshi_spec import LMConfig, kyutai
 from parity.harness.config_layouts import (
     HF4,
     HF_LAYOUTS,
@@ -65,7 +65,10 @@ def ours(cfg: LMConfig, *, padding: bool) -> dict[str, Any]:
             name, dim=s.dim, num_heads=s.num_heads, num_kv_heads=s.num_kv_heads, head_dim=s.head_dim,
             num_layers=s.num_layers, ffn_dim=s.ffn_dim, weight_sets=s.weight_sets, context=s.context,
             rope_theta=_sig(s.rope_theta) if s.rope else None, activation=s.activation if s.gated else "ungated",
-            norm_eps=s.norm_eps,
+            norm_eps=s.norm_eps, causal=True, positions=kyutai.positional_embedding(s),
+            rope_interleaved=not s.rope_concat if s.rope else None,
+            sin_period=_sig(s.rope_theta) if s.sin_embedding else None,
+            positional_scale=s.positional_scale if s.sin_embedding else None,
         )  # fmt: skip
     out |= {"n_q": cfg.n_q, "dep_q": cfg.dep_q, "card": cfg.card, "text_card": cfg.text_card, "delays": [*cfg.delays]}
     return out | ({"existing_text_padding_id": cfg.existing_text_padding_id} if padding else {})
@@ -90,13 +93,25 @@ def kyutai_built(lm: torch.nn.Module) -> dict[str, Any]:
             name, dim=dim, num_heads=attn.num_heads, num_kv_heads=(rows - dim) // (2 * head_dim), head_dim=head_dim,
             num_layers=len(stack.layers), ffn_dim=ffn_dim, weight_sets=len(attn.in_projs), context=attn.context,
             rope_theta=_sig(stack.rope.max_period) if stack.rope is not None else None, activation=activation,
-            norm_eps=layer.norm1.eps,
+            norm_eps=layer.norm1.eps, causal=attn.causal, **_kyutai_positions(stack),
         )  # fmt: skip
     return out | {
         "n_q": len(lm.emb), "dep_q": len(lm.linears), "card": lm.emb[0].weight.shape[0] - 1,
         "text_card": lm.text_linear.weight.shape[0], "delays": list(lm.delays),
         "existing_text_padding_id": lm.existing_text_padding_id,
     }  # fmt: skip
+
+
+def _kyutai_positions(stack: torch.nn.Module) -> dict[str, Any]:
+    """A built StreamingTransformer's positions: its kind, the rope's pairing, the sinusoidal embedding's period and
+    scale (None without one)."""
+    sin = stack.positional_embedding in ("sin", "sin_rope")
+    return {
+        "positions": stack.positional_embedding,
+        "rope_interleaved": stack.rope.interleave if stack.rope is not None else None,
+        "sin_period": _sig(stack.max_period) if sin else None,
+        "positional_scale": stack.positional_scale if sin else None,
+    }
 
 
 def _hf_rope_theta(rotary: torch.nn.Module | None, head_dim: int) -> float | str | None:
@@ -133,7 +148,9 @@ def hf_built(model: torch.nn.Module) -> dict[str, Any]:
             num_layers=len(stack.layers), ffn_dim=layer.mlp.fc1.weight.shape[-2],
             weight_sets=q.shape[0] if q.ndim == 3 else 1, context=window if window and window < steps else None,
             rope_theta=_hf_rope_theta(attn.rotary_emb, head_dim), activation=_activation(layer.mlp.activation_fn),
-            norm_eps=layer.input_layernorm.eps,
+            norm_eps=layer.input_layernorm.eps, causal=attn.is_causal,
+            positions="rope" if attn.rotary_emb is not None else "none",  # (its q/k layout is always HF's own)
+            sin_period=None, positional_scale=None,  # HF's Moshi has no sinusoidal embedding
         )  # fmt: skip
     codes = 100 + torch.arange(K).reshape(1, K, 1)
     _, shifted = model.build_delay_pattern_mask(codes, bos_token_id=-2, pad_token_id=-3, max_length=3)
@@ -307,6 +324,14 @@ KYUTAI_CONTROLS = {
                                            ("optional keys overridden", "depth.num_layers")),
     "absent keys read as the 7B's": (lambda kw: {"dim": 4096, "num_heads": 32} | kw,
                                      ("minimal kwargs", "temporal.dim")),
+    "depformer_pos_emb defaults to none (Moshi's)": (lambda kw: {"depformer_pos_emb": "none"} | kw,
+                                                     ("positions left to LMModel's default", "depth.positions")),
+    "depformer_max_period ignored": (lambda kw: _without(kw, "depformer_max_period"),
+                                     ("positions of their own", "depth.rope_theta")),
+    "positional_scale not inherited": (lambda kw: kw | {"depformer_positional_scale": 1.0},
+                                       ("positions of their own", "depth.positional_scale")),
+    "rope_concat read as rope": (lambda kw: kw | {"positional_embedding": "rope"},
+                                 ("positions of their own", "temporal.rope_interleaved")),
 }  # fmt: skip
 HF_CONTROLS = {
     "rope_theta only from rope_parameters": (lambda c: _without(c, "rope_theta"),

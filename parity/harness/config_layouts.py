@@ -53,6 +53,13 @@ KYUTAI_OVERRIDES = {
     "depformer_multi_linear": True, "depformer_weights_per_step": True,
 }  # fmt: skip
 
+KYUTAI_POSITIONS = {
+    # rope in kyutai's half-split checkpoint layout (rope_concat) with another period; the depformer with rope and the
+    # sinusoidal embedding (sin_rope), its own period, and the positional_scale it inherits (no effect on rope_concat)
+    "positional_embedding": "rope_concat", "max_period": 500.0, "positional_scale": 0.5,
+    "depformer_pos_emb": "sin_rope", "depformer_max_period": 50.0,
+}  # fmt: skip
+
 
 def _lm_kwargs() -> dict[str, Any]:
     from moshi.models import loaders
@@ -71,6 +78,11 @@ KYUTAI_LAYOUTS: dict[str, Callable[[], dict[str, Any]]] = {
     "optional keys overridden": lambda: KYUTAI_OVERRIDES,
     # LMModel's default gating is "none": a plain temporal FFN (the depformer needs its own gating: weights per step)
     "gating left to LMModel's default": lambda: _without_key(KYUTAI_MINIMAL, "gating") | {"depformer_gating": "silu"},
+    # LMModel's default positions: the sinusoidal embedding in both stacks (positional_embedding, depformer_pos_emb)
+    "positions left to LMModel's default": lambda: {
+        k: v for k, v in KYUTAI_MINIMAL.items() if k not in ("positional_embedding", "depformer_pos_emb")
+    },
+    "positions of their own": lambda: KYUTAI_MINIMAL | KYUTAI_POSITIONS,
 }
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -157,8 +169,6 @@ HF_REFUSED = {
     ),
 }  # fmt: skip
 KYUTAI_REFUSED = {
-    "sinusoidal positions (LMModel's default)": (  # not ported yet (issue 16): read as rope, it would be wrong
-        _without_key(KYUTAI_MINIMAL, "positional_embedding"), "positional_embedding='sin' is not supported",
-        ("temporal.rope_theta", None),
-    ),
+    "non-causal attention": (KYUTAI_MINIMAL | {"causal": False}, "causal=False is not supported",
+                             ("temporal.causal", False)),
 }  # fmt: skip

@@ -137,10 +137,12 @@ def cases(
 def lm_cases(draw: st.DrawFn) -> tuple[LMConfig, str]:
     """A tiny LM over the kyutai LMModel options the port implements and a dtype kyutai runs it in: the norms (the
     kinds of `norm=` and `depformer_norm=`, each with its eps, and `norm_emb`), the feed-forward blocks (`ffn_options`:
-    gating="none", hidden_scale, depformer_dim_feedforward, layer_scale, depformer_layer_scale) and the grouped kv heads
-    (`kv_heads`: kv_repeat, depformer_kv_repeat). With layer_norm_f32, float32 only (kyutai's LayerNormF32 feeds a
-    float32 input to bfloat16 weights, which torch's CPU layer_norm refuses). depformer_norm is a layer-norm kind or
-    None: kyutai's forward cannot run the RMS kinds there (parity/test_lm_norms.py)."""
+    gating="none", hidden_scale, depformer_dim_feedforward, layer_scale, depformer_layer_scale), the grouped kv heads
+    (`kv_heads`: kv_repeat, depformer_kv_repeat) and the positions (`positions`: positional_embedding,
+    depformer_pos_emb, max_period, positional_scale and their depformer_ forms). With layer_norm_f32, float32 only
+    (kyutai's LayerNormF32 feeds a float32 input to bfloat16 weights, which torch's CPU layer_norm refuses).
+    depformer_norm is a layer-norm kind or None: kyutai's forward cannot run the RMS kinds there
+    (parity/test_lm_norms.py)."""
     # each choice's first value turns its option on: the simplest draw (ci's first) exercises all of them
     norm = draw(st.sampled_from(("layer_norm_f32", "layer_norm", "rms_norm", "rms_norm_f32")))
     depformer_norm = draw(st.sampled_from(("layer_norm_f32", "layer_norm", None)))
@@ -148,7 +150,28 @@ def lm_cases(draw: st.DrawFn) -> tuple[LMConfig, str]:
     dtype = draw(st.sampled_from(("float32",) if f32_only else DTYPES))
     norm_emb = draw(st.sampled_from((True, False)))
     cfg = LMConfig.tiny().with_norm(norm).replace(depformer_norm=depformer_norm, norm_emb=norm_emb)
-    return draw(kv_heads(draw(ffn_options(cfg)))), dtype
+    return draw(positions(draw(kv_heads(draw(ffn_options(cfg)))))), dtype
+
+
+POSITIONAL_EMBEDDINGS = ("sin_rope", "sin", "rope_concat", "none", "rope")
+"""kyutai's positional_embedding values, the ones with a sinusoidal embedding first."""
+
+
+@st.composite
+def positions(draw: st.DrawFn, cfg: LMConfig) -> LMConfig:
+    """cfg with kyutai's position options drawn, each choice's first value turning its option on: each stack's kind
+    (positional_embedding, depformer_pos_emb: rope, rope_concat, sin, sin_rope, none), max_period (the depth stack's
+    inherited or its own depformer_max_period) and positional_scale (likewise)."""
+    t, d = cfg.temporal, cfg.depth
+    stacks = []
+    for sub, theta, scale in ((t, draw(st.sampled_from((500.0, 10_000.0))), draw(st.sampled_from((0.5, 1.0)))),
+                              (d, None, None)):  # fmt: skip
+        kind = draw(st.sampled_from(POSITIONAL_EMBEDDINGS))
+        theta = draw(st.sampled_from((100.0, stacks[0].rope_theta))) if theta is None else theta
+        scale = draw(st.sampled_from((0.25, stacks[0].positional_scale))) if scale is None else scale
+        stacks.append(sub.replace(rope="rope" in kind, rope_concat=kind == "rope_concat", sin_embedding="sin" in kind,
+                                  rope_theta=theta, positional_scale=scale))  # fmt: skip
+    return cfg.replace(temporal=stacks[0], depth=stacks[1])
 
 
 HIDDEN_SCALES = (2.5, 4.125, 3, 4)

@@ -94,7 +94,7 @@ class JaxBackend:
 
     def lm_forward(self, module: Any, codes: np.ndarray, capture: tuple[str, ...]) -> dict[str, Any]:
         """LM.__call__; "hidden" ("depth_hidden") is read from `nnx.capture`'s method outputs: the temporal (depth)
-        stack's `embed`, then each of its layers' outputs."""
+        stack's `stack_input` (its embeddings, plus a sinusoidal embedding), then each of its layers' outputs."""
         import jax.numpy as jnp
         from flax import nnx
 
@@ -104,7 +104,7 @@ class JaxBackend:
         out, seen = nnx.capture(module, nnx.Intermediate, method_outputs=nnx.Intermediate)(codes)
         stacks = {"hidden": (seen, module.layers), "depth_hidden": (seen["depth"], module.depth.layers)}
         captured = {
-            name: jnp.stack([at["embed"][0]] + [at["layers"][i]["__call__"][0][0] for i in range(len(layers))])
+            name: jnp.stack([at["stack_input"][0]] + [at["layers"][i]["__call__"][0][0] for i in range(len(layers))])
             for name, (at, layers) in stacks.items()
             if name in capture
         }

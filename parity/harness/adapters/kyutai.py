@@ -135,8 +135,8 @@ def lm_support(cfg: LMConfig) -> str | None:
     for name, sub in (("temporal", t), ("depth", d)):
         if sub.head_dim * sub.num_heads != sub.dim:
             return f"kyutai LMModel needs head_dim = dim / heads ({name})"
-    if d.context is not None or d.rope or not t.rope:
-        return "kyutai LMModel: rope only in the temporal stack, no depth context"
+    if d.context is not None:
+        return "kyutai LMModel has no depth context (it overrides depformer_context with None)"
     return None
 
 
@@ -147,8 +147,8 @@ def build_lm(cfg: LMConfig, dtype: str, options: dict, init: bool) -> Any:
 
 
 def _stacks(module: Any) -> dict[str, Any]:
-    """capture name -> the layers of that transformer (its first layer's input is the stack's input: Moshi's kyutai
-    settings add no positional embedding outside the layers)."""
+    """capture name -> the layers of that transformer (its first layer's input is the stack's input: the embeddings,
+    plus the sinusoidal embedding StreamingTransformer.forward adds when it has one)."""
     return {"hidden": module.transformer.layers, "depth_hidden": module.depformer.layers}
 
 

@@ -41,6 +41,15 @@ CONVERTERS: tuple[Mutation, ...] = (
         "the rope row permutation kyutai -> HF applies the inverse permutation",
     ),
     Mutation(
+        "conv_rope_concat_permuted",
+        "converters/transforms.py",
+        "if cfg.rope and not cfg.rope_concat:  # kyutai's `rope` pairs",
+        "if cfg.rope:  # kyutai's `rope` pairs",
+        "converter permutation",
+        ("parity/test_lm_positions.py::test_cli_converts_a_checkpoint[rope_concat]",),
+        "kyutai's rope_concat q/k rows (already half-split) permuted as if interleaved",
+    ),
+    Mutation(
         "conv_k_permuted_with_q_heads",
         "converters/transforms.py",
         "return half_to_interleaved(w, cfg.num_kv_heads) if _ref_interleaved(cfg) else w",

@@ -15,6 +15,11 @@ BF16_MATH = ("parity/test_precision.py::test_bf16_model_computes_float32_math[lm
 LM_FLAX = ("parity/test_lm.py::test_logits[ref->flax-float32]",)
 LM_REF = ("parity/test_lm.py::test_logits[kyutai->ref-float32]",)
 LM_NORMS = ("parity/test_lm_norms.py::test_layer_norm_logits_match_kyutai",)  # layer_norm, depformer_norm, norm_emb
+LM_POSITIONS = (  # kyutai's sin_rope in both stacks, the sinusoidal embedding alone
+    "parity/test_lm_positions.py::test_logits_match_kyutai[flax-sin_rope]",
+    "parity/test_lm_positions.py::test_logits_match_kyutai[ref-sin_rope]",
+    "parity/test_lm_positions.py::test_sin_embedding_matches_kyutai",
+)
 GREEDY_STREAM = ("parity/test_streaming.py::test_greedy_tokens_match_lmgen[0-flax]",)
 MOSAIC_INTERPRET = ("parity/test_pallas.py::test_mosaic_matches_xla_in_tpu_interpret_mode",)
 STREAM_LAWS = ("parity/test_sampling.py::test_each_stream_draws_its_own_law_with_its_own_noise[sampled]",)
