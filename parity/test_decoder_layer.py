@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from parity.harness.checks import SHORT_OFFSET, compare_pair, run_control
 from parity.harness.mutants import MUTANTS
-from parity.harness.strategies import cases, configs
+from parity.harness.strategies import cases, configs, kyutai_layer_options
 
 MODES = ("none", "int", "0d", "1d")
 PAIRS = (("hf", "ref", SHORT_OFFSET), ("ref", "flax", SHORT_OFFSET), ("hf", "flax", SHORT_OFFSET))
@@ -28,6 +28,16 @@ def test_parity(reference, candidate, max_offset, data):
 @given(case=cases(configs(kyutai=True), zero_offsets=True, modes=("none",)))
 def test_kyutai_to_hf(case):
     compare_pair("decoder_layer", ("kyutai", "hf"), case)
+
+
+@given(data=st.data())
+def test_kyutai_layer_options(data):
+    """kyutai's own layer options (norm kinds, the plain FFN, layer_scale) from kyutai to ref and flax; HF has none of
+    them (converters/formats.hf_refuses)."""
+    cfg, dtype = data.draw(kyutai_layer_options(data.draw(configs(kyutai=True))))
+    case = data.draw(cases(st.just(cfg), dtype=dtype, zero_offsets=True, modes=("none",)))
+    for candidate in ("ref", _flax()):
+        compare_pair("decoder_layer", ("kyutai", candidate), case)
 
 
 @given(case=cases(configs(), modes=MODES, max_offset=SHORT_OFFSET))
