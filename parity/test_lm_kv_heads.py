@@ -1,7 +1,7 @@
 """Grouped kv heads in kyutai's LMModel (`kv_repeat`, and `depformer_kv_repeat`, which the depth stack otherwise
 inherits): kyutai vs ref vs flax logits for a model grouping both stacks differently, streaming greedy tokens vs
 LMGen, a CLI conversion from kyutai kwargs, and a negative control (heads expanded with tile instead of repeat). The
-option is also drawn by `strategies.lm_cases` (parity/test_lm_norms.py's drawn comparison)."""
+option is also drawn by `strategies.lm_cases` (parity/test_lm_family.py's drawn comparisons)."""
 
 from functools import cache
 

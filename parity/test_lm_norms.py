@@ -1,16 +1,15 @@
 """The norm kinds of kyutai's LMModel (`norm=`: rms_norm, rms_norm_f32, layer_norm, layer_norm_f32, each with the eps
 kyutai fixes for it) in the temporal and depth layers and the final norm, `depformer_norm=` (a norm per codebook on
-the depth output) and `norm_emb` (a layer norm in every embedding): kyutai vs ref vs flax logits over drawn options
-and dtypes; for a model with all three, streaming greedy tokens vs LMGen, a CLI conversion from kyutai kwargs and
-negative controls (the layer norm's eps, its bias, the depformer norms' codebook order, the embedding norms ignored).
-HF has none of them: the harness and the CLI refuse it."""
+the depth output) and `norm_emb` (a layer norm in every embedding); for a model with all three (the kinds are also
+drawn by `strategies.lm_cases`, parity/test_lm_family.py): logits and streaming greedy tokens vs kyutai, a CLI
+conversion from kyutai kwargs and negative controls (the layer norm's eps, its bias, the depformer norms' codebook
+order, the embedding norms ignored). HF has none of them: the harness and the CLI refuse it."""
 
 import json
 from functools import cache
 
 import pytest
 from flax import nnx
-from hypothesis import example, given, settings
 from jax.sharding import PartitionSpec as P
 from safetensors.numpy import save_file
 
@@ -19,7 +18,7 @@ from converters.cli import main as cli_main
 from converters.upstream_config import to_kyutai_kwargs
 from models_flax import sharding
 from moshi_spec import LMConfig
-from parity.harness import adapters, lm_options, strategies
+from parity.harness import adapters, lm_options
 from parity.harness.compare import ParityError
 from parity.harness.implementations import build
 
@@ -27,19 +26,6 @@ from parity.harness.implementations import build
 # depformer_norm="layer_norm_f32", eps 1e-8) and one in every embedding (norm_emb)
 LAYER_NORM = LMConfig.tiny().with_norm("layer_norm").replace(depformer_norm="layer_norm_f32", norm_emb=True)
 PAIRS = (("kyutai", "ref"), ("kyutai", "flax"))
-
-
-@settings(max_examples=max(1, settings.default.max_examples // 8))  # ci 1, nightly 25: ~2 s each
-@given(case=strategies.lm_cases())
-@example(case=(LMConfig.tiny().with_norm("rms_norm"), "bfloat16"))  # computes in bf16 where rms_norm_f32 upcasts
-def test_logits_over_norm_kinds(case):
-    """kyutai -> ref and -> flax logits (masks exactly, values within the policy) for drawn norm options and dtype."""
-    cfg, dtype = case
-    models = build("lm", cfg, dtype, impls=("kyutai", "ref", "flax"))
-    codes = lm_options.codes(cfg)
-    runs = {impl: models.run(impl, {"codes": codes}) for impl in ("kyutai", "ref", "flax")}
-    for pair in PAIRS:
-        lm_options.compare(cfg, runs[pair[0]], runs[pair[1]], pair, dtype)
 
 
 @cache

@@ -10,7 +10,7 @@ logits, streaming greedy tokens vs LMGen, a CLI conversion from kyutai kwargs (t
 without a permutation), the kwargs reader and writer over every pair of kinds, HF's refusal naming the option, and
 negative controls (an embedding one position off, the depth stack on the temporal max_period, the scale ignored, a
 rope_concat checkpoint permuted as if interleaved, the phase divided by a reciprocal). The options are also drawn by
-`strategies.lm_cases` (parity/test_lm_norms.py's drawn comparison)."""
+`strategies.lm_cases` (parity/test_lm_family.py's drawn comparisons)."""
 
 from functools import cache
 

@@ -153,7 +153,8 @@ def lm_cases(draw: st.DrawFn) -> tuple[LMConfig, str]:
     kinds of `norm=` and `depformer_norm=`, each with its eps, and `norm_emb`), the feed-forward blocks (`ffn_options`:
     gating="none", hidden_scale, depformer_dim_feedforward, layer_scale, depformer_layer_scale), the grouped kv heads
     (`kv_heads`: kv_repeat, depformer_kv_repeat) and the positions (`positions`: positional_embedding,
-    depformer_pos_emb, max_period, positional_scale and their depformer_ forms). With layer_norm_f32, float32 only
+    depformer_pos_emb, max_period, positional_scale and their depformer_ forms) and the streams' `delays`. With
+    layer_norm_f32, float32 only
     (kyutai's LayerNormF32 feeds a float32 input to bfloat16 weights, which torch's CPU layer_norm refuses).
     depformer_norm is a layer-norm kind or None: kyutai's forward cannot run the RMS kinds there
     (parity/test_lm_norms.py)."""
@@ -164,7 +165,15 @@ def lm_cases(draw: st.DrawFn) -> tuple[LMConfig, str]:
     dtype = draw(st.sampled_from(("float32",) if f32_only else DTYPES))
     norm_emb = draw(st.sampled_from((True, False)))
     cfg = LMConfig.tiny().with_norm(norm).replace(depformer_norm=depformer_norm, norm_emb=norm_emb)
-    return draw(positions(draw(kv_heads(draw(ffn_options(cfg)))))), dtype
+    return draw(delays(draw(positions(draw(kv_heads(draw(ffn_options(cfg)))))))), dtype
+
+
+@st.composite
+def delays(draw: st.DrawFn, cfg: LMConfig) -> LMConfig:
+    """cfg with kyutai's delays drawn (any per stream, the text's too), an irregular pattern first: every stream's
+    delay in 0..3 (kyutai LMModel and LMGen take any), cfg's own (Moshi's pattern) or none."""
+    irregular = tuple((5 * k + 2) % 4 for k in range(1 + cfg.n_q))
+    return cfg.replace(delays=draw(st.sampled_from((irregular, cfg.delays, (0,) * (1 + cfg.n_q)))))
 
 
 POSITIONAL_EMBEDDINGS = ("sin_rope", "sin", "rope_concat", "none", "rope")
