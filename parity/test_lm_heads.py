@@ -6,11 +6,13 @@ them out, LMGen.step_with_extra_heads returns their softmax; our LMs return thei
 kyutai's fine-tuning recipe weighs as padding), `demux_second_text_stream` (kyutai's ScaledEmbedding demuxing two text
 streams from one id, in the temporal and the depth text embeddings) and a model without user audio (n_q == dep_q).
 
-What it proves, on tiny float32 models: kyutai vs ref vs flax logits and extra heads' logits; greedy streaming tokens
-token for token vs kyutai's LMGen (and the extra heads' softmax vs step_with_extra_heads); a CLI conversion from the
-kyutai kwargs; the kwargs read back identically; HF refusing each option by name; bad values named; and negative
-controls (a bias dropped, the depth biases not sliced per codebook in streaming, extra heads swapped, the demux offset
-of kyutai's docstring, the text head read as text_card wide) failing."""
+What it proves, on tiny float32 models: kyutai vs ref vs flax logits and extra heads' logits (bfloat16 too, nightly);
+greedy streaming tokens token for token vs kyutai's LMGen (and the extra heads' softmax vs step_with_extra_heads);
+conversions kyutai -> ref / flax -> kyutai bit-exact and a CLI conversion from the kyutai kwargs; the kwargs read back
+identically; the recipe's text loss weighing the end padding id; HF refusing each option by name; bad values named;
+and negative controls (a bias dropped, the depth biases not sliced per codebook in streaming, extra heads swapped, the
+demux offset of kyutai's docstring, the end padding id not weighed, the text head read as text_card wide) failing.
+The drawn whole-LM comparison (strategies.lm_cases, parity/test_lm_norms.py) samples the head options too."""
 
 import contextlib
 from functools import cache
@@ -35,14 +37,14 @@ from converters.lm_config import from_kyutai_kwargs
 from converters.upstream_config import to_hf_config, to_kyutai_kwargs, upstream_config
 from models_flax import sharding
 from models_flax.sampling import GREEDY
-from models_flax.streaming import Streamer
+from models_flax.streaming import UNGENERATED, Streamer
 from moshi_spec import LMConfig
 from parity.harness import lm_options, strategies
 from parity.harness.arrays import to_numpy
 from parity.harness.compare import ParityError, assert_parity
 from parity.harness.implementations import build
 from parity.harness.policy import sized
-from parity.harness.streaming_runs import run_steps, user_codes
+from parity.harness.streaming_runs import run_steps, token_mismatch, user_codes
 
 TINY = LMConfig.tiny()
 # every head option at once: biases, a text head 7 wider than the vocabulary, two extra heads of 5, an end padding id
@@ -78,38 +80,52 @@ def test_logits_match_kyutai(name, impl):
     lm_options.compare(models.cfg, runs["kyutai"], runs[impl], ("kyutai", impl), "float32")
 
 
-@pytest.mark.parametrize("name", ("heads", "no_user"))
-def test_stream_tokens_match_lmgen(name):
-    """float32 greedy streaming, token for token against kyutai's LMGen (no_user: zero user streams)."""
-    lm_options.assert_stream_tokens_match_lmgen(_runs(name)[0])
+@pytest.mark.nightly  # ~8 s on CPU (the drawn lm_cases cover bf16 with head options too, 1 draw in ci)
+def test_bf16_logits_match_kyutai():
+    """The heads model in bfloat16 (kyutai's bf16 biases and demux sums), kyutai vs flax, within the bf16 policy."""
+    models = build("lm", HEADS, "bfloat16", impls=("kyutai", "flax"))
+    runs = {impl: models.run(impl, {"codes": lm_options.codes(HEADS)}) for impl in ("kyutai", "flax")}
+    lm_options.compare(HEADS, runs["kyutai"], runs["flax"], ("kyutai", "flax"), "bfloat16")
+
+
+def test_no_user_stream_tokens_match_lmgen():
+    """float32 greedy streaming without user streams (LMGen takes (B, 0, 1) codes), token for token against LMGen."""
+    lm_options.assert_stream_tokens_match_lmgen(_runs("no_user")[0])
 
 
 @torch.no_grad()
-def _lmgen_extra_heads(kyutai_lm, user: np.ndarray) -> np.ndarray:
-    """kyutai LMGen.step_with_extra_heads (greedy) over user codes (B, U, T) -> (B, heads, dim, T - max_delay): the
-    steps that return them."""
+def _lmgen_with_extra_heads(kyutai_lm, user: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """kyutai LMGen.step_with_extra_heads (greedy) over user codes (B, U, T) -> tokens (B, 1 + dep_q, T), UNGENERATED
+    where it returned None, and the extra heads (B, heads, dim, T - max_delay) of the steps that return them."""
     from moshi.models.lm import LMGen
 
     gen = LMGen(kyutai_lm, use_sampling=False)
-    outs = []
-    with gen.streaming(user.shape[0]):
-        for t in range(user.shape[2]):
+    batch, _, frames = user.shape
+    tokens, extra = np.full((batch, 1 + kyutai_lm.dep_q, frames), UNGENERATED), []
+    with gen.streaming(batch):
+        for t in range(frames):
             out = gen.step_with_extra_heads(torch.from_numpy(user[:, :, t : t + 1]))
             if out is not None:
-                outs.append(torch.stack(out[1], dim=1)[:, :, 0].numpy())  # each head (B, 1, dim)
-    return np.stack(outs, axis=-1)
+                tokens[:, :, t] = out[0][:, :, 0].numpy()
+                extra.append(torch.stack(out[1], dim=1)[:, :, 0].numpy())  # each head (B, 1, dim)
+    return tokens, np.stack(extra, axis=-1)
 
 
-def test_stream_extra_heads_match_lmgen():
-    """The Streamer's extra heads (softmax on each step's normed temporal output) against kyutai's
-    LMGen.step_with_extra_heads, compared as log-probabilities (logits up to a shift) under the text logits' policy."""
+def test_stream_tokens_and_extra_heads_match_lmgen():
+    """float32 greedy streaming of the heads model against kyutai's LMGen.step_with_extra_heads: the tokens token for
+    token (text sampled from the 55-wide biased head and fed back through both demux embeddings, audio through the
+    biased depth heads), and the extra heads' softmax on each step's normed temporal output, compared as
+    log-probabilities (logits up to a shift) under the text logits' policy."""
     models, _ = _runs("heads")
     user = user_codes(HEADS, 2, HEADS.max_delay + lm_options.STREAM_FRAMES, seed=2)
-    expected = _lmgen_extra_heads(models.module("kyutai"), user)
-    got = run_steps(Streamer(models.module("flax"), text=GREEDY, audio=GREEDY), user)["extra_heads"]
-    assert got.shape == (2, HEADS.extra_heads, HEADS.extra_heads_dim, user.shape[2])
-    got = got[..., HEADS.max_delay :]
-    assert_parity(np.log(expected), np.log(got), component=sized("text_logits", "tiny"), pair=("kyutai", "flax"),
+    tokens, extra = _lmgen_with_extra_heads(models.module("kyutai"), user)
+    got = run_steps(Streamer(models.module("flax"), text=GREEDY, audio=GREEDY), user)
+    where, _ = token_mismatch(HEADS, tokens, got["tokens"], names=("kyutai", "flax[step]"))
+    assert np.array_equal(tokens, got["tokens"]), where
+    assert (got["text"] >= HEADS.text_card + 1).any(), "no sampled text token carries a second stream"
+    assert got["extra_heads"].shape == (2, HEADS.extra_heads, HEADS.extra_heads_dim, user.shape[2])
+    returned = got["extra_heads"][..., HEADS.max_delay :]  # LMGen returns them from step max_delay on
+    assert_parity(np.log(extra), np.log(returned), component=sized("text_logits", "tiny"), pair=("kyutai", "flax"),
                   expected_dtype="float32", logits=True, config={"preset": "tiny", "what": "extra_heads softmax"},
                   inputs={"user_codes": user.shape})  # fmt: skip
 
@@ -125,6 +141,17 @@ def test_cli_converts_a_heads_checkpoint(tmp_path):
     assert (kwargs["existing_text_end_padding_id"], kwargs.pop("demux_second_text_stream")) == (1, True)
     cand = lm_options.cli_converted_logits(models, kwargs | {"demux_second_stream": True}, tmp_path)
     lm_options.compare(HEADS, runs["kyutai"], cand, ("kyutai", "flax"), "float32")
+
+
+@pytest.mark.parametrize("dst", ("ref", "flax"))
+def test_conversion_round_trips_bit_exact(dst):
+    """kyutai -> dst -> kyutai gives back every key of the heads model bit for bit (biases, extra heads, demux)."""
+    models, _ = _runs("heads")
+    state = models.states["kyutai"]
+    back = convert(convert(state, src="kyutai", dst=dst, cfg=HEADS, component="lm"), src=dst, dst="kyutai", cfg=HEADS,
+                   component="lm")  # fmt: skip
+    assert back.keys() == state.keys() and all(np.array_equal(back[k], state[k]) for k in state)
+    assert {"text_linear.bias", "linears.3.bias", "extra_heads.1.weight", "depformer_text_emb.out2.weight"} <= set(back)
 
 
 @pytest.mark.parametrize("cfg", (HEADS, NO_USER, TINY.replace(extra_heads_dim=3, text_card_out=TINY.text_card)))
