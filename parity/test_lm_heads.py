@@ -45,6 +45,7 @@ from parity.harness.compare import ParityError, assert_parity
 from parity.harness.implementations import build
 from parity.harness.policy import sized
 from parity.harness.streaming_runs import run_steps, token_mismatch, user_codes
+from train.data import DataError, check_codes
 
 TINY = LMConfig.tiny()
 # every head option at once: biases, a text head 7 wider than the vocabulary, two extra heads of 5, an end padding id
@@ -364,3 +365,16 @@ def test_head_options_have_a_sharding_rule():
         P(None), P(None, None), P(None, None),
     )  # fmt: skip
     assert flat["depth.text_embed_tokens.out2.kernel"] == P(None, "fsdp")
+
+
+def test_training_data_text_ids():
+    """Training data of a heads model may hold any text id the embedding takes and the head scores (muxed ids below
+    text_out 55); one beyond is a DataError naming both limits."""
+    codes = (
+        strategies.random_codes(HEADS, 2, 4, seed=0) % np.array([HEADS.text_out] + [HEADS.card] * HEADS.n_q)[:, None]
+    )
+    codes[0, 0, 0] = HEADS.text_out - 1
+    check_codes(codes, HEADS, "heads.npy")
+    codes[1, 0, 2] = HEADS.text_out
+    with pytest.raises(DataError, match=r"heads\.npy.*text id.*\[0, 55\) \(text_vocab and text_out\)"):
+        check_codes(codes, HEADS, "heads.npy")
