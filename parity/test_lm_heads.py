@@ -94,6 +94,17 @@ def test_no_user_stream_tokens_match_lmgen():
     lm_options.assert_stream_tokens_match_lmgen(_runs("no_user")[0])
 
 
+@pytest.mark.nightly  # the scan's compile takes ~4 s on CPU
+def test_no_user_generate_equals_steps():
+    """Streamer.generate over (B, 0, T) user codes (one compiled loop) gives the step loop's tokens."""
+    models, _ = _runs("no_user")
+    streamer = Streamer(models.module("flax"), text=GREEDY, audio=GREEDY)
+    user = user_codes(NO_USER, 2, NO_USER.max_delay + lm_options.STREAM_FRAMES, seed=2)
+    assert user.shape[1] == 0
+    generated, _ = streamer.generate(user)
+    assert np.array_equal(np.asarray(generated.tokens), run_steps(streamer, user)["tokens"])
+
+
 @torch.no_grad()
 def _lmgen_with_extra_heads(kyutai_lm, user: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """kyutai LMGen.step_with_extra_heads (greedy) over user codes (B, U, T) -> tokens (B, 1 + dep_q, T), UNGENERATED
