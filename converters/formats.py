@@ -40,7 +40,9 @@ class LMSpelling:
         top: role -> module prefix of the LM outside its stacks: audio_emb (n_q embeddings), text_emb, norm (final
             norm), text_head, depth_in (per-codebook temporal -> depth projections), depth_emb (dep_q - 1 embeddings),
             depth_text_emb, depth_heads (per-codebook audio heads), depth_norms (per-codebook output norms, kyutai's
-            depformer_norms; `{prefix}{c}.`).
+            depformer_norms; `{prefix}{c}.`), extra_heads (kyutai's extra heads, `{prefix}{i}.`). A head's bias
+            (kyutai's bias_proj) is `bias` beside its weight; the text embeddings' demux linears `out1.` / `out2.`
+            inside them.
     """
 
     norm: str = "weight"
@@ -190,6 +192,7 @@ OUR_TOP = {
     "depth_text_emb": "depth.text_embed_tokens.",
     "depth_heads": "depth.lm_heads.",
     "depth_norms": "depth.out_norms.",
+    "extra_heads": "extra_heads.",
 }
 
 KYUTAI = Format(
@@ -230,6 +233,7 @@ KYUTAI = Format(
             "depth_text_emb": "depformer_text_emb.",
             "depth_heads": "linears.",
             "depth_norms": "depformer_norms.",
+            "extra_heads": "extra_heads.",
         },
     ),
     mimi=MimiSpelling(
@@ -252,9 +256,12 @@ KYUTAI = Format(
 
 def hf_refuses(component: str, cfg: Any) -> str | None:
     """What HF's Moshi has no weights for: layer norms (MoshiRMSNorm only), embedding norms (norm_emb), norms on
-    the depth output (depformer_norm), plain MLPs (gating="none") and layer scales; None when it has them all. Reads
-    an LMConfig ("lm") or a TransformerConfig."""
+    the depth output (depformer_norm), plain MLPs (gating="none"), layer scales, and kyutai's head options (bias_proj,
+    text_card_out, extra heads, demux_second_text_stream); None when it has them all. Reads an LMConfig ("lm") or a
+    TransformerConfig."""
     if component == "lm":
+        if problem := hf_head_problem(cfg):
+            return problem
         if cfg.norm_emb:
             return "HF's Moshi embeddings have no norm: norm_emb=True cannot be converted to hf"
         if cfg.depformer_norm is not None:
@@ -288,6 +295,19 @@ def hf_refuses(component: str, cfg: Any) -> str | None:
     return None
 
 
+def hf_head_problem(cfg: Any) -> str | None:
+    """What HF's Moshi lacks of kyutai's head options (None: none of them is set)."""
+    if cfg.bias_proj:
+        return "HF's Moshi heads have no bias: bias_proj=True cannot be converted to hf"
+    if cfg.text_card_out is not None and cfg.text_card_out != cfg.text_card:
+        return f"HF's text head has vocab_size outputs: text_card_out={cfg.text_card_out} cannot be converted to hf"
+    if cfg.extra_heads:
+        return f"HF's Moshi has no extra heads: extra_heads_num_heads={cfg.extra_heads} cannot be converted to hf"
+    if cfg.demux_second_text_stream:
+        return "HF's text embeddings do not demux: demux_second_text_stream=True cannot be converted to hf"
+    return None
+
+
 HF = Format(
     name="hf",
     refuses=hf_refuses,
@@ -306,6 +326,7 @@ HF = Format(
             "depth_text_emb": "depth_decoder.text_embed_tokens.",
             "depth_heads": "depth_decoder.lm_heads.",
             "depth_norms": "depth_decoder.out_norms.",  # HF has none: a hop only (converters/kyutai_hf.py)
+            "extra_heads": "decoder.extra_heads.",  # likewise
         },
     ),
     # transformers' MimiModel (its own state_dict: the SEANet, transformer and down/upsampling of each half nested

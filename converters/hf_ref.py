@@ -32,6 +32,15 @@ TABLE: dict[str, tuple[Pair, ...]] = {
         Pair("depth_decoder.embed_tokens.{c}.weight", "depth.embed_tokens.{c}.weight"),
         Pair("depth_decoder.input_projections.weight", "depth.input_projections.weight"),
         Pair("depth_decoder.lm_heads.weight", "depth.lm_heads.weight"),
+        # kyutai's head options (the hop from kyutai: HF's Moshi has none of them)
+        Pair("decoder.lm_head.bias", "lm_head.bias"),
+        Pair("depth_decoder.lm_heads.bias", "depth.lm_heads.bias"),
+        Pair("decoder.extra_heads.{c}.weight", "extra_heads.{c}.weight"),
+        *(Pair(f"decoder.model.embed_tokens.{o}.weight", f"text_embed_tokens.{o}.weight") for o in ("out1", "out2")),
+        *(
+            Pair(f"depth_decoder.text_embed_tokens.{o}.weight", f"depth.text_embed_tokens.{o}.weight")
+            for o in ("out1", "out2")
+        ),
     ),
 }
 

@@ -9,7 +9,8 @@
   no embedding norm and no depth output norm (depformer_norm): for such a model this format is a hop on the way to
   ref, and an HF checkpoint of it is refused by its config writer (converters/upstream_config.to_hf_config).
 - lm_top: embeddings renamed, per-codebook `depformer_in.{c}` / `linears.{c}` stacked into
-  `depth_decoder.input_projections` (K, Dd, D) / `depth_decoder.lm_heads` (K, V, Dd).
+  `depth_decoder.input_projections` (K, Dd, D) / `depth_decoder.lm_heads` (K, V, Dd). kyutai's head options (the heads'
+  biases, extra heads, the text embeddings' demux linears) travel under HF-like names HF's Moshi has not: a hop only.
 Released checkpoints' legacy fused names are normalized before this edge runs (see formats.KYUTAI.legacy); hf -> kyutai
 emits the current names. kyutai has no standalone flexible linear (it uses ModuleLists of nn.Linear).
 
@@ -50,6 +51,15 @@ TABLE: dict[str, tuple[Pair, ...]] = {
         Pair("depformer_emb.{c}.weight", "depth_decoder.embed_tokens.{c}.weight"),
         Pair("depformer_text_emb.weight", "depth_decoder.text_embed_tokens.weight"),
         Pair("linears.{c}.weight", "depth_decoder.lm_heads.weight", "stack", "unstack"),
+        # kyutai's head options, which HF has not: keys of the hop to ref only (formats.hf_refuses)
+        Pair("text_linear.bias", "decoder.lm_head.bias"),
+        Pair("linears.{c}.bias", "depth_decoder.lm_heads.bias", "stack", "unstack"),
+        Pair("extra_heads.{c}.weight", "decoder.extra_heads.{c}.weight"),
+        *(Pair(f"text_emb.{o}.weight", f"decoder.model.embed_tokens.{o}.weight") for o in ("out1", "out2")),
+        *(
+            Pair(f"depformer_text_emb.{o}.weight", f"depth_decoder.text_embed_tokens.{o}.weight")
+            for o in ("out1", "out2")
+        ),
     ),
 }
 

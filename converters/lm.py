@@ -6,6 +6,8 @@ an LM state is a checkpoint with exact keys. Shapes and prefixes come from each 
 
 Axis names: D temporal dim, Dd depth dim, K dep_q (codebooks the depth transformer predicts), V card (audio vocabulary;
 embeddings hold V + 1 rows, the last one the initial token), T text_card (likewise T + 1), n_q audio streams.
+kyutai's head options add keys: bias_proj the heads' biases, text_card_out the text head's width (text_out),
+extra_heads_num_heads the extra heads (extra_heads_dim, D), demux_second_text_stream both text embeddings' out1 / out2.
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ class LMShapeConfig(Protocol):
     card: int
     text_card: int
     norm_emb: bool
+    bias_proj: bool
+    text_out: int
+    extra_heads: int
+    extra_heads_dim: int
+    demux_second_text_stream: bool
 
     @property
     def depth_out_norm(self) -> LayerConfig | None: ...
@@ -49,14 +56,31 @@ def _top(fmt: Any, cfg: LMShapeConfig) -> dict[str, Shape] | None:
             return {f"{at[role]}{c}.{kernel}": linear(fmt, out, inp) for c in range(K)}
         return {f"{at[role]}{kernel}": (K, *linear(fmt, out, inp))}
 
+    def demux(role: str, dim: int) -> dict[str, Shape]:  # kyutai's demux_second_text_stream: out1, out2 (dim, dim)
+        if not cfg.demux_second_text_stream:
+            return {}
+        return {f"{at[role]}{out}.{kernel}": linear(fmt, dim, dim) for out in ("out1", "out2")}
+
+    def biases() -> dict[str, Shape]:  # kyutai's bias_proj: the text head's and every depth head's
+        if not cfg.bias_proj:
+            return {}
+        heads = at["depth_heads"]
+        per_head = {f"{heads}{c}.bias": (V,) for c in range(K)} if spelling.lists else {f"{heads}bias": (K, V)}
+        return {f"{at['text_head']}bias": (cfg.text_out,)} | per_head
+
+    extra = {f"{at['extra_heads']}{i}.{kernel}": linear(fmt, cfg.extra_heads_dim, D) for i in range(cfg.extra_heads)}
     return (
         embeddings("audio_emb", cfg.n_q, V + 1, D)
         | {f"{at['text_emb']}{emb}": (T + 1, D)}
-        | {f"{at['text_head']}{kernel}": linear(fmt, T, D)}
+        | demux("text_emb", D)
+        | {f"{at['text_head']}{kernel}": linear(fmt, cfg.text_out, D)}
+        | extra
         | per_codebook("depth_in", Dd, D)
         | embeddings("depth_emb", K - 1, V + 1, Dd)
         | {f"{at['depth_text_emb']}{emb}": (T + 1, Dd)}
+        | demux("depth_text_emb", Dd)
         | per_codebook("depth_heads", V, Dd)
+        | biases()
     )
 
 

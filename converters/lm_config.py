@@ -32,6 +32,7 @@ KYUTAI_USED = frozenset(
     {*KYUTAI_REQUIRED, *KYUTAI_DEFAULTS}
     | {"depformer_dim_feedforward", "depformer_num_layers", "depformer_gating", "depformer_kv_repeat", "text_card_out"}
     | {"layer_scale", "depformer_layer_scale", "depformer_max_period", "positional_scale", "depformer_positional_scale"}
+    | {"extra_heads_num_heads", "extra_heads_dim", "existing_text_end_padding_id"}
 )
 POSITIONAL_EMBEDDINGS = ("rope", "rope_concat", "sin", "sin_rope", "none")
 """kyutai StreamingTransformer's `positional_embedding` values (LMModel's `depformer_pos_emb` for the depth stack)."""
@@ -43,20 +44,17 @@ KYUTAI_SUPPORTED: dict[str, tuple[Any, tuple[Any, ...]]] = {
     "depformer_multi_linear": (False, (True,)),
     "depformer_weights_per_step": (False, (True,)),
     "causal": (True, (True,)),
-    "extra_heads_num_heads": (0, (0,)),
     "conditioners": (None, (None, {})),
     "fuser": (None, (None, {})),
     "depformer_norm": (None, (None, *NORM_EPS)),
     **{k: (None, (None,)) for k in "depformer_weights_per_step_schedule depformer_low_rank_embeddings".split()},
-    "norm_emb": (False, (False, True)),
-    **{k: (False, (False,)) for k in "bias_proj demux_second_text_stream demux_second_stream".split()},
+    **{k: (False, (False, True)) for k in "norm_emb bias_proj demux_second_text_stream demux_second_stream".split()},
     **{k: (False, (False,)) for k in "cross_attention quantize lora skip_self_attn".split()},
 }
 KYUTAI_IGNORED = frozenset(
     # no effect on the weights or on this port: LMModel overrides depformer_context with None, depformer_causal is
     # deprecated (loaders drop it), and the rest is training or loading detail.
-    "depformer_context depformer_causal existing_text_end_padding_id extra_heads_dim "
-    "gradient_checkpointing lora_rank lora_scaling dtype device".split()
+    "depformer_context depformer_causal gradient_checkpointing lora_rank lora_scaling dtype device".split()
     # kyutai config.json entries that loaders.CheckpointInfo pops before building the LM
     + "moshi_name mimi_name mimi_config_name tokenizer_name lora_name model_type lm_gen_config tts_config stt_config "
     "model_id".split()
@@ -71,6 +69,9 @@ KYUTAI_FIELDS = {
     **dict.fromkeys("positional_scale depformer_positional_scale".split(), "num"),
     **dict.fromkeys("layer_scale depformer_layer_scale".split(), "num?"),
     "existing_text_padding_id": "int0",
+    "existing_text_end_padding_id": "int0",
+    "extra_heads_num_heads": "int0",
+    "extra_heads_dim": "int",
     "delays": "ints",
 }
 KYUTAI_LM_NAMES = {k: k for k in "n_q dep_q card text_card delays existing_text_padding_id".split()}
@@ -78,6 +79,8 @@ KYUTAI_LM_NAMES["depth.num_codebooks"] = "dep_q"
 KYUTAI_LM_NAMES["depformer_norm"] = "depformer_norm"
 KYUTAI_LM_NAMES["norm_emb"] = "norm_emb"
 KYUTAI_LM_NAMES["depth.gated"] = "depformer_gating"
+KYUTAI_LM_NAMES |= {k: k for k in "bias_proj text_card_out extra_heads_dim existing_text_end_padding_id".split()}
+KYUTAI_LM_NAMES |= {"extra_heads": "extra_heads_num_heads", "demux_second_text_stream": "demux_second_text_stream"}
 KYUTAI_STACK_NAMES = {
     "temporal": {"dim": "dim", "num_heads": "num_heads", "num_layers": "num_layers", "ffn_dim": "hidden_scale",
                  "num_kv_heads_override": "kv_repeat", "activation": "gating", "rope_theta": "max_period",
@@ -172,8 +175,13 @@ def from_kyutai_kwargs(kwargs: Mapping[str, Any]) -> LMConfig:
     for key, (default, allowed) in KYUTAI_SUPPORTED.items():
         if d.get(key, default) not in allowed:
             problems.append(f"{key}={d.get(key, default)!r} is not supported (supported: {list(allowed)})")
-    if d.get("text_card_out") not in (None, d.get("text_card")):
-        problems.append(f"text_card_out={d['text_card_out']!r} differs from text_card (not supported)")
+    # moshi.models.loaders renames a config.json's demux_second_stream before LMModel reads it
+    demux = d.get("demux_second_text_stream", d.get("demux_second_stream", False))
+    if d.get("demux_second_stream", demux) != demux:
+        problems.append(
+            f"demux_second_stream={d['demux_second_stream']!r} contradicts demux_second_text_stream={demux!r} "
+            "(loaders renames the first to the second)"
+        )
     gating = d["gating"]
     depformer_gating = d.get("depformer_gating", gating)
     if gating not in (*ACTIVATIONS, "none"):
@@ -223,6 +231,9 @@ def from_kyutai_kwargs(kwargs: Mapping[str, Any]) -> LMConfig:
             temporal=temporal, depth=depth, n_q=d["n_q"], dep_q=d["dep_q"], card=d["card"], text_card=d["text_card"],
             delays=tuple(d["delays"]), existing_text_padding_id=d["existing_text_padding_id"],
             depformer_norm=d.get("depformer_norm"), norm_emb=d.get("norm_emb", False),
+            bias_proj=d.get("bias_proj", False), text_card_out=d.get("text_card_out"),
+            extra_heads=d.get("extra_heads_num_heads", 0), extra_heads_dim=d.get("extra_heads_dim", 6),
+            existing_text_end_padding_id=d.get("existing_text_end_padding_id", 0), demux_second_text_stream=demux,
         )  # fmt: skip
 
 

@@ -38,6 +38,11 @@ TABLE: dict[str, tuple[Pair, ...]] = {
         _same("depth.embed_tokens.{c}.weight"),
         _kernel("depth.input_projections."),
         _kernel("depth.lm_heads."),
+        # kyutai's head options
+        _same("lm_head.bias"),
+        _same("depth.lm_heads.bias"),
+        _kernel("extra_heads.{c}."),
+        *(_kernel(f"{emb}text_embed_tokens.{o}.") for emb in ("", "depth.") for o in ("out1", "out2")),
     ),
     # Mimi (converters/mimi.py)
     "causal_conv1d": _conv("conv_to_flax", "conv_from_flax"),

@@ -60,6 +60,21 @@ def to_kyutai_kwargs(cfg: LMConfig) -> dict[str, Any]:
         **({"layer_scale": t.layer_scale} if t.layer_scale is not None else {}),
         # LMModel passes layer_scale on to the depformer unless depformer_layer_scale says otherwise
         **({"depformer_layer_scale": d.layer_scale} if d.layer_scale != t.layer_scale else {}),
+        **kyutai_head_kwargs(cfg),
+    }  # fmt: skip
+
+
+def kyutai_head_kwargs(cfg: LMConfig) -> dict[str, Any]:
+    """kyutai's head options away from LMModel's defaults (bias_proj, text_card_out, extra heads, the end padding id,
+    demux_second_text_stream), as LMModel takes them."""
+    return {
+        **({"bias_proj": True} if cfg.bias_proj else {}),
+        **({"text_card_out": cfg.text_card_out} if cfg.text_card_out is not None else {}),
+        **({"extra_heads_num_heads": cfg.extra_heads} if cfg.extra_heads else {}),
+        **({"extra_heads_dim": cfg.extra_heads_dim} if cfg.extra_heads_dim != 6 else {}),
+        **({"existing_text_end_padding_id": cfg.existing_text_end_padding_id}
+           if cfg.existing_text_end_padding_id != 0 else {}),
+        **({"demux_second_text_stream": True} if cfg.demux_second_text_stream else {}),
     }  # fmt: skip
 
 

@@ -1,5 +1,5 @@
 """Token embedding whose id -1 (kyutai's zero token) embeds to an exact zero vector, optionally through a layer norm
-(kyutai's `norm_emb`)."""
+(kyutai's `norm_emb`) or demuxing two streams muxed in one id (kyutai's `demux_second_stream`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from models_flax.checks import check_dtype, check_ids, check_int_array
+from models_flax.linear import Linear
 from models_flax.norm import LayerNorm
 from moshi_spec import NORM_EPS, ZERO_TOKEN
 
@@ -21,7 +22,11 @@ class Embedding(nnx.Module):
     enter the model, e.g. `LM.check_codes`, which names them; not again per table.)
 
     norm=True (kyutai's norm_emb): each row goes through `norm`, a LayerNorm (eps 1e-5, kyutai's layer_norm), before
-    the zero token is zeroed."""
+    the zero token is zeroed.
+
+    demux=True (kyutai's demux_second_stream): an id is `(second + 1) * V + first`, ids in [0, V * (V + 1)); it
+    embeds to out1(weight[first]) + out2(weight[second]), the second term 0 when second is -1 (kyutai's ScaledEmbedding:
+    the same table, two bias-free linears (D, D)). No norm with it (kyutai asserts)."""
 
     def __init__(
         self,
@@ -31,20 +36,43 @@ class Embedding(nnx.Module):
         dtype: object = jnp.float32,
         param_dtype: object = jnp.float32,
         norm: bool = False,
+        demux: bool = False,
+        precision: jax.lax.PrecisionLike = None,
         rngs: nnx.Rngs,
     ):
+        if demux and norm:
+            raise ValueError("Embedding: demux has no norm (kyutai's ScaledEmbedding asserts not norm)")
         self.num_embeddings = num_embeddings
         self.dtype = check_dtype("Embedding", dtype)
         init = jax.random.normal(rngs.params(), (num_embeddings, dim), jnp.float32)
         self.weight = nnx.Param(init.astype(check_dtype("Embedding", param_dtype)))
         self.norm = LayerNorm(dim, eps=EMB_NORM_EPS, dtype=dtype, param_dtype=param_dtype) if norm else None
+        self.demux = demux
+        if demux:
+            kw = dict(dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs)
+            self.out1, self.out2 = Linear(dim, dim, **kw), Linear(dim, dim, **kw)
+
+    @property
+    def vocab(self) -> int:
+        """How many ids the embedding takes (besides ZERO_TOKEN): the rows, or every muxed pair with demux."""
+        v = self.num_embeddings
+        return v * (v + 1) if self.demux else v
 
     def __call__(self, ids: jax.Array) -> jax.Array:
         """ids (...) integers -> (..., D) embeddings in the layer's dtype."""
         check_int_array("Embedding", "ids", ids, "(...)")
-        ids = check_ids("Embedding", "ids", ids, vocab=self.num_embeddings, traced_check=False)
+        ids = check_ids("Embedding", "ids", ids, vocab=self.vocab, traced_check=False)
+        if self.demux:
+            return self._demuxed(ids)
         rows = self.weight[...].astype(self.dtype)[jnp.maximum(ids, 0)]
         if self.norm is not None:  # LayerNorm takes (B, T, D)
             rows = self.norm(rows.reshape(-1, 1, rows.shape[-1])).reshape(rows.shape)
         fill = jnp.where(ids == ZERO_TOKEN, 0.0, jnp.nan).astype(self.dtype)
         return jnp.where((ids >= 0)[..., None], rows, fill[..., None])
+
+    def _demuxed(self, ids: jax.Array) -> jax.Array:
+        table, v = self.weight[...].astype(self.dtype), self.num_embeddings
+        first, second = jnp.maximum(ids, 0) % v, jnp.maximum(ids, 0) // v - 1
+        y = self.out1(table[first]) + jnp.where((second < 0)[..., None], 0.0, self.out2(table[jnp.maximum(second, 0)]))
+        fill = jnp.where(ids == ZERO_TOKEN, 0.0, jnp.nan).astype(self.dtype)
+        return jnp.where((ids >= 0)[..., None], y.astype(self.dtype), fill[..., None])

@@ -68,8 +68,9 @@ def select_weights(kernel: jax.Array, seq_len: int, layer_idx: object) -> tuple[
 
 
 class FlexibleLinear(nnx.Module):
-    """kernel (L, in, out); `__call__(x (B, S, in), *, layer_idx)` -> (B, S', out). A layer_idx out of range is a
-    ValueError when concrete; traced, it raises under `checked_jit` and its outputs are NaN (not a clamped kernel's)."""
+    """kernel (L, in, out), bias (L, out) only when `bias`; `__call__(x (B, S, in), *, layer_idx)` -> (B, S', out).
+    A layer_idx out of range is a ValueError when concrete; traced, it raises under `checked_jit` and its outputs are
+    NaN (not a clamped kernel's)."""
 
     def __init__(
         self,
@@ -80,6 +81,7 @@ class FlexibleLinear(nnx.Module):
         dtype: object = jnp.float32,
         param_dtype: object = jnp.float32,
         precision: jax.lax.PrecisionLike = None,
+        bias: bool = False,
         rngs: nnx.Rngs,
     ):
         self.in_features, self.out_features, self.num_layers = in_features, out_features, num_layers
@@ -87,11 +89,15 @@ class FlexibleLinear(nnx.Module):
         self.precision = precision
         init = jax.random.normal(rngs.params(), (num_layers, in_features, out_features), jnp.float32)
         self.kernel = nnx.Param(init.astype(check_dtype("FlexibleLinear", param_dtype)))
+        # kyutai's bias_proj heads: bias (L, out), selected with the kernel
+        self.bias = nnx.Param(jnp.zeros((num_layers, out_features), param_dtype)) if bias else None
         self.lora: nnx.Module | None = nnx.data(None)  # models_flax.training.lora attaches one for LoRA fine-tuning
 
     def __call__(self, x: jax.Array, *, layer_idx: object = None) -> jax.Array:
         check_input("FlexibleLinear", x, rank=3, last=self.in_features, dtype=self.dtype)
         y = apply_kernels(x, self.kernel[...].astype(self.dtype), layer_idx, precision=self.precision)
+        if self.bias is not None:  # (S' or 1, out), the selection the kernels made (NaN there already if invalid)
+            y = y + select_weights(self.bias[...].astype(jnp.float32), x.shape[1], layer_idx)[0]
         if self.lora is not None:
             y = y + self.lora(x, layer_idx=layer_idx)
         return y.astype(self.dtype)
@@ -112,7 +118,8 @@ def apply_kernels(x: jax.Array, kernel: jax.Array, layer_idx: object, *, precisi
 
 
 class Linear(nnx.Module):
-    """Bias-free linear, kernel (in, out); takes layer_idx only as None so callers treat both kinds alike."""
+    """Linear, kernel (in, out), bias (out,) only when `bias`; takes layer_idx only as None so callers treat both kinds
+    alike."""
 
     def __init__(
         self,
@@ -122,6 +129,7 @@ class Linear(nnx.Module):
         dtype: object = jnp.float32,
         param_dtype: object = jnp.float32,
         precision: jax.lax.PrecisionLike = None,
+        bias: bool = False,
         rngs: nnx.Rngs,
     ):
         self.in_features, self.out_features = in_features, out_features
@@ -130,6 +138,7 @@ class Linear(nnx.Module):
         scale = in_features**-0.5
         init = scale * jax.random.normal(rngs.params(), (in_features, out_features), jnp.float32)
         self.kernel = nnx.Param(init.astype(check_dtype("Linear", param_dtype)))
+        self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype)) if bias else None  # kyutai's bias_proj
         self.lora: nnx.Module | None = nnx.data(None)  # models_flax.training.lora attaches one for LoRA fine-tuning
 
     def __call__(self, x: jax.Array, *, layer_idx: object = None) -> jax.Array:
@@ -138,6 +147,8 @@ class Linear(nnx.Module):
         check_input("Linear", x, rank=max(x.ndim, 2), last=self.in_features, dtype=self.dtype)
         kernel = self.kernel[...].astype(self.dtype)
         y = einsum("...i,io->...o", x, kernel, precision=self.precision)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(jnp.float32)
         if self.lora is not None:
             y = y + self.lora(x)
         return y.astype(self.dtype)

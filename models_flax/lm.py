@@ -23,10 +23,13 @@ from moshi_spec import LMConfig
 
 @struct.dataclass
 class LMOutput:
-    text_logits: jax.Array  # (B, 1, T, text_card), NaN where invalid
+    text_logits: jax.Array  # (B, 1, T, text_out), NaN where invalid
     text_mask: jax.Array  # (B, 1, T)
     audio_logits: jax.Array  # (B, dep_q, T, card), NaN where invalid
     audio_mask: jax.Array  # (B, dep_q, T)
+    # (B, extra_heads, T, extra_heads_dim): kyutai's extra heads on the normed temporal output of step t (the step
+    # whose text logits are the text stream's at t + delays[0]), no delay undone, no mask; None without extra heads
+    extra_logits: jax.Array | None = None
 
 
 def run_layers(layers: nnx.List, x: jax.Array, positions: jax.Array, *, remat: bool) -> jax.Array:
@@ -56,14 +59,15 @@ class DepthTransformer(nnx.Module):
         d = cfg.depth
         self.cfg = cfg
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.text_embed_tokens = Embedding(cfg.text_card + 1, d.dim, **kw, norm=cfg.norm_emb)
+        demux = dict(demux=cfg.demux_second_text_stream, precision=precision)
+        self.text_embed_tokens = Embedding(cfg.text_card + 1, d.dim, **kw, norm=cfg.norm_emb, **demux)
         self.embed_tokens = nnx.List(
             [Embedding(cfg.card + 1, d.dim, **kw, norm=cfg.norm_emb) for _ in range(cfg.dep_q - 1)]
         )
         kw |= {"precision": precision}
         self.input_projections = FlexibleLinear(cfg.temporal.dim, d.dim, cfg.dep_q, **kw)
         self.layers = nnx.List([DecoderLayer(d, impl=impl, **kw) for _ in range(d.num_layers)])
-        self.lm_heads = FlexibleLinear(d.dim, cfg.card, cfg.dep_q, **kw)
+        self.lm_heads = FlexibleLinear(d.dim, cfg.card, cfg.dep_q, **kw, bias=cfg.bias_proj)
         # kyutai's depformer_norms: one norm per codebook on the output, before its head (absent by default)
         n, norm_kw = cfg.depth_out_norm, dict(dtype=dtype, param_dtype=param_dtype)
         self.out_norms = None if n is None else nnx.List([make_norm(n, **norm_kw) for _ in range(cfg.dep_q)])
@@ -142,12 +146,14 @@ class LM(nnx.Module):
         t = cfg.temporal
         self.cfg = cfg
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        demux = dict(demux=cfg.demux_second_text_stream, precision=precision)
         self.embed_tokens = nnx.List([Embedding(cfg.card + 1, t.dim, **kw, norm=cfg.norm_emb) for _ in range(cfg.n_q)])
-        self.text_embed_tokens = Embedding(cfg.text_card + 1, t.dim, **kw, norm=cfg.norm_emb)
+        self.text_embed_tokens = Embedding(cfg.text_card + 1, t.dim, **kw, norm=cfg.norm_emb, **demux)
         kw |= {"precision": precision}
         self.layers = nnx.List([DecoderLayer(t, impl=impl, **kw) for _ in range(t.num_layers)])
         self.norm = make_norm(t, dtype=dtype, param_dtype=param_dtype)
-        self.lm_head = Linear(t.dim, cfg.text_card, **kw)
+        self.lm_head = Linear(t.dim, cfg.text_out, **kw, bias=cfg.bias_proj)
+        self.extra_heads = nnx.List([Linear(t.dim, cfg.extra_heads_dim, **kw) for _ in range(cfg.extra_heads)])
         self.depth = DepthTransformer(cfg, impl=impl, **kw)
         self.remat = False  # recompute each layer's activations in the backward pass (`set_remat`)
 
@@ -177,15 +183,16 @@ class LM(nnx.Module):
         return add_sin_embedding(self.cfg.temporal, x, positions)
 
     def check_codes(self, codes: jax.Array | np.ndarray) -> jax.Array:
-        """codes (B, 1 + n_q, T), B and T >= 1, integers: text ids (stream 0) in [0, text_card), audio ids in
-        [0, card), or -1 (the zero token) -> int32 codes. Bad codes raise (TypeError, ValueError) when concrete; traced
-        out-of-range codes raise under `checked_jit` (models_flax.checks) and make the outputs they feed NaN."""
+        """codes (B, 1 + n_q, T), B and T >= 1, integers: text ids (stream 0) in [0, text_vocab) (text_card, or the
+        muxed pairs with demux_second_text_stream), audio ids in [0, card), or -1 (the zero token) -> int32 codes.
+        Bad codes raise (TypeError, ValueError) when concrete; traced out-of-range codes raise under `checked_jit`
+        (models_flax.checks) and make the outputs they feed NaN."""
         cfg = self.cfg
         layout = f"(B, 1 + n_q = {1 + cfg.n_q}, T)"
         check_int_array("LM", "codes", codes, layout)
         if codes.ndim != 3 or codes.shape[1] != 1 + cfg.n_q or codes.shape[0] < 1 or codes.shape[2] < 1:
             raise ValueError(f"LM: codes must be {layout} with B >= 1 and T >= 1, got shape {tuple(codes.shape)}")
-        text = check_ids("LM", "codes[:, 0]: text ids", codes[:, :1], vocab=cfg.text_card)
+        text = check_ids("LM", "codes[:, 0]: text ids", codes[:, :1], vocab=cfg.text_vocab)
         audio = check_ids("LM", "codes[:, 1:]: audio ids", codes[:, 1:], vocab=cfg.card, offset=(0, 1, 0))
         return jnp.concatenate([text, audio], axis=1)
 
@@ -203,6 +210,7 @@ class LM(nnx.Module):
         x = run_layers(self.layers, x, positions, remat=self.remat)
         x = self.norm(x)
         text_logits = self.lm_head(x)[:, None]
+        extra = jnp.stack([head(x) for head in self.extra_heads], axis=1) if len(self.extra_heads) else None
         depth_tokens = targets[:, : cfg.dep_q].transpose(0, 2, 1).reshape(batch * length, cfg.dep_q)
         audio = self.depth(depth_tokens, context=x.reshape(batch * length, -1))
         audio = audio.reshape(batch, length, cfg.dep_q, -1).transpose(0, 2, 1, 3)
@@ -210,4 +218,4 @@ class LM(nnx.Module):
         text_logits, text_mask = undelay(text_logits, cfg.delays[:1])
         audio_mask = audio_mask & (codes[:, 1 : 1 + cfg.dep_q] != -1)
         text_mask = text_mask & (codes[:, :1] != -1)
-        return LMOutput(text_logits, text_mask, audio_logits, audio_mask)
+        return LMOutput(text_logits, text_mask, audio_logits, audio_mask, extra)

@@ -95,7 +95,7 @@ def activation_bytes(
     else:
         layers = t.num_layers * (t_in + t_int) + d.num_layers * (d_in + d_int)
     inputs = 2 * batch * frames * t.dim * s + 2 * batch * frames * k * d.dim * s
-    heads = batch * frames * (cfg.text_card + k * cfg.card) * (s + 8)
+    heads = batch * frames * (cfg.text_out + k * cfg.card) * (s + 8)
     return {"layers": layers, "inputs": inputs, "heads": heads, "total": layers + inputs + heads}
 
 
@@ -146,7 +146,7 @@ def train_plan(
         inputs: the summed embeddings and final norm of the temporal stack and the depth stack's embeddings and
         projections, 2*b*T*D*s + 2*b*T*dep_q*Dd*s;
         heads: the logits in s, their fp32 log-softmax kept by the loss and the fp32 gradient the backward pass
-        starts from, b*T*(text_card + dep_q*card)*(s + 8).
+        starts from, b*T*(text_out + dep_q*card)*(s + 8) (text_out: text_card, or kyutai's text_card_out).
     What it leaves out: the backward pass's transient gradients of the internals, XLA's temporary buffers and
     fragmentation, the all-gathered and reduce-scattered gradient buffers beyond one layer, and the codes. It is a
     planning figure: the device check (bench/gpu_check.sh) prints it next to the peak that jax measures.

@@ -17,8 +17,8 @@ of a block when XLA chooses not to gather):
 Every parameter must match exactly one rule (`fullmatch` on its '.'-joined nnx path); an unmatched or doubly matched
 path, a spec whose rank differs from the parameter's, an axis the mesh lacks, or a dimension the mesh axis does not
 divide is an error naming the paths. A rule may opt into `replicate_if_indivisible`, which replicates only that
-dimension; the default table needs it nowhere: every split dimension divides by any fsdp that divides 16 (`tiny`) or
-256 (`moshi_7b`).
+dimension; the default table needs it only for the text head (kyutai's text_card_out may be odd): every other split
+dimension divides by any fsdp that divides 16 (`tiny`) or 256 (`moshi_7b`).
 
 Works on abstract models (`nnx.eval_shape`) and abstract meshes (`abstract_mesh`), so `describe` plans the 7B on any
 host without allocating it.
@@ -71,7 +71,18 @@ RULES: tuple[Rule, ...] = (
     Rule(_LAYER + r"(input|post_attention)_layernorm\.weight", P(None), why="norm: replicated"),
     Rule(r"norm\.weight", P(None), why="norm: replicated"),
     Rule(r"(depth\.)?(" + _LAYER + r"(input|post_attention)_layer)?norm\.bias", P(None), why="layer norm: replicated"),
-    Rule(r"lm_head\.kernel", P(None, "fsdp"), why="(D, text_card): vocabulary"),
+    Rule(
+        r"lm_head\.kernel",
+        P(None, "fsdp"),
+        replicate_if_indivisible=True,  # a kyutai text_card_out may be odd (text_card is 32000 in Moshi 7B)
+        why="(D, text_out): vocabulary",
+    ),
+    # kyutai's head options: small, replicated (text_card_out need not divide); demux linears (D, D) split like the
+    # embeddings they follow
+    Rule(r"lm_head\.bias", P(None), why="bias_proj (text_out,): replicated"),
+    Rule(r"depth\.lm_heads\.bias", P(None, None), why="bias_proj (K, card): replicated"),
+    Rule(r"extra_heads\.\d+\.kernel", P(None, None), why="extra heads (D, extra_heads_dim): replicated"),
+    Rule(r"(depth\.)?text_embed_tokens\.out[12]\.kernel", P(None, "fsdp"), why="demux (D, D): output D"),
     # Depth transformer: flexible kernels (K, in, out), the codebook axis K replicated.
     Rule(r"depth\.input_projections\.kernel", P(None, "fsdp", None), why="(K, D, Dd): D"),
     Rule(r"depth\." + _LAYER + r"self_attn\.[qkv]_proj\.kernel", P(None, None, "fsdp"), why="(K, Dd, H*hd): heads"),

@@ -67,8 +67,11 @@ class StepOutput:
             `LMGen.step`'s output), UNGENERATED during the first max_delay steps.
         text: (B,) the text token sampled at this step.
         audio: (B, dep_q) the audio tokens sampled at this step (codebook c belongs to frame step - delays[1 + c]).
-        text_logits: (B, text_card) float32, the logits `text` was sampled from.
+        text_logits: (B, text_out) float32, the logits `text` was sampled from.
         audio_logits: (B, dep_q, card) float32, the logits `audio` was sampled from.
+        extra_heads: (B, extra_heads, extra_heads_dim) float32, the softmax of each extra head on this step's normed
+            temporal output (kyutai `LMGen.step_with_extra_heads`, which returns them from step max_delay on); None
+            without extra heads.
     """
 
     tokens: jax.Array
@@ -76,6 +79,7 @@ class StepOutput:
     audio: jax.Array
     text_logits: jax.Array
     audio_logits: jax.Array
+    extra_heads: jax.Array | None = None
 
 
 def write_user_codes(tokens: jax.Array, codes: jax.Array, offsets: jax.Array, delays: jax.Array) -> jax.Array:
@@ -111,8 +115,11 @@ def read_outputs(tokens: jax.Array, offsets: jax.Array, delays: jax.Array) -> ja
 
 
 def is_depth_weight(path: tuple, value) -> bool:
-    """nnx filter: the depth transformer's per-codebook kernels (FlexibleLinear, (dep_q, in, out))."""
-    return path[0] == "depth" and path[-1] == "kernel"
+    """nnx filter: the depth transformer's per-codebook weights: FlexibleLinear kernels (dep_q, in, out) and the
+    heads' biases (dep_q, card) (kyutai's bias_proj); not the demux linears of its text embedding (one (D, D) each)."""
+    if path[0] != "depth" or path[1] == "text_embed_tokens":
+        return False
+    return path[-1] == "kernel" or tuple(path[1:]) == ("lm_heads", "bias")
 
 
 def split_codebooks(lm: LM):
@@ -155,6 +162,7 @@ def _step(
         caches.append(cache)
     x = lm.norm(x)[:, 0]
     text_logits = lm.lm_head(x).astype(jnp.float32)
+    extra = [jax.nn.softmax(head(x), axis=-1).astype(jnp.float32) for head in lm.extra_heads]
     keys = jax.random.split(key, 1 + cfg.dep_q)
     text = sample(text_logits, keys[0], text_sampler)
     token, depth_caches = text, lm.depth.init_caches(batch, dtype=lm.dtype)
@@ -175,6 +183,7 @@ def _step(
         audio=audio,
         text_logits=text_logits,
         audio_logits=jnp.stack(audio_logits, axis=1),
+        extra_heads=jnp.stack(extra, axis=1) if extra else None,
     )
     return out, StreamState(caches, tokens, offsets)
 
@@ -219,6 +228,12 @@ class Streamer:
         for name, sampler in (("text", text), ("audio", audio)):
             if not isinstance(sampler, Sampler):
                 raise TypeError(f"Streamer: {name} must be a Sampler, got {sampler!r}")
+        rows = lm.text_embed_tokens.vocab
+        if lm.cfg.text_out > rows:  # kyutai's LMGen would raise an IndexError embedding it
+            raise ValueError(
+                f"Streamer: the text head has {lm.cfg.text_out} outputs (text_card_out) but the text embedding takes "
+                f"{rows} ids: a sampled text token could not be fed back (demux_second_text_stream takes more)"
+            )
         self.cfg = lm.cfg
         self.dtype = lm.dtype
         self.samplers = (text, audio)

@@ -48,29 +48,42 @@ def select_weights(weight: torch.Tensor, seq_len: int, layer_idx: object) -> tor
 
 
 class FlexibleLinear(nn.Module):
-    """weight (L, out, in); `forward(x (B, S, in), *, layer_idx)` -> (B, S', out)."""
+    """weight (L, out, in), bias (L, out) when `bias` (kyutai's bias_proj heads); `forward(x (B, S, in), *,
+    layer_idx)` -> (B, S', out), each position's bias selected with its weight."""
 
-    def __init__(self, in_features: int, out_features: int, num_layers: int, *, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        num_layers: int,
+        *,
+        dtype: torch.dtype = torch.float32,
+        bias: bool = False,
+    ):
         super().__init__()
         check_dtype("FlexibleLinear", dtype)
         self.in_features, self.out_features, self.num_layers = in_features, out_features, num_layers
         self.weight = nn.Parameter(torch.randn(num_layers, out_features, in_features, dtype=dtype))
+        self.bias = nn.Parameter(torch.randn(num_layers, out_features, dtype=dtype)) if bias else None
 
     def forward(self, x: torch.Tensor, *, layer_idx: object = None) -> torch.Tensor:
         check_input("FlexibleLinear", x, rank=3, last=self.in_features, dtype=self.weight.dtype)
         w = select_weights(self.weight, x.shape[1], layer_idx)
+        b = None if self.bias is None else select_weights(self.bias, x.shape[1], layer_idx)  # (S' or 1, out)
         if w.shape[0] == 1:  # one weight for every position (int / 0-d index, or num_layers == 1)
-            return nn.functional.linear(x, w[0])
+            return nn.functional.linear(x, w[0], None if b is None else b[0])
         # (B, S, in) x (S', out, in) -> (B, S', out); an S == 1 input broadcasts over the S' = L weights.
-        return torch.einsum("bsi,soi->bso", x.expand(-1, w.shape[0], -1), w)
+        y = torch.einsum("bsi,soi->bso", x.expand(-1, w.shape[0], -1), w)
+        return y if b is None else y + b
 
 
 class Linear(nn.Linear):
-    """Bias-free linear that takes (and ignores only when None) layer_idx, so callers treat both kinds alike."""
+    """Linear (bias-free unless `bias`) that takes (and ignores only when None) layer_idx, so callers treat both kinds
+    alike."""
 
-    def __init__(self, in_features: int, out_features: int, *, dtype: torch.dtype = torch.float32):
+    def __init__(self, in_features: int, out_features: int, *, dtype: torch.dtype = torch.float32, bias: bool = False):
         check_dtype("Linear", dtype)
-        super().__init__(in_features, out_features, bias=False, dtype=dtype)
+        super().__init__(in_features, out_features, bias=bias, dtype=dtype)
 
     def forward(self, x: torch.Tensor, *, layer_idx: object = None) -> torch.Tensor:  # type: ignore[override]
         if layer_idx is not None:

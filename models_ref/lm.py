@@ -23,10 +23,13 @@ from moshi_spec import LMConfig
 
 @dataclass
 class LMOutput:
-    text_logits: torch.Tensor  # (B, 1, T, text_card), NaN where invalid
+    text_logits: torch.Tensor  # (B, 1, T, text_out), NaN where invalid
     text_mask: torch.Tensor  # (B, 1, T)
     audio_logits: torch.Tensor  # (B, dep_q, T, card), NaN where invalid
     audio_mask: torch.Tensor  # (B, dep_q, T)
+    # (B, extra_heads, T, extra_heads_dim): kyutai's extra heads on the normed temporal output of step t (the step
+    # whose text logits are the text stream's at t + delays[0]), no delay undone, no mask; None without extra heads
+    extra_logits: torch.Tensor | None = None
 
 
 class DepthTransformer(nn.Module):
@@ -36,13 +39,14 @@ class DepthTransformer(nn.Module):
         super().__init__()
         d = cfg.depth
         self.cfg = cfg
-        self.text_embed_tokens = Embedding(cfg.text_card + 1, d.dim, dtype=dtype, norm=cfg.norm_emb)
+        demux = cfg.demux_second_text_stream
+        self.text_embed_tokens = Embedding(cfg.text_card + 1, d.dim, dtype=dtype, norm=cfg.norm_emb, demux=demux)
         self.embed_tokens = nn.ModuleList(
             [Embedding(cfg.card + 1, d.dim, dtype=dtype, norm=cfg.norm_emb) for _ in range(cfg.dep_q - 1)]
         )
         self.input_projections = FlexibleLinear(cfg.temporal.dim, d.dim, cfg.dep_q, dtype=dtype)
         self.layers = nn.ModuleList([DecoderLayer(d, dtype=dtype) for _ in range(d.num_layers)])
-        self.lm_heads = FlexibleLinear(d.dim, cfg.card, cfg.dep_q, dtype=dtype)
+        self.lm_heads = FlexibleLinear(d.dim, cfg.card, cfg.dep_q, dtype=dtype, bias=cfg.bias_proj)
         # kyutai's depformer_norms: one norm per codebook on the output, before its head (absent by default)
         n = cfg.depth_out_norm
         self.out_norms = None if n is None else nn.ModuleList([make_norm(n, dtype=dtype) for _ in range(cfg.dep_q)])
@@ -87,10 +91,14 @@ class LM(nn.Module):
         self.embed_tokens = nn.ModuleList(
             [Embedding(cfg.card + 1, t.dim, dtype=dtype, norm=cfg.norm_emb) for _ in range(cfg.n_q)]
         )
-        self.text_embed_tokens = Embedding(cfg.text_card + 1, t.dim, dtype=dtype, norm=cfg.norm_emb)
+        demux = cfg.demux_second_text_stream
+        self.text_embed_tokens = Embedding(cfg.text_card + 1, t.dim, dtype=dtype, norm=cfg.norm_emb, demux=demux)
         self.layers = nn.ModuleList([DecoderLayer(t, dtype=dtype) for _ in range(t.num_layers)])
         self.norm = make_norm(t, dtype=dtype)
-        self.lm_head = Linear(t.dim, cfg.text_card, dtype=dtype)
+        self.lm_head = Linear(t.dim, cfg.text_out, dtype=dtype, bias=cfg.bias_proj)
+        self.extra_heads = nn.ModuleList(
+            [Linear(t.dim, cfg.extra_heads_dim, dtype=dtype) for _ in range(cfg.extra_heads)]
+        )
         self.depth = DepthTransformer(cfg, dtype=dtype)
 
     def initial_tokens(self) -> torch.Tensor:
@@ -109,14 +117,15 @@ class LM(nn.Module):
         return add_sin_embedding(self.cfg.temporal, x, positions)
 
     def check_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes (B, 1 + n_q, T), B and T >= 1, integers: text ids (stream 0) in [0, text_card), audio ids in
-        [0, card), or -1 (the zero token) -> int64 codes; anything else raises (models_flax's LM.check_codes)."""
+        """codes (B, 1 + n_q, T), B and T >= 1, integers: text ids (stream 0) in [0, text_vocab) (text_card, or the
+        muxed pairs with demux_second_text_stream), audio ids in [0, card), or -1 (the zero token) -> int64 codes;
+        anything else raises (models_flax's LM.check_codes)."""
         cfg = self.cfg
         layout = f"(B, 1 + n_q = {1 + cfg.n_q}, T)"
         check_int_tensor("LM", "codes", codes, layout)
         if codes.dim() != 3 or codes.shape[1] != 1 + cfg.n_q or codes.shape[0] < 1 or codes.shape[2] < 1:
             raise ValueError(f"LM: codes must be {layout} with B >= 1 and T >= 1, got shape {tuple(codes.shape)}")
-        text = check_ids("LM", "codes[:, 0]: text ids", codes[:, :1], vocab=cfg.text_card)
+        text = check_ids("LM", "codes[:, 0]: text ids", codes[:, :1], vocab=cfg.text_vocab)
         audio = check_ids("LM", "codes[:, 1:]: audio ids", codes[:, 1:], vocab=cfg.card, offset=(0, 1, 0))
         return torch.cat([text, audio], dim=1)
 
@@ -134,6 +143,7 @@ class LM(nn.Module):
             x, _ = layer(x, positions=positions)
         x = self.norm(x)
         text_logits = self.lm_head(x)[:, None]
+        extra = torch.stack([head(x) for head in self.extra_heads], dim=1) if self.extra_heads else None
         depth_tokens = targets[:, : cfg.dep_q].permute(0, 2, 1).reshape(batch * length, cfg.dep_q)
         audio = self.depth(depth_tokens, context=x.reshape(batch * length, -1))
         audio = audio.view(batch, length, cfg.dep_q, -1).permute(0, 2, 1, 3)
@@ -141,4 +151,4 @@ class LM(nn.Module):
         text_logits, text_mask = undelay(text_logits, cfg.delays[:1])
         audio_mask &= codes[:, 1 : 1 + cfg.dep_q] != -1
         text_mask &= codes[:, :1] != -1
-        return LMOutput(text_logits, text_mask, audio_logits, audio_mask)
+        return LMOutput(text_logits, text_mask, audio_logits, audio_mask, extra)

@@ -237,6 +237,20 @@ class LMConfig:
             kyutai's `layer_norm`) before the zero token's zeroing.
         depformer_norm: kyutai's `depformer_norm`: the kind (one of NORM_EPS, with its eps) of a norm per codebook on
             the depth transformer's output before that codebook's head; None (kyutai's default): none.
+        bias_proj: kyutai's `bias_proj`: the text head and every depth head (`linears.{k}`) have a bias.
+        text_card_out: kyutai's `text_card_out`: the text head's width when it differs from text_card (the text
+            embeddings keep text_card + 1 rows); None or >= 1. `text_out` is the width either way.
+        extra_heads: kyutai's `extra_heads_num_heads`: bias-free linear heads (D -> extra_heads_dim) on the normed
+            temporal output (>= 0); kyutai's LMGen.step_with_extra_heads returns their softmax, the LMs return their
+            logits beside the text and audio ones.
+        extra_heads_dim: kyutai's `extra_heads_dim`: each extra head's width (>= 1; kyutai's default 6).
+        existing_text_end_padding_id: kyutai's `existing_text_end_padding_id` (`end_of_text_padding_id`), a text
+            token (0 <= id < text_card) that no layer reads: kyutai's fine-tuning recipe weighs it as padding in the
+            text loss (`text_padding_ids`).
+        demux_second_text_stream: kyutai's `demux_second_text_stream`: a text id is two text streams muxed,
+            `(second + 1) * (text_card + 1) + first` (second -1: none), both embedded by the one table and mixed by
+            the bias-free linears `out1` (first) and `out2` (second), in the temporal and the depth text embeddings
+            alike. Text codes then run over `text_vocab` ids; kyutai refuses it with norm_emb.
     """
 
     temporal: TransformerConfig
@@ -249,6 +263,12 @@ class LMConfig:
     existing_text_padding_id: int = 3
     depformer_norm: str | None = None
     norm_emb: bool = False
+    bias_proj: bool = False
+    text_card_out: int | None = None
+    extra_heads: int = 0
+    extra_heads_dim: int = 6
+    existing_text_end_padding_id: int = 0
+    demux_second_text_stream: bool = False
 
     def __post_init__(self) -> None:
         """Checks every field, the delays entry by entry, and the two stacks against the LM's sizes.
@@ -263,10 +283,29 @@ class LMConfig:
         for name in ("n_q", "dep_q", "card", "text_card"):
             c.integer(name)
         c.integer("existing_text_padding_id", minimum=0)
+        c.integer("existing_text_end_padding_id", minimum=0)
+        c.integer("text_card_out", optional=True)
+        c.integer("extra_heads", minimum=0)
+        c.integer("extra_heads_dim")
         c.integers("delays", minimum=0)
         if self.depformer_norm is not None:
             c.choice("depformer_norm", tuple(NORM_EPS))
         c.flag("norm_emb")
+        c.flag("bias_proj")
+        c.flag("demux_second_text_stream")
+        end = self.existing_text_end_padding_id
+        if c.valid("existing_text_end_padding_id", "text_card"):
+            c.require(
+                "existing_text_end_padding_id",
+                end < self.text_card,
+                f"existing_text_end_padding_id must be a text token (< text_card {self.text_card}), got {end}",
+            )
+        if c.valid("demux_second_text_stream", "norm_emb"):
+            c.require(
+                "demux_second_text_stream",
+                not (self.demux_second_text_stream and self.norm_emb),
+                "demux_second_text_stream has no embedding norm: kyutai's ScaledEmbedding asserts not norm_emb",
+            )
         pad, n_q, dep_q = self.existing_text_padding_id, self.n_q, self.dep_q
         if c.valid("existing_text_padding_id", "text_card"):
             c.require(
@@ -313,6 +352,25 @@ class LMConfig:
         return None if self.depformer_norm is None else self.depth.replace(norm=self.depformer_norm, norm_eps=None)
 
     @property
+    def text_out(self) -> int:
+        """The text head's width: text_card_out, else text_card."""
+        return self.text_card if self.text_card_out is None else self.text_card_out
+
+    @property
+    def text_vocab(self) -> int:
+        """How many text ids codes may hold: text_card, or with demux_second_text_stream every muxed pair
+        (text_card + 1) * (text_card + 2) (the first stream any of the text_card + 1 rows, the second one of them or
+        none)."""
+        rows = self.text_card + 1
+        return rows * (rows + 1) if self.demux_second_text_stream else self.text_card
+
+    @property
+    def text_padding_ids(self) -> tuple[int, ...]:
+        """The text ids kyutai's fine-tuning recipe weighs as padding (moshi-finetune's `finetune/loss.py`: the LM's
+        end_of_text_padding_id and text_padding_token_id), sorted, for `LossWeights.text_padding_ids`."""
+        return tuple(sorted({self.existing_text_end_padding_id, self.existing_text_padding_id}))
+
+    @property
     def initial_audio_token(self) -> int:
         return self.card
 
@@ -336,12 +394,15 @@ class LMConfig:
         """Parameters of the LM without Mimi, counted as the upstreams lay them out."""
         t, d = self.temporal, self.depth
         emb = (self.text_card + 1) * t.dim + self.n_q * (self.card + 1) * t.dim
-        head = t.dim * self.text_card + t.norm_params  # text head + final norm
+        head = t.dim * self.text_out + t.norm_params  # text head + final norm
+        head += (self.text_out + self.dep_q * self.card) if self.bias_proj else 0  # the heads' biases
+        head += self.extra_heads * self.extra_heads_dim * t.dim
+        demux = 2 * (t.dim**2 + d.dim**2) if self.demux_second_text_stream else 0  # out1, out2 of both text tables
         depth_emb = (self.text_card + 1) * d.dim + (self.dep_q - 1) * (self.card + 1) * d.dim
         depth_io = self.dep_q * (t.dim * d.dim + d.dim * self.card)
         out_norms = 0 if self.depth_out_norm is None else self.dep_q * self.depth_out_norm.norm_params
         emb_norms = 2 * ((1 + self.n_q) * t.dim + self.dep_q * d.dim) if self.norm_emb else 0  # weight and bias each
-        return emb + head + t.num_params() + depth_emb + depth_io + d.num_params() + out_norms + emb_norms
+        return emb + head + t.num_params() + depth_emb + depth_io + d.num_params() + out_norms + emb_norms + demux
 
     @classmethod
     def tiny(cls, *, context: int | None = 8) -> LMConfig:

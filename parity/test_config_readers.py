@@ -57,7 +57,8 @@ def _stack(name: str, **fields: Any) -> dict[str, Any]:
 
 
 def ours(cfg: LMConfig, *, padding: bool) -> dict[str, Any]:
-    """The fields of an LMConfig that `kyutai_built` / `hf_built` measure (HF has no text padding id)."""
+    """The fields of an LMConfig that `kyutai_built` / `hf_built` measure (HF has no text padding id, nor kyutai's
+    head options: `padding` adds them)."""
     out = {}
     for name in ("temporal", "depth"):
         s = getattr(cfg, name)
@@ -71,7 +72,14 @@ def ours(cfg: LMConfig, *, padding: bool) -> dict[str, Any]:
             positional_scale=s.positional_scale if s.sin_embedding else None,
         )  # fmt: skip
     out |= {"n_q": cfg.n_q, "dep_q": cfg.dep_q, "card": cfg.card, "text_card": cfg.text_card, "delays": [*cfg.delays]}
-    return out | ({"existing_text_padding_id": cfg.existing_text_padding_id} if padding else {})
+    if not padding:
+        return out
+    heads = [(cfg.extra_heads_dim, cfg.temporal.dim)] * cfg.extra_heads
+    return out | {
+        "existing_text_padding_id": cfg.existing_text_padding_id, "text_out": cfg.text_out, "bias_proj": cfg.bias_proj,
+        "extra_heads": heads, "existing_text_end_padding_id": cfg.existing_text_end_padding_id,
+        "demux_second_text_stream": cfg.demux_second_text_stream,
+    }  # fmt: skip
 
 
 def kyutai_built(lm: torch.nn.Module) -> dict[str, Any]:
@@ -97,8 +105,13 @@ def kyutai_built(lm: torch.nn.Module) -> dict[str, Any]:
         )  # fmt: skip
     return out | {
         "n_q": len(lm.emb), "dep_q": len(lm.linears), "card": lm.emb[0].weight.shape[0] - 1,
-        "text_card": lm.text_linear.weight.shape[0], "delays": list(lm.delays),
+        "text_card": lm.text_emb.weight.shape[0] - 1, "delays": list(lm.delays),
         "existing_text_padding_id": lm.existing_text_padding_id,
+        # the head options: the text head's width and bias, the extra heads' shapes, the end padding id, the demux
+        "text_out": lm.text_linear.weight.shape[0], "bias_proj": lm.text_linear.bias is not None,
+        "extra_heads": [tuple(head.weight.shape) for head in lm.extra_heads],
+        "existing_text_end_padding_id": lm.existing_text_end_padding_id,
+        "demux_second_text_stream": lm.text_emb.demux_second_stream,
     }  # fmt: skip
 
 

@@ -27,7 +27,7 @@ def test_logits_over_drawn_options(case):
 
 
 @settings(max_examples=max(1, settings.default.max_examples // 8))  # ci 1, nightly 25: ~3 s each
-@given(case=strategies.lm_cases())
+@given(case=strategies.lm_cases(streaming=True))
 def test_stream_tokens_over_drawn_options(case):
     """float32 greedy streaming of the Flax LM, token for token against kyutai's LMGen, for drawn options."""
     cfg, _ = case

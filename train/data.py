@@ -66,9 +66,12 @@ CHUNK = 4096  # rows checked at a time (a memory-mapped file is never read whole
 def check_codes(codes: np.ndarray, cfg: LMConfig, where: str) -> None:
     """Raises a DataError naming `where`, the first bad entry (row, stream, frame), its value, the valid range and
     the number of bad entries, unless codes (N, 1 + n_q, T) holds text ids in [0, text_card) (stream 0) and audio
-    codes in [0, card) or -1 (streams 1..n_q)."""
+    codes in [0, card) or -1 (streams 1..n_q). With kyutai's head options a text id must be one the text embedding
+    takes (text_vocab: muxed pairs with demux_second_text_stream) and the text head scores (text_out)."""
+    text_ids = min(cfg.text_vocab, cfg.text_out)
+    named = "text_card" if text_ids == cfg.text_card else "text_vocab and text_out"
     ranges = {
-        "text id": f"[0, {cfg.text_card}) (text_card)",
+        "text id": f"[0, {text_ids}) ({named})",
         "audio code": f"[0, {cfg.card}) (card) or {ZERO_TOKEN} (the zero token)",
     }
     first: dict[str, tuple[int, tuple[int, int, int]]] = {}
@@ -77,7 +80,7 @@ def check_codes(codes: np.ndarray, cfg: LMConfig, where: str) -> None:
         chunk = np.asarray(codes[start : start + CHUNK])
         text, audio = chunk[:, :1], chunk[:, 1:]
         bad = {
-            "text id": (text < 0) | (text >= cfg.text_card),
+            "text id": (text < 0) | (text >= text_ids),
             "audio code": ((audio < 0) & (audio != ZERO_TOKEN)) | (audio >= cfg.card),
         }
         for what, mask in bad.items():

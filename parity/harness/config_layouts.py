@@ -61,6 +61,12 @@ KYUTAI_POSITIONS = {
 }  # fmt: skip
 
 
+KYUTAI_HEADS = {
+    "bias_proj": True, "text_card_out": 31, "extra_heads_num_heads": 3, "extra_heads_dim": 4,
+    "existing_text_end_padding_id": 2, "demux_second_stream": True,
+}  # fmt: skip
+
+
 def _lm_kwargs() -> dict[str, Any]:
     from moshi.models import loaders
 
@@ -76,6 +82,8 @@ KYUTAI_LAYOUTS: dict[str, Callable[[], dict[str, Any]]] = {
     "loaders._lm_kwargs (7B)": _lm_kwargs,
     "minimal kwargs": lambda: KYUTAI_MINIMAL,
     "optional keys overridden": lambda: KYUTAI_OVERRIDES,
+    # kyutai's head options, the demux under loaders' older name (loaders renames it to demux_second_text_stream)
+    "head options": lambda: KYUTAI_OVERRIDES | KYUTAI_HEADS,
     # LMModel's default gating is "none": a plain temporal FFN (the depformer needs its own gating: weights per step)
     "gating left to LMModel's default": lambda: _without_key(KYUTAI_MINIMAL, "gating") | {"depformer_gating": "silu"},
     # LMModel's default positions: the sinusoidal embedding in both stacks (positional_embedding, depformer_pos_emb)

@@ -18,8 +18,10 @@ from models_flax.sampling import GREEDY
 from models_flax.streaming import Streamer
 from moshi_spec import LMConfig
 from parity.harness import adapters, strategies
+from parity.harness.compare import assert_parity
 from parity.harness.implementations import Models
 from parity.harness.lm_checks import compare_logits
+from parity.harness.policy import sized
 from parity.harness.streaming_runs import run_lmgen, run_steps, token_mismatch, user_codes
 
 LENGTH = 20  # longer than the tiny context window (8)
@@ -32,8 +34,18 @@ def codes(cfg: LMConfig, *, seed: int = 1) -> np.ndarray:
 
 
 def compare(cfg: LMConfig, ref: dict, cand: dict, pair: tuple[str, str], dtype: str, **kw: Any) -> None:
-    """`lm_checks.compare_logits` on an option's tiny model (masks and NaN placement exactly, then the values)."""
-    compare_logits(cfg, ref, cand, pair, dtype, config={"preset": "tiny", "norm": cfg.temporal.norm}, **kw)
+    """`lm_checks.compare_logits` on an option's tiny model (masks and NaN placement exactly, then the values); with
+    extra heads (kyutai's extra_heads_num_heads), their logits too, judged as text logits are (the same kind of head on
+    the same normed temporal output; so their width must reach the policy's top-k, 5)."""
+    config = {"preset": "tiny", "norm": cfg.temporal.norm}
+    compare_logits(cfg, ref, cand, pair, dtype, config=config, **kw)
+    assert ("extra_logits" in ref) == ("extra_logits" in cand) == (cfg.extra_heads > 0), (pair, cfg.extra_heads)
+    if cfg.extra_heads:
+        extra = ref["extra_logits"]
+        assert_parity(extra, cand["extra_logits"], component=sized("text_logits", "tiny"), pair=pair,
+                      expected_dtype=dtype, logits=True, config=config | {"what": "extra_logits"},
+                      inputs={"codes": (extra.shape[0], 1 + cfg.n_q, extra.shape[2])},
+                      control=kw.get("control"))  # fmt: skip
 
 
 def assert_stream_tokens_match_lmgen(models: Models) -> None:

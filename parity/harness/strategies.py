@@ -148,16 +148,16 @@ def cases(
 
 
 @st.composite
-def lm_cases(draw: st.DrawFn) -> tuple[LMConfig, str]:
+def lm_cases(draw: st.DrawFn, *, streaming: bool = False) -> tuple[LMConfig, str]:
     """A tiny LM over the kyutai LMModel options the port implements and a dtype kyutai runs it in: the norms (the
     kinds of `norm=` and `depformer_norm=`, each with its eps, and `norm_emb`), the feed-forward blocks (`ffn_options`:
     gating="none", hidden_scale, depformer_dim_feedforward, layer_scale, depformer_layer_scale), the grouped kv heads
-    (`kv_heads`: kv_repeat, depformer_kv_repeat) and the positions (`positions`: positional_embedding,
+    (`kv_heads`: kv_repeat, depformer_kv_repeat), the heads (`head_options`: bias_proj, text_card_out, extra heads,
+    the end padding id, demux_second_text_stream), the positions (`positions`: positional_embedding,
     depformer_pos_emb, max_period, positional_scale and their depformer_ forms) and the streams' `delays`. With
-    layer_norm_f32, float32 only
-    (kyutai's LayerNormF32 feeds a float32 input to bfloat16 weights, which torch's CPU layer_norm refuses).
-    depformer_norm is a layer-norm kind or None: kyutai's forward cannot run the RMS kinds there
-    (parity/test_lm_norms.py)."""
+    layer_norm_f32, float32 only (kyutai's LayerNormF32 feeds a float32 input to bfloat16 weights, which torch's CPU
+    layer_norm refuses). depformer_norm is a layer-norm kind or None: kyutai's forward cannot run the RMS kinds there
+    (parity/test_lm_norms.py). streaming: only models kyutai's LMGen can stream (`head_options`)."""
     # each choice's first value turns its option on: the simplest draw (ci's first) exercises all of them
     norm = draw(st.sampled_from(("layer_norm_f32", "layer_norm", "rms_norm", "rms_norm_f32")))
     depformer_norm = draw(st.sampled_from(("layer_norm_f32", "layer_norm", None)))
@@ -165,7 +165,9 @@ def lm_cases(draw: st.DrawFn) -> tuple[LMConfig, str]:
     dtype = draw(st.sampled_from(("float32",) if f32_only else DTYPES))
     norm_emb = draw(st.sampled_from((True, False)))
     cfg = LMConfig.tiny().with_norm(norm).replace(depformer_norm=depformer_norm, norm_emb=norm_emb)
-    return draw(delays(draw(positions(draw(kv_heads(draw(ffn_options(cfg)))))))), dtype
+    return draw(
+        delays(draw(positions(draw(head_options(draw(kv_heads(draw(ffn_options(cfg)))), streaming=streaming)))))
+    ), dtype
 
 
 @st.composite
@@ -237,11 +239,32 @@ def kv_heads(draw: st.DrawFn, cfg: LMConfig) -> LMConfig:
     )
 
 
+@st.composite
+def head_options(draw: st.DrawFn, cfg: LMConfig, *, streaming: bool = False) -> LMConfig:
+    """cfg with kyutai's head options drawn, each choice's first value turning its option on: bias_proj, text_card_out
+    (a wider, a narrower or the text_card-wide text head), extra heads (extra_heads_num_heads, extra_heads_dim), the
+    end padding id and demux_second_text_stream (never with norm_emb: kyutai's ScaledEmbedding asserts). streaming:
+    no head wider than the text embedding without demux (LMGen could not feed a sampled token back: Streamer
+    refuses it, parity/test_lm_heads.py)."""
+    bias = draw(st.sampled_from((True, False)))
+    demux = draw(st.sampled_from((True, False))) and not cfg.norm_emb
+    wider = () if streaming and not demux else (cfg.text_card + 7,)
+    text_out = draw(st.sampled_from((*wider, cfg.text_card - 5, None)))
+    # extra heads' widths of at least 5: their logits are judged as text logits are, top-5 agreement included
+    heads, dim = draw(st.sampled_from((2, 0))), draw(st.sampled_from((5, 6)))
+    end = draw(st.sampled_from((1, 0)))
+    return cfg.replace(
+        bias_proj=bias, text_card_out=text_out, extra_heads=heads, extra_heads_dim=dim,
+        existing_text_end_padding_id=end, demux_second_text_stream=demux,
+    )  # fmt: skip
+
+
 def random_codes(cfg: LMConfig, batch: int, length: int, *, seed: int, zero_fraction: float = 0.0) -> np.ndarray:
-    """Valid LM codes (B, 1 + n_q, T): text ids < text_card, audio ids < card, some set to the zero token -1."""
+    """Valid LM codes (B, 1 + n_q, T): text ids < text_vocab (text_card, or every muxed pair with
+    demux_second_text_stream), audio ids < card, some set to the zero token -1."""
     rng = np.random.default_rng(seed)
     codes = rng.integers(0, cfg.card, size=(batch, 1 + cfg.n_q, length))
-    codes[:, 0] = rng.integers(0, cfg.text_card, size=(batch, length))
+    codes[:, 0] = rng.integers(0, cfg.text_vocab, size=(batch, length))
     codes[rng.random(codes.shape) < zero_fraction] = ZERO_TOKEN
     return codes.astype(np.int64)
 

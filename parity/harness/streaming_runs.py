@@ -55,7 +55,8 @@ def run_steps(streamer: Streamer, codes: np.ndarray, keys: jax.Array | None = No
     for t in range(codes.shape[2]):
         out, state = streamer.step(state, codes[:, :, t], None if keys is None else keys[t])
         outs.append(out)
-    return {name: np.stack([to_numpy(getattr(o, name)) for o in outs], axis=-1) for name in vars(outs[0])}
+    names = [name for name, value in vars(outs[0]).items() if value is not None]  # None: no extra heads
+    return {name: np.stack([to_numpy(getattr(o, name)) for o in outs], axis=-1) for name in names}
 
 
 def consumed_codes(cfg: LMConfig, user: np.ndarray, run: dict[str, np.ndarray]) -> np.ndarray:

@@ -252,8 +252,9 @@ def stack_captured(layers: Sequence[Any], *, output: Callable[[Any], Any] = lamb
 
 
 def fields(output: Any) -> dict[str, Any]:
-    """A dataclass output (LMOutput) as a dict of its fields."""
-    return {f.name: getattr(output, f.name) for f in dataclasses.fields(output)}
+    """A dataclass output (LMOutput) as a dict of its fields; an optional field that is None (no extra heads) is
+    left out."""
+    return {f.name: getattr(output, f.name) for f in dataclasses.fields(output) if getattr(output, f.name) is not None}
 
 
 def numpy_outputs(outputs: Mapping[str, Any]) -> Outputs:

@@ -154,15 +154,22 @@ def _stacks(module: Any) -> dict[str, Any]:
 
 def run_lm(built: Built, inputs: Inputs, capture: tuple) -> Outputs:
     """LMModel.forward; "hidden" ("depth_hidden") hooks the temporal (depth) transformer's input and every layer's
-    output."""
+    output. With extra heads, "extra_logits" (B, heads, T, dim): each of `extra_heads` on out_norm's output (forward
+    leaves them out; LMGen.step_with_extra_heads applies them to that same output, then a softmax)."""
     import torch
 
+    module, normed = built.module, []
     with contextlib.ExitStack() as stack:
         seen = {name: stack.enter_context(stack_captured(layers))
-                for name, layers in _stacks(built.module).items() if name in capture}  # fmt: skip
-        out = built.module(torch.from_numpy(np.asarray(inputs["codes"], np.int64)).to(device_of(built.module)))
+                for name, layers in _stacks(module).items() if name in capture}  # fmt: skip
+        hook = module.out_norm.register_forward_hook(lambda _m, _i, y: normed.append(y))
+        stack.callback(hook.remove)
+        out = module(torch.from_numpy(np.asarray(inputs["codes"], np.int64)).to(device_of(module)))
     result = {"text_logits": out.text_logits, "text_mask": out.text_mask, "audio_logits": out.logits,
               "audio_mask": out.mask}  # fmt: skip
+    if len(module.extra_heads):
+        (x,) = normed
+        result["extra_logits"] = torch.stack([head(x) for head in module.extra_heads], dim=1)
     return numpy_outputs(result | {name: torch.stack(hidden) for name, hidden in seen.items()})
 
 

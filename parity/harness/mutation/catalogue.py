@@ -24,6 +24,8 @@ from parity.harness.mutation.selections import (
     BF16_MATH,
     GREEDY_STREAM,
     LM_FLAX,
+    LM_HEADS_FLAX,
+    LM_HEADS_REF,
     LM_NORMS,
     LM_POSITIONS,
     LM_REF,
@@ -290,6 +292,24 @@ FLAX: tuple[Mutation, ...] = (
         LM_NORMS,
         "every codebook's head reads the first codebook's depformer_norm",
     ),
+    Mutation(
+        "flax_demux_second_stream_unshifted",
+        "models_flax/embedding.py",
+        "jnp.maximum(ids, 0) // v - 1",
+        "jnp.maximum(ids, 0) // v",
+        "stream routing",
+        LM_HEADS_FLAX,
+        "the demuxed second text stream read as kyutai's docstring says (tok2 * card + tok1), without the code's -1",
+    ),
+    Mutation(
+        "flax_linear_bias_dropped",
+        "models_flax/linear.py",
+        "y = y + self.bias[...].astype(jnp.float32)",
+        "y = y",
+        "weights dropped",
+        LM_HEADS_FLAX,
+        "the text head's bias (kyutai's bias_proj) is left out",
+    ),
 )
 
 REF: tuple[Mutation, ...] = (
@@ -391,6 +411,15 @@ REF: tuple[Mutation, ...] = (
         "zero token",
         LM_REF,
         "the text mask tests the ungenerated sentinel (-2) instead of the zero token (-1)",
+    ),
+    Mutation(
+        "ref_depth_head_bias_first_codebook",
+        "models_ref/linear.py",
+        "return y if b is None else y + b",
+        "return y if b is None else y + b[:1]",
+        "codebook indexing",
+        LM_HEADS_REF,
+        "every depth head adds the first codebook's bias (kyutai's bias_proj linears.{k})",
     ),
 )
 

@@ -20,6 +20,8 @@ LM_POSITIONS = (  # kyutai's sin_rope in both stacks, the sinusoidal embedding a
     "parity/test_lm_positions.py::test_logits_match_kyutai[ref-sin_rope]",
     "parity/test_lm_positions.py::test_sin_embedding_matches_kyutai",
 )
+LM_HEADS_FLAX = ("parity/test_lm_heads.py::test_logits_match_kyutai[heads-flax]",)  # bias_proj, demux, extra heads
+LM_HEADS_REF = ("parity/test_lm_heads.py::test_logits_match_kyutai[heads-ref]",)
 GREEDY_STREAM = ("parity/test_streaming.py::test_greedy_tokens_match_lmgen[0-flax]",)
 MOSAIC_INTERPRET = ("parity/test_pallas.py::test_mosaic_matches_xla_in_tpu_interpret_mode",)
 STREAM_LAWS = ("parity/test_sampling.py::test_each_stream_draws_its_own_law_with_its_own_noise[sampled]",)
