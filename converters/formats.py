@@ -252,14 +252,18 @@ KYUTAI = Format(
 
 def hf_refuses(component: str, cfg: Any) -> str | None:
     """What HF's Moshi has no weights for: layer norms (MoshiRMSNorm only), embedding norms (norm_emb), norms on
-    the depth output (depformer_norm), plain MLPs (gating="none") and layer scales; None when it has them all. Reads
-    an LMConfig ("lm") or a TransformerConfig."""
+    the depth output (depformer_norm), plain MLPs (gating="none"), layer scales, and a depth decoder other than one
+    weight set per codebook with full-rank embeddings (kyutai's depformer_weights_per_step_schedule,
+    depformer_multi_linear=False, depformer_weights_per_step=False, depformer_low_rank_embeddings); None when it has
+    them all. Reads an LMConfig ("lm") or a TransformerConfig."""
     if component == "lm":
         if cfg.norm_emb:
             return "HF's Moshi embeddings have no norm: norm_emb=True cannot be converted to hf"
         if cfg.depformer_norm is not None:
             kind = cfg.depformer_norm
             return f"HF's depth decoder has no output norm: depformer_norm={kind!r} cannot be converted to hf"
+        if problem := hf_depth_problem(cfg):
+            return problem
         stacks = {"temporal": cfg.temporal, "depth": cfg.depth}
     elif component == "decoder_layer":  # (a standalone layer_norm is Mimi's too, which HF has)
         stacks = {"this": cfg}
@@ -273,6 +277,27 @@ def hf_refuses(component: str, cfg: Any) -> str | None:
         if getattr(sub, "layer_scale", None) is not None:
             scale = sub.layer_scale
             return f"HF's Moshi has no layer scale: layer_scale={scale!r} ({name} stack) cannot be converted to hf"
+    return None
+
+
+def hf_depth_problem(cfg: Any) -> str | None:
+    """Why HF's depth decoder (one weight set and one input projection per codebook, full-rank embeddings) cannot hold
+    cfg's depth transformer, naming kyutai's option; None when it can."""
+    if not cfg.depth.flexible:
+        why = "HF's depth decoder has a weight set per codebook"
+        return f"{why}: depformer_weights_per_step=False cannot be converted to hf"
+    if cfg.depth_schedule is not None:
+        return (
+            f"HF's depth decoder has a weight set per codebook: depformer_weights_per_step_schedule="
+            f"{list(cfg.depth_schedule)} cannot be converted to hf"
+        )
+    if not cfg.depth_multi_linear:
+        return (
+            "HF's depth decoder projects each codebook's input: depformer_multi_linear=False cannot be converted to hf"
+        )
+    if cfg.depth_low_rank is not None:
+        rank = cfg.depth_low_rank
+        return f"HF's depth embeddings are full rank: depformer_low_rank_embeddings={rank} cannot be converted to hf"
     return None
 
 

@@ -9,7 +9,8 @@
   no embedding norm and no depth output norm (depformer_norm): for such a model this format is a hop on the way to
   ref, and an HF checkpoint of it is refused by its config writer (converters/upstream_config.to_hf_config).
 - lm_top: embeddings renamed, per-codebook `depformer_in.{c}` / `linears.{c}` stacked into
-  `depth_decoder.input_projections` (K, Dd, D) / `depth_decoder.lm_heads` (K, V, Dd).
+  `depth_decoder.input_projections` (Ki, Dd, D) / `depth_decoder.lm_heads` (K, V, Dd); low-rank depth embeddings'
+  `low_rank.` linears keep their name (HF has none: a hop, as for layer norms).
 Released checkpoints' legacy fused names are normalized before this edge runs (see formats.KYUTAI.legacy); hf -> kyutai
 emits the current names. kyutai has no standalone flexible linear (it uses ModuleLists of nn.Linear).
 
@@ -49,6 +50,9 @@ TABLE: dict[str, tuple[Pair, ...]] = {
         Pair("depformer_in.{c}.weight", "depth_decoder.input_projections.weight", "stack", "unstack"),
         Pair("depformer_emb.{c}.weight", "depth_decoder.embed_tokens.{c}.weight"),
         Pair("depformer_text_emb.weight", "depth_decoder.text_embed_tokens.weight"),
+        # depformer_low_rank_embeddings: HF has none (a hop only, refused at the ends: formats.hf_refuses)
+        Pair("depformer_emb.{c}.low_rank.weight", "depth_decoder.embed_tokens.{c}.low_rank.weight"),
+        Pair("depformer_text_emb.low_rank.weight", "depth_decoder.text_embed_tokens.low_rank.weight"),
         Pair("linears.{c}.weight", "depth_decoder.lm_heads.weight", "stack", "unstack"),
     ),
 }

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from models_flax.checks import check_dtype, check_ids, check_int_array
+from models_flax.linear import Linear
 from models_flax.norm import LayerNorm
 from moshi_spec import NORM_EPS, ZERO_TOKEN
 
@@ -21,7 +22,10 @@ class Embedding(nnx.Module):
     enter the model, e.g. `LM.check_codes`, which names them; not again per table.)
 
     norm=True (kyutai's norm_emb): each row goes through `norm`, a LayerNorm (eps 1e-5, kyutai's layer_norm), before
-    the zero token is zeroed."""
+    the zero token is zeroed.
+
+    low_rank=r (kyutai's depformer_low_rank_embeddings): weight (V, r), the norm (if any) of width r, and after the
+    zeroing a bias-free linear `low_rank` (kernel (r, D)) up to D, as kyutai's ScaledEmbedding orders them."""
 
     def __init__(
         self,
@@ -31,13 +35,18 @@ class Embedding(nnx.Module):
         dtype: object = jnp.float32,
         param_dtype: object = jnp.float32,
         norm: bool = False,
+        low_rank: int | None = None,
+        precision: jax.lax.PrecisionLike = None,
         rngs: nnx.Rngs,
     ):
         self.num_embeddings = num_embeddings
         self.dtype = check_dtype("Embedding", dtype)
-        init = jax.random.normal(rngs.params(), (num_embeddings, dim), jnp.float32)
+        width = dim if low_rank is None else low_rank
+        init = jax.random.normal(rngs.params(), (num_embeddings, width), jnp.float32)
         self.weight = nnx.Param(init.astype(check_dtype("Embedding", param_dtype)))
-        self.norm = LayerNorm(dim, eps=EMB_NORM_EPS, dtype=dtype, param_dtype=param_dtype) if norm else None
+        self.norm = LayerNorm(width, eps=EMB_NORM_EPS, dtype=dtype, param_dtype=param_dtype) if norm else None
+        kw = dict(dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs)
+        self.low_rank = None if low_rank is None else Linear(low_rank, dim, **kw)
 
     def __call__(self, ids: jax.Array) -> jax.Array:
         """ids (...) integers -> (..., D) embeddings in the layer's dtype."""
@@ -47,4 +56,5 @@ class Embedding(nnx.Module):
         if self.norm is not None:  # LayerNorm takes (B, T, D)
             rows = self.norm(rows.reshape(-1, 1, rows.shape[-1])).reshape(rows.shape)
         fill = jnp.where(ids == ZERO_TOKEN, 0.0, jnp.nan).astype(self.dtype)
-        return jnp.where((ids >= 0)[..., None], rows, fill[..., None])
+        rows = jnp.where((ids >= 0)[..., None], rows, fill[..., None])
+        return rows if self.low_rank is None else self.low_rank(rows)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from models_ref.checks import check_dtype, check_ids, check_int_tensor
+from models_ref.linear import Linear
 from models_ref.norm import LayerNorm
 from moshi_spec import NORM_EPS, ZERO_TOKEN
 
@@ -18,14 +19,27 @@ class Embedding(nn.Module):
     """weight (V, D); ids in [0, V) or ZERO_TOKEN; anything else is an error (never clamped).
 
     norm=True (kyutai's norm_emb): each row goes through `norm`, a LayerNorm (eps 1e-5, kyutai's layer_norm), before
-    the zero token is zeroed."""
+    the zero token is zeroed.
 
-    def __init__(self, num_embeddings: int, dim: int, *, dtype: torch.dtype = torch.float32, norm: bool = False):
+    low_rank=r (kyutai's depformer_low_rank_embeddings): weight (V, r), the norm (if any) of width r, and after the
+    zeroing a bias-free linear `low_rank` (D, r) up to D, as kyutai's ScaledEmbedding orders them."""
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        dim: int,
+        *,
+        dtype: torch.dtype = torch.float32,
+        norm: bool = False,
+        low_rank: int | None = None,
+    ):
         super().__init__()
         check_dtype("Embedding", dtype)
         self.num_embeddings = num_embeddings
-        self.weight = nn.Parameter(torch.randn(num_embeddings, dim, dtype=dtype))
-        self.norm = LayerNorm(dim, eps=EMB_NORM_EPS, dtype=dtype) if norm else None
+        width = dim if low_rank is None else low_rank
+        self.weight = nn.Parameter(torch.randn(num_embeddings, width, dtype=dtype))
+        self.norm = LayerNorm(width, eps=EMB_NORM_EPS, dtype=dtype) if norm else None
+        self.low_rank = None if low_rank is None else Linear(low_rank, dim, dtype=dtype)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         check_int_tensor("Embedding", "ids", ids, "(...)")
@@ -34,4 +48,5 @@ class Embedding(nn.Module):
         rows = self.weight[ids.clamp(min=0)]
         if self.norm is not None:  # LayerNorm takes (B, T, D)
             rows = self.norm(rows.reshape(-1, 1, rows.shape[-1])).reshape(rows.shape)
-        return torch.where(is_zero, torch.zeros((), dtype=self.weight.dtype), rows)
+        rows = torch.where(is_zero, torch.zeros((), dtype=self.weight.dtype), rows)
+        return rows if self.low_rank is None else self.low_rank(rows)

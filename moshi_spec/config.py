@@ -199,8 +199,10 @@ class LMConfig:
 
     Attributes:
         temporal: the temporal transformer (rope, context window); not flexible.
-        depth: the depth transformer (no positional encoding, one weight set per codebook, no context window: kyutai's
-            LMModel overrides depformer_context with None); flexible with num_codebooks == dep_q, gated.
+        depth: the depth transformer (no positional encoding, no context window: kyutai's LMModel overrides
+            depformer_context with None). Flexible (kyutai's depformer_weights_per_step, Moshi-7B): num_codebooks
+            weight sets, dep_q of them or max(depth_schedule) + 1, and gated; not flexible: one weight set shared by
+            every step (num_codebooks 1, no depth_schedule).
         n_q: audio streams fed to the temporal transformer (Moshi's dep_q and the user's); >= 1.
         dep_q: audio codebooks Moshi predicts (depth steps after the text step); 1 <= dep_q <= n_q.
         card: audio codebook size (>= 1); id `card` is the initial audio token.
@@ -211,6 +213,14 @@ class LMConfig:
             kyutai's `layer_norm`) before the zero token's zeroing.
         depformer_norm: kyutai's `depformer_norm`: the kind (one of NORM_EPS, with its eps) of a norm per codebook on
             the depth transformer's output before that codebook's head; None (kyutai's default): none.
+        depth_schedule: kyutai's `depformer_weights_per_step_schedule`: dep_q ints >= 0, codebook c using weight set
+            depth_schedule[c] of the depth stack (and, with depth_multi_linear, of the input projections); steps
+            sharing an entry share weights. None (Moshi-7B): codebook c uses set c. Needs a flexible depth stack.
+        depth_multi_linear: kyutai's `depformer_multi_linear`: one temporal -> depth input projection per weight set
+            (True, Moshi-7B) or one shared by every step (False).
+        depth_low_rank: kyutai's `depformer_low_rank_embeddings`: the depth embeddings are (V + 1, r) tables followed
+            by a linear r -> depth.dim (after norm_emb's norm, of width r, and the zero token's zeroing); None
+            (Moshi-7B): (V + 1, depth.dim) tables. >= 1.
     """
 
     temporal: TransformerConfig
@@ -223,6 +233,9 @@ class LMConfig:
     existing_text_padding_id: int = 3
     depformer_norm: str | None = None
     norm_emb: bool = False
+    depth_schedule: tuple[int, ...] | None = None
+    depth_multi_linear: bool = True
+    depth_low_rank: int | None = None
 
     def __post_init__(self) -> None:
         """Checks every field, the delays entry by entry, and the two stacks against the LM's sizes.
@@ -241,6 +254,10 @@ class LMConfig:
         if self.depformer_norm is not None:
             c.choice("depformer_norm", tuple(NORM_EPS))
         c.flag("norm_emb")
+        c.flag("depth_multi_linear")
+        c.integer("depth_low_rank", optional=True)
+        if self.depth_schedule is not None:
+            c.integers("depth_schedule", minimum=0)
         pad, n_q, dep_q = self.existing_text_padding_id, self.n_q, self.dep_q
         if c.valid("existing_text_padding_id", "text_card"):
             c.require(
@@ -262,22 +279,35 @@ class LMConfig:
                 not self.temporal.flexible,
                 "temporal.flexible must be False (the LM runs its temporal layers without layer_idx), got True",
             )
-        if c.valid("depth"):
+        schedule = self.depth_schedule
+        if schedule is not None and c.valid("depth_schedule", "dep_q"):
             c.require(
-                "depth.flexible",
-                self.depth.flexible,
-                "depth.flexible must be True (a weight set per codebook), got False",
+                "depth_schedule",
+                len(schedule) == dep_q,
+                f"depth_schedule has {len(schedule)} entries {schedule}, expected one weight set per codebook "
+                f"(dep_q = {dep_q})",
             )
-        if c.valid("depth"):
+        if c.valid("depth") and self.depth.flexible:
             c.require(
                 "depth.gated",
                 self.depth.gated,
                 "depth.gated must be True: kyutai's depformer (a weight set per step) has no plain MLP "
                 '(StreamingTransformerLayer asserts gating != "none" with weights_per_step), got False',
             )
-        if c.valid("depth", "dep_q"):
+            if c.valid("dep_q", "depth_schedule"):
+                k, sets = self.depth.num_codebooks, self.depth_sets_count
+                why = f"max(depth_schedule {schedule}) + 1" if schedule is not None else "dep_q"
+                c.require("depth.num_codebooks", k == sets, f"depth.num_codebooks {k} must equal {why} = {sets}")
+        elif c.valid("depth"):
             k = self.depth.num_codebooks
-            c.require("depth.num_codebooks", k == dep_q, f"depth.num_codebooks {k} must equal dep_q {dep_q}")
+            c.require(
+                "depth.num_codebooks", k == 1, f"depth.num_codebooks must be 1 when depth.flexible is False, got {k}"
+            )
+            c.require(
+                "depth_schedule",
+                schedule is None,
+                f"depth_schedule {schedule} needs a flexible depth stack (kyutai: depformer_weights_per_step)",
+            )
         c.raise_if_any()
 
     @property
@@ -285,6 +315,30 @@ class LMConfig:
         """The depth stack's config with depformer_norm's kind and eps (what one per-codebook output norm reads), or
         None without them."""
         return None if self.depformer_norm is None else self.depth.replace(norm=self.depformer_norm, norm_eps=None)
+
+    @property
+    def depth_sets_count(self) -> int:
+        """Weight sets of a flexible depth stack: max(depth_schedule) + 1, or dep_q without a schedule."""
+        return self.dep_q if self.depth_schedule is None else max(self.depth_schedule) + 1
+
+    @property
+    def depth_sets(self) -> tuple[int, ...] | None:
+        """The depth stack's weight set of each codebook (dep_q entries); None when the stack is not flexible."""
+        if not self.depth.flexible:
+            return None
+        return tuple(range(self.dep_q)) if self.depth_schedule is None else self.depth_schedule
+
+    @property
+    def depth_in_sets(self) -> tuple[int, ...]:
+        """The input projection of each codebook (dep_q entries): its weight set with depth_multi_linear, else 0."""
+        if not self.depth_multi_linear:
+            return (0,) * self.dep_q
+        return tuple(range(self.dep_q)) if self.depth_schedule is None else self.depth_schedule
+
+    @property
+    def depth_in_count(self) -> int:
+        """Temporal -> depth input projections (kyutai's depformer_in linears)."""
+        return max(self.depth_in_sets) + 1
 
     @property
     def initial_audio_token(self) -> int:
@@ -311,10 +365,12 @@ class LMConfig:
         t, d = self.temporal, self.depth
         emb = (self.text_card + 1) * t.dim + self.n_q * (self.card + 1) * t.dim
         head = t.dim * self.text_card + t.norm_params  # text head + final norm
-        depth_emb = (self.text_card + 1) * d.dim + (self.dep_q - 1) * (self.card + 1) * d.dim
-        depth_io = self.dep_q * (t.dim * d.dim + d.dim * self.card)
+        rank = d.dim if self.depth_low_rank is None else self.depth_low_rank
+        depth_emb = (self.text_card + 1) * rank + (self.dep_q - 1) * (self.card + 1) * rank
+        depth_emb += 0 if self.depth_low_rank is None else self.dep_q * rank * d.dim  # the r -> Dd projections
+        depth_io = self.depth_in_count * t.dim * d.dim + self.dep_q * d.dim * self.card
         out_norms = 0 if self.depth_out_norm is None else self.dep_q * self.depth_out_norm.norm_params
-        emb_norms = 2 * ((1 + self.n_q) * t.dim + self.dep_q * d.dim) if self.norm_emb else 0  # weight and bias each
+        emb_norms = 2 * ((1 + self.n_q) * t.dim + self.dep_q * rank) if self.norm_emb else 0  # weight and bias each
         return emb + head + t.num_params() + depth_emb + depth_io + d.num_params() + out_norms + emb_norms
 
     @classmethod

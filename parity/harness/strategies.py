@@ -138,7 +138,9 @@ def lm_cases(draw: st.DrawFn) -> tuple[LMConfig, str]:
     """A tiny LM over the kyutai LMModel options the port implements and a dtype kyutai runs it in: the norms (the
     kinds of `norm=` and `depformer_norm=`, each with its eps, and `norm_emb`), the feed-forward blocks (`ffn_options`:
     gating="none", hidden_scale, depformer_dim_feedforward, layer_scale, depformer_layer_scale) and the grouped kv heads
-    (`kv_heads`: kv_repeat, depformer_kv_repeat). With layer_norm_f32, float32 only (kyutai's LayerNormF32 feeds a
+    (`kv_heads`: kv_repeat, depformer_kv_repeat) and the depth transformer's weight sharing (`depth_options`:
+    depformer_weights_per_step_schedule, depformer_weights_per_step, depformer_multi_linear,
+    depformer_low_rank_embeddings). With layer_norm_f32, float32 only (kyutai's LayerNormF32 feeds a
     float32 input to bfloat16 weights, which torch's CPU layer_norm refuses). depformer_norm is a layer-norm kind or
     None: kyutai's forward cannot run the RMS kinds there (parity/test_lm_norms.py)."""
     # each choice's first value turns its option on: the simplest draw (ci's first) exercises all of them
@@ -148,7 +150,7 @@ def lm_cases(draw: st.DrawFn) -> tuple[LMConfig, str]:
     dtype = draw(st.sampled_from(("float32",) if f32_only else DTYPES))
     norm_emb = draw(st.sampled_from((True, False)))
     cfg = LMConfig.tiny().with_norm(norm).replace(depformer_norm=depformer_norm, norm_emb=norm_emb)
-    return draw(kv_heads(draw(ffn_options(cfg)))), dtype
+    return draw(depth_options(draw(kv_heads(draw(ffn_options(cfg)))))), dtype
 
 
 HIDDEN_SCALES = (2.5, 4.125, 3, 4)
@@ -188,6 +190,30 @@ def kv_heads(draw: st.DrawFn, cfg: LMConfig) -> LMConfig:
     return cfg.replace(
         temporal=t.replace(num_kv_heads_override=None if repeat == 1 else t.num_heads // repeat),
         depth=d.replace(num_kv_heads_override=None if depth_repeat == 1 else d.num_heads // depth_repeat),
+    )
+
+
+DEPTH_SCHEDULES = ((2, 0, 1, 1), (0, 0, 0, 0), (0, 1, 0, 1))
+"""kyutai depformer_weights_per_step_schedule values for dep_q = 4 (codebook -> weight set): steps sharing sets in
+an order that is not the codebooks', one set for all, alternating."""
+
+
+@st.composite
+def depth_options(draw: st.DrawFn, cfg: LMConfig) -> LMConfig:
+    """cfg with kyutai's depth-transformer options drawn, each choice's first value turning its option on: the weight
+    sets of the depth stack (a schedule of DEPTH_SCHEDULES, one set shared by every step: depformer_weights_per_step
+    False, or kyutai's one per codebook), one shared input projection (depformer_multi_linear False) or one per weight
+    set, and low-rank depth embeddings (depformer_low_rank_embeddings) or full-rank ones."""
+    d = cfg.depth
+    sharing = draw(st.sampled_from(("schedule", "shared", "per_codebook")))
+    schedule = draw(st.sampled_from(DEPTH_SCHEDULES)) if sharing == "schedule" and cfg.dep_q == 4 else None
+    sets = cfg.dep_q if schedule is None else max(schedule) + 1
+    depth = d.replace(flexible=False, num_codebooks=1) if sharing == "shared" else d.replace(num_codebooks=sets)
+    return cfg.replace(
+        depth=depth,
+        depth_schedule=schedule,
+        depth_multi_linear=draw(st.sampled_from((False, True))),
+        depth_low_rank=draw(st.sampled_from((8, None))),
     )
 
 
