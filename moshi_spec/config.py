@@ -296,8 +296,8 @@ class LMConfig:
             )
             if c.valid("dep_q", "depth_schedule"):
                 k, sets = self.depth.num_codebooks, self.depth_sets_count
-                why = f"max(depth_schedule {schedule}) + 1" if schedule is not None else "dep_q"
-                c.require("depth.num_codebooks", k == sets, f"depth.num_codebooks {k} must equal {why} = {sets}")
+                why = f"max(depth_schedule {schedule}) + 1 = {sets}" if schedule is not None else f"dep_q {dep_q}"
+                c.require("depth.num_codebooks", k == sets, f"depth.num_codebooks {k} must equal {why}")
         elif c.valid("depth"):
             k = self.depth.num_codebooks
             c.require(
