@@ -274,6 +274,12 @@ def hf_refuses(component: str, cfg: Any) -> str | None:
             return f"HF's Moshi has only RMSNorm: norm={sub.norm!r} ({name} stack) cannot be converted to hf"
         if not getattr(sub, "gated", True):
             return f"HF's Moshi has only the gated MLP: gating='none' ({name} stack) cannot be converted to hf"
+        if getattr(sub, "ffn_dims", None) is not None:
+            widths = sub.ffn_dims
+            return (
+                f"HF's Moshi has one MLP width per stack: per-set widths {widths} ({name} stack; kyutai's per-step "
+                "depformer_dim_feedforward) cannot be converted to hf"
+            )
         if getattr(sub, "layer_scale", None) is not None:
             scale = sub.layer_scale
             return f"HF's Moshi has no layer scale: layer_scale={scale!r} ({name} stack) cannot be converted to hf"

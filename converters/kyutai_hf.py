@@ -3,7 +3,9 @@
 - attention: `in_projs.{c}.weight` rows [q; k; v] -> q/k/v_proj.linear.weight, q and k permuted from interleaved to
   half-split rope per head when cfg.rope (never v; never the depth transformer, which has no rope), stacked over the
   codebooks to (W, out, in) when cfg.flexible; `out_projs.{c}.weight` -> o_proj.linear.weight likewise.
-- gating_mlp: `linear_in/linear_out` -> fc1/fc2; flexible: the ModuleList's `{c}.linear_in/out` stacked.
+- gating_mlp: `linear_in/linear_out` -> fc1/fc2; flexible: the ModuleList's `{c}.linear_in/out` stacked, sets of
+  widths that differ (cfg.ffn_dims, kyutai's per-step depformer_dim_feedforward) zero-padded to ffn_dim (each half of
+  fc1) and unpadded back (nonzero padding refused).
 - rmsnorm: `alpha` (1, 1, D) -> `weight` (D,).
 - layer_norm (the layer-norm kinds' norms, norm_emb's and Mimi's): weight and bias kept. HF's Moshi has no layer norm,
   no embedding norm and no depth output norm (depformer_norm): for such a model this format is a hop on the way to
@@ -30,8 +32,8 @@ TABLE: dict[str, tuple[Pair, ...]] = {
     "gating_mlp": (
         Pair("linear_in.weight", "fc1.weight", when="plain"),
         Pair("linear_out.weight", "fc2.weight", when="plain"),
-        Pair("{c}.linear_in.weight", "fc1.weight", "stack", "unstack", when="flexible"),
-        Pair("{c}.linear_out.weight", "fc2.weight", "stack", "unstack", when="flexible"),
+        Pair("{c}.linear_in.weight", "fc1.weight", "stack_fc1", "unstack_fc1", when="flexible"),
+        Pair("{c}.linear_out.weight", "fc2.weight", "stack_fc2", "unstack_fc2", when="flexible"),
     ),
     "attention": (
         Pair(

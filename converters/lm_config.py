@@ -86,7 +86,8 @@ KYUTAI_STACK_NAMES = {
     "depth": {"dim": "depformer_dim", "num_heads": "depformer_num_heads", "num_layers": "depformer_num_layers",
               "ffn_dim": "depformer_dim_feedforward", "num_kv_heads_override": "depformer_kv_repeat",
               "activation": "depformer_gating", "num_codebooks": "dep_q", "norm": "norm", "norm_eps": "norm",
-              "gated": "depformer_gating", "layer_scale": "depformer_layer_scale"},
+              "gated": "depformer_gating", "layer_scale": "depformer_layer_scale",
+              "ffn_dims": "depformer_dim_feedforward"},
 }  # fmt: skip
 
 
@@ -116,14 +117,14 @@ def _kyutai_size_problems(d: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def _per_step_widths(d: dict[str, Any], problems: list[str]) -> None:
+def _per_step_widths(d: dict[str, Any], problems: list[str]) -> tuple[int, ...] | None:
     """Reads a per-step depformer_dim_feedforward list (kyutai 0.2.13: one width per depformer weight set, dep_q of
-    them without a schedule, max(schedule) + 1 with one) in d: equal widths become that one width; different widths (a
-    ragged per-codebook stack the port does not build), a list of the wrong length or of non-widths are appended to
-    problems (and dropped)."""
+    them without a schedule, max(schedule) + 1 with one) in d: equal widths become that one width; widths that differ
+    are returned (the depth stack's ffn_dims), d keeping the first; a list of the wrong length or of non-widths, or
+    one without depformer_weights_per_step, is appended to problems (and dropped)."""
     key, widths = "depformer_dim_feedforward", d.get("depformer_dim_feedforward")
     if not isinstance(widths, list):
-        return
+        return None
     schedule = d.get("depformer_weights_per_step_schedule")
     sets, named = d.get("dep_q"), f"one per depformer step (dep_q={d.get('dep_q')!r})"
     if isinstance(schedule, list) and schedule and all(isinstance(i, int) for i in schedule):
@@ -134,12 +135,11 @@ def _per_step_widths(d: dict[str, Any], problems: list[str]) -> None:
         problems.append(f"{key}={widths!r}: a list needs depformer_weights_per_step (kyutai asserts its length is 0)")
     elif isinstance(sets, int) and len(widths) != sets:
         problems.append(f"{key} has {len(widths)} widths, kyutai needs {named}")
-    elif len(set(widths)) > 1:
-        problems.append(f"{key}={widths!r}: per-step widths that differ are not supported (one stack of weight sets)")
     else:
         d[key] = widths[0]
-        return
+        return tuple(widths) if len(set(widths)) > 1 else None
     del d[key]
+    return None
 
 
 def _schedule_problems(schedule: Any, per_step: Any, dep_q: Any) -> list[str]:
@@ -175,7 +175,7 @@ def from_kyutai_kwargs(kwargs: Mapping[str, Any]) -> LMConfig:
     unknown = sorted(set(d) - KYUTAI_USED - KYUTAI_IGNORED - set(KYUTAI_SUPPORTED))
     problems += [f"unknown key {k!r}" for k in unknown]
     problems += field_problems(d, KYUTAI_FIELDS)
-    _per_step_widths(d, problems)
+    depth_widths = _per_step_widths(d, problems)
     problems += field_problems(d, {"depformer_dim_feedforward": "int?"})
     for key, (default, allowed) in KYUTAI_SUPPORTED.items():
         if d.get(key, default) not in allowed:
@@ -202,12 +202,16 @@ def from_kyutai_kwargs(kwargs: Mapping[str, Any]) -> LMConfig:
 
     def stack(name: str, dim: int, heads: int, layers: int, dff: int, kv_repeat: int, gating: str, **kw: Any):
         # gating="none": kyutai's plain FFN, linear1 (dff, dim) through StreamingTransformerLayer's default activation
-        # (F.gelu, exact); a gated one's linear_in has twice the gating's hidden width
+        # (F.gelu, exact); a gated one's linear_in has twice the gating's hidden width (per weight set: ffn_dims)
         gated = gating != "none"
+        ffn_dim = 2 * kyutai.gating_hidden(dim, dff) if gated else dff
+        if kw.get("ffn_dims"):  # stored ffn_dim wide: the widest set's
+            kw["ffn_dims"] = tuple(2 * kyutai.gating_hidden(dim, w) for w in kw["ffn_dims"])
+            ffn_dim = max(kw["ffn_dims"])
+            kw["ffn_dims"] = kw["ffn_dims"] if len(set(kw["ffn_dims"])) > 1 else None  # equal gatings: one width
         with building(f"{where} ({name} stack)", KYUTAI_STACK_NAMES[name]):
             return TransformerConfig(
-                dim=dim, num_heads=heads, num_layers=layers,
-                ffn_dim=2 * kyutai.gating_hidden(dim, dff) if gated else dff,
+                dim=dim, num_heads=heads, num_layers=layers, ffn_dim=ffn_dim,
                 num_kv_heads_override=heads // kv_repeat if kv_repeat != 1 else None,
                 activation=gating if gated else "gelu", gated=gated, **kw,
             )  # fmt: skip
@@ -225,6 +229,7 @@ def from_kyutai_kwargs(kwargs: Mapping[str, Any]) -> LMConfig:
         # weights_per_step: a set per step, or per schedule entry; without it one set shared by every step
         num_codebooks=(max(schedule) + 1 if schedule else d["dep_q"]) if per_step else 1,
         layer_scale=d.get("depformer_layer_scale", d.get("layer_scale")),  # LMModel passes layer_scale on
+        ffn_dims=depth_widths,
     )  # fmt: skip
     with building(where, KYUTAI_LM_NAMES):
         return LMConfig(
@@ -388,8 +393,11 @@ def lm_config_from_dict(d: Mapping[str, Any]) -> LMConfig:
     fields = dict(d)
     stacks = {}
     for name in ("temporal", "depth"):
-        with building(f"LMConfig dict ({name})", {f: f"{name}.{f}" for f in fields[name]}):
-            stacks[name] = TransformerConfig(**fields.pop(name))
+        stack = dict(fields.pop(name))
+        if isinstance(stack.get("ffn_dims"), list):  # JSON has no tuples
+            stack["ffn_dims"] = tuple(stack["ffn_dims"])
+        with building(f"LMConfig dict ({name})", {f: f"{name}.{f}" for f in stack}):
+            stacks[name] = TransformerConfig(**stack)
     if isinstance(fields.get("depth_schedule"), list):  # JSON has no tuples
         fields["depth_schedule"] = tuple(fields["depth_schedule"])
     with building("LMConfig dict", {}):

@@ -43,7 +43,8 @@ def to_kyutai_kwargs(cfg: LMConfig) -> dict[str, Any]:
         "norm": t.norm, "context": t.context, "max_period": t.rope_theta, "gating": gating,
         "positional_embedding": "rope", "causal": True, "existing_text_padding_id": cfg.existing_text_padding_id,
         "depformer_dim": d.dim,
-        "depformer_dim_feedforward": kyutai.dim_feedforward(d.dim, d.hidden) if d.gated else d.ffn_dim,
+        "depformer_dim_feedforward": [kyutai.dim_feedforward(d.dim, f // 2) for f in d.ffn_dims] if d.ffn_dims
+                                     else kyutai.dim_feedforward(d.dim, d.hidden) if d.gated else d.ffn_dim,
         "depformer_num_heads": d.num_heads, "depformer_num_layers": d.num_layers,
         "depformer_multi_linear": cfg.depth_multi_linear, "depformer_weights_per_step": d.flexible,
         "depformer_pos_emb": "none",

@@ -62,6 +62,11 @@ class TransformerConfig:
         context: attention window: query at position p sees keys at p - context < k <= p. None (unbounded) or >= 1.
         num_codebooks: weight sets of the per-codebook ("flexible") linears (>= 1); 1 for the temporal transformer.
         flexible: whether attention and MLP use one weight set per codebook (the depth transformer).
+        ffn_dims: kyutai 0.2.13's per-step `depformer_dim_feedforward` widths that differ: weight set i's gated MLP is
+            ffn_dims[i] wide (its fc1's output, even, >= 2); a flexible, gated stack only, num_codebooks entries, and
+            ffn_dim their maximum. The port stores every set ffn_dim wide, set i's extra rows of fc1 (in each half)
+            and columns of fc2 zero, which computes set i's MLP exactly (act(0) * 0 = 0; the converters pad and unpad
+            them, refusing padding that is not zero). None (the default): every set ffn_dim wide.
     """
 
     dim: int
@@ -81,6 +86,7 @@ class TransformerConfig:
     context: int | None = None
     num_codebooks: int = 1
     flexible: bool = False
+    ffn_dims: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         """Checks every field (types as moshi_spec.validation states, ranges) and the rules between them.
@@ -125,6 +131,8 @@ class TransformerConfig:
                 f"rope needs an even head_dim, got {self.head_dim} "
                 + (f"(head_dim_override {override})" if override is not None else f"(dim {dim} // num_heads {heads})"),
             )
+        if self.ffn_dims is not None and c.integers("ffn_dims", minimum=2):
+            self._check_ffn_dims(c)
         kv = self.num_kv_heads_override
         if c.valid("num_heads", "num_kv_heads_override") and kv is not None:
             c.require(
@@ -133,6 +141,22 @@ class TransformerConfig:
                 f"num_heads {heads} is not a multiple of num_kv_heads_override {kv}",
             )
         c.raise_if_any()
+
+    def _check_ffn_dims(self, c: Checker) -> None:
+        """ffn_dims: a flexible gated stack's per-set widths, even, one per set, the largest ffn_dim."""
+        dims = self.ffn_dims
+        assert dims is not None
+        c.require(
+            "ffn_dims", all(f % 2 == 0 for f in dims), f"ffn_dims must be even (gate and value halves), got {dims}"
+        )
+        if c.valid("flexible", "gated"):
+            c.require("ffn_dims", self.flexible and self.gated, f"ffn_dims {dims} needs a flexible, gated stack")
+        if c.valid("num_codebooks"):
+            k = self.num_codebooks
+            c.require("ffn_dims", len(dims) == k, f"ffn_dims has {len(dims)} widths {dims}, expected num_codebooks {k}")
+        if c.valid("ffn_dim") and dims:
+            c.require("ffn_dim", self.ffn_dim == max(dims), f"ffn_dim {self.ffn_dim} must be max(ffn_dims {dims})")
+        c.require("ffn_dims", len(set(dims)) != 1, f"ffn_dims {dims} are all equal: give ffn_dim alone (None)")
 
     @property
     def head_dim(self) -> int:
@@ -181,9 +205,11 @@ class TransformerConfig:
     def num_params(self) -> int:
         """Parameters of the layer stack (no embeddings, no final norm)."""
         attn = self.dim * (self.q_dim + 2 * self.kv_dim) + self.q_dim * self.dim
-        mlp = self.dim * self.ffn_dim + self.hidden * self.dim
+        widths = (self.ffn_dim,) * self.weight_sets if self.ffn_dims is None else self.ffn_dims
+        hidden = (f // 2 if self.gated else f for f in widths)
+        mlp = sum(self.dim * f + h * self.dim for f, h in zip(widths, hidden, strict=True))  # kyutai's, no padding
         scales = 0 if self.layer_scale is None else 2 * self.dim
-        return self.num_layers * (self.weight_sets * (attn + mlp) + 2 * self.norm_params + scales)
+        return self.num_layers * (self.weight_sets * attn + mlp + 2 * self.norm_params + scales)
 
     @property
     def norm_params(self) -> int:

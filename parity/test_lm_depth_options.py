@@ -20,13 +20,13 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from converters import convert
+from converters import convert, transforms
 from converters.lm_config import from_kyutai_kwargs
 from converters.upstream_config import to_hf_config, to_kyutai_kwargs
 from models_flax import sharding
 from models_flax.sampling import GREEDY
 from models_flax.streaming import Streamer
-from moshi_spec import LMConfig
+from moshi_spec import LMConfig, kyutai
 from moshi_spec.validation import ConfigError
 from parity.harness import adapters, lm_options
 from parity.harness.compare import ParityError, assert_parity
@@ -41,10 +41,12 @@ from parity.harness.streaming_runs import (
 )
 
 TINY = LMConfig.tiny()
-# codebooks 0..3 run weight sets 2, 0, 1, 1 (three sets); rank-8 depth embeddings (depth dim 16), each with norm_emb's
-# layer norm of width 8; one depformer_in for every step
+# codebooks 0..3 run weight sets 2, 0, 1, 1 (three sets) whose gatings differ in width (depformer_dim_feedforward
+# [40, 24, 48]: hidden 26, 16, 32); rank-8 depth embeddings (depth dim 16), each with norm_emb's layer norm of width 8;
+# one depformer_in for every step
+WIDTHS = tuple(2 * kyutai.gating_hidden(16, w) for w in (40, 24, 48))
 MIXED = TINY.replace(
-    depth=TINY.depth.replace(num_codebooks=3),
+    depth=TINY.depth.replace(num_codebooks=3, ffn_dims=WIDTHS, ffn_dim=max(WIDTHS)),
     depth_schedule=(2, 0, 1, 1),
     depth_low_rank=8,
     depth_multi_linear=False,
@@ -105,16 +107,20 @@ def test_cli_converts_a_checkpoint(name, tmp_path):
 
 
 def test_kwargs_and_parameter_counts():
-    """The kwargs name each option as kyutai takes it; num_params counts kyutai's and Flax's parameters."""
+    """The kwargs name each option as kyutai takes it; num_params counts kyutai's parameters, and Flax's but for the
+    zero padding of the narrower weight sets' MLPs."""
     mixed, shared = to_kyutai_kwargs(MIXED), to_kyutai_kwargs(SHARED)
     assert mixed["depformer_weights_per_step_schedule"] == [2, 0, 1, 1]
+    assert mixed["depformer_dim_feedforward"] == [39, 24, 48]  # 39 and 40 both give a gating of hidden 26
     assert (mixed["depformer_low_rank_embeddings"], mixed["depformer_multi_linear"]) == (8, False)
     assert (shared["depformer_weights_per_step"], shared["depformer_multi_linear"]) == (False, False)
     for name, cfg in CONFIGS.items():
         models, _ = _runs(name)
         kyutai_count = sum(p.numel() for p in models.module("kyutai").parameters())
         flax_count = sum(x.size for x in nnx.to_flat_state(nnx.state(models.module("flax"), nnx.Param)).leaves)
-        assert cfg.num_params() == kyutai_count == flax_count, name
+        d = cfg.depth
+        padding = d.num_layers * sum(3 * (d.ffn_dim - f) * d.dim // 2 for f in d.ffn_dims or ())  # fc1 and fc2
+        assert cfg.num_params() == kyutai_count == flax_count - padding, name
     state = _runs("mixed")[0].states["kyutai"]
     assert state["depformer_emb.0.weight"].shape == (TINY.card + 1, 8)
     assert state["depformer_emb.0.low_rank.weight"].shape == (16, 8)
@@ -139,6 +145,10 @@ HF_REFUSALS = {
     "low rank": (TINY.replace(depth_low_rank=8), "depformer_low_rank_embeddings=8"),
     "multi_linear": (TINY.replace(depth_multi_linear=False), "depformer_multi_linear=False"),
     "weights_per_step": (SHARED.replace(depth_multi_linear=True), "depformer_weights_per_step=False"),
+    "per-set widths": (
+        TINY.replace(depth=TINY.depth.replace(ffn_dims=(52, 32, 64, 64), ffn_dim=64)),
+        r"per-set widths \(52, 32, 64, 64\) \(depth stack; kyutai's per-step depformer_dim_feedforward\)",
+    ),
 }
 
 
@@ -187,6 +197,23 @@ def test_bad_config_names_the_field(name):
         TINY.replace(**changes)
 
 
+BAD_STACKS = {
+    "widths of the wrong count": (dict(ffn_dims=(52, 32, 64)), r"ffn_dims has 3 widths \(52, 32, 64\), expected num_"),
+    "odd width": (dict(ffn_dims=(52, 33, 64, 64)), r"ffn_dims must be even \(gate and value halves\)"),
+    "ffn_dim not the widest": (dict(ffn_dims=(52, 32, 64, 64), ffn_dim=52), r"ffn_dim 52 must be max\(ffn_dims"),
+    "all equal": (dict(ffn_dims=(32,) * 4), r"ffn_dims \(32, 32, 32, 32\) are all equal: give ffn_dim alone"),
+    "not flexible": (dict(flexible=False, ffn_dims=(32, 64, 64, 64)), r"needs a flexible, gated stack"),
+    "a width below 2": (dict(ffn_dims=(0, 32, 32, 32)), r"ffn_dims\[0\] must be >= 2, got 0"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", BAD_STACKS)
+def test_bad_per_set_widths_name_the_field(name):
+    changes, message = BAD_STACKS[name]
+    with pytest.raises(ConfigError, match=message):
+        TINY.depth.replace(**{"ffn_dim": 64, **changes})
+
+
 BAD_KWARGS = {
     "schedule of the wrong length": (
         {"depformer_weights_per_step_schedule": [0, 1]},
@@ -216,10 +243,10 @@ def test_bad_kyutai_kwargs_name_the_key(name):
 
 
 def test_equal_widths_per_schedule_set_read_as_one():
-    kwargs = to_kyutai_kwargs(MIXED)
-    assert (
-        from_kyutai_kwargs(kwargs | {"depformer_dim_feedforward": [kwargs["depformer_dim_feedforward"]] * 3}) == MIXED
-    )
+    """A per-set list whose gatings are all equally wide is one width (39 and 40 both give hidden 26)."""
+    cfg = MIXED.replace(depth=MIXED.depth.replace(ffn_dims=None, ffn_dim=WIDTHS[0]))
+    kwargs = to_kyutai_kwargs(cfg)
+    assert from_kyutai_kwargs(kwargs | {"depformer_dim_feedforward": [39, 40, 40]}) == cfg
 
 
 # Negative controls: plausible porting bugs, each failing the float32 logits against kyutai.
@@ -248,7 +275,23 @@ def _low_rank_reshaped(models, monkeypatch):
     return _run_flax(MIXED, state)
 
 
-CONTROLS = {_schedule_ignored: "audio_logits", _low_rank_reshaped: "audio_logits"}
+def _widths_padded_at_the_end(models, monkeypatch):
+    """A narrower weight set's gating padded after its [gate; value] rows instead of after each half: its value half
+    is read as part of the gate."""
+
+    def stack_fc1(inputs, cfg):
+        rows = cfg.ffn_dim
+        return [[np.stack([np.pad(w, ((0, rows - w.shape[0]), (0, 0))) for w in inputs[0]])]]
+
+    monkeypatch.setitem(transforms.TRANSFORMS, "stack_fc1", stack_fc1)
+    return _run_flax(MIXED, convert(models.states["kyutai"], src="kyutai", dst="flax", cfg=MIXED, component="lm"))
+
+
+CONTROLS = {
+    _schedule_ignored: "audio_logits",
+    _low_rank_reshaped: "audio_logits",
+    _widths_padded_at_the_end: "audio_logits",
+}
 
 
 @pytest.mark.parametrize("control", CONTROLS, ids=lambda f: f.__name__.strip("_"))
@@ -258,3 +301,17 @@ def test_negative_control(control, monkeypatch):
     with pytest.raises(ParityError):
         lm_options.compare(MIXED, runs["kyutai"], cand, ("kyutai", "flax"), "float32", components=(CONTROLS[control],),
                            control=control.__name__.strip("_"))  # fmt: skip
+
+
+def test_nonzero_padding_is_refused():
+    """Weights whose padding beyond a narrower set's width is not zero are no kyutai model's: converting them to
+    kyutai is refused, naming the set (the round trip of real weights is bit-exact)."""
+    models, _ = _runs("mixed")
+    state = dict(models.states["flax"])
+    back = convert(state, src="flax", dst="kyutai", cfg=MIXED, component="lm")
+    assert all(np.array_equal(back[k], v) for k, v in models.states["kyutai"].items())
+    key = "depth.layers.0.mlp.fc2.kernel"  # (sets, hidden, dim): set 1 (hidden 16 of 32) gets a row beyond its width
+    state[key] = state[key].copy()
+    state[key][1, 20] = 1.0
+    with pytest.raises(ValueError, match=r"weight set 1: fc2 is nonzero beyond its width 32"):
+        convert(state, src="flax", dst="kyutai", cfg=MIXED, component="lm")

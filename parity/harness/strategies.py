@@ -202,13 +202,17 @@ an order that is not the codebooks', one set for all, alternating."""
 def depth_options(draw: st.DrawFn, cfg: LMConfig) -> LMConfig:
     """cfg with kyutai's depth-transformer options drawn, each choice's first value turning its option on: the weight
     sets of the depth stack (a schedule of DEPTH_SCHEDULES, one set shared by every step: depformer_weights_per_step
-    False, or kyutai's one per codebook), one shared input projection (depformer_multi_linear False) or one per weight
-    set, and low-rank depth embeddings (depformer_low_rank_embeddings) or full-rank ones."""
+    False, or kyutai's one per codebook), per-set gating widths that differ (a per-step depformer_dim_feedforward list)
+    or one width, one shared input projection (depformer_multi_linear False) or one per weight set, and low-rank depth
+    embeddings (depformer_low_rank_embeddings) or full-rank ones."""
     d = cfg.depth
     sharing = draw(st.sampled_from(("schedule", "shared", "per_codebook")))
     schedule = draw(st.sampled_from(DEPTH_SCHEDULES)) if sharing == "schedule" and cfg.dep_q == 4 else None
     sets = cfg.dep_q if schedule is None else max(schedule) + 1
     depth = d.replace(flexible=False, num_codebooks=1) if sharing == "shared" else d.replace(num_codebooks=sets)
+    if sharing != "shared" and sets > 1 and draw(st.sampled_from((True, False))):  # per-set widths that differ
+        widths = tuple(2 * kyutai.gating_hidden(d.dim, w) for w in (40, 24, 48, 32)[:sets])
+        depth = depth.replace(ffn_dims=widths, ffn_dim=max(widths))
     return cfg.replace(
         depth=depth,
         depth_schedule=schedule,
