@@ -1,17 +1,20 @@
 """The depth-transformer options of kyutai's LMModel: `depformer_weights_per_step_schedule` (codebook c runs weight
-set schedule[c]: steps share weights, max(schedule) + 1 sets), `depformer_low_rank_embeddings` (depth embeddings of
-rank r, then norm_emb's norm of width r, the zero token's zeroing and a linear r -> depformer_dim), and the two
-switches Moshi-7B turns on, off: `depformer_multi_linear=False` (one temporal -> depth projection for every step) and
-`depformer_weights_per_step=False` (one depth weight set for every step).
+set schedule[c]: steps share weights, max(schedule) + 1 sets, and as many depformer_in projections), per-step
+`depformer_dim_feedforward` widths that differ (kyutai 0.2.13: one per weight set; the port zero-pads the narrower
+sets), `depformer_low_rank_embeddings` (depth embeddings of rank r, then norm_emb's norm of width r, the zero token's
+zeroing and a linear r -> depformer_dim), and the two switches Moshi-7B turns on, off: `depformer_multi_linear=False`
+(one temporal -> depth projection for every step) and `depformer_weights_per_step=False` (one depth weight set).
 
-Proved here: kyutai vs ref vs flax float32 logits for a model with a schedule, low-rank embeddings under norm_emb and
-one shared input projection, and for one with a shared depth stack; greedy streaming tokens vs kyutai LMGen for the
-first (kyutai's LMGen cannot stream the second: its depformer KV cache needs weights_per_step or a context, and
-LMModel sets depformer_context to None, so the Flax step's logits are compared with kyutai's full forward of what the
-stream consumed instead); CLI conversions of kyutai checkpoints with their kwargs as --config; the kwargs written read
-back as the same config; parameter counts; bad values refused naming the field; HF refusing each option by name; and
-negative controls (a schedule ignored for the layers, the low-rank projection reshaped where it is transposed). The
-options are also drawn by `strategies.lm_cases` (parity/test_lm_norms.py's drawn comparison)."""
+Proved here: kyutai vs ref vs flax float32 logits for a model with a schedule, differing per-set widths and low-rank
+embeddings under norm_emb, and for one with a shared depth stack and a shared input projection; greedy streaming
+tokens vs kyutai LMGen for the first (kyutai's LMGen cannot stream the second: its depformer KV cache needs
+weights_per_step or a context, and LMModel sets depformer_context to None, so the Flax step's logits are compared with
+kyutai's full forward of what the stream consumed instead); CLI conversions of kyutai checkpoints with their kwargs as
+--config; the kwargs written read back as the same config; parameter counts; bad values refused naming the field; HF
+refusing each option by name; nonzero padding refused; and negative controls (the schedule ignored by the layers or
+by the input projections, the low-rank projection reshaped where it is transposed, the narrower widths padded after
+[gate; value] instead of per half). The options are also drawn by `strategies.lm_cases` (parity/test_lm_norms.py's
+drawn comparison)."""
 
 from functools import cache
 
@@ -42,14 +45,13 @@ from parity.harness.streaming_runs import (
 
 TINY = LMConfig.tiny()
 # codebooks 0..3 run weight sets 2, 0, 1, 1 (three sets) whose gatings differ in width (depformer_dim_feedforward
-# [40, 24, 48]: hidden 26, 16, 32); rank-8 depth embeddings (depth dim 16), each with norm_emb's layer norm of width 8;
-# one depformer_in for every step
+# [40, 24, 48]: hidden 26, 16, 32), and so do the three depformer_in projections; rank-8 depth embeddings (depth dim
+# 16), each with norm_emb's layer norm of width 8
 WIDTHS = tuple(2 * kyutai.gating_hidden(16, w) for w in (40, 24, 48))
 MIXED = TINY.replace(
     depth=TINY.depth.replace(num_codebooks=3, ffn_dims=WIDTHS, ffn_dim=max(WIDTHS)),
     depth_schedule=(2, 0, 1, 1),
     depth_low_rank=8,
-    depth_multi_linear=False,
     norm_emb=True,
 )
 # kyutai's defaults for both switches: one depth weight set and one input projection for every step
@@ -112,7 +114,7 @@ def test_kwargs_and_parameter_counts():
     mixed, shared = to_kyutai_kwargs(MIXED), to_kyutai_kwargs(SHARED)
     assert mixed["depformer_weights_per_step_schedule"] == [2, 0, 1, 1]
     assert mixed["depformer_dim_feedforward"] == [39, 24, 48]  # 39 and 40 both give a gating of hidden 26
-    assert (mixed["depformer_low_rank_embeddings"], mixed["depformer_multi_linear"]) == (8, False)
+    assert (mixed["depformer_low_rank_embeddings"], mixed["depformer_multi_linear"]) == (8, True)
     assert (shared["depformer_weights_per_step"], shared["depformer_multi_linear"]) == (False, False)
     for name, cfg in CONFIGS.items():
         models, _ = _runs(name)
@@ -124,7 +126,7 @@ def test_kwargs_and_parameter_counts():
     state = _runs("mixed")[0].states["kyutai"]
     assert state["depformer_emb.0.weight"].shape == (TINY.card + 1, 8)
     assert state["depformer_emb.0.low_rank.weight"].shape == (16, 8)
-    assert [k for k in state if k.startswith("depformer_in.")] == ["depformer_in.0.weight"]
+    assert [k for k in state if k.startswith("depformer_in.")] == [f"depformer_in.{c}.weight" for c in range(3)]
     assert {k.split(".")[5] for k in state if k.startswith("depformer.layers.0.self_attn.in_projs.")} == {"0", "1", "2"}
 
 
@@ -141,7 +143,10 @@ def test_new_parameters_have_sharding_rules():
 
 
 HF_REFUSALS = {
-    "schedule": (MIXED.replace(depth_low_rank=None, norm_emb=False), "depformer_weights_per_step_schedule"),
+    "schedule": (
+        MIXED.replace(depth_low_rank=None, norm_emb=False, depth=TINY.depth.replace(num_codebooks=3)),
+        "depformer_weights_per_step_schedule",
+    ),
     "low rank": (TINY.replace(depth_low_rank=8), "depformer_low_rank_embeddings=8"),
     "multi_linear": (TINY.replace(depth_multi_linear=False), "depformer_multi_linear=False"),
     "weights_per_step": (SHARED.replace(depth_multi_linear=True), "depformer_weights_per_step=False"),
@@ -267,6 +272,14 @@ def _schedule_ignored(models, monkeypatch):
     return _run_flax(MIXED, models.states["flax"])
 
 
+def _projections_by_codebook(models, monkeypatch):
+    """The temporal -> depth projections picked by codebook (c % sets), not by the schedule as kyutai's depformer_in."""
+    monkeypatch.setattr(
+        LMConfig, "depth_in_sets", property(lambda cfg: tuple(c % cfg.depth_sets_count for c in range(cfg.dep_q)))
+    )
+    return _run_flax(MIXED, models.states["flax"])
+
+
 def _low_rank_reshaped(models, monkeypatch):
     """The torch (Dd, r) low-rank weight made the (r, Dd) Flax kernel by reshape instead of transpose."""
     state = dict(models.states["flax"])
@@ -289,6 +302,7 @@ def _widths_padded_at_the_end(models, monkeypatch):
 
 CONTROLS = {
     _schedule_ignored: "audio_logits",
+    _projections_by_codebook: "audio_logits",
     _low_rank_reshaped: "audio_logits",
     _widths_padded_at_the_end: "audio_logits",
 }
