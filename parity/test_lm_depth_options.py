@@ -6,15 +6,16 @@ zeroing and a linear r -> depformer_dim), and the two switches Moshi-7B turns on
 (one temporal -> depth projection for every step) and `depformer_weights_per_step=False` (one depth weight set).
 
 Proved here: kyutai vs ref vs flax float32 logits for a model with a schedule, differing per-set widths and low-rank
-embeddings under norm_emb, and for one with a shared depth stack and a shared input projection; greedy streaming
-tokens vs kyutai LMGen for the first (kyutai's LMGen cannot stream the second: its depformer KV cache needs
-weights_per_step or a context, and LMModel sets depformer_context to None, so the Flax step's logits are compared with
-kyutai's full forward of what the stream consumed instead); CLI conversions of kyutai checkpoints with their kwargs as
---config; the kwargs written read back as the same config; parameter counts; bad values refused naming the field; HF
-refusing each option by name; nonzero padding refused; and negative controls (the schedule ignored by the layers or
-by the input projections, the low-rank projection reshaped where it is transposed, the narrower widths padded after
-[gate; value] instead of per half). The options are also drawn by `strategies.lm_cases` (parity/test_lm_norms.py's
-drawn comparison)."""
+embeddings under norm_emb, and for one with a shared depth stack (kyutai's plain FFN) and a shared input projection;
+greedy streaming tokens vs kyutai LMGen for the first (kyutai's LMGen cannot stream the second: its depformer KV cache
+needs weights_per_step or a context, and LMModel sets depformer_context to None, so the Flax step's logits are compared
+with kyutai's full forward of what the stream consumed instead); CLI conversions of kyutai checkpoints with their
+kwargs as --config; the kwargs written read back as the same config; parameter counts; bad values refused naming the
+field; HF refusing each option by name; nonzero padding refused; and negative controls (the schedule ignored by the
+layers or by the input projections, the low-rank projection reshaped where it is transposed, the narrower widths
+padded after [gate; value] instead of per half). The options are also drawn by `strategies.lm_cases`
+(parity/test_lm_norms.py's drawn comparison); kyutai's config layouts with them are read by
+parity/test_config_readers.py."""
 
 from functools import cache
 
@@ -54,8 +55,12 @@ MIXED = TINY.replace(
     depth_low_rank=8,
     norm_emb=True,
 )
-# kyutai's defaults for both switches: one depth weight set and one input projection for every step
-SHARED = TINY.replace(depth=TINY.depth.replace(flexible=False, num_codebooks=1), depth_multi_linear=False)
+# kyutai's defaults for both switches: one depth weight set and one input projection for every step; such a depformer
+# may have kyutai's plain FFN (depformer_gating="none": linear1 40 wide, exact gelu), which weights_per_step forbids
+SHARED = TINY.replace(
+    depth=TINY.depth.replace(flexible=False, num_codebooks=1, gated=False, activation="gelu", ffn_dim=40),
+    depth_multi_linear=False,
+)
 CONFIGS = {"mixed": MIXED, "shared": SHARED}
 IMPLS = ("kyutai", "ref", "flax")
 
@@ -116,6 +121,7 @@ def test_kwargs_and_parameter_counts():
     assert mixed["depformer_dim_feedforward"] == [39, 24, 48]  # 39 and 40 both give a gating of hidden 26
     assert (mixed["depformer_low_rank_embeddings"], mixed["depformer_multi_linear"]) == (8, True)
     assert (shared["depformer_weights_per_step"], shared["depformer_multi_linear"]) == (False, False)
+    assert (shared["depformer_gating"], shared["depformer_dim_feedforward"]) == ("none", 40)
     for name, cfg in CONFIGS.items():
         models, _ = _runs(name)
         kyutai_count = sum(p.numel() for p in models.module("kyutai").parameters())
@@ -149,7 +155,10 @@ HF_REFUSALS = {
     ),
     "low rank": (TINY.replace(depth_low_rank=8), "depformer_low_rank_embeddings=8"),
     "multi_linear": (TINY.replace(depth_multi_linear=False), "depformer_multi_linear=False"),
-    "weights_per_step": (SHARED.replace(depth_multi_linear=True), "depformer_weights_per_step=False"),
+    "weights_per_step": (
+        SHARED.replace(depth_multi_linear=True, depth=TINY.depth.replace(flexible=False, num_codebooks=1)),
+        "depformer_weights_per_step=False",
+    ),
     "per-set widths": (
         TINY.replace(depth=TINY.depth.replace(ffn_dims=(52, 32, 64, 64), ffn_dim=64)),
         r"per-set widths \(52, 32, 64, 64\) \(depth stack; kyutai's per-step depformer_dim_feedforward\)",

@@ -71,6 +71,20 @@ KYUTAI_LAYOUTS: dict[str, Callable[[], dict[str, Any]]] = {
     "optional keys overridden": lambda: KYUTAI_OVERRIDES,
     # LMModel's default gating is "none": a plain temporal FFN (the depformer needs its own gating: weights per step)
     "gating left to LMModel's default": lambda: _without_key(KYUTAI_MINIMAL, "gating") | {"depformer_gating": "silu"},
+    # the depformer's weight sharing: 3 weight sets for 4 steps, rank-8 embeddings, one depformer_in for every step
+    "depformer schedule, low rank, one projection": lambda: (
+        KYUTAI_RELEASED
+        | {
+            "depformer_weights_per_step_schedule": [2, 0, 1, 1],
+            "depformer_low_rank_embeddings": 8,
+            "depformer_multi_linear": False,
+        }
+    ),
+    # LMModel's defaults: one depformer weight set and projection for every step, which allows its plain FFN
+    "depformer without weights per step": lambda: (
+        _without_key(_without_key(KYUTAI_RELEASED, "depformer_weights_per_step"), "depformer_multi_linear")
+        | {"depformer_gating": "none"}
+    ),
 }
 
 # ----------------------------------------------------------------------------------------------------------------------
