@@ -87,7 +87,7 @@ KYUTAI_STACK_NAMES = {
               "ffn_dim": "depformer_dim_feedforward", "num_kv_heads_override": "depformer_kv_repeat",
               "activation": "depformer_gating", "num_codebooks": "dep_q", "norm": "norm", "norm_eps": "norm",
               "gated": "depformer_gating", "layer_scale": "depformer_layer_scale",
-              "ffn_dims": "depformer_dim_feedforward"},
+              "ffn_dims": "depformer_dim_feedforward", "flexible": "depformer_weights_per_step"},
 }  # fmt: skip
 
 
