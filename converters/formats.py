@@ -256,9 +256,11 @@ KYUTAI = Format(
 
 def hf_refuses(component: str, cfg: Any) -> str | None:
     """What HF's Moshi has no weights for: layer norms (MoshiRMSNorm only), embedding norms (norm_emb), norms on
-    the depth output (depformer_norm), plain MLPs (gating="none"), layer scales, and kyutai's head options (bias_proj,
-    text_card_out, extra heads, demux_second_text_stream); None when it has them all. Reads an LMConfig ("lm") or a
-    TransformerConfig."""
+    the depth output (depformer_norm), plain MLPs (gating="none"), layer scales, kyutai's head options (bias_proj,
+    text_card_out, extra heads, demux_second_text_stream) and a depth decoder other than one weight set per codebook
+    with full-rank embeddings (kyutai's depformer_weights_per_step_schedule, depformer_multi_linear=False,
+    depformer_weights_per_step=False, depformer_low_rank_embeddings); None when it has them all. Reads an LMConfig
+    ("lm") or a TransformerConfig."""
     if component == "lm":
         if problem := hf_head_problem(cfg):
             return problem
@@ -267,6 +269,8 @@ def hf_refuses(component: str, cfg: Any) -> str | None:
         if cfg.depformer_norm is not None:
             kind = cfg.depformer_norm
             return f"HF's depth decoder has no output norm: depformer_norm={kind!r} cannot be converted to hf"
+        if problem := hf_depth_problem(cfg):
+            return problem
         stacks = {"temporal": cfg.temporal, "depth": cfg.depth}
     elif component == "decoder_layer":  # (a standalone layer_norm is Mimi's too, which HF has)
         stacks = {"this": cfg}
@@ -289,6 +293,12 @@ def hf_refuses(component: str, cfg: Any) -> str | None:
             return f"HF's Moshi has only RMSNorm: norm={sub.norm!r} ({name} stack) cannot be converted to hf"
         if not getattr(sub, "gated", True):
             return f"HF's Moshi has only the gated MLP: gating='none' ({name} stack) cannot be converted to hf"
+        if getattr(sub, "ffn_dims", None) is not None:
+            widths = sub.ffn_dims
+            return (
+                f"HF's Moshi has one MLP width per stack: per-set widths {widths} ({name} stack; kyutai's per-step "
+                "depformer_dim_feedforward) cannot be converted to hf"
+            )
         if getattr(sub, "layer_scale", None) is not None:
             scale = sub.layer_scale
             return f"HF's Moshi has no layer scale: layer_scale={scale!r} ({name} stack) cannot be converted to hf"
@@ -305,6 +315,27 @@ def hf_head_problem(cfg: Any) -> str | None:
         return f"HF's Moshi has no extra heads: extra_heads_num_heads={cfg.extra_heads} cannot be converted to hf"
     if cfg.demux_second_text_stream:
         return "HF's text embeddings do not demux: demux_second_text_stream=True cannot be converted to hf"
+    return None
+
+
+def hf_depth_problem(cfg: Any) -> str | None:
+    """Why HF's depth decoder (one weight set and one input projection per codebook, full-rank embeddings) cannot hold
+    cfg's depth transformer, naming kyutai's option; None when it can."""
+    if not cfg.depth.flexible:
+        why = "HF's depth decoder has a weight set per codebook"
+        return f"{why}: depformer_weights_per_step=False cannot be converted to hf"
+    if cfg.depth_schedule is not None:
+        return (
+            f"HF's depth decoder has a weight set per codebook: depformer_weights_per_step_schedule="
+            f"{list(cfg.depth_schedule)} cannot be converted to hf"
+        )
+    if not cfg.depth_multi_linear:
+        return (
+            "HF's depth decoder projects each codebook's input: depformer_multi_linear=False cannot be converted to hf"
+        )
+    if cfg.depth_low_rank is not None:
+        rank = cfg.depth_low_rank
+        return f"HF's depth embeddings are full rank: depformer_low_rank_embeddings={rank} cannot be converted to hf"
     return None
 
 

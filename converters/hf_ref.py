@@ -30,6 +30,8 @@ TABLE: dict[str, tuple[Pair, ...]] = {
         Pair("decoder.lm_head.weight", "lm_head.weight"),
         Pair("depth_decoder.text_embed_tokens.weight", "depth.text_embed_tokens.weight"),
         Pair("depth_decoder.embed_tokens.{c}.weight", "depth.embed_tokens.{c}.weight"),
+        Pair("depth_decoder.embed_tokens.{c}.low_rank.weight", "depth.embed_tokens.{c}.low_rank.weight"),
+        Pair("depth_decoder.text_embed_tokens.low_rank.weight", "depth.text_embed_tokens.low_rank.weight"),
         Pair("depth_decoder.input_projections.weight", "depth.input_projections.weight"),
         Pair("depth_decoder.lm_heads.weight", "depth.lm_heads.weight"),
         # kyutai's head options (the hop from kyutai: HF's Moshi has none of them)

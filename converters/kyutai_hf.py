@@ -3,13 +3,16 @@
 - attention: `in_projs.{c}.weight` rows [q; k; v] -> q/k/v_proj.linear.weight, q and k permuted from interleaved to
   half-split rope per head when cfg.rope (never v; never the depth transformer, which has no rope), stacked over the
   codebooks to (W, out, in) when cfg.flexible; `out_projs.{c}.weight` -> o_proj.linear.weight likewise.
-- gating_mlp: `linear_in/linear_out` -> fc1/fc2; flexible: the ModuleList's `{c}.linear_in/out` stacked.
+- gating_mlp: `linear_in/linear_out` -> fc1/fc2; flexible: the ModuleList's `{c}.linear_in/out` stacked, sets of
+  widths that differ (cfg.ffn_dims, kyutai's per-step depformer_dim_feedforward) zero-padded to ffn_dim (each half of
+  fc1) and unpadded back (nonzero padding refused).
 - rmsnorm: `alpha` (1, 1, D) -> `weight` (D,).
 - layer_norm (the layer-norm kinds' norms, norm_emb's and Mimi's): weight and bias kept. HF's Moshi has no layer norm,
   no embedding norm and no depth output norm (depformer_norm): for such a model this format is a hop on the way to
   ref, and an HF checkpoint of it is refused by its config writer (converters/upstream_config.to_hf_config).
 - lm_top: embeddings renamed, per-codebook `depformer_in.{c}` / `linears.{c}` stacked into
-  `depth_decoder.input_projections` (K, Dd, D) / `depth_decoder.lm_heads` (K, V, Dd). kyutai's head options (the heads'
+  `depth_decoder.input_projections` (Ki, Dd, D) / `depth_decoder.lm_heads` (K, V, Dd); low-rank depth embeddings'
+  `low_rank.` linears keep their name (HF has none: a hop, as for layer norms). kyutai's head options (the heads'
   biases, extra heads, the text embeddings' demux linears) travel under HF-like names HF's Moshi has not: a hop only.
 Released checkpoints' legacy fused names are normalized before this edge runs (see formats.KYUTAI.legacy); hf -> kyutai
 emits the current names. kyutai has no standalone flexible linear (it uses ModuleLists of nn.Linear).
@@ -30,8 +33,8 @@ TABLE: dict[str, tuple[Pair, ...]] = {
     "gating_mlp": (
         Pair("linear_in.weight", "fc1.weight", when="plain"),
         Pair("linear_out.weight", "fc2.weight", when="plain"),
-        Pair("{c}.linear_in.weight", "fc1.weight", "stack", "unstack", when="flexible"),
-        Pair("{c}.linear_out.weight", "fc2.weight", "stack", "unstack", when="flexible"),
+        Pair("{c}.linear_in.weight", "fc1.weight", "stack_fc1", "unstack_fc1", when="flexible"),
+        Pair("{c}.linear_out.weight", "fc2.weight", "stack_fc2", "unstack_fc2", when="flexible"),
     ),
     "attention": (
         Pair(
@@ -50,6 +53,9 @@ TABLE: dict[str, tuple[Pair, ...]] = {
         Pair("depformer_in.{c}.weight", "depth_decoder.input_projections.weight", "stack", "unstack"),
         Pair("depformer_emb.{c}.weight", "depth_decoder.embed_tokens.{c}.weight"),
         Pair("depformer_text_emb.weight", "depth_decoder.text_embed_tokens.weight"),
+        # depformer_low_rank_embeddings: HF has none (a hop only, refused at the ends: formats.hf_refuses)
+        Pair("depformer_emb.{c}.low_rank.weight", "depth_decoder.embed_tokens.{c}.low_rank.weight"),
+        Pair("depformer_text_emb.low_rank.weight", "depth_decoder.text_embed_tokens.low_rank.weight"),
         Pair("linears.{c}.weight", "depth_decoder.lm_heads.weight", "stack", "unstack"),
         # kyutai's head options, which HF has not: keys of the hop to ref only (formats.hf_refuses)
         Pair("text_linear.bias", "decoder.lm_head.bias"),

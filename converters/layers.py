@@ -30,6 +30,7 @@ class LayerConfig(Protocol):
     layer_norm: bool
     gated: bool
     layer_scale: float | None
+    ffn_dims: tuple[int, ...] | None
 
     @property
     def q_dim(self) -> int: ...
@@ -99,6 +100,10 @@ def _gating_mlp(fmt: Any, cfg: LayerConfig) -> dict[str, Shape] | None:
     if not fmt.lm:
         return None
     fc1, fc2 = fmt.lm.mlp
+    widths = getattr(cfg, "ffn_dims", None)
+    if widths is not None and fmt.lm.lists:  # kyutai's per-set gatings, each its own width (stacks: padded to F)
+        sets = {f"{c}.": {fc1: (f, cfg.dim), fc2: (cfg.dim, f // 2)} for c, f in enumerate(widths)}
+        return {c + m + fmt.kernel: linear(fmt, *dims) for c, mlp in sets.items() for m, dims in mlp.items()}
     return per_set(fmt, cfg, {fc1: (cfg.ffn_dim, cfg.dim), fc2: (cfg.dim, cfg.hidden)})
 
 

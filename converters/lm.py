@@ -5,13 +5,17 @@ depth stacks, a composite), both `whole`:
 an LM state is a checkpoint with exact keys. Shapes and prefixes come from each format's `LMSpelling`.
 
 Axis names: D temporal dim, Dd depth dim, K dep_q (codebooks the depth transformer predicts), V card (audio vocabulary;
-embeddings hold V + 1 rows, the last one the initial token), T text_card (likewise T + 1), n_q audio streams.
+embeddings hold V + 1 rows, the last one the initial token), T text_card (likewise T + 1), n_q audio streams, Ki the
+temporal -> depth input projections (cfg.depth_in_count: K, the schedule's weight sets, or 1 without
+depformer_multi_linear), r the depth embeddings' rank (cfg.depth_low_rank: their tables are (rows, r), each followed by
+a `low_rank.` linear (Dd, r); without it r = Dd and no linear).
 kyutai's head options add keys: bias_proj the heads' biases, text_card_out the text head's width (text_out),
 extra_heads_num_heads the extra heads (extra_heads_dim, D), demux_second_text_stream both text embeddings' out1 / out2.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from converters.accounting import Shape
@@ -36,9 +40,24 @@ class LMShapeConfig(Protocol):
     extra_heads: int
     extra_heads_dim: int
     demux_second_text_stream: bool
+    depth_low_rank: int | None
 
     @property
     def depth_out_norm(self) -> LayerConfig | None: ...
+    @property
+    def depth_in_count(self) -> int: ...
+
+
+LOW_RANK = "low_rank."
+"""A low-rank embedding's projection (kyutai's ScaledEmbedding.low_rank), under the embedding's prefix in every
+format."""
+
+
+@dataclass(frozen=True)
+class Width:
+    """The config of a layer norm that is not a stack's width (a low-rank embedding's, of width r)."""
+
+    dim: int
 
 
 def _top(fmt: Any, cfg: LMShapeConfig) -> dict[str, Shape] | None:
@@ -46,15 +65,16 @@ def _top(fmt: Any, cfg: LMShapeConfig) -> dict[str, Shape] | None:
     if not spelling:
         return None
     D, Dd, K, V, T = cfg.temporal.dim, cfg.depth.dim, cfg.dep_q, cfg.card, cfg.text_card
+    r = cfg.depth_low_rank or Dd
     at, emb, kernel = spelling.top, spelling.embedding, fmt.kernel
 
     def embeddings(role: str, n: int, rows: int, dim: int) -> dict[str, Shape]:
         return {f"{at[role]}{i}.{emb}": (rows, dim) for i in range(n)}
 
-    def per_codebook(role: str, out: int, inp: int) -> dict[str, Shape]:  # one linear per depth codebook
+    def per_codebook(role: str, out: int, inp: int, count: int = K) -> dict[str, Shape]:  # one linear per weight set
         if spelling.lists:
-            return {f"{at[role]}{c}.{kernel}": linear(fmt, out, inp) for c in range(K)}
-        return {f"{at[role]}{kernel}": (K, *linear(fmt, out, inp))}
+            return {f"{at[role]}{c}.{kernel}": linear(fmt, out, inp) for c in range(count)}
+        return {f"{at[role]}{kernel}": (count, *linear(fmt, out, inp))}
 
     def demux(role: str, dim: int) -> dict[str, Shape]:  # kyutai's demux_second_text_stream: out1, out2 (dim, dim)
         if not cfg.demux_second_text_stream:
@@ -68,6 +88,10 @@ def _top(fmt: Any, cfg: LMShapeConfig) -> dict[str, Shape] | None:
         per_head = {f"{heads}{c}.bias": (V,) for c in range(K)} if spelling.lists else {f"{heads}bias": (K, V)}
         return {f"{at['text_head']}bias": (cfg.text_out,)} | per_head
 
+    low_rank = {}
+    if cfg.depth_low_rank is not None:  # each depth embedding's r -> Dd projection
+        low_rank = {f"{at['depth_emb']}{i}.{LOW_RANK}{kernel}": linear(fmt, Dd, r) for i in range(K - 1)}
+        low_rank[f"{at['depth_text_emb']}{LOW_RANK}{kernel}"] = linear(fmt, Dd, r)
     extra = {f"{at['extra_heads']}{i}.{kernel}": linear(fmt, cfg.extra_heads_dim, D) for i in range(cfg.extra_heads)}
     return (
         embeddings("audio_emb", cfg.n_q, V + 1, D)
@@ -75,9 +99,10 @@ def _top(fmt: Any, cfg: LMShapeConfig) -> dict[str, Shape] | None:
         | demux("text_emb", D)
         | {f"{at['text_head']}{kernel}": linear(fmt, cfg.text_out, D)}
         | extra
-        | per_codebook("depth_in", Dd, D)
-        | embeddings("depth_emb", K - 1, V + 1, Dd)
-        | {f"{at['depth_text_emb']}{emb}": (T + 1, Dd)}
+        | per_codebook("depth_in", Dd, D, cfg.depth_in_count)
+        | embeddings("depth_emb", K - 1, V + 1, r)
+        | {f"{at['depth_text_emb']}{emb}": (T + 1, r)}
+        | low_rank
         | demux("depth_text_emb", Dd)
         | per_codebook("depth_heads", V, Dd)
         | biases()
@@ -85,8 +110,9 @@ def _top(fmt: Any, cfg: LMShapeConfig) -> dict[str, Shape] | None:
 
 
 def _embedding_norms(top: dict[str, str], cfg: LMShapeConfig) -> list[Part]:
-    """The layer norm of every embedding (`{embedding}norm.`), named by the embedding's role and index."""
-    t, d = cfg.temporal, cfg.depth
+    """The layer norm of every embedding (`{embedding}norm.`), named by the embedding's role and index; a low-rank
+    depth embedding's is of width r."""
+    t, d = cfg.temporal, cfg.depth if cfg.depth_low_rank is None else Width(cfg.depth_low_rank)
     tables = (
         ("audio_emb", cfg.n_q, t),
         ("text_emb", None, t),

@@ -33,6 +33,7 @@ KYUTAI_USED = frozenset(
     | {"depformer_dim_feedforward", "depformer_num_layers", "depformer_gating", "depformer_kv_repeat", "text_card_out"}
     | {"layer_scale", "depformer_layer_scale", "depformer_max_period", "positional_scale", "depformer_positional_scale"}
     | {"extra_heads_num_heads", "extra_heads_dim", "existing_text_end_padding_id"}
+    | {"depformer_weights_per_step_schedule", "depformer_low_rank_embeddings"}
 )
 POSITIONAL_EMBEDDINGS = ("rope", "rope_concat", "sin", "sin_rope", "none")
 """kyutai StreamingTransformer's `positional_embedding` values (LMModel's `depformer_pos_emb` for the depth stack)."""
@@ -41,13 +42,11 @@ KYUTAI_SUPPORTED: dict[str, tuple[Any, tuple[Any, ...]]] = {
     "norm": ("layer_norm", tuple(NORM_EPS)),  # each kind with the eps kyutai fixes for it
     "positional_embedding": ("sin", POSITIONAL_EMBEDDINGS),
     "depformer_pos_emb": ("sin", POSITIONAL_EMBEDDINGS),
-    "depformer_multi_linear": (False, (True,)),
-    "depformer_weights_per_step": (False, (True,)),
+    **{k: (False, (True, False)) for k in "depformer_multi_linear depformer_weights_per_step".split()},
     "causal": (True, (True,)),
     "conditioners": (None, (None, {})),
     "fuser": (None, (None, {})),
     "depformer_norm": (None, (None, *NORM_EPS)),
-    **{k: (None, (None,)) for k in "depformer_weights_per_step_schedule depformer_low_rank_embeddings".split()},
     **{k: (False, (False, True)) for k in "norm_emb bias_proj demux_second_text_stream demux_second_stream".split()},
     **{k: (False, (False,)) for k in "cross_attention quantize lora skip_self_attn".split()},
 }
@@ -64,7 +63,7 @@ KYUTAI_IGNORED = frozenset(
 KYUTAI_FIELDS = {
     **dict.fromkeys("dim num_heads num_layers n_q dep_q card text_card kv_repeat".split(), "int"),
     **dict.fromkeys("depformer_dim depformer_num_heads depformer_num_layers depformer_kv_repeat".split(), "int"),
-    **dict.fromkeys("context text_card_out".split(), "int?"),
+    **dict.fromkeys("context text_card_out depformer_low_rank_embeddings".split(), "int?"),
     **dict.fromkeys("hidden_scale max_period depformer_max_period".split(), "num"),
     **dict.fromkeys("positional_scale depformer_positional_scale".split(), "num"),
     **dict.fromkeys("layer_scale depformer_layer_scale".split(), "num?"),
@@ -81,6 +80,9 @@ KYUTAI_LM_NAMES["norm_emb"] = "norm_emb"
 KYUTAI_LM_NAMES["depth.gated"] = "depformer_gating"
 KYUTAI_LM_NAMES |= {k: k for k in "bias_proj text_card_out extra_heads_dim existing_text_end_padding_id".split()}
 KYUTAI_LM_NAMES |= {"extra_heads": "extra_heads_num_heads", "demux_second_text_stream": "demux_second_text_stream"}
+KYUTAI_LM_NAMES["depth_schedule"] = "depformer_weights_per_step_schedule"
+KYUTAI_LM_NAMES["depth_multi_linear"] = "depformer_multi_linear"
+KYUTAI_LM_NAMES["depth_low_rank"] = "depformer_low_rank_embeddings"
 KYUTAI_STACK_NAMES = {
     "temporal": {"dim": "dim", "num_heads": "num_heads", "num_layers": "num_layers", "ffn_dim": "hidden_scale",
                  "num_kv_heads_override": "kv_repeat", "activation": "gating", "rope_theta": "max_period",
@@ -92,7 +94,8 @@ KYUTAI_STACK_NAMES = {
               "activation": "depformer_gating", "num_codebooks": "dep_q", "norm": "norm", "norm_eps": "norm",
               "gated": "depformer_gating", "layer_scale": "depformer_layer_scale", "rope": "depformer_pos_emb",
               "rope_concat": "depformer_pos_emb", "sin_embedding": "depformer_pos_emb",
-              "rope_theta": "depformer_max_period", "positional_scale": "depformer_positional_scale"},
+              "rope_theta": "depformer_max_period", "positional_scale": "depformer_positional_scale",
+              "ffn_dims": "depformer_dim_feedforward", "flexible": "depformer_weights_per_step"},
 }  # fmt: skip
 
 
@@ -122,29 +125,52 @@ def _kyutai_size_problems(d: Mapping[str, Any]) -> list[str]:
     for dim_key, width, key in (("dim", int(scale * d["dim"]), "hidden_scale"),
                                 ("depformer_dim", dff or int(scale * d["depformer_dim"]),
                                  "depformer_dim_feedforward" if dff else "hidden_scale")):  # fmt: skip
-        plain = d["gating"] == "none" and dim_key == "dim"
+        plain = (d["gating"] if dim_key == "dim" else d.get("depformer_gating", d["gating"])) == "none"
         if (width if plain else kyutai.gating_hidden(d[dim_key], width)) < 1:
             problems.append(f"{key}={d.get(key, scale)!r} leaves the gating of {dim_key}={d[dim_key]} no hidden units")
     return problems
 
 
-def _per_step_widths(d: dict[str, Any], problems: list[str]) -> None:
+def _per_step_widths(d: dict[str, Any], problems: list[str]) -> tuple[int, ...] | None:
     """Reads a per-step depformer_dim_feedforward list (kyutai 0.2.13: one width per depformer weight set, dep_q of
-    them without a schedule) in d: equal widths become that one width; different widths (a ragged per-codebook stack
-    the port does not build), a list of the wrong length or of non-widths are appended to problems (and dropped)."""
+    them without a schedule, max(schedule) + 1 with one) in d: equal widths become that one width; widths that differ
+    are returned (the depth stack's ffn_dims), d keeping the first; a list of the wrong length or of non-widths, or
+    one without depformer_weights_per_step, is appended to problems (and dropped)."""
     key, widths = "depformer_dim_feedforward", d.get("depformer_dim_feedforward")
     if not isinstance(widths, list):
-        return
+        return None
+    schedule = d.get("depformer_weights_per_step_schedule")
+    sets, named = d.get("dep_q"), f"one per depformer step (dep_q={d.get('dep_q')!r})"
+    if isinstance(schedule, list) and schedule and all(isinstance(i, int) for i in schedule):
+        sets, named = max(schedule) + 1, f"one per weight set of depformer_weights_per_step_schedule={schedule}"
     if not widths or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths):
         problems.append(f"{key}={widths!r} is not a positive integer, a list of them or null")
-    elif isinstance(d.get("dep_q"), int) and len(widths) != d["dep_q"]:
-        problems.append(f"{key} has {len(widths)} widths, kyutai needs one per depformer step (dep_q={d['dep_q']})")
-    elif len(set(widths)) > 1:
-        problems.append(f"{key}={widths!r}: per-step widths that differ are not supported (one stack of weight sets)")
+    elif not d.get("depformer_weights_per_step", False):
+        problems.append(f"{key}={widths!r}: a list needs depformer_weights_per_step (kyutai asserts its length is 0)")
+    elif isinstance(sets, int) and len(widths) != sets:
+        problems.append(f"{key} has {len(widths)} widths, kyutai needs {named}")
     else:
         d[key] = widths[0]
-        return
+        return tuple(widths) if len(set(widths)) > 1 else None
     del d[key]
+    return None
+
+
+def _schedule_problems(schedule: Any, per_step: Any, dep_q: Any) -> list[str]:
+    """What kyutai LMModel asserts of depformer_weights_per_step_schedule: null, or dep_q weight set indices >= 0
+    with depformer_weights_per_step (without it every layer asserts the schedule has 0 entries)."""
+    key = "depformer_weights_per_step_schedule"
+    if schedule is None:
+        return []
+    if not isinstance(schedule, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in schedule):
+        return [f"{key}={schedule!r} is not a list of integers or null"]
+    if any(i < 0 for i in schedule):
+        return [f"{key}={schedule!r} has a negative weight set index"]
+    if isinstance(dep_q, int) and len(schedule) != dep_q:
+        return [f"{key} has {len(schedule)} entries, kyutai needs one per depformer step (dep_q={dep_q})"]
+    if per_step is not True:
+        return [f"{key}={schedule!r} needs depformer_weights_per_step=True (kyutai asserts it)"]
+    return []
 
 
 def _positions(kind: str, max_period: float, scale: float) -> dict[str, Any]:
@@ -170,7 +196,7 @@ def from_kyutai_kwargs(kwargs: Mapping[str, Any]) -> LMConfig:
     unknown = sorted(set(d) - KYUTAI_USED - KYUTAI_IGNORED - set(KYUTAI_SUPPORTED))
     problems += [f"unknown key {k!r}" for k in unknown]
     problems += field_problems(d, KYUTAI_FIELDS)
-    _per_step_widths(d, problems)
+    depth_widths = _per_step_widths(d, problems)
     problems += field_problems(d, {"depformer_dim_feedforward": "int?"})
     for key, (default, allowed) in KYUTAI_SUPPORTED.items():
         if d.get(key, default) not in allowed:
@@ -186,25 +212,32 @@ def from_kyutai_kwargs(kwargs: Mapping[str, Any]) -> LMConfig:
     depformer_gating = d.get("depformer_gating", gating)
     if gating not in (*ACTIVATIONS, "none"):
         problems.append(f"gating={gating!r}: the port's layers are gated with one of {ACTIVATIONS}, or plain ('none')")
-    if depformer_gating == "none":
+    per_step = d.get("depformer_weights_per_step", False)
+    schedule = d.get("depformer_weights_per_step_schedule")
+    problems += _schedule_problems(schedule, per_step, d.get("dep_q"))
+    if depformer_gating == "none" and per_step:
         named = "depformer_gating" if "depformer_gating" in d else "depformer_gating (gating's, inherited)"
         problems.append(
             f"{named}='none': kyutai's depformer has a weight set per step, which its plain FFN does not support "
             "(StreamingTransformerLayer asserts it); give depformer_gating one of " + str(ACTIVATIONS)
         )
-    elif depformer_gating not in ACTIVATIONS:
+    elif depformer_gating not in (*ACTIVATIONS, "none"):
         problems.append(f"depformer_gating={depformer_gating!r}: the port's layers are gated with one of {ACTIVATIONS}")
     if problems or (problems := _kyutai_size_problems(d)):
         raise ValueError(f"{where}: " + "; ".join(problems))
 
     def stack(name: str, dim: int, heads: int, layers: int, dff: int, kv_repeat: int, gating: str, **kw: Any):
         # gating="none": kyutai's plain FFN, linear1 (dff, dim) through StreamingTransformerLayer's default activation
-        # (F.gelu, exact); a gated one's linear_in has twice the gating's hidden width
+        # (F.gelu, exact); a gated one's linear_in has twice the gating's hidden width (per weight set: ffn_dims)
         gated = gating != "none"
+        ffn_dim = 2 * kyutai.gating_hidden(dim, dff) if gated else dff
+        if kw.get("ffn_dims"):  # stored ffn_dim wide: the widest set's
+            kw["ffn_dims"] = tuple(2 * kyutai.gating_hidden(dim, w) for w in kw["ffn_dims"])
+            ffn_dim = max(kw["ffn_dims"])
+            kw["ffn_dims"] = kw["ffn_dims"] if len(set(kw["ffn_dims"])) > 1 else None  # equal gatings: one width
         with building(f"{where} ({name} stack)", KYUTAI_STACK_NAMES[name]):
             return TransformerConfig(
-                dim=dim, num_heads=heads, num_layers=layers,
-                ffn_dim=2 * kyutai.gating_hidden(dim, dff) if gated else dff,
+                dim=dim, num_heads=heads, num_layers=layers, ffn_dim=ffn_dim,
                 num_kv_heads_override=heads // kv_repeat if kv_repeat != 1 else None,
                 activation=gating if gated else "gelu", gated=gated, **kw,
             )  # fmt: skip
@@ -220,11 +253,14 @@ def from_kyutai_kwargs(kwargs: Mapping[str, Any]) -> LMConfig:
     depth = stack(
         "depth", dd, d["depformer_num_heads"], d.get("depformer_num_layers", d["num_layers"]),
         d.get("depformer_dim_feedforward") or int(hidden_scale * dd), d.get("depformer_kv_repeat", kv_repeat),
-        depformer_gating, context=None, num_codebooks=d["dep_q"], flexible=True, norm=norm,
+        depformer_gating, context=None, norm=norm, flexible=per_step,
+        # weights_per_step: a set per step, or per schedule entry; without it one set shared by every step
+        num_codebooks=(max(schedule) + 1 if schedule else d["dep_q"]) if per_step else 1,
         # the depformer's positional_embedding is depformer_pos_emb; max_period and positional_scale are inherited
         **_positions(d.get("depformer_pos_emb", "sin"), d.get("depformer_max_period", d["max_period"]),
                      d.get("depformer_positional_scale", scale)),
         layer_scale=d.get("depformer_layer_scale", d.get("layer_scale")),  # LMModel passes layer_scale on
+        ffn_dims=depth_widths,
     )  # fmt: skip
     with building(where, KYUTAI_LM_NAMES):
         return LMConfig(
@@ -234,6 +270,9 @@ def from_kyutai_kwargs(kwargs: Mapping[str, Any]) -> LMConfig:
             bias_proj=d.get("bias_proj", False), text_card_out=d.get("text_card_out"),
             extra_heads=d.get("extra_heads_num_heads", 0), extra_heads_dim=d.get("extra_heads_dim", 6),
             existing_text_end_padding_id=d.get("existing_text_end_padding_id", 0), demux_second_text_stream=demux,
+            depth_schedule=None if schedule is None else tuple(schedule),
+            depth_multi_linear=d.get("depformer_multi_linear", False),
+            depth_low_rank=d.get("depformer_low_rank_embeddings"),
         )  # fmt: skip
 
 
@@ -388,8 +427,13 @@ def lm_config_from_dict(d: Mapping[str, Any]) -> LMConfig:
     fields = dict(d)
     stacks = {}
     for name in ("temporal", "depth"):
-        with building(f"LMConfig dict ({name})", {f: f"{name}.{f}" for f in fields[name]}):
-            stacks[name] = TransformerConfig(**fields.pop(name))
+        stack = dict(fields.pop(name))
+        if isinstance(stack.get("ffn_dims"), list):  # JSON has no tuples
+            stack["ffn_dims"] = tuple(stack["ffn_dims"])
+        with building(f"LMConfig dict ({name})", {f: f"{name}.{f}" for f in stack}):
+            stacks[name] = TransformerConfig(**stack)
+    if isinstance(fields.get("depth_schedule"), list):  # JSON has no tuples
+        fields["depth_schedule"] = tuple(fields["depth_schedule"])
     with building("LMConfig dict", {}):
         return LMConfig(**stacks, delays=tuple(fields.pop("delays")), **fields)
 

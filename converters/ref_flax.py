@@ -36,6 +36,8 @@ TABLE: dict[str, tuple[Pair, ...]] = {
         _kernel("lm_head."),
         _same("depth.text_embed_tokens.weight"),
         _same("depth.embed_tokens.{c}.weight"),
+        _kernel("depth.embed_tokens.{c}.low_rank."),
+        _kernel("depth.text_embed_tokens.low_rank."),
         _kernel("depth.input_projections."),
         _kernel("depth.lm_heads."),
         # kyutai's head options

@@ -180,6 +180,54 @@ def _add_initialized(inputs: Arrays, cfg: Any) -> Arrays:
     return [[flag], [usage]]
 
 
+def _widths(cfg: Any, sets: int) -> tuple[int, ...]:
+    """The fc1 width of each weight set: cfg.ffn_dims (per-set widths that differ), else cfg.ffn_dim each."""
+    return getattr(cfg, "ffn_dims", None) or (cfg.ffn_dim,) * sets
+
+
+def _stack_fc1(inputs: Arrays, cfg: Any) -> Arrays:
+    """kyutai's per-set `linear_in` (F_c, D), rows [gate; value], -> one (W, F, D) stack, each half zero-padded to
+    F / 2 rows (cfg.ffn_dims: widths that differ; without them no padding, a plain stack)."""
+    half, out = cfg.ffn_dim // 2, []
+    for w in inputs[0]:
+        h = w.shape[0] // 2
+        pad = np.zeros((half - h, *w.shape[1:]), w.dtype)
+        out.append(np.concatenate([w[:h], pad, w[h:], pad]))
+    return [[np.stack(out)]]
+
+
+def _padding_problem(pad: np.ndarray, name: str, c: int, width: int) -> None:
+    """Refuses padding that is not zero; zero-byte placeholders (shape-only conversions) pass."""
+    if pad.dtype.itemsize and np.any(pad != 0):
+        raise ValueError(f"weight set {c}: {name} is nonzero beyond its width {width} (cfg.ffn_dims): not kyutai's")
+
+
+def _unstack_fc1(inputs: Arrays, cfg: Any) -> Arrays:
+    """Inverse of `_stack_fc1`; padding that is not zero is refused (the weights are not a kyutai model's)."""
+    (x,) = inputs[0]
+    out = []
+    for c, (w, f) in enumerate(zip(x, _widths(cfg, len(x)), strict=True)):
+        half, h = w.shape[0] // 2, f // 2
+        _padding_problem(np.concatenate([w[h:half], w[half + h :]]), "fc1", c, f)
+        out.append(np.concatenate([w[:h], w[half : half + h]]))
+    return [out]
+
+
+def _stack_fc2(inputs: Arrays, cfg: Any) -> Arrays:
+    """kyutai's per-set `linear_out` (D, F_c / 2) -> one (W, D, F / 2) stack, columns zero-padded."""
+    half = cfg.ffn_dim // 2
+    return [[np.stack([np.pad(w, ((0, 0), (0, half - w.shape[1]))) for w in inputs[0]])]]
+
+
+def _unstack_fc2(inputs: Arrays, cfg: Any) -> Arrays:
+    (x,) = inputs[0]
+    out = []
+    for c, (w, f) in enumerate(zip(x, _widths(cfg, len(x)), strict=True)):
+        _padding_problem(w[:, f // 2 :], "fc2", c, f)
+        out.append(w[:, : f // 2])
+    return [out]
+
+
 TRANSFORMS: dict[str, Transform] = {
     "identity": _each(lambda x, cfg: x),
     "transpose": _each(lambda x, cfg: x.swapaxes(-1, -2)),  # torch (..., out, in) <-> flax (..., in, out)
@@ -194,6 +242,11 @@ TRANSFORMS: dict[str, Transform] = {
     # per-codebook ModuleLists (n arrays, a {c} template) <-> one stacked (n, ...) array; conditions pick the rows.
     "stack": lambda inputs, cfg: [[np.stack(inputs[0])]],
     "unstack": lambda inputs, cfg: [list(inputs[0][0])],
+    # a flexible gated MLP's per-set ModuleList <-> its stack, per-set widths that differ zero-padded to ffn_dim
+    "stack_fc1": _stack_fc1,
+    "unstack_fc1": _unstack_fc1,
+    "stack_fc2": _stack_fc2,
+    "unstack_fc2": _unstack_fc2,
     "unfuse_qkv": _unfuse_qkv,
     "fuse_qkv": _fuse_qkv,
     "split_steps": _split_steps,

@@ -35,6 +35,7 @@ def to_kyutai_kwargs(cfg: LMConfig) -> dict[str, Any]:
     dff = kyutai.dim_feedforward(t.dim, t.hidden) if t.gated else t.ffn_dim
     hidden_scale = dff / t.dim
     gating = t.activation if t.gated else "none"
+    depformer_gating = d.activation if d.gated else "none"
     if int(hidden_scale * t.dim) != dff:
         raise ValueError(f"kyutai cannot express dim_feedforward {dff} as int(hidden_scale * {t.dim})")
     return {
@@ -43,9 +44,14 @@ def to_kyutai_kwargs(cfg: LMConfig) -> dict[str, Any]:
         "norm": t.norm, "context": t.context, "max_period": t.rope_theta, "gating": gating,
         "positional_embedding": kyutai.positional_embedding(t), "causal": True,
         "existing_text_padding_id": cfg.existing_text_padding_id,
-        "depformer_dim": d.dim, "depformer_dim_feedforward": kyutai.dim_feedforward(d.dim, d.hidden),
-        "depformer_num_heads": d.num_heads, "depformer_num_layers": d.num_layers, "depformer_multi_linear": True,
-        "depformer_weights_per_step": True, "depformer_pos_emb": kyutai.positional_embedding(d),
+        "depformer_dim": d.dim,
+        "depformer_dim_feedforward": [kyutai.dim_feedforward(d.dim, f // 2) for f in d.ffn_dims] if d.ffn_dims
+                                     else kyutai.dim_feedforward(d.dim, d.hidden) if d.gated else d.ffn_dim,
+        "depformer_num_heads": d.num_heads, "depformer_num_layers": d.num_layers,
+        "depformer_multi_linear": cfg.depth_multi_linear, "depformer_weights_per_step": d.flexible,
+        "depformer_pos_emb": kyutai.positional_embedding(d),
+        **({"depformer_weights_per_step_schedule": list(cfg.depth_schedule)} if cfg.depth_schedule else {}),
+        **({"depformer_low_rank_embeddings": cfg.depth_low_rank} if cfg.depth_low_rank is not None else {}),
         **({"positional_scale": t.positional_scale} if t.positional_scale != 1.0 else {}),
         # the depformer inherits max_period and positional_scale unless its own are given
         **({"depformer_max_period": d.rope_theta} if d.rope_theta != t.rope_theta else {}),
@@ -56,7 +62,7 @@ def to_kyutai_kwargs(cfg: LMConfig) -> dict[str, Any]:
            if d.num_heads // d.num_kv_heads != t.num_heads // t.num_kv_heads else {}),
         **({"depformer_norm": cfg.depformer_norm} if cfg.depformer_norm else {}),
         **({"norm_emb": True} if cfg.norm_emb else {}),
-        **({"depformer_gating": d.activation} if d.activation != gating else {}),
+        **({"depformer_gating": depformer_gating} if depformer_gating != gating else {}),
         **({"layer_scale": t.layer_scale} if t.layer_scale is not None else {}),
         # LMModel passes layer_scale on to the depformer unless depformer_layer_scale says otherwise
         **({"depformer_layer_scale": d.layer_scale} if d.layer_scale != t.layer_scale else {}),
@@ -93,8 +99,9 @@ def kyutai_norm_problem(cfg: LMConfig) -> str | None:
 def kyutai_ffn_problem(cfg: LMConfig) -> str | None:
     """Why kyutai LMModel cannot build cfg's feed-forward blocks (None when it can): its plain FFN (gating="none") is
     StreamingTransformerLayer's default activation, exact GELU, and its depformer (a weight set per step) is gated."""
-    if not cfg.temporal.gated and cfg.temporal.activation != "gelu":
-        return f"kyutai's plain FFN (gating='none') applies exact gelu, got activation {cfg.temporal.activation!r}"
+    for name, sub in (("temporal", cfg.temporal), ("depth", cfg.depth)):
+        if not sub.gated and sub.activation != "gelu":
+            return f"kyutai's plain FFN (gating='none') applies exact gelu, got activation {sub.activation!r} ({name})"
     return None
 
 

@@ -26,7 +26,10 @@ class Embedding(nnx.Module):
 
     demux=True (kyutai's demux_second_stream): an id is `(second + 1) * V + first`, ids in [0, V * (V + 1)); it
     embeds to out1(weight[first]) + out2(weight[second]), the second term 0 when second is -1 (kyutai's ScaledEmbedding:
-    the same table, two bias-free linears (D, D)). No norm with it (kyutai asserts)."""
+    the same table, two bias-free linears (D, D)). No norm with it (kyutai asserts).
+
+    low_rank=r (kyutai's depformer_low_rank_embeddings): weight (V, r), the norm (if any) of width r, and after the
+    zeroing a bias-free linear `low_rank` (kernel (r, D)) up to D, as kyutai's ScaledEmbedding orders them."""
 
     def __init__(
         self,
@@ -37,20 +40,25 @@ class Embedding(nnx.Module):
         param_dtype: object = jnp.float32,
         norm: bool = False,
         demux: bool = False,
+        low_rank: int | None = None,
         precision: jax.lax.PrecisionLike = None,
         rngs: nnx.Rngs,
     ):
         if demux and norm:
             raise ValueError("Embedding: demux has no norm (kyutai's ScaledEmbedding asserts not norm)")
+        if demux and low_rank is not None:
+            raise ValueError("Embedding: demux with low_rank is not supported (not ported)")
         self.num_embeddings = num_embeddings
         self.dtype = check_dtype("Embedding", dtype)
-        init = jax.random.normal(rngs.params(), (num_embeddings, dim), jnp.float32)
+        width = dim if low_rank is None else low_rank
+        init = jax.random.normal(rngs.params(), (num_embeddings, width), jnp.float32)
         self.weight = nnx.Param(init.astype(check_dtype("Embedding", param_dtype)))
-        self.norm = LayerNorm(dim, eps=EMB_NORM_EPS, dtype=dtype, param_dtype=param_dtype) if norm else None
+        self.norm = LayerNorm(width, eps=EMB_NORM_EPS, dtype=dtype, param_dtype=param_dtype) if norm else None
         self.demux = demux
+        kw = dict(dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs)
         if demux:
-            kw = dict(dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs)
             self.out1, self.out2 = Linear(dim, dim, **kw), Linear(dim, dim, **kw)
+        self.low_rank = None if low_rank is None else Linear(low_rank, dim, **kw)
 
     @property
     def vocab(self) -> int:
@@ -68,7 +76,8 @@ class Embedding(nnx.Module):
         if self.norm is not None:  # LayerNorm takes (B, T, D)
             rows = self.norm(rows.reshape(-1, 1, rows.shape[-1])).reshape(rows.shape)
         fill = jnp.where(ids == ZERO_TOKEN, 0.0, jnp.nan).astype(self.dtype)
-        return jnp.where((ids >= 0)[..., None], rows, fill[..., None])
+        rows = jnp.where((ids >= 0)[..., None], rows, fill[..., None])
+        return rows if self.low_rank is None else self.low_rank(rows)
 
     def _demuxed(self, ids: jax.Array) -> jax.Array:
         table, v = self.weight[...].astype(self.dtype), self.num_embeddings

@@ -32,22 +32,33 @@ class LMOutput:
     extra_logits: jax.Array | None = None
 
 
-def run_layers(layers: nnx.List, x: jax.Array, positions: jax.Array, *, remat: bool) -> jax.Array:
-    """x through every layer (no cache); with remat, each layer's activations are recomputed in the backward pass."""
+def run_layers(
+    layers: nnx.List, x: jax.Array, positions: jax.Array, *, remat: bool, layer_idx: np.ndarray | None = None
+) -> jax.Array:
+    """x through every layer (no cache); with remat, each layer's activations are recomputed in the backward pass.
+    layer_idx: a flexible stack's weight set per position (a concrete array), None for position i's set i."""
     for layer in layers:
-        x = _remat_layer(layer, x, positions) if remat else layer(x, positions=positions)[0]
+        if remat:
+            x = _remat_layer(layer, x, positions, layer_idx)
+        else:
+            x = layer(x, positions=positions, layer_idx=layer_idx)[0]
     return x
 
 
-def _remat_layer(layer: DecoderLayer, x: jax.Array, positions: jax.Array) -> jax.Array:
+def _remat_layer(layer: DecoderLayer, x: jax.Array, positions: jax.Array, layer_idx: np.ndarray | None) -> jax.Array:
     """`jax.checkpoint` of the layer as a pure function of its state (nnx.remat would write the state back, which
     fails when the model was merged inside an outer transform such as the train step's scan)."""
     graphdef, state = nnx.split(layer)
 
     def run(state: nnx.State, x: jax.Array, positions: jax.Array) -> jax.Array:
-        return nnx.merge(graphdef, state)(x, positions=positions)[0]
+        return nnx.merge(graphdef, state)(x, positions=positions, layer_idx=layer_idx)[0]
 
     return jax.checkpoint(run)(state, x, positions)
+
+
+DEPTH_STACKS = ("input_projections", "layers", "lm_heads")
+"""The depth transformer's members holding per-codebook (FlexibleLinear) kernels; `layers` only when cfg.depth is
+flexible."""
 
 
 class DepthTransformer(nnx.Module):
@@ -58,14 +69,12 @@ class DepthTransformer(nnx.Module):
     ):
         d = cfg.depth
         self.cfg = cfg
-        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        demux = dict(demux=cfg.demux_second_text_stream, precision=precision)
-        self.text_embed_tokens = Embedding(cfg.text_card + 1, d.dim, **kw, norm=cfg.norm_emb, **demux)
-        self.embed_tokens = nnx.List(
-            [Embedding(cfg.card + 1, d.dim, **kw, norm=cfg.norm_emb) for _ in range(cfg.dep_q - 1)]
-        )
-        kw |= {"precision": precision}
-        self.input_projections = FlexibleLinear(cfg.temporal.dim, d.dim, cfg.dep_q, **kw)
+        kw = dict(dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs)
+        emb = dict(kw, norm=cfg.norm_emb, low_rank=cfg.depth_low_rank)
+        self.text_embed_tokens = Embedding(cfg.text_card + 1, d.dim, **emb, demux=cfg.demux_second_text_stream)
+        self.embed_tokens = nnx.List([Embedding(cfg.card + 1, d.dim, **emb) for _ in range(cfg.dep_q - 1)])
+        # one projection per weight set (kyutai's depformer_in), codebook c using cfg.depth_in_sets[c]
+        self.input_projections = FlexibleLinear(cfg.temporal.dim, d.dim, cfg.depth_in_count, **kw)
         self.layers = nnx.List([DecoderLayer(d, impl=impl, **kw) for _ in range(d.num_layers)])
         self.lm_heads = FlexibleLinear(d.dim, cfg.card, cfg.dep_q, **kw, bias=cfg.bias_proj)
         # kyutai's depformer_norms: one norm per codebook on the output, before its head (absent by default)
@@ -81,7 +90,10 @@ class DepthTransformer(nnx.Module):
         n, steps = tokens.shape
         positions = jnp.broadcast_to(jnp.arange(steps), (n, steps))
         x = self.stack_input(self.embed(tokens, context=context), positions)
-        x = run_layers(self.layers, x, positions, remat=self.remat)
+        sets = self.cfg.depth_sets  # codebook c's weight set (None: one set shared by every step)
+        scheduled = sets is not None and sets[:steps] != tuple(range(steps))
+        layer_idx = np.asarray(sets[:steps], np.int32) if scheduled else None  # None: step i uses set i
+        x = run_layers(self.layers, x, positions, remat=self.remat, layer_idx=layer_idx)
         return self.lm_heads(self.out_norm(x))
 
     def out_norm(self, x: jax.Array, *, first: int = 0) -> jax.Array:
@@ -96,7 +108,8 @@ class DepthTransformer(nnx.Module):
         embeds = [self.text_embed_tokens(tokens[:, 0])]
         embeds += [self.embed_tokens[c - 1](tokens[:, c]) for c in range(1, steps)]
         x = jnp.stack(embeds, axis=1)
-        return x + self.input_projections(context[:, None], layer_idx=np.arange(steps, dtype=np.int32))
+        in_sets = np.asarray(self.cfg.depth_in_sets[:steps], np.int32)
+        return x + self.input_projections(context[:, None], layer_idx=in_sets)
 
     def stack_input(self, x: jax.Array, positions: jax.Array) -> jax.Array:
         """The first layer's input: the embeddings x (N, S, D) at positions (N, S), plus the sinusoidal embedding
@@ -119,22 +132,34 @@ class DepthTransformer(nnx.Module):
     ) -> tuple[jax.Array, list[KVCache]]:
         """One streaming step: token (N,) is the text token (codebook 0) or audio token codebook-1; context (N, D).
 
-        weight_set: which weight set of the per-codebook layers to use, default `codebook`; 0 when the caller has
-        loaded this codebook's slice alone (models_flax.streaming does, so that no step copies a weight slice).
+        weight_set: None: each per-codebook stack uses `codebook`'s own weight set (`weight_sets(codebook)`); 0 when
+        the caller has loaded this codebook's slices alone (models_flax.streaming does, so that no step copies a
+        weight slice).
 
         Returns (N, card) logits for `codebook` and the updated caches; equals row `codebook` of `__call__` given the
         same earlier tokens.
         """
-        idx = codebook if weight_set is None else weight_set
+        sets = self.weight_sets(codebook) if weight_set is None else dict.fromkeys(DEPTH_STACKS, weight_set)
         embed = self.text_embed_tokens if codebook == 0 else self.embed_tokens[codebook - 1]
         positions = jnp.full((token.shape[0], 1), codebook, jnp.int32)
-        x = embed(token[:, None]) + self.input_projections(context[:, None], layer_idx=idx)
+        x = embed(token[:, None]) + self.input_projections(context[:, None], layer_idx=sets["input_projections"])
         x = self.stack_input(x, positions)
+        layer_idx = None if self.cfg.depth_sets is None else sets["layers"]  # not flexible: one shared set
         new_caches = []
         for layer, cache in zip(self.layers, caches, strict=True):
-            x, cache = layer(x, positions=positions, layer_idx=idx, cache=cache)
+            x, cache = layer(x, positions=positions, layer_idx=layer_idx, cache=cache)
             new_caches.append(cache)
-        return self.lm_heads(self.out_norm(x, first=codebook), layer_idx=idx)[:, 0], new_caches
+        return self.lm_heads(self.out_norm(x, first=codebook), layer_idx=sets["lm_heads"])[:, 0], new_caches
+
+    def weight_sets(self, codebook: int) -> dict[str, int]:
+        """Which weight set of each per-codebook stack (DEPTH_STACKS) codebook `codebook` uses: its input projection
+        (cfg.depth_in_sets), its layers' set (cfg.depth_sets; 0 for a stack shared by every step), its own head."""
+        sets = self.cfg.depth_sets
+        return {
+            "input_projections": self.cfg.depth_in_sets[codebook],
+            "layers": 0 if sets is None else sets[codebook],
+            "lm_heads": codebook,
+        }
 
 
 class LM(nnx.Module):

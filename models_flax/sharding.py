@@ -14,9 +14,10 @@ of a block when XLA chooses not to gather):
     depth.input_projections (K, D, Dd): D. Flexible (per-codebook) kernels keep their leading codebook axis K
         replicated: each depth step selects one codebook's matrix.
 
-Every parameter must match exactly one rule (`fullmatch` on its '.'-joined nnx path); an unmatched or doubly matched
-path, a spec whose rank differs from the parameter's, an axis the mesh lacks, or a dimension the mesh axis does not
-divide is an error naming the paths. A rule may opt into `replicate_if_indivisible`, which replicates only that
+Every parameter must match exactly one rule (`fullmatch` on its '.'-joined nnx path; where two match, as the depth
+layers' kernels do, the one of the parameter's rank: a flexible stack's are (K, in, out)); an unmatched or doubly
+matched path, a spec whose rank differs from the parameter's, an axis the mesh lacks, or a dimension the mesh axis
+does not divide is an error naming the paths. A rule may opt into `replicate_if_indivisible`, which replicates only that
 dimension; the default table needs it only for the text head (kyutai's text_card_out may be odd): every other split
 dimension divides by any fsdp that divides 16 (`tiny`) or 256 (`moshi_7b`).
 
@@ -59,15 +60,18 @@ class Rule:
 
 
 _LAYER = r"layers\.\d+\."
+_SHARED = r"(depth\.)?" + _LAYER  # rank 2: also a shared depth stack's kernels; a flexible one's are rank 3
 RULES: tuple[Rule, ...] = (
     # Embeddings (V + 1, D): the row count is odd in Moshi 7B, so split D.
     Rule(r"(depth\.)?(text_)?embed_tokens(\.\d+)?\.weight", P(None, "fsdp"), why="(V+1, D): D; V+1 is odd"),
     Rule(r"(depth\.)?(text_)?embed_tokens(\.\d+)?\.norm\.(weight|bias)", P(None), why="norm: replicated"),
+    Rule(r"depth\.(text_)?embed_tokens(\.\d+)?\.low_rank\.kernel", P(None, "fsdp"), why="low rank (r, Dd): Dd"),
     # Temporal transformer: kernels are (in, out).
-    Rule(_LAYER + r"self_attn\.[qkv]_proj\.kernel", P(None, "fsdp"), why="(D, H*hd): heads"),
-    Rule(_LAYER + r"self_attn\.o_proj\.kernel", P("fsdp", None), why="(H*hd, D): heads"),
-    Rule(_LAYER + r"mlp\.fc1\.kernel", P(None, "fsdp"), why="(D, F): F"),
-    Rule(_LAYER + r"mlp\.fc2\.kernel", P("fsdp", None), why="(F/2, D): F/2 (plain MLP: (F, D))"),
+    # (and a depth stack sharing one weight set across steps, kyutai's depformer_weights_per_step=False)
+    Rule(_SHARED + r"self_attn\.[qkv]_proj\.kernel", P(None, "fsdp"), why="(D, H*hd): heads"),
+    Rule(_SHARED + r"self_attn\.o_proj\.kernel", P("fsdp", None), why="(H*hd, D): heads"),
+    Rule(_SHARED + r"mlp\.fc1\.kernel", P(None, "fsdp"), why="(D, F): F"),
+    Rule(_SHARED + r"mlp\.fc2\.kernel", P("fsdp", None), why="(F/2, D): F/2 (plain MLP: (F, D))"),
     Rule(_LAYER + r"(input|post_attention)_layernorm\.weight", P(None), why="norm: replicated"),
     Rule(r"norm\.weight", P(None), why="norm: replicated"),
     Rule(r"(depth\.)?(" + _LAYER + r"(input|post_attention)_layer)?norm\.bias", P(None), why="layer norm: replicated"),
@@ -181,10 +185,12 @@ def param_specs(
         if not hits:
             unmatched.append(name)
             continue
+        shape = tuple(variable.get_value().shape)
+        if len(hits) > 1:  # a path two stacks share (a depth layer's kernel): the rule of the parameter's rank
+            hits = [rule for rule in hits if len(rule.spec) == len(shape)] or hits
         if len(hits) > 1:
             ambiguous.append(f"{name} matches " + ", ".join(r.pattern for r in hits))
             continue
-        shape = tuple(variable.get_value().shape)
         flat.append((parts, variable.replace(_resolve(name, shape, hits[0], sizes, errors))))
     problems = []
     if unmatched:

@@ -33,7 +33,7 @@ from flax import nnx, struct
 
 from models_flax.cache import KVCache
 from models_flax.checks import check_ids, check_int_array
-from models_flax.lm import LM
+from models_flax.lm import DEPTH_STACKS, LM
 from models_flax.sampling import AUDIO, TEXT, Sampler, sample
 
 UNGENERATED = -2  # kyutai LMModel.ungenerated_token_id: a buffer slot not written yet
@@ -115,22 +115,29 @@ def read_outputs(tokens: jax.Array, offsets: jax.Array, delays: jax.Array) -> ja
 
 
 def is_depth_weight(path: tuple, value) -> bool:
-    """nnx filter: the depth transformer's per-codebook weights: FlexibleLinear kernels (dep_q, in, out) and the
-    heads' biases (dep_q, card) (kyutai's bias_proj); not the demux linears of its text embedding (one (D, D) each)."""
-    if path[0] != "depth" or path[1] == "text_embed_tokens":
+    """nnx filter: the depth transformer's per-codebook weights: the FlexibleLinear kernels (sets, in, out) of its input
+    projections, heads and a flexible stack's layers, and the heads' biases (dep_q, card) (kyutai's bias_proj); not a
+    shared stack's (in, out) kernels, a low-rank embedding's projection nor the demux linears of its text embedding."""
+    if path[0] != "depth" or path[1] not in DEPTH_STACKS:
         return False
-    return path[-1] == "kernel" or tuple(path[1:]) == ("lm_heads", "bias")
+    return (path[-1] == "kernel" and len(value.shape) == 3) or tuple(path[1:]) == ("lm_heads", "bias")
 
 
 def split_codebooks(lm: LM):
     """(graphdef, per-codebook depth kernels [dep_q states of (1, in, out) slices], every other parameter).
 
-    A depth step uses one weight set of each stacked kernel; slicing it inside the step makes XLA copy the slice every
-    frame (measured on CPU: 16 slices of 2-4 MB cost 37 ms against 2.4 ms of reading them). The slices are made once.
+    A depth step uses one weight set of each stacked kernel (`DepthTransformer.weight_sets`: with kyutai's schedule
+    or a shared input projection, several codebooks read the same set); slicing it inside the step makes XLA copy
+    the slice every frame (measured on CPU: 16 slices of 2-4 MB cost 37 ms against 2.4 ms of reading them). The
+    slices are made once.
     """
     graphdef, stacked, rest = nnx.split(lm, is_depth_weight, ...)
-    per_codebook = [jax.tree.map(lambda w, c=c: w[c : c + 1], stacked) for c in range(lm.cfg.dep_q)]
-    return graphdef, per_codebook, rest
+
+    def slices(codebook: int) -> nnx.State:
+        sets = lm.depth.weight_sets(codebook)
+        return jax.tree_util.tree_map_with_path(lambda path, w: w[sets[path[1].key] : sets[path[1].key] + 1], stacked)
+
+    return graphdef, [slices(c) for c in range(lm.cfg.dep_q)], rest
 
 
 def forget_rows(caches: list[KVCache], rows: jax.Array) -> list[KVCache]:

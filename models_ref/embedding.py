@@ -23,7 +23,10 @@ class Embedding(nn.Module):
 
     demux=True (kyutai's demux_second_stream): an id is `(second + 1) * V + first`, ids in [0, V * (V + 1)); it
     embeds to out1(weight[first]) + out2(weight[second]), the second term 0 when second is -1 (kyutai's ScaledEmbedding:
-    the same table, two bias-free linears (D, D)). No norm with it (kyutai asserts)."""
+    the same table, two bias-free linears (D, D)). No norm with it (kyutai asserts).
+
+    low_rank=r (kyutai's depformer_low_rank_embeddings): weight (V, r), the norm (if any) of width r, and after the
+    zeroing a bias-free linear `low_rank` (D, r) up to D, as kyutai's ScaledEmbedding orders them."""
 
     def __init__(
         self,
@@ -33,17 +36,22 @@ class Embedding(nn.Module):
         dtype: torch.dtype = torch.float32,
         norm: bool = False,
         demux: bool = False,
+        low_rank: int | None = None,
     ):
         super().__init__()
         check_dtype("Embedding", dtype)
         if demux and norm:
             raise ValueError("Embedding: demux has no norm (kyutai's ScaledEmbedding asserts not norm)")
+        if demux and low_rank is not None:
+            raise ValueError("Embedding: demux with low_rank is not supported (not ported)")
         self.num_embeddings = num_embeddings
-        self.weight = nn.Parameter(torch.randn(num_embeddings, dim, dtype=dtype))
-        self.norm = LayerNorm(dim, eps=EMB_NORM_EPS, dtype=dtype) if norm else None
+        width = dim if low_rank is None else low_rank
+        self.weight = nn.Parameter(torch.randn(num_embeddings, width, dtype=dtype))
+        self.norm = LayerNorm(width, eps=EMB_NORM_EPS, dtype=dtype) if norm else None
         self.demux = demux
         if demux:
             self.out1, self.out2 = Linear(dim, dim, dtype=dtype), Linear(dim, dim, dtype=dtype)
+        self.low_rank = None if low_rank is None else Linear(low_rank, dim, dtype=dtype)
 
     @property
     def vocab(self) -> int:
@@ -65,4 +73,5 @@ class Embedding(nn.Module):
         rows = self.weight[ids.clamp(min=0)]
         if self.norm is not None:  # LayerNorm takes (B, T, D)
             rows = self.norm(rows.reshape(-1, 1, rows.shape[-1])).reshape(rows.shape)
-        return torch.where(is_zero, zero, rows)
+        rows = torch.where(is_zero, zero, rows)
+        return rows if self.low_rank is None else self.low_rank(rows)

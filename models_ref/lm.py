@@ -39,12 +39,12 @@ class DepthTransformer(nn.Module):
         super().__init__()
         d = cfg.depth
         self.cfg = cfg
+        kw = dict(dtype=dtype, norm=cfg.norm_emb, low_rank=cfg.depth_low_rank)
         demux = cfg.demux_second_text_stream
-        self.text_embed_tokens = Embedding(cfg.text_card + 1, d.dim, dtype=dtype, norm=cfg.norm_emb, demux=demux)
-        self.embed_tokens = nn.ModuleList(
-            [Embedding(cfg.card + 1, d.dim, dtype=dtype, norm=cfg.norm_emb) for _ in range(cfg.dep_q - 1)]
-        )
-        self.input_projections = FlexibleLinear(cfg.temporal.dim, d.dim, cfg.dep_q, dtype=dtype)
+        self.text_embed_tokens = Embedding(cfg.text_card + 1, d.dim, **kw, demux=demux)
+        self.embed_tokens = nn.ModuleList([Embedding(cfg.card + 1, d.dim, **kw) for _ in range(cfg.dep_q - 1)])
+        # one projection per weight set (kyutai's depformer_in), codebook c using cfg.depth_in_sets[c]
+        self.input_projections = FlexibleLinear(cfg.temporal.dim, d.dim, cfg.depth_in_count, dtype=dtype)
         self.layers = nn.ModuleList([DecoderLayer(d, dtype=dtype) for _ in range(d.num_layers)])
         self.lm_heads = FlexibleLinear(d.dim, cfg.card, cfg.dep_q, dtype=dtype, bias=cfg.bias_proj)
         # kyutai's depformer_norms: one norm per codebook on the output, before its head (absent by default)
@@ -65,8 +65,10 @@ class DepthTransformer(nn.Module):
         n, steps = tokens.shape
         positions = torch.arange(steps).expand(n, -1)
         x = self.stack_input(self.embed(tokens, context=context), positions)
+        sets = self.cfg.depth_sets  # codebook c's weight set (None: one set shared by every step)
+        layer_idx = None if sets is None else torch.tensor(sets[:steps])
         for layer in self.layers:
-            x, _ = layer(x, positions=positions)
+            x, _ = layer(x, positions=positions, layer_idx=layer_idx)
         return self.lm_heads(self.out_norm(x))
 
     def stack_input(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -80,7 +82,7 @@ class DepthTransformer(nn.Module):
         embeds = [self.text_embed_tokens(tokens[:, 0])]
         embeds += [self.embed_tokens[c - 1](tokens[:, c]) for c in range(1, steps)]
         x = torch.stack(embeds, dim=1)
-        return x + self.input_projections(context[:, None], layer_idx=torch.arange(steps))
+        return x + self.input_projections(context[:, None], layer_idx=torch.tensor(self.cfg.depth_in_sets[:steps]))
 
 
 class LM(nn.Module):

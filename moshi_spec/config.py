@@ -73,6 +73,11 @@ class TransformerConfig:
         context: attention window: query at position p sees keys at p - context < k <= p. None (unbounded) or >= 1.
         num_codebooks: weight sets of the per-codebook ("flexible") linears (>= 1); 1 for the temporal transformer.
         flexible: whether attention and MLP use one weight set per codebook (the depth transformer).
+        ffn_dims: kyutai 0.2.13's per-step `depformer_dim_feedforward` widths that differ: weight set i's gated MLP is
+            ffn_dims[i] wide (its fc1's output, even, >= 2); a flexible, gated stack only, num_codebooks entries, and
+            ffn_dim their maximum. The port stores every set ffn_dim wide, set i's extra rows of fc1 (in each half)
+            and columns of fc2 zero, which computes set i's MLP exactly (act(0) * 0 = 0; the converters pad and unpad
+            them, refusing padding that is not zero). None (the default): every set ffn_dim wide.
     """
 
     dim: int
@@ -95,6 +100,7 @@ class TransformerConfig:
     context: int | None = None
     num_codebooks: int = 1
     flexible: bool = False
+    ffn_dims: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         """Checks every field (types as moshi_spec.validation states, ranges) and the rules between them.
@@ -150,6 +156,8 @@ class TransformerConfig:
             c.require("dim", dim % 2 == 0 and dim >= 4,
                       f"the sinusoidal embedding needs an even dim >= 4 (cos and sin halves, periods over D/2 - 1 "
                       f"steps), got {dim}")  # fmt: skip
+        if self.ffn_dims is not None and c.integers("ffn_dims", minimum=2):
+            self._check_ffn_dims(c)
         kv = self.num_kv_heads_override
         if c.valid("num_heads", "num_kv_heads_override") and kv is not None:
             c.require(
@@ -158,6 +166,22 @@ class TransformerConfig:
                 f"num_heads {heads} is not a multiple of num_kv_heads_override {kv}",
             )
         c.raise_if_any()
+
+    def _check_ffn_dims(self, c: Checker) -> None:
+        """ffn_dims: a flexible gated stack's per-set widths, even, one per set, the largest ffn_dim."""
+        dims = self.ffn_dims
+        assert dims is not None
+        c.require(
+            "ffn_dims", all(f % 2 == 0 for f in dims), f"ffn_dims must be even (gate and value halves), got {dims}"
+        )
+        if c.valid("flexible", "gated"):
+            c.require("ffn_dims", self.flexible and self.gated, f"ffn_dims {dims} needs a flexible, gated stack")
+        if c.valid("num_codebooks"):
+            k = self.num_codebooks
+            c.require("ffn_dims", len(dims) == k, f"ffn_dims has {len(dims)} widths {dims}, expected num_codebooks {k}")
+        if c.valid("ffn_dim") and dims:
+            c.require("ffn_dim", self.ffn_dim == max(dims), f"ffn_dim {self.ffn_dim} must be max(ffn_dims {dims})")
+        c.require("ffn_dims", len(set(dims)) != 1, f"ffn_dims {dims} are all equal: give ffn_dim alone (None)")
 
     @property
     def head_dim(self) -> int:
@@ -206,9 +230,11 @@ class TransformerConfig:
     def num_params(self) -> int:
         """Parameters of the layer stack (no embeddings, no final norm)."""
         attn = self.dim * (self.q_dim + 2 * self.kv_dim) + self.q_dim * self.dim
-        mlp = self.dim * self.ffn_dim + self.hidden * self.dim
+        widths = (self.ffn_dim,) * self.weight_sets if self.ffn_dims is None else self.ffn_dims
+        hidden = (f // 2 if self.gated else f for f in widths)
+        mlp = sum(self.dim * f + h * self.dim for f, h in zip(widths, hidden, strict=True))  # kyutai's, no padding
         scales = 0 if self.layer_scale is None else 2 * self.dim
-        return self.num_layers * (self.weight_sets * (attn + mlp) + 2 * self.norm_params + scales)
+        return self.num_layers * (self.weight_sets * attn + mlp + 2 * self.norm_params + scales)
 
     @property
     def norm_params(self) -> int:
@@ -225,8 +251,9 @@ class LMConfig:
     Attributes:
         temporal: the temporal transformer (Moshi's: rope and a context window); not flexible.
         depth: the depth transformer over the dep_q steps of a frame (positions 0..dep_q-1; Moshi's has no positional
-            encoding; no context window: kyutai's LMModel overrides depformer_context with None); flexible with
-            num_codebooks == dep_q, gated.
+            encoding; no context window: kyutai's LMModel overrides depformer_context with None). Flexible (kyutai's
+            depformer_weights_per_step, Moshi-7B): num_codebooks weight sets, dep_q of them or max(depth_schedule) + 1,
+            and gated; not flexible: one weight set shared by every step (num_codebooks 1, no depth_schedule).
         n_q: audio streams fed to the temporal transformer (Moshi's dep_q and the user's); >= 1.
         dep_q: audio codebooks Moshi predicts (depth steps after the text step); 1 <= dep_q <= n_q.
         card: audio codebook size (>= 1); id `card` is the initial audio token.
@@ -251,6 +278,14 @@ class LMConfig:
             `(second + 1) * (text_card + 1) + first` (second -1: none), both embedded by the one table and mixed by
             the bias-free linears `out1` (first) and `out2` (second), in the temporal and the depth text embeddings
             alike. Text codes then run over `text_vocab` ids; kyutai refuses it with norm_emb.
+        depth_schedule: kyutai's `depformer_weights_per_step_schedule`: dep_q ints >= 0, codebook c using weight set
+            depth_schedule[c] of the depth stack (and, with depth_multi_linear, of the input projections); steps
+            sharing an entry share weights. None (Moshi-7B): codebook c uses set c. Needs a flexible depth stack.
+        depth_multi_linear: kyutai's `depformer_multi_linear`: one temporal -> depth input projection per weight set
+            (True, Moshi-7B) or one shared by every step (False).
+        depth_low_rank: kyutai's `depformer_low_rank_embeddings`: the depth embeddings are (V + 1, r) tables followed
+            by a linear r -> depth.dim (after norm_emb's norm, of width r, and the zero token's zeroing); None
+            (Moshi-7B): (V + 1, depth.dim) tables. >= 1.
     """
 
     temporal: TransformerConfig
@@ -269,6 +304,9 @@ class LMConfig:
     extra_heads_dim: int = 6
     existing_text_end_padding_id: int = 0
     demux_second_text_stream: bool = False
+    depth_schedule: tuple[int, ...] | None = None
+    depth_multi_linear: bool = True
+    depth_low_rank: int | None = None
 
     def __post_init__(self) -> None:
         """Checks every field, the delays entry by entry, and the two stacks against the LM's sizes.
@@ -306,6 +344,17 @@ class LMConfig:
                 not (self.demux_second_text_stream and self.norm_emb),
                 "demux_second_text_stream has no embedding norm: kyutai's ScaledEmbedding asserts not norm_emb",
             )
+        c.flag("depth_multi_linear")
+        c.integer("depth_low_rank", optional=True)
+        if self.depth_schedule is not None:
+            c.integers("depth_schedule", minimum=0)
+        if c.valid("demux_second_text_stream", "depth_low_rank"):
+            c.require(
+                "demux_second_text_stream",
+                not (self.demux_second_text_stream and self.depth_low_rank is not None),
+                "demux_second_text_stream with depth_low_rank is not supported (kyutai's demux linears would map the "
+                "low rank, not depth.dim: not ported)",
+            )
         pad, n_q, dep_q = self.existing_text_padding_id, self.n_q, self.dep_q
         if c.valid("existing_text_padding_id", "text_card"):
             c.require(
@@ -327,22 +376,35 @@ class LMConfig:
                 not self.temporal.flexible,
                 "temporal.flexible must be False (the LM runs its temporal layers without layer_idx), got True",
             )
-        if c.valid("depth"):
+        schedule = self.depth_schedule
+        if schedule is not None and c.valid("depth_schedule", "dep_q"):
             c.require(
-                "depth.flexible",
-                self.depth.flexible,
-                "depth.flexible must be True (a weight set per codebook), got False",
+                "depth_schedule",
+                len(schedule) == dep_q,
+                f"depth_schedule has {len(schedule)} entries {schedule}, expected one weight set per codebook "
+                f"(dep_q = {dep_q})",
             )
-        if c.valid("depth"):
+        if c.valid("depth") and self.depth.flexible:
             c.require(
                 "depth.gated",
                 self.depth.gated,
                 "depth.gated must be True: kyutai's depformer (a weight set per step) has no plain MLP "
                 '(StreamingTransformerLayer asserts gating != "none" with weights_per_step), got False',
             )
-        if c.valid("depth", "dep_q"):
+            if c.valid("dep_q", "depth_schedule"):
+                k, sets = self.depth.num_codebooks, self.depth_sets_count
+                why = f"max(depth_schedule {schedule}) + 1 = {sets}" if schedule is not None else f"dep_q {dep_q}"
+                c.require("depth.num_codebooks", k == sets, f"depth.num_codebooks {k} must equal {why}")
+        elif c.valid("depth"):
             k = self.depth.num_codebooks
-            c.require("depth.num_codebooks", k == dep_q, f"depth.num_codebooks {k} must equal dep_q {dep_q}")
+            c.require(
+                "depth.num_codebooks", k == 1, f"depth.num_codebooks must be 1 when depth.flexible is False, got {k}"
+            )
+            c.require(
+                "depth_schedule",
+                schedule is None,
+                f"depth_schedule {schedule} needs a flexible depth stack (kyutai: depformer_weights_per_step)",
+            )
         c.raise_if_any()
 
     @property
@@ -369,6 +431,30 @@ class LMConfig:
         """The text ids kyutai's fine-tuning recipe weighs as padding (moshi-finetune's `finetune/loss.py`: the LM's
         end_of_text_padding_id and text_padding_token_id), sorted, for `LossWeights.text_padding_ids`."""
         return tuple(sorted({self.existing_text_end_padding_id, self.existing_text_padding_id}))
+
+    @property
+    def depth_sets_count(self) -> int:
+        """Weight sets of a flexible depth stack: max(depth_schedule) + 1, or dep_q without a schedule."""
+        return self.dep_q if self.depth_schedule is None else max(self.depth_schedule) + 1
+
+    @property
+    def depth_sets(self) -> tuple[int, ...] | None:
+        """The depth stack's weight set of each codebook (dep_q entries); None when the stack is not flexible."""
+        if not self.depth.flexible:
+            return None
+        return tuple(range(self.dep_q)) if self.depth_schedule is None else self.depth_schedule
+
+    @property
+    def depth_in_sets(self) -> tuple[int, ...]:
+        """The input projection of each codebook (dep_q entries): its weight set with depth_multi_linear, else 0."""
+        if not self.depth_multi_linear:
+            return (0,) * self.dep_q
+        return tuple(range(self.dep_q)) if self.depth_schedule is None else self.depth_schedule
+
+    @property
+    def depth_in_count(self) -> int:
+        """Temporal -> depth input projections (kyutai's depformer_in linears)."""
+        return max(self.depth_in_sets) + 1
 
     @property
     def initial_audio_token(self) -> int:
@@ -398,10 +484,12 @@ class LMConfig:
         head += (self.text_out + self.dep_q * self.card) if self.bias_proj else 0  # the heads' biases
         head += self.extra_heads * self.extra_heads_dim * t.dim
         demux = 2 * (t.dim**2 + d.dim**2) if self.demux_second_text_stream else 0  # out1, out2 of both text tables
-        depth_emb = (self.text_card + 1) * d.dim + (self.dep_q - 1) * (self.card + 1) * d.dim
-        depth_io = self.dep_q * (t.dim * d.dim + d.dim * self.card)
+        rank = d.dim if self.depth_low_rank is None else self.depth_low_rank
+        depth_emb = (self.text_card + 1) * rank + (self.dep_q - 1) * (self.card + 1) * rank
+        depth_emb += 0 if self.depth_low_rank is None else self.dep_q * rank * d.dim  # the r -> Dd projections
+        depth_io = self.depth_in_count * t.dim * d.dim + self.dep_q * d.dim * self.card
         out_norms = 0 if self.depth_out_norm is None else self.dep_q * self.depth_out_norm.norm_params
-        emb_norms = 2 * ((1 + self.n_q) * t.dim + self.dep_q * d.dim) if self.norm_emb else 0  # weight and bias each
+        emb_norms = 2 * ((1 + self.n_q) * t.dim + self.dep_q * rank) if self.norm_emb else 0  # weight and bias each
         return emb + head + t.num_params() + depth_emb + depth_io + d.num_params() + out_norms + emb_norms + demux
 
     @classmethod

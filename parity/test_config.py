@@ -86,7 +86,10 @@ LM = [
     ("dep_q", 3, VALUE, "depth.num_codebooks 4 must equal dep_q 3"),
     ("existing_text_padding_id", -1, VALUE, "existing_text_padding_id must be >= 0, got -1"),
     ("existing_text_padding_id", 48, VALUE, "existing_text_padding_id must be a text token (< text_card 48), got 48"),
-    ("depth", TINY.depth.replace(flexible=False), VALUE, "depth.flexible must be True (a weight set per codebook)"),
+    ("depth", TINY.depth.replace(flexible=False), VALUE, "depth.num_codebooks must be 1 when depth.flexible is False"),
+    ("depth_schedule", (0, 1, 1), VALUE, "depth_schedule has 3 entries (0, 1, 1), expected one weight set per"),
+    ("depth_schedule", (0, 1, 2, 0), VALUE, "depth.num_codebooks 4 must equal max(depth_schedule (0, 1, 2, 0)) + 1"),
+    ("depth_low_rank", 0, VALUE, "depth_low_rank must be >= 1 or None, got 0"),
     ("temporal", TINY.depth, VALUE, "temporal.flexible must be False (the LM runs its temporal layers without"),
     ("depth", TINY.depth.replace(gated=False), VALUE, "depth.gated must be True: kyutai's depformer (a weight set per"),
 ]

@@ -99,8 +99,8 @@ def test_kyutai_kwargs_refused_naming_the_option():
     kwargs = to_kyutai_kwargs(FFN)
     with pytest.raises(ValueError, match=r"depformer_gating \(gating's, inherited\)='none'"):
         from_kyutai_kwargs({k: v for k, v in kwargs.items() if k != "depformer_gating"})
-    with pytest.raises(ValueError, match=r"depformer_dim_feedforward=\[40, 40, 40, 48\]: per-step widths that differ"):
-        from_kyutai_kwargs(kwargs | {"depformer_dim_feedforward": [40, 40, 40, 48]})
+    widths = from_kyutai_kwargs(kwargs | {"depformer_dim_feedforward": [40, 40, 40, 48]}).depth.ffn_dims
+    assert widths == (52, 52, 52, 64)  # per-step widths that differ: parity/test_lm_depth_options.py
     with pytest.raises(ValueError, match=r"depformer_dim_feedforward has 2 widths, kyutai needs one per depformer"):
         from_kyutai_kwargs(kwargs | {"depformer_dim_feedforward": [40, 40]})
     with pytest.raises(ValueError, match=r"layer_scale='0.1' is not a number or null"):

@@ -91,6 +91,20 @@ KYUTAI_LAYOUTS: dict[str, Callable[[], dict[str, Any]]] = {
         k: v for k, v in KYUTAI_MINIMAL.items() if k not in ("positional_embedding", "depformer_pos_emb")
     },
     "positions of their own": lambda: KYUTAI_MINIMAL | KYUTAI_POSITIONS,
+    # the depformer's weight sharing: 3 weight sets for 4 steps, rank-8 embeddings, one depformer_in for every step
+    "depformer schedule, low rank, one projection": lambda: (
+        KYUTAI_RELEASED
+        | {
+            "depformer_weights_per_step_schedule": [2, 0, 1, 1],
+            "depformer_low_rank_embeddings": 8,
+            "depformer_multi_linear": False,
+        }
+    ),
+    # LMModel's defaults: one depformer weight set and projection for every step, which allows its plain FFN
+    "depformer without weights per step": lambda: (
+        _without_key(_without_key(KYUTAI_RELEASED, "depformer_weights_per_step"), "depformer_multi_linear")
+        | {"depformer_gating": "none"}
+    ),
 }
 
 # ----------------------------------------------------------------------------------------------------------------------

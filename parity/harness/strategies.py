@@ -152,12 +152,14 @@ def lm_cases(draw: st.DrawFn, *, streaming: bool = False) -> tuple[LMConfig, str
     """A tiny LM over the kyutai LMModel options the port implements and a dtype kyutai runs it in: the norms (the
     kinds of `norm=` and `depformer_norm=`, each with its eps, and `norm_emb`), the feed-forward blocks (`ffn_options`:
     gating="none", hidden_scale, depformer_dim_feedforward, layer_scale, depformer_layer_scale), the grouped kv heads
-    (`kv_heads`: kv_repeat, depformer_kv_repeat), the heads (`head_options`: bias_proj, text_card_out, extra heads,
-    the end padding id, demux_second_text_stream), the positions (`positions`: positional_embedding,
-    depformer_pos_emb, max_period, positional_scale and their depformer_ forms) and the streams' `delays`. With
-    layer_norm_f32, float32 only (kyutai's LayerNormF32 feeds a float32 input to bfloat16 weights, which torch's CPU
-    layer_norm refuses). depformer_norm is a layer-norm kind or None: kyutai's forward cannot run the RMS kinds there
-    (parity/test_lm_norms.py). streaming: only models kyutai's LMGen can stream (`head_options`)."""
+    (`kv_heads`: kv_repeat, depformer_kv_repeat), the depth transformer's weight sharing (`depth_options`:
+    depformer_weights_per_step_schedule, depformer_weights_per_step, depformer_multi_linear,
+    depformer_low_rank_embeddings), the heads (`head_options`: bias_proj, text_card_out, extra heads, the end padding
+    id, demux_second_text_stream), the positions (`positions`: positional_embedding, depformer_pos_emb, max_period,
+    positional_scale and their depformer_ forms) and the streams' `delays`. With layer_norm_f32, float32 only (kyutai's
+    LayerNormF32 feeds a float32 input to bfloat16 weights, which torch's CPU layer_norm refuses). depformer_norm is a
+    layer-norm kind or None: kyutai's forward cannot run the RMS kinds there (parity/test_lm_norms.py). streaming: only
+    models kyutai's LMGen can stream (`depth_options`, `head_options`)."""
     # each choice's first value turns its option on: the simplest draw (ci's first) exercises all of them
     norm = draw(st.sampled_from(("layer_norm_f32", "layer_norm", "rms_norm", "rms_norm_f32")))
     depformer_norm = draw(st.sampled_from(("layer_norm_f32", "layer_norm", None)))
@@ -165,9 +167,9 @@ def lm_cases(draw: st.DrawFn, *, streaming: bool = False) -> tuple[LMConfig, str
     dtype = draw(st.sampled_from(("float32",) if f32_only else DTYPES))
     norm_emb = draw(st.sampled_from((True, False)))
     cfg = LMConfig.tiny().with_norm(norm).replace(depformer_norm=depformer_norm, norm_emb=norm_emb)
-    return draw(
-        delays(draw(positions(draw(head_options(draw(kv_heads(draw(ffn_options(cfg)))), streaming=streaming)))))
-    ), dtype
+    cfg = draw(kv_heads(draw(ffn_options(cfg))))
+    cfg = draw(head_options(draw(depth_options(cfg, streaming=streaming)), streaming=streaming))
+    return draw(delays(draw(positions(cfg)))), dtype
 
 
 @st.composite
@@ -243,11 +245,12 @@ def kv_heads(draw: st.DrawFn, cfg: LMConfig) -> LMConfig:
 def head_options(draw: st.DrawFn, cfg: LMConfig, *, streaming: bool = False) -> LMConfig:
     """cfg with kyutai's head options drawn, each choice's first value turning its option on: bias_proj, text_card_out
     (a wider, a narrower or the text_card-wide text head), extra heads (extra_heads_num_heads, extra_heads_dim), the
-    end padding id and demux_second_text_stream (never with norm_emb: kyutai's ScaledEmbedding asserts). streaming:
+    end padding id and demux_second_text_stream (never with norm_emb: kyutai's ScaledEmbedding asserts; nor with
+    low-rank depth embeddings: not ported). streaming:
     no head wider than the text embedding without demux (LMGen could not feed a sampled token back: Streamer
     refuses it, parity/test_lm_heads.py)."""
     bias = draw(st.sampled_from((True, False)))
-    demux = draw(st.sampled_from((True, False))) and not cfg.norm_emb
+    demux = draw(st.sampled_from((True, False))) and not cfg.norm_emb and cfg.depth_low_rank is None
     wider = () if streaming and not demux else (cfg.text_card + 7,)
     text_out = draw(st.sampled_from((*wider, cfg.text_card - 5, None)))
     # extra heads' widths of at least 5: their logits are judged as text logits are, top-5 agreement included
@@ -257,6 +260,36 @@ def head_options(draw: st.DrawFn, cfg: LMConfig, *, streaming: bool = False) -> 
         bias_proj=bias, text_card_out=text_out, extra_heads=heads, extra_heads_dim=dim,
         existing_text_end_padding_id=end, demux_second_text_stream=demux,
     )  # fmt: skip
+
+
+DEPTH_SCHEDULES = ((2, 0, 1, 1), (0, 0, 0, 0), (0, 1, 0, 1))
+"""kyutai depformer_weights_per_step_schedule values for dep_q = 4 (codebook -> weight set): steps sharing sets in
+an order that is not the codebooks', one set for all, alternating."""
+
+
+@st.composite
+def depth_options(draw: st.DrawFn, cfg: LMConfig, *, streaming: bool = False) -> LMConfig:
+    """cfg with kyutai's depth-transformer options drawn, each choice's first value turning its option on: the weight
+    sets of the depth stack (a schedule of DEPTH_SCHEDULES, one set shared by every step: depformer_weights_per_step
+    False, or kyutai's one per codebook), per-set gating widths that differ (a per-step depformer_dim_feedforward list)
+    or one width, one shared input projection (depformer_multi_linear False) or one per weight set, and low-rank depth
+    embeddings (depformer_low_rank_embeddings) or full-rank ones. streaming: no stack shared by every step (kyutai's
+    LMGen cannot stream it: its depformer has no context for a streaming KV cache, parity/test_lm_depth_options.py)."""
+    d = cfg.depth
+    kinds = ("schedule", "per_codebook") if streaming else ("schedule", "shared", "per_codebook")
+    sharing = draw(st.sampled_from(kinds))
+    schedule = draw(st.sampled_from(DEPTH_SCHEDULES)) if sharing == "schedule" and cfg.dep_q == 4 else None
+    sets = cfg.dep_q if schedule is None else max(schedule) + 1
+    depth = d.replace(flexible=False, num_codebooks=1) if sharing == "shared" else d.replace(num_codebooks=sets)
+    if sharing != "shared" and sets > 1 and draw(st.sampled_from((True, False))):  # per-set widths that differ
+        widths = tuple(2 * kyutai.gating_hidden(d.dim, w) for w in (40, 24, 48, 32)[:sets])
+        depth = depth.replace(ffn_dims=widths, ffn_dim=max(widths))
+    return cfg.replace(
+        depth=depth,
+        depth_schedule=schedule,
+        depth_multi_linear=draw(st.sampled_from((False, True))),
+        depth_low_rank=draw(st.sampled_from((8, None))),
+    )
 
 
 def random_codes(cfg: LMConfig, batch: int, length: int, *, seed: int, zero_fraction: float = 0.0) -> np.ndarray:

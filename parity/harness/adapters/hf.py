@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from converters.formats import hf_head_problem
+from converters.formats import hf_depth_problem, hf_head_problem
 from converters.upstream_config import to_hf_config
 from moshi_spec import LMConfig, TransformerConfig
 from parity.harness.adapters import LAYERS
@@ -152,7 +152,7 @@ def lm_support(cfg: LMConfig) -> str | None:
         return f"HF's depth decoder has no output norm (depformer_norm={cfg.depformer_norm!r})"
     if cfg.norm_emb:
         return "HF's Moshi embeddings have no norm (norm_emb=True)"
-    if problem := hf_head_problem(cfg):  # kyutai's head options
+    if problem := hf_head_problem(cfg) or hf_depth_problem(cfg):  # kyutai's head and depth options
         return problem
     return next(filter(None, (f(s) for f in (norm_support, ffn_support) for s in (cfg.temporal, cfg.depth))), None)
 

@@ -160,8 +160,8 @@ FLAX: tuple[Mutation, ...] = (
     Mutation(
         "flax_embedding_zero_token_row0",
         "models_flax/embedding.py",
-        "return jnp.where((ids >= 0)[..., None], rows, fill[..., None])",
-        "return jnp.where((ids >= -1)[..., None], rows, fill[..., None])",
+        "rows = jnp.where((ids >= 0)[..., None], rows, fill[..., None])",
+        "rows = jnp.where((ids >= -1)[..., None], rows, fill[..., None])",
         "zero token",
         LM_FLAX + GREEDY_STREAM,
         "the zero token (-1) embeds as row 0 of the table (clamped) instead of a zero vector",
@@ -388,8 +388,8 @@ REF: tuple[Mutation, ...] = (
     Mutation(
         "ref_depth_projections_reversed",
         "models_ref/lm.py",
-        "layer_idx=torch.arange(steps))",
-        "layer_idx=torch.arange(steps).flip(0))",
+        "layer_idx=torch.tensor(self.cfg.depth_in_sets[:steps]))",
+        "layer_idx=torch.tensor(self.cfg.depth_in_sets[:steps]).flip(0))",
         "codebook indexing",
         LM_REF,
         "the depth transformer's input projections are applied in reverse codebook order",
