@@ -331,13 +331,6 @@ class LMConfig:
         c.flag("norm_emb")
         c.flag("bias_proj")
         c.flag("demux_second_text_stream")
-        end = self.existing_text_end_padding_id
-        if c.valid("existing_text_end_padding_id", "text_card"):
-            c.require(
-                "existing_text_end_padding_id",
-                end < self.text_card,
-                f"existing_text_end_padding_id must be a text token (< text_card {self.text_card}), got {end}",
-            )
         if c.valid("demux_second_text_stream", "norm_emb"):
             c.require(
                 "demux_second_text_stream",
@@ -355,13 +348,12 @@ class LMConfig:
                 "demux_second_text_stream with depth_low_rank is not supported (kyutai's demux linears would map the "
                 "low rank, not depth.dim: not ported)",
             )
-        pad, n_q, dep_q = self.existing_text_padding_id, self.n_q, self.dep_q
-        if c.valid("existing_text_padding_id", "text_card"):
-            c.require(
-                "existing_text_padding_id",
-                pad < self.text_card,
-                f"existing_text_padding_id must be a text token (< text_card {self.text_card}), got {pad}",
-            )
+        n_q, dep_q = self.n_q, self.dep_q
+        for name in ("existing_text_padding_id", "existing_text_end_padding_id"):
+            if c.valid(name, "text_card"):
+                token = getattr(self, name)
+                c.require(name, token < self.text_card,
+                          f"{name} must be a text token (< text_card {self.text_card}), got {token}")  # fmt: skip
         if c.valid("delays", "n_q"):
             c.require(
                 "delays",
