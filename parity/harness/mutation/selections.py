@@ -22,6 +22,10 @@ LM_POSITIONS = (  # kyutai's sin_rope in both stacks, the sinusoidal embedding a
 )
 LM_HEADS_FLAX = ("parity/test_lm_heads.py::test_logits_match_kyutai[heads-flax]",)  # bias_proj, demux, extra heads
 LM_HEADS_REF = ("parity/test_lm_heads.py::test_logits_match_kyutai[heads-ref]",)
+LM_DEPTH_OPTIONS = (  # kyutai's schedule [2, 0, 1, 1], per-set widths, rank-8 embeddings, three input projections
+    "parity/test_lm_depth_options.py::test_logits_match_kyutai[mixed-flax]",
+    "parity/test_lm_depth_options.py::test_schedule_stream_tokens_match_lmgen",
+)
 GREEDY_STREAM = ("parity/test_streaming.py::test_greedy_tokens_match_lmgen[0-flax]",)
 MOSAIC_INTERPRET = ("parity/test_pallas.py::test_mosaic_matches_xla_in_tpu_interpret_mode",)
 STREAM_LAWS = ("parity/test_sampling.py::test_each_stream_draws_its_own_law_with_its_own_noise[sampled]",)
