@@ -10,7 +10,8 @@ temporal -> depth input projections (cfg.depth_in_count: K, the schedule's weigh
 depformer_multi_linear), r the depth embeddings' rank (cfg.depth_low_rank: their tables are (rows, r), each followed by
 a `low_rank.` linear (Dd, r); without it r = Dd and no linear).
 kyutai's head options add keys: bias_proj the heads' biases, text_card_out the text head's width (text_out),
-extra_heads_num_heads the extra heads (extra_heads_dim, D), demux_second_text_stream both text embeddings' out1 / out2.
+extra_heads_num_heads the extra heads (extra_heads_dim, D), demux_second_text_stream both text embeddings' out1 / out2
+(from the table's width: r for the depth one, whose `low_rank.` linear kyutai then creates but never applies).
 """
 
 from __future__ import annotations
@@ -76,10 +77,10 @@ def _top(fmt: Any, cfg: LMShapeConfig) -> dict[str, Shape] | None:
             return {f"{at[role]}{c}.{kernel}": linear(fmt, out, inp) for c in range(count)}
         return {f"{at[role]}{kernel}": (count, *linear(fmt, out, inp))}
 
-    def demux(role: str, dim: int) -> dict[str, Shape]:  # kyutai's demux_second_text_stream: out1, out2 (dim, dim)
+    def demux(role: str, dim: int, width: int) -> dict[str, Shape]:  # demux_second_text_stream: out1, out2 width -> dim
         if not cfg.demux_second_text_stream:
             return {}
-        return {f"{at[role]}{out}.{kernel}": linear(fmt, dim, dim) for out in ("out1", "out2")}
+        return {f"{at[role]}{out}.{kernel}": linear(fmt, dim, width) for out in ("out1", "out2")}
 
     def biases() -> dict[str, Shape]:  # kyutai's bias_proj: the text head's and every depth head's
         if not cfg.bias_proj:
@@ -96,14 +97,14 @@ def _top(fmt: Any, cfg: LMShapeConfig) -> dict[str, Shape] | None:
     return (
         embeddings("audio_emb", cfg.n_q, V + 1, D)
         | {f"{at['text_emb']}{emb}": (T + 1, D)}
-        | demux("text_emb", D)
+        | demux("text_emb", D, D)
         | {f"{at['text_head']}{kernel}": linear(fmt, cfg.text_out, D)}
         | extra
         | per_codebook("depth_in", Dd, D, cfg.depth_in_count)
         | embeddings("depth_emb", K - 1, V + 1, r)
         | {f"{at['depth_text_emb']}{emb}": (T + 1, r)}
         | low_rank
-        | demux("depth_text_emb", Dd)
+        | demux("depth_text_emb", Dd, r)
         | per_codebook("depth_heads", V, Dd)
         | biases()
     )

@@ -26,7 +26,8 @@ class Embedding(nnx.Module):
 
     demux=True (kyutai's demux_second_stream): an id is `(second + 1) * V + first`, ids in [0, V * (V + 1)); it
     embeds to out1(weight[first]) + out2(weight[second]), the second term 0 when second is -1 (kyutai's ScaledEmbedding:
-    the same table, two bias-free linears (D, D)). No norm with it (kyutai asserts).
+    the same table, two bias-free linears (width, D)). No norm with it (kyutai asserts). With low_rank too, the out
+    linears map r -> D and `low_rank` is unused (kyutai creates it and applies it only without demux).
 
     low_rank=r (kyutai's depformer_low_rank_embeddings): weight (V, r), the norm (if any) of width r, and after the
     zeroing a bias-free linear `low_rank` (kernel (r, D)) up to D, as kyutai's ScaledEmbedding orders them."""
@@ -46,8 +47,6 @@ class Embedding(nnx.Module):
     ):
         if demux and norm:
             raise ValueError("Embedding: demux has no norm (kyutai's ScaledEmbedding asserts not norm)")
-        if demux and low_rank is not None:
-            raise ValueError("Embedding: demux with low_rank is not supported (not ported)")
         self.num_embeddings = num_embeddings
         self.dtype = check_dtype("Embedding", dtype)
         width = dim if low_rank is None else low_rank
@@ -57,7 +56,7 @@ class Embedding(nnx.Module):
         self.demux = demux
         kw = dict(dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs)
         if demux:
-            self.out1, self.out2 = Linear(dim, dim, **kw), Linear(dim, dim, **kw)
+            self.out1, self.out2 = Linear(width, dim, **kw), Linear(width, dim, **kw)
         self.low_rank = None if low_rank is None else Linear(low_rank, dim, **kw)
 
     @property

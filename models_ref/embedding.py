@@ -23,7 +23,8 @@ class Embedding(nn.Module):
 
     demux=True (kyutai's demux_second_stream): an id is `(second + 1) * V + first`, ids in [0, V * (V + 1)); it
     embeds to out1(weight[first]) + out2(weight[second]), the second term 0 when second is -1 (kyutai's ScaledEmbedding:
-    the same table, two bias-free linears (D, D)). No norm with it (kyutai asserts).
+    the same table, two bias-free linears (width, D)). No norm with it (kyutai asserts). With low_rank too, the out
+    linears map r -> D and `low_rank` is unused (kyutai creates it and applies it only without demux).
 
     low_rank=r (kyutai's depformer_low_rank_embeddings): weight (V, r), the norm (if any) of width r, and after the
     zeroing a bias-free linear `low_rank` (D, r) up to D, as kyutai's ScaledEmbedding orders them."""
@@ -42,15 +43,13 @@ class Embedding(nn.Module):
         check_dtype("Embedding", dtype)
         if demux and norm:
             raise ValueError("Embedding: demux has no norm (kyutai's ScaledEmbedding asserts not norm)")
-        if demux and low_rank is not None:
-            raise ValueError("Embedding: demux with low_rank is not supported (not ported)")
         self.num_embeddings = num_embeddings
         width = dim if low_rank is None else low_rank
         self.weight = nn.Parameter(torch.randn(num_embeddings, width, dtype=dtype))
         self.norm = LayerNorm(width, eps=EMB_NORM_EPS, dtype=dtype) if norm else None
         self.demux = demux
         if demux:
-            self.out1, self.out2 = Linear(dim, dim, dtype=dtype), Linear(dim, dim, dtype=dtype)
+            self.out1, self.out2 = Linear(width, dim, dtype=dtype), Linear(width, dim, dtype=dtype)
         self.low_rank = None if low_rank is None else Linear(low_rank, dim, dtype=dtype)
 
     @property

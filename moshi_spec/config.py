@@ -341,13 +341,6 @@ class LMConfig:
         c.integer("depth_low_rank", optional=True)
         if self.depth_schedule is not None:
             c.integers("depth_schedule", minimum=0)
-        if c.valid("demux_second_text_stream", "depth_low_rank"):
-            c.require(
-                "demux_second_text_stream",
-                not (self.demux_second_text_stream and self.depth_low_rank is not None),
-                "demux_second_text_stream with depth_low_rank is not supported (kyutai's demux linears would map the "
-                "low rank, not depth.dim: not ported)",
-            )
         n_q, dep_q = self.n_q, self.dep_q
         for name in ("existing_text_padding_id", "existing_text_end_padding_id"):
             if c.valid(name, "text_card"):
@@ -475,8 +468,8 @@ class LMConfig:
         head = t.dim * self.text_out + t.norm_params  # text head + final norm
         head += (self.text_out + self.dep_q * self.card) if self.bias_proj else 0  # the heads' biases
         head += self.extra_heads * self.extra_heads_dim * t.dim
-        demux = 2 * (t.dim**2 + d.dim**2) if self.demux_second_text_stream else 0  # out1, out2 of both text tables
         rank = d.dim if self.depth_low_rank is None else self.depth_low_rank
+        demux = 2 * (t.dim**2 + rank * d.dim) if self.demux_second_text_stream else 0  # out1, out2 of both text tables
         depth_emb = (self.text_card + 1) * rank + (self.dep_q - 1) * (self.card + 1) * rank
         depth_emb += 0 if self.depth_low_rank is None else self.dep_q * rank * d.dim  # the r -> Dd projections
         depth_io = self.depth_in_count * t.dim * d.dim + self.dep_q * d.dim * self.card

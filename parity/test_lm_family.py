@@ -14,11 +14,15 @@ from parity.harness import lm_options, strategies
 from parity.harness.implementations import build
 
 PAIRS = (("kyutai", "ref"), ("kyutai", "flax"))
+# demuxed text embeddings over rank-8 depth tables: the depth text embedding's out1 / out2 map r -> depth.dim, and
+# kyutai creates its `low_rank` linear but never applies it
+DEMUX_LOW_RANK = LMConfig.tiny().replace(demux_second_text_stream=True, depth_low_rank=8)
 
 
 @settings(max_examples=max(1, settings.default.max_examples // 8))  # ci 1, nightly 25: ~2 s each
 @given(case=strategies.lm_cases())
 @example(case=(LMConfig.tiny().with_norm("rms_norm"), "bfloat16"))  # computes in bf16 where rms_norm_f32 upcasts
+@example(case=(DEMUX_LOW_RANK, "float32"))
 def test_logits_over_drawn_options(case):
     """kyutai -> ref and -> flax logits (masks exactly, values within the policy) for drawn options and dtype."""
     cfg, dtype = case
@@ -81,3 +85,10 @@ def test_kyutai_unit_test_model_converts_and_matches(tmp_path):
 def test_kyutai_unit_test_model_streams_like_lmgen():
     """float32 greedy streaming, token for token against kyutai's LMGen (no user audio)."""
     lm_options.assert_stream_tokens_match_lmgen(_unit_test_runs()[0])
+
+
+def test_demux_low_rank_parameter_count():
+    """LMConfig.num_params counts kyutai's parameters of demuxed rank-8 depth text embeddings (its unused low_rank
+    linear included)."""
+    models = build("lm", DEMUX_LOW_RANK, "float32", impls=("kyutai",))
+    assert sum(v.size for v in models.states["kyutai"].values()) == DEMUX_LOW_RANK.num_params()

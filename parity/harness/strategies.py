@@ -245,12 +245,11 @@ def kv_heads(draw: st.DrawFn, cfg: LMConfig) -> LMConfig:
 def head_options(draw: st.DrawFn, cfg: LMConfig, *, streaming: bool = False) -> LMConfig:
     """cfg with kyutai's head options drawn, each choice's first value turning its option on: bias_proj, text_card_out
     (a wider, a narrower or the text_card-wide text head), extra heads (extra_heads_num_heads, extra_heads_dim), the
-    end padding id and demux_second_text_stream (never with norm_emb: kyutai's ScaledEmbedding asserts; nor with
-    low-rank depth embeddings: not ported). streaming:
+    end padding id and demux_second_text_stream (never with norm_emb: kyutai's ScaledEmbedding asserts). streaming:
     no head wider than the text embedding without demux (LMGen could not feed a sampled token back: Streamer
     refuses it, parity/test_lm_heads.py)."""
     bias = draw(st.sampled_from((True, False)))
-    demux = draw(st.sampled_from((True, False))) and not cfg.norm_emb and cfg.depth_low_rank is None
+    demux = draw(st.sampled_from((True, False))) and not cfg.norm_emb
     wider = () if streaming and not demux else (cfg.text_card + 7,)
     text_out = draw(st.sampled_from((*wider, cfg.text_card - 5, None)))
     # extra heads' widths of at least 5: their logits are judged as text logits are, top-5 agreement included
