@@ -36,8 +36,10 @@ def test_kyutai_layer_options(data):
     them (converters/formats.hf_refuses)."""
     cfg, dtype = data.draw(kyutai_layer_options(data.draw(configs(kyutai=True))))
     case = data.draw(cases(st.just(cfg), dtype=dtype, zero_offsets=True, modes=("none",)))
+    # kyutai's bf16 rms_norm inherits torch's CPU rsqrt tail rounding (test_rmsnorm's expected divergence)
+    judged = "decoder_layer[rms_norm]" if (cfg.norm, dtype) == ("rms_norm", "bfloat16") else None
     for candidate in ("ref", _flax()):
-        compare_pair("decoder_layer", ("kyutai", candidate), case)
+        compare_pair("decoder_layer", ("kyutai", candidate), case, judged_as=judged)
 
 
 @given(case=cases(configs(), modes=MODES, max_offset=SHORT_OFFSET))

@@ -1,4 +1,5 @@
-"""RotaryEmbedding: theta, head_dim, per-row positions, half-split (HF) and interleaved (kyutai) layouts."""
+"""RotaryEmbedding: theta, head_dim, per-row positions, half-split (HF, kyutai's rope_concat) and interleaved (kyutai's
+rope) layouts."""
 
 import numpy as np
 import pytest
@@ -21,9 +22,10 @@ def test_hf_half_split(pair, data):
     compare_pair("rope", pair, data.draw(cases(cfg, max_offset=SHORT_OFFSET, width="head")))
 
 
-@given(case=cases(configs(rope=True, rope_layout="interleaved"), width="head"))
+@given(case=cases(configs(rope=True), width="head"))
 def test_kyutai_to_ref(case):
-    """kyutai's layout is interleaved and its float32 math is ref's, so positions go to 4096 (past the 3000 context)."""
+    """kyutai's layouts (interleaved: its rope; half-split: its rope_concat) with ref's float32 math, so positions go
+    to 4096 (past the 3000 context)."""
     compare_pair("rope", ("kyutai", "ref"), case)
 
 
@@ -31,7 +33,7 @@ def test_kyutai_to_ref(case):
 @given(data=st.data())
 def test_to_flax(pair, data):
     reference = adapters.adapter(pair[0])
-    cfg = configs(rope=True).filter(lambda c: reference.supports("rope", c) is None)  # kyutai: interleaved only
+    cfg = configs(rope=True).filter(lambda c: reference.supports("rope", c) is None)
     compare_pair("rope", pair, data.draw(cases(cfg, max_offset=SHORT_OFFSET, width="head")))
 
 

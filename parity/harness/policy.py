@@ -130,6 +130,19 @@ _set("bfloat16", "attention", (UPSTREAM_OURS, UPSTREAM), Tolerance(
     "per element: hf->ours measured 3.9e-2 / mae 2.4e-3 (15 draws), 1.3e-1 / 5.0e-3 (25 draws, 2026-11-26); "
     "kyutai->hf 1.8e-2 / 1.2e-3; bound = 2x the worst",
 ))  # fmt: skip
+# kyutai's `rms_norm` computes in bf16 with torch.rsqrt, which on CPU is correctly rounded in full vectors of 32 and
+# one ulp off in 30% of the tail's values (parity/test_rmsnorm.py's expected divergence); the port rounds correctly,
+# so on few rows (B * T < 32) every normalized row may differ by an ulp and the layer's bf16 noise grows. Measured
+# (test_decoder_layer's kyutai layer options, 2026-12-01): kyutai->flax max 6.9e-2, mae 8.6e-3 over 60 drawn layers;
+# worst one layer (T=2, rms 1e-3 inputs, 20 inputs) 7.1e-2 / 1.43e-2; kyutai->ref, whose torch rsqrt is kyutai's
+# own, 9.5e-3 on the same; the same layers with rms_norm_f32 5.3e-2 / 5.2e-3 (within the row below).
+_set("bfloat16", "decoder_layer[rms_norm]", UPSTREAM_OURS, Tolerance(
+    atol=1.5e-1, rtol=0.0, mae=3e-2, why="kyutai's bf16 rms_norm (torch's CPU rsqrt tail): kyutai->flax measured max "
+    "7.1e-2, mae 1.43e-2; bound 2x",
+))  # fmt: skip
+_set("float32", "rmsnorm_exact", UPSTREAM_OURS, Tolerance(
+    atol=0.0, rtol=0.0, mae=0.0, why="bit-identical: the same bf16 ops, torch's rsqrt on its vectorized path",
+))  # fmt: skip
 _set("bfloat16", "decoder_layer", (UPSTREAM_OURS, UPSTREAM), Tolerance(
     atol=1e-1, rtol=0.0, mae=1e-2,
     why="HF's bf16 attention inside the layer: hf->ours measured 2.9e-2 / mae 2.4e-3 (15 draws), 3.5e-2 / 5.0e-3 "

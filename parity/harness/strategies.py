@@ -90,11 +90,13 @@ def configs(
 def kyutai_layer_options(draw: st.DrawFn, cfg: TransformerConfig) -> tuple[TransformerConfig, str]:
     """A kyutai-buildable layer config (`configs(kyutai=True)`) with the options of kyutai's StreamingTransformerLayer
     drawn, each choice's first value turning its option on: the norm kind (its eps kyutai's), the plain FFN
-    (gating="none": exact gelu, no weight set per step) and layer_scale; plus a dtype kyutai runs it in (its
-    LayerNormF32 cannot run bfloat16 weights on CPU: float32 only there)."""
+    (gating="none": exact gelu, no weight set per step), layer_scale and with rope kyutai's rope_concat (its weights
+    half-split); plus a dtype kyutai runs it in (its LayerNormF32 cannot run bfloat16 weights on CPU: float32 only
+    there)."""
     norm = draw(st.sampled_from(("layer_norm", "layer_norm_f32", "rms_norm", "rms_norm_f32")))
     plain = not cfg.flexible and draw(st.booleans())
-    cfg = cfg.replace(norm=norm, norm_eps=None, layer_scale=draw(st.sampled_from((0.01, None))))
+    concat = cfg.rope and draw(st.sampled_from((True, False)))
+    cfg = cfg.replace(norm=norm, norm_eps=None, layer_scale=draw(st.sampled_from((0.01, None))), rope_concat=concat)
     if plain:
         cfg = cfg.replace(gated=False, activation="gelu")
     return cfg, draw(st.sampled_from(("float32",) if norm == "layer_norm_f32" else DTYPES))

@@ -34,8 +34,6 @@ def layer_support(component: str):
     """Why kyutai cannot build a standalone `component` for cfg (None when it can)."""
 
     def supports(cfg: TransformerConfig) -> str | None:
-        if component == "rope" and cfg.rope_layout != "interleaved":
-            return f"kyutai's rope pairs dimensions (2i, 2i + 1) (interleaved), the config asks for {cfg.rope_layout!r}"
         if component == "gating_mlp" and cfg.flexible:
             return "kyutai's per-codebook gating exists only inside a layer"
         if component in ("attention", "decoder_layer") and cfg.head_dim * cfg.num_heads != cfg.dim:
@@ -54,10 +52,13 @@ def kyutai_dim_feedforward(cfg: TransformerConfig) -> int:
     return dim_feedforward(cfg.dim, cfg.hidden) if cfg.gated else cfg.ffn_dim
 
 
-def _rope(cfg: TransformerConfig):
+def _rope(cfg: TransformerConfig, *, interleave: bool | None = None):
+    """kyutai's RotaryEmbedding: inside a layer interleaved, or half-split for its rope_concat (the layout of the
+    kyutai weights); standalone in `interleave`'s layout."""
     from moshi.modules import rope
 
-    return rope.RotaryEmbedding(interleave=True, max_period=cfg.rope_theta)
+    interleave = not cfg.rope_concat if interleave is None else interleave
+    return rope.RotaryEmbedding(interleave=interleave, max_period=cfg.rope_theta)
 
 
 def _layer_kwargs(cfg: TransformerConfig) -> dict[str, Any]:
@@ -80,8 +81,8 @@ def _build_layer(component: str):
             module = transformer.RMSNorm(cfg.dim, eps=cfg.norm_eps, dtype=torch.float32)
         elif component == "gating_mlp":
             module = gating.make_gating(cfg.activation, cfg.dim, kyutai_dim_feedforward(cfg))
-        elif component == "rope":
-            module = _rope(cfg)
+        elif component == "rope":  # pairs (2i, 2i + 1) as kyutai's rope, or (i, i + D/2) as its rope_concat
+            module = _rope(cfg, interleave=cfg.rope_layout == "interleaved")
         elif component == "attention":
             module = transformer.StreamingMultiheadAttention(embed_dim=cfg.dim, **_layer_kwargs(cfg))
         else:
