@@ -40,26 +40,50 @@ def _stacks(cfg: LMConfig) -> tuple[tuple[TransformerConfig, str, str], ...]:
 
 
 def sites(cfg: LMConfig) -> list[Site]:
-    """Every adapter of the LM, in kyutai's module order."""
+    """Every adapter of the LM (kyutai's LoRA wraps every nn.Linear): the layers' (fused attention input, output,
+    gated MLP's linear_in / linear_out or plain MLP's linear1 / linear2, per weight set when flexible), the text head,
+    extra heads, the demuxed text embeddings' out1 / out2, the low-rank depth embeddings' projections, the depth input
+    projections (cfg.depth_in_count) and heads.
+
+    Raises:
+        LoRAConversionError: a depth stack with per-set widths that differ (ffn_dims: our stacked kernels pad the
+            narrower sets, an adapter's B would write into the padding); not ported.
+    """
+    if cfg.depth.ffn_dims is not None:
+        raise LoRAConversionError(
+            f"LoRA of a depth stack with per-set widths that differ (depformer_dim_feedforward {cfg.depth.ffn_dims}) "
+            "is not supported: the stacked fc1 / fc2 pad the narrower sets"
+        )
     out = []
     for stack, kprefix, oprefix in _stacks(cfg):
         sets = range(stack.weight_sets) if stack.flexible else range(1)
         for i in range(stack.num_layers):
             k, o = f"{kprefix}.{i}.", f"{oprefix}.{i}."
             gates = [f"{k}gating.{c}." for c in sets] if stack.flexible else [f"{k}gating."]
+            mlp = [g + "linear_in" for g in gates], [g + "linear_out" for g in gates]
+            if not stack.gated:  # kyutai's plain FFN: linear1 / linear2 on the layer itself (never per weight set)
+                mlp = [f"{k}linear1"], [f"{k}linear2"]
             out += [
                 Site(
                     tuple(f"{k}self_attn.in_projs.{c}" for c in sets), o + "self_attn.qkv_lora", stack.flexible, stack
                 ),
                 Site(tuple(f"{k}self_attn.out_projs.{c}" for c in sets), o + "self_attn.o_proj.lora", stack.flexible),
-                Site(tuple(g + "linear_in" for g in gates), o + "mlp.fc1.lora", stack.flexible),
-                Site(tuple(g + "linear_out" for g in gates), o + "mlp.fc2.lora", stack.flexible),
+                Site(tuple(mlp[0]), o + "mlp.fc1.lora", stack.flexible),
+                Site(tuple(mlp[1]), o + "mlp.fc2.lora", stack.flexible),
             ]
-    codebooks = range(cfg.dep_q)
+    out.append(Site(("text_linear",), "lm_head.lora", False))
+    out += [Site((f"extra_heads.{i}",), f"extra_heads.{i}.lora", False) for i in range(cfg.extra_heads)]
+    if cfg.demux_second_text_stream:
+        out += [Site((f"{k}.{o}",), f"{ours}.{o}.lora", False) for k, ours in
+                (("text_emb", "text_embed_tokens"), ("depformer_text_emb", "depth.text_embed_tokens"))
+                for o in ("out1", "out2")]  # fmt: skip
+    if cfg.depth_low_rank is not None:
+        out += [Site((f"depformer_emb.{i}.low_rank",), f"depth.embed_tokens.{i}.low_rank.lora", False)
+                for i in range(cfg.dep_q - 1)]  # fmt: skip
+        out.append(Site(("depformer_text_emb.low_rank",), "depth.text_embed_tokens.low_rank.lora", False))
     out += [
-        Site(("text_linear",), "lm_head.lora", False),
-        Site(tuple(f"depformer_in.{c}" for c in codebooks), "depth.input_projections.lora", True),
-        Site(tuple(f"linears.{c}" for c in codebooks), "depth.lm_heads.lora", True),
+        Site(tuple(f"depformer_in.{c}" for c in range(cfg.depth_in_count)), "depth.input_projections.lora", True),
+        Site(tuple(f"linears.{c}" for c in range(cfg.dep_q)), "depth.lm_heads.lora", True),
     ]
     return out
 

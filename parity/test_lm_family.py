@@ -6,12 +6,18 @@ conversion and negative controls (parity/test_lm_norms.py, test_lm_ffn.py, test_
 
 from functools import cache
 
+import numpy as np
+import pytest
 from hypothesis import example, given, settings
 
+from converters import lora as lora_map
 from converters.lm_config import from_kyutai_kwargs
 from moshi_spec import LMConfig
+from moshi_spec.training import LoRAConfig
 from parity.harness import lm_options, strategies
+from parity.harness.compare import ParityError
 from parity.harness.implementations import build
+from parity.harness.training import add_matching_lora, lora_tensors
 
 PAIRS = (("kyutai", "ref"), ("kyutai", "flax"))
 # demuxed text embeddings over rank-8 depth tables: the depth text embedding's out1 / out2 map r -> depth.dim, and
@@ -92,3 +98,61 @@ def test_demux_low_rank_parameter_count():
     linear included)."""
     models = build("lm", DEMUX_LOW_RANK, "float32", impls=("kyutai",))
     assert sum(v.size for v in models.states["kyutai"].values()) == DEMUX_LOW_RANK.num_params()
+
+
+# kyutai's LoRA wraps every nn.Linear: with these options also the plain FFN's linear1 / linear2, the extra heads, the
+# demuxed text embeddings' out1 / out2, the low-rank projections, one shared depth input projection and, under a
+# schedule, two depth weight sets for three codebooks (the rope_concat q / k rows of B unpermuted)
+LORA_OPTIONS = LMConfig.tiny().replace(
+    temporal=LMConfig.tiny().temporal.replace(gated=False, activation="gelu", ffn_dim=40, rope_concat=True),
+    depth=LMConfig.tiny().depth.replace(num_codebooks=3),
+    depth_schedule=(0, 1, 2, 2),
+    depth_multi_linear=False,
+    depth_low_rank=8,
+    demux_second_text_stream=True,
+    extra_heads=2,
+)
+
+
+@cache
+def _lora_runs():
+    """LORA_OPTIONS in kyutai and flax (float32) with matching random adapters, and kyutai's logits."""
+    models = build("lm", LORA_OPTIONS, "float32", impls=("kyutai", "flax"))
+    add_matching_lora(models.module("kyutai"), models.module("flax"), LORA_OPTIONS, LoRAConfig(rank=4))
+    return models, models.run("kyutai", {"codes": lm_options.codes(LORA_OPTIONS)})
+
+
+def test_lora_adapters_of_every_linear_convert_and_match():
+    """kyutai's adapters (B random) convert to ours (converters.lora), which compute kyutai's LoRA model's logits, and
+    convert back bit for bit."""
+    models, expected = _lora_runs()
+    kyutai_adapters = lora_tensors(models.module("kyutai"))
+    named = {s.kyutai[0] for s in lora_map.sites(LORA_OPTIONS)}
+    assert named >= {"transformer.layers.0.linear1", "extra_heads.1", "depformer_text_emb.out2", "depformer_in.0"}
+    back = lora_map.flax_to_kyutai(lora_map.kyutai_to_flax(kyutai_adapters, LORA_OPTIONS), LORA_OPTIONS)
+    assert set(back) == set(kyutai_adapters)
+    assert all(np.array_equal(back[k], kyutai_adapters[k]) for k in back)
+    cand = models.run("flax", {"codes": lm_options.codes(LORA_OPTIONS)})
+    lm_options.compare(LORA_OPTIONS, expected, cand, ("kyutai", "flax"), "float32")
+
+
+def test_negative_control_lora_extra_heads_swapped():
+    """Our extra heads' adapters loaded crosswise fail the extra heads' logits."""
+    models, expected = _lora_runs()
+    flax = models.module("flax")
+    heads = flax.extra_heads
+    a0, a1 = heads[0].lora.b[...], heads[1].lora.b[...]
+    heads[0].lora.b[...], heads[1].lora.b[...] = a1, a0
+    try:
+        cand = models.run("flax", {"codes": lm_options.codes(LORA_OPTIONS)})
+    finally:
+        heads[0].lora.b[...], heads[1].lora.b[...] = a0, a1
+    with pytest.raises(ParityError):
+        lm_options.compare(LORA_OPTIONS, expected, cand, ("kyutai", "flax"), "float32", components=(),
+                           control="lora_extra_heads_swapped")  # fmt: skip
+
+
+def test_lora_refuses_per_set_widths_that_differ():
+    cfg = LMConfig.tiny().replace(depth=LMConfig.tiny().depth.replace(ffn_dims=(32, 24, 32, 16)))
+    with pytest.raises(lora_map.LoRAConversionError, match=r"per-set widths that differ .* not supported"):
+        lora_map.sites(cfg)

@@ -57,17 +57,23 @@ def make_pair(
     """Fresh trainers on copies of the same weights (each call builds new models: a trainer updates its model).
     `torch_train` / `torch_trainer` give the PyTorch side another config or step (negative controls)."""
     models = build("lm", cfg, "float32", impls=("kyutai", "flax"), seed=seed)
-    kyutai, flax = models.module("kyutai"), models.module("flax")
     if train.mode == "lora":
-        gen = torch.Generator().manual_seed(seed + 1)
-        torch_add_lora(kyutai, train.lora, generator=gen)
-        with torch.no_grad():
-            for name, p in kyutai.named_parameters():
-                if "lora_B" in name:
-                    p.normal_(0.0, B_STD, generator=gen)
-        flax_add_lora(flax, train.lora, rngs=nnx.Rngs(seed))
-        load_lora(flax, lora_map.kyutai_to_flax(lora_tensors(kyutai), cfg))
-    return Pair(torch_trainer(kyutai, torch_train or train), Trainer(flax, train), cfg, train)
+        add_matching_lora(models.module("kyutai"), models.module("flax"), cfg, train.lora, seed=seed)
+    return Pair(torch_trainer(models.module("kyutai"), torch_train or train), Trainer(models.module("flax"), train),
+                cfg, train)  # fmt: skip
+
+
+def add_matching_lora(kyutai: torch.nn.Module, flax: nnx.Module, cfg: LMConfig, lora, *, seed: int = 0) -> None:
+    """kyutai's LoRA on every linear of `kyutai` (B drawn with std B_STD, so that the adapters change the model) and
+    ours on `flax`, loaded with kyutai's adapters through converters.lora (in place)."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    torch_add_lora(kyutai, lora, generator=gen)
+    with torch.no_grad():
+        for name, p in kyutai.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, B_STD, generator=gen)
+    flax_add_lora(flax, lora, rngs=nnx.Rngs(seed))
+    load_lora(flax, lora_map.kyutai_to_flax(lora_tensors(kyutai), cfg))
 
 
 def lora_tensors(model: torch.nn.Module) -> dict[str, np.ndarray]:
@@ -75,8 +81,9 @@ def lora_tensors(model: torch.nn.Module) -> dict[str, np.ndarray]:
 
 
 def base_name(name: str) -> str:
-    """kyutai's parameter name without LoRA's wrapping (`x.frozen_W.weight` -> `x.weight`)."""
-    return name.replace(".frozen_W.weight", ".weight")
+    """kyutai's parameter name without LoRA's wrapping (`x.frozen_W.weight` -> `x.weight`, and a bias_proj head's
+    `x.frozen_W.bias` -> `x.bias`)."""
+    return name.replace(".frozen_W.", ".")
 
 
 def to_flax(tensors: Mapping[str, np.ndarray], pair: Pair, keys: set[str]) -> dict[str, np.ndarray]:
