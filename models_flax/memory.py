@@ -61,7 +61,7 @@ def abstract_train_lm(cfg: LMConfig, *, mode: str, rank: int, param_dtype: str, 
         return add_lora(model, tcfg.lora, rngs=nnx.Rngs(1)) if mode == "lora" else model
 
     model = nnx.eval_shape(make)
-    _, trained, frozen, _ = nnx.split(model, trainable(tcfg), nnx.Param, ...)
+    _, trained, frozen, _ = nnx.split(model, trainable(tcfg, model), nnx.Param, ...)
     return model, trained, frozen
 
 

@@ -35,9 +35,19 @@ def add_lora(model: torch.nn.Module, lora: LoRAConfig, *, generator: torch.Gener
                 torch.nn.init.zeros_(module.lora_B.weight)
 
 
+def unreached_by_loss(model: torch.nn.Module, name: str) -> bool:
+    """Whether no loss gradient reaches kyutai's parameter `name`: its extra heads (LMGen's), a demuxed depth text
+    embedding's low_rank linear (created, never applied). The recipe's AdamW skips them (no gradient): not trained
+    here either (models_flax.training.step.unreached_by_loss)."""
+    text = getattr(model, "depformer_text_emb", None)
+    unused_low_rank = getattr(text, "demux_second_stream", False) and getattr(text, "low_rank", None) is not None
+    return name.startswith("extra_heads.") or (unused_low_rank and name.startswith("depformer_text_emb.low_rank."))
+
+
 def set_trainable(model: torch.nn.Module, cfg: TrainConfig) -> list[str]:
     """The recipe's `requires_grad` rule: mode "full" everything; "lora" the parameters named "lora", plus those
-    named "emb" with ft_embed. Returns the trained parameters' names.
+    named "emb" with ft_embed; never those the loss cannot reach (`unreached_by_loss`). Returns the trained
+    parameters' names.
 
     Raises:
         ValueError: mode "lora" on a model without LoRA parameters.
@@ -45,6 +55,7 @@ def set_trainable(model: torch.nn.Module, cfg: TrainConfig) -> list[str]:
     names = []
     for name, param in model.named_parameters():
         train = cfg.mode == "full" or "lora" in name or (cfg.lora.ft_embed and "emb" in name)
+        train = train and not unreached_by_loss(model, name)
         param.requires_grad_(train)
         if train:
             names.append(name)

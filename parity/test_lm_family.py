@@ -6,18 +6,28 @@ conversion and negative controls (parity/test_lm_norms.py, test_lm_ffn.py, test_
 
 from functools import cache
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 from hypothesis import example, given, settings
 
 from converters import lora as lora_map
 from converters.lm_config import from_kyutai_kwargs
 from moshi_spec import LMConfig
-from moshi_spec.training import LoRAConfig
+from moshi_spec.training import LoRAConfig, TrainConfig
 from parity.harness import lm_options, strategies
 from parity.harness.compare import ParityError
 from parity.harness.implementations import build
-from parity.harness.training import add_matching_lora, lora_tensors
+from parity.harness.training import (
+    add_matching_lora,
+    codes_batch,
+    compare_parameters,
+    flat,
+    lora_tensors,
+    make_pair,
+    to_flax,
+)
 
 PAIRS = (("kyutai", "ref"), ("kyutai", "flax"))
 # demuxed text embeddings over rank-8 depth tables: the depth text embedding's out1 / out2 map r -> depth.dim, and
@@ -156,3 +166,18 @@ def test_lora_refuses_per_set_widths_that_differ():
     cfg = LMConfig.tiny().replace(depth=LMConfig.tiny().depth.replace(ffn_dims=(32, 24, 32, 16)))
     with pytest.raises(lora_map.LoRAConversionError, match=r"per-set widths that differ .* not supported"):
         lora_map.sites(cfg)
+
+
+@pytest.mark.parametrize("mode", ("full", "lora"))
+def test_training_gradients_match_kyutai(mode):
+    """The recipe's gradients on the model with every linear option, kyutai's (in its trainer) against ours; what no
+    loss reaches (the extra heads, the demuxed depth text embedding's unused low_rank linear) trains on neither side:
+    kyutai's AdamW skips a parameter without a gradient, ours leaves it frozen."""
+    pair = make_pair(LORA_OPTIONS, TrainConfig(mode=mode, lora=LoRAConfig(rank=4), total_steps=10))
+    codes = codes_batch(LORA_OPTIONS, 1, 2, 12, seed=0)
+    flax = flat(pair.flax.gradients(pair.flax.init(), jnp.asarray(codes)))
+    assert not [k for k in flax if k.startswith(("extra_heads.", "depth.text_embed_tokens.low_rank."))]
+    torch_grads = pair.torch.gradients(torch.from_numpy(codes.astype(np.int64)))
+    assert not [n for n in torch_grads if n.startswith(("extra_heads.", "depformer_text_emb.low_rank."))]
+    ref = to_flax({n: g.numpy() for n, g in torch_grads.items()}, pair, set(flax))
+    compare_parameters(ref, flax, pair, component="train_grad")

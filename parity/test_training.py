@@ -38,7 +38,7 @@ from moshi_spec.loss import LossWeights
 from moshi_spec.training import LoRAConfig, OptimConfig, TrainConfig
 from parity.harness.compare import ParityError, assert_parity, judge
 from parity.harness.implementations import build
-from parity.harness.training import Pair, codes_batch, flat, make_pair, single_key_queries, to_flax
+from parity.harness.training import Pair, codes_batch, compare_parameters, flat, make_pair, single_key_queries, to_flax
 
 # One xdist worker runs this module (pyproject's --dist loadgroup): its models and compiled steps serve all its tests.
 pytestmark = pytest.mark.xdist_group("training")
@@ -73,18 +73,6 @@ def _pair(case: str) -> Pair:
     return make_pair(CFG, CASES[case])
 
 
-def _compare(ref: dict, cand: dict, pair: Pair, *, component: str, control: str | None = None, what: str = "") -> None:
-    """Every parameter, its degenerate single-key-query entries left out (parity/harness/training.py)."""
-    assert set(ref) == set(cand), set(ref) ^ set(cand)
-    for name in sorted(ref):
-        r, c = np.asarray(ref[name], np.float32), np.asarray(cand[name], np.float32)
-        mask = single_key_queries(name, r.shape, pair.cfg)
-        if mask is not None:
-            r, c = r[~mask], c[~mask]
-        assert_parity(r, c, component=component, pair=PAIR, expected_dtype="float32", control=control,
-                      config={"parameter": name, "when": what, "train": dataclasses.asdict(pair.train)})  # fmt: skip
-
-
 @functools.cache
 def _flax_gradients(case: str, seed: int) -> dict:
     pair, codes = _pair(case), _codes(case, seed)
@@ -104,7 +92,7 @@ def _gradients(pair: Pair, case: str, seed: int) -> tuple[dict, dict]:
 def test_every_gradient_matches_kyutai(case, seed):
     pair = _pair(case)
     ref, cand = _gradients(pair, case, seed)
-    _compare(ref, cand, pair, component="train_grad")
+    compare_parameters(ref, cand, pair, component="train_grad")
     for name, g in cand.items():  # exact zeros where kyutai's attention backward leaves rounding noise
         mask = single_key_queries(name, g.shape, CFG)
         if mask is not None:
@@ -175,7 +163,7 @@ def test_losses_norm_clip_and_schedule_match_step_by_step(case):
 def test_parameters_and_adam_moments_match_after_steps(case, after):
     pair = _pair(case)
     for what, (ref, cand) in _stepped(case)["after"][after].items():
-        _compare(ref, cand, pair, component=f"train_{what}", what=f"after {after} steps")
+        compare_parameters(ref, cand, pair, component=f"train_{what}", what=f"after {after} steps")
 
 
 @pytest.mark.xfail(strict=True, raises=ParityError, reason="kyutai's rounding noise in exactly-zero query gradients")

@@ -9,8 +9,10 @@ where parameters, gradients and optimizer state are split by the rules of models
     model = trainer.model(state)                       # the LM with the trained parameters, in param_dtype
 
 What trains (`trainable`): mode "full" every parameter; mode "lora" the adapters' A and B, plus the embedding tables
-with `lora.ft_embed` (kyutai's rule: parameters named "emb"). The rest is frozen: stored once in `param_dtype`, passed
-to the step as an argument (never baked into the compiled program), never updated.
+with `lora.ft_embed` (kyutai's rule: parameters named "emb"); never what the loss cannot reach (`unreached_by_loss`:
+kyutai's extra heads, a demuxed depth text embedding's unused low_rank linear), which kyutai's optimizer skips for
+want of a gradient. The rest is frozen: stored once in `param_dtype`, passed to the step as an argument (never baked
+into the compiled program), never updated.
 
 Accumulation is the recipe's: each micro-batch's loss is its own weighted mean and the step's gradient is the mean of
 the micro-batches' gradients (summed in float32; the recipe sums in the parameters' dtype). Metrics of a step: loss,
@@ -54,11 +56,30 @@ def _is_embedding(path: tuple, value: Any) -> bool:
     return isinstance(value, nnx.Param) and any(str(p).endswith("embed_tokens") for p in path)
 
 
-def trainable(cfg: TrainConfig) -> Any:
-    """The nnx filter of the trained parameters (see the module docstring)."""
+def unreached_by_loss(model: LM) -> Any:
+    """nnx filter: the parameters no loss gradient reaches: kyutai's extra heads (LMGen reads them, the LM's loss does
+    not) and, with demux_second_text_stream over low-rank depth tables, the depth text embedding's low_rank linear
+    (kyutai creates it and never applies it). kyutai's AdamW skips a parameter without a gradient, weight decay
+    included; freezing them is the same."""
+    cfg = model.cfg
+    unused_low_rank = cfg.demux_second_text_stream and cfg.depth_low_rank is not None
+
+    def unreached(path: tuple, value: Any) -> bool:
+        names = tuple(str(p) for p in path)
+        return names[0] == "extra_heads" or (
+            unused_low_rank and names[:3] == ("depth", "text_embed_tokens", "low_rank")
+        )
+
+    return unreached
+
+
+def trainable(cfg: TrainConfig, model: LM) -> Any:
+    """The nnx filter of `model`'s trained parameters (see the module docstring)."""
     if cfg.mode == "full":
-        return nnx.Param
-    return nnx.Any(LoRAParam, _is_embedding) if cfg.lora.ft_embed else LoRAParam
+        base = nnx.Param
+    else:
+        base = nnx.Any(LoRAParam, _is_embedding) if cfg.lora.ft_embed else LoRAParam
+    return nnx.All(base, nnx.Not(unreached_by_loss(model)))
 
 
 def _cast(tree: Any, dtype: Any) -> Any:
@@ -81,7 +102,7 @@ class Trainer:
         self.cfg, self.mesh, self.lm_cfg = cfg, mesh, model.cfg
         self.param_dtype = jnp.dtype(cfg.param_dtype)
         model.set_remat(cfg.remat)
-        self.graphdef, trained, frozen, rest = nnx.split(model, trainable(cfg), nnx.Param, ...)
+        self.graphdef, trained, frozen, rest = nnx.split(model, trainable(cfg, model), nnx.Param, ...)
         self._initial = _cast(trained, self.param_dtype)  # the recipe: weights in param_dtype, then an fp32 copy
         self.frozen, self.rest = _cast(frozen, self.param_dtype), rest
         self.optimizer = adamw(cfg.optim, cfg.total_steps)

@@ -16,6 +16,7 @@ strict expected divergence) and compare every other entry to the policy.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -32,6 +33,7 @@ from models_ref.training import TorchTrainer
 from models_ref.training import add_lora as torch_add_lora
 from moshi_spec import LMConfig
 from moshi_spec.training import TrainConfig
+from parity.harness.compare import assert_parity
 from parity.harness.implementations import build
 
 B_STD = 0.05  # LoRA B's random start in tests (A: Kaiming-uniform, as the recipe)
@@ -88,12 +90,15 @@ def base_name(name: str) -> str:
 
 def to_flax(tensors: Mapping[str, np.ndarray], pair: Pair, keys: set[str]) -> dict[str, np.ndarray]:
     """kyutai-named per-parameter tensors (gradients, master weights, moments) -> the Flax paths in `keys`: adapters
-    through converters.lora, base parameters through the LM converter, which needs a whole LM state: the trainer's
-    model's own weights fill the keys not given."""
+    through converters.lora, base parameters through the LM converter, each of which needs a whole state: the
+    trainer's model's own tensors fill the keys not given."""
     cfg = pair.cfg
     adapters = {n: v for n, v in tensors.items() if "lora_" in n}
     base = {base_name(n): v for n, v in tensors.items() if "lora_" not in n}
-    out = lora_map.kyutai_to_flax(adapters, cfg) if adapters else {}
+    out = {}
+    if adapters:  # the untrained adapters (unreached by the loss) from the trainer's model, as for base weights
+        converted = lora_map.kyutai_to_flax(lora_tensors(pair.torch.model) | adapters, cfg)
+        out = {k: converted[k] for k in keys & converted.keys()}
     if base:
         weights = {base_name(n): p.detach().float().numpy() for n, p in pair.torch.model.named_parameters()
                    if "lora_" not in n}  # fmt: skip
@@ -102,14 +107,30 @@ def to_flax(tensors: Mapping[str, np.ndarray], pair: Pair, keys: set[str]) -> di
     return out
 
 
+def compare_parameters(
+    ref: dict, cand: dict, pair: Pair, *, component: str, control: str | None = None, what: str = ""
+) -> None:
+    """kyutai's per-parameter tensors (under our paths: `to_flax`) against ours, every parameter judged by the policy
+    row `component`, its degenerate single-key-query entries left out (`single_key_queries`)."""
+    assert set(ref) == set(cand), set(ref) ^ set(cand)
+    for name in sorted(ref):
+        r, c = np.asarray(ref[name], np.float32), np.asarray(cand[name], np.float32)
+        mask = single_key_queries(name, r.shape, pair.cfg)
+        if mask is not None:
+            r, c = r[~mask], c[~mask]
+        assert_parity(r, c, component=component, pair=("kyutai", "flax"), expected_dtype="float32", control=control,
+                      config={"parameter": name, "when": what, "train": dataclasses.asdict(pair.train)})  # fmt: skip
+
+
 def single_key_queries(path: str, shape: tuple[int, ...], cfg: LMConfig) -> np.ndarray | None:
     """Boolean mask of the degenerate entries of one parameter (see the module docstring), None if it has none."""
-    d = cfg.depth
-    if not path.startswith("depth.layers."):
+    d, sets = cfg.depth, cfg.depth_sets
+    # the first step's weight set, when no other step shares it (a schedule's or a stack shared by every step's do)
+    if not path.startswith("depth.layers.") or sets is None or sets.count(sets[0]) > 1:
         return None
     if path.endswith("self_attn.qkv_lora.b") or path.endswith("self_attn.q_proj.kernel"):
         mask = np.zeros(shape, bool)
-        mask[0, :, : d.q_dim] = True
+        mask[sets[0], :, : d.q_dim] = True
         return mask
     return None
 
