@@ -365,7 +365,7 @@ REF: tuple[Mutation, ...] = (
         'torch.einsum("btkgd,bskd->bkgts", q.float(), k.float())',
         'torch.einsum("btkgd,bskd->bkgts", q, k).float()',
         "bf16 island dropped",
-        ATTENTION_REF + ATTENTION_FLAX,
+        (*ATTENTION_REF, *ATTENTION_FLAX, "parity/test_attention.py::test_bf16_scores_stay_float32"),
         "q.k computed in bf16 and only then widened",
     ),
     Mutation(
