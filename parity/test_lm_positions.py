@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 import models_flax.sin_embedding as flax_sin
 from converters import convert
-from converters.lm_config import POSITIONAL_EMBEDDINGS, from_kyutai_kwargs
+from converters.kyutai_config import POSITIONAL_EMBEDDINGS, from_kyutai_kwargs
 from converters.upstream_config import to_kyutai_kwargs
 from models_ref.sin_embedding import sin_embedding as ref_sin_embedding
 from moshi_spec import LMConfig
