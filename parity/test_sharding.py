@@ -51,6 +51,7 @@ def test_sharded_lm_matches_unsharded():
     assert train["split"] >= 100  # master, mu and nu leaves with a split axis
     assert all(train["max_diff_over_rms"][w] <= train["bound"][w] for w in train["bound"])
     assert all(train["doubled_shard_control"][w] > train["bound"][w] for w in train["bound"])
+    assert train["compiles"] == 1  # one program for every step
 
 
 def test_7b_plan_covers_every_param_and_splits_8_ways():

@@ -140,8 +140,9 @@ class Trainer:
             self.optimizer.init, out_shardings=self._shardings[0].opt_state
         )  # fmt: skip
         state = TrainState(step=jnp.zeros((), jnp.int32), master=master, opt_state=init(master))
-        # committed to the device, as a restored state is: both then hit the same compiled step
-        return jax.device_put(state) if self._shardings is None else state
+        # committed to the device (on a mesh: placed as the step's output is, the step counter replicated), as a
+        # restored state is: every step then hits the one compiled step
+        return jax.device_put(state, None if self._shardings is None else self._shardings[0])
 
     def abstract_state(self) -> TrainState:
         """Shapes, dtypes and shardings of `init()`'s state, for restoring a checkpoint without computing one."""

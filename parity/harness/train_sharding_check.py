@@ -5,7 +5,9 @@ On a (dp=2, fsdp=4) mesh, a LoRA + embeddings step with 2 micro-batches of 8 row
 steps: every leaf of the fp32 master parameters and of both Adam moments is placed by the rules of
 models_flax/sharding.py (its spec equals the parameter's rule, a split leaf's shard is smaller than the leaf), and
 equals the unsharded step's within `BOUND` (max |d| / rms, the policy's ours-ours training rows). Negative control: the
-sharded step fed a batch whose second half repeats the first (a data shard read twice) leaves the bound.
+sharded step fed a batch whose second half repeats the first (a data shard read twice) leaves the bound. The sharded
+step compiles once for every step of both runs (a state from `init()` is placed as the step's output is; it was not,
+and the second step compiled again: minutes at 7B).
 """
 
 from __future__ import annotations
@@ -104,5 +106,8 @@ def check() -> dict:
     control = _worst(ref, _leaves(_run(trainer, doubled)))  # the same compiled step, a fresh state
     if not all(control[w] > BOUND[w] for w in BOUND):
         raise AssertionError(f"negative control: a data shard read twice passes: {control} <= {BOUND}")
+    compiles = trainer._step._cache_size()  # init's state is placed as the step's output: one program for all steps
+    if compiles != 1:
+        raise AssertionError(f"the sharded step compiled {compiles} times over {2 * STEPS} steps from 2 states")
     return {"leaves": sum(len(v) for v in got.values()), "split": split, "max_diff_over_rms": worst,
-            "bound": BOUND, "doubled_shard_control": control}  # fmt: skip
+            "bound": BOUND, "doubled_shard_control": control, "compiles": compiles}  # fmt: skip
