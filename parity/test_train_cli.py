@@ -11,8 +11,10 @@ Negative controls: resuming from the step-3 checkpoint with a fresh optimizer st
 comparison can fail); the untrained model's logits differ from the checkpoint's; the step-0 adapters differ from the
 file's; each refused input's valid twin is accepted.
 
-The runs share one jitted train step through JAX's persistent compilation cache (a temporary directory, this module
-only): each invocation builds its own Trainer, whose identical program is then loaded instead of compiled again.
+The invocations share one compiled train step: each builds its own Trainer, and every Trainer of the same model
+structure and config calls the same jitted step (models_flax/training/step.py). The runs are session-scoped fixtures:
+xdist may hand this module's tests to its worker between other modules' tests, and a module-scoped fixture would then
+be built again (11 s each time).
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.experimental.compilation_cache import compilation_cache
 
 import models_flax
 from converters import flax_state, load_flax
@@ -40,7 +41,7 @@ from train import data as train_data
 from train.export import ADAPTERS_NAME, KYUTAI_CONFIG_NAME
 from train.rundir import METRIC_KEYS
 
-# One xdist worker runs this module (pyproject's --dist loadgroup): its runs (module fixtures) happen once.
+# One xdist worker runs this module (pyproject's --dist loadgroup): its runs (session fixtures) happen once.
 pytestmark = pytest.mark.xdist_group("train_cli")
 
 CFG = LMConfig.tiny()
@@ -73,22 +74,8 @@ def _main(*argv: str) -> int:
     return cli.main([*map(str, argv), "--no-progress"])
 
 
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-    """JAX's persistent compilation cache in a temporary directory, for this module only (restored after)."""
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-    old = {name: getattr(jax.config, name) for name in names}
-    compilation_cache.reset_cache()
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax-cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    yield
-    for name, value in old.items():
-        jax.config.update(name, value)
-    compilation_cache.reset_cache()
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, compile_cache) -> dict[str, Path]:
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory) -> dict[str, Path]:
     """The data, a 6-step run ("full") and the same run stopped after 3 steps and resumed ("split")."""
     root = tmp_path_factory.mktemp("train")
     data = root / "data"
@@ -108,7 +95,7 @@ def runs(tmp_path_factory, compile_cache) -> dict[str, Path]:
     return paths
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trainer(runs):
     """The runs' Trainer (the same model, seed and config as the CLI builds), its data and abstract state."""
     prepared = cli.prepare(runs["full.json"])
@@ -122,7 +109,7 @@ def _restore(trainer, directory: Path, step: int | None = None):
         return checkpoints.restore(abstract, step)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def final_state(runs, trainer):
     """The uninterrupted run's final train state (never donated: nothing steps it)."""
     return _restore(trainer, runs["full"] / "checkpoints")
