@@ -147,8 +147,15 @@ def pytest_configure(config: pytest.Config) -> None:
     jax.config.update("jax_platforms", None if platform == "auto" else platform)
 
 
+# Modules with single tests of 10-20 s (subprocesses, end-to-end runs) go first: last in alphabetical order, one xdist
+# worker finished them while the other had nothing left to run.
+RUN_FIRST = ("test_sharding.py", "test_readme.py", "test_train_cli.py", "test_training.py", "test_nightly_script.py")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked `nightly` (longer twins of default-suite checks) run under the nightly hypothesis profile only."""
+    """The long modules first (RUN_FIRST; every worker sorts its collection the same way, as xdist needs); tests
+    marked `nightly` (longer twins of default-suite checks) run under the nightly hypothesis profile only."""
+    items.sort(key=lambda item: item.path.name not in RUN_FIRST)  # stable: the order within each part is kept
     if records.hypothesis_profile() == "nightly":
         return
     skip = pytest.mark.skip(reason="nightly only (run with --hypothesis-profile nightly)")
