@@ -183,9 +183,10 @@ def test_generate_equals_step_loop():
     assert np.asarray(state.offsets).tolist() == [30, 30]
 
 
-def _reset_rows(rows=(False, True)):
-    """Tokens of a fresh stream, of a stream whose `rows` are reset after 12 steps, and of one never reset."""
-    streamer = _greedy("float32", 0, "flax")
+def _reset_rows(rows=(False, True), streamer: Streamer | None = None):
+    """Tokens of a fresh stream, of a stream whose `rows` are reset after 12 steps, and of one never reset (on the
+    cached greedy Streamer unless given one)."""
+    streamer = streamer or _greedy("float32", 0, "flax")
     first, second = user_codes(CFG, 2, 12, seed=21), user_codes(CFG, 2, 20, seed=22)
     state = streamer.init_state(2)
     for t in range(12):
@@ -202,8 +203,14 @@ def _reset_rows(rows=(False, True)):
 
 def test_reset_restarts_rows_independently():
     """After `reset` of row 1 at step 12, row 1 generates what a fresh stream does with the same codes (greedy), and
-    row 0 what it would have without the reset. Checked past the context (20 steps after the reset, context 8)."""
-    fresh, after, unreset = _reset_rows()
+    row 0 what it would have without the reset. Checked past the context (20 steps after the reset, context 8).
+
+    The whole session (three fresh states, 84 frames, a reset) runs one compiled step and one compiled commit: a
+    stream never compiles mid-conversation. Counted on a Streamer of its own (its jitted functions' cache sizes, a
+    private jax API): the cached ones are shared with other tests, which may have compiled any variant first."""
+    streamer = Streamer(_lms("float32", 0, "flax")["flax"], text=GREEDY, audio=GREEDY)
+    fresh, after, unreset = _reset_rows(streamer=streamer)
+    assert (streamer._step._cache_size(), streamer._commit._cache_size()) == (1, 1)
     _assert_tokens(fresh[1:], after[1:], "flax")
     _assert_tokens(unreset[:1], after[:1], "flax")
     assert not np.array_equal(unreset[1:], after[1:]), "the reset changed nothing: the check would prove little"
