@@ -13,6 +13,7 @@ from jax.sharding import PartitionSpec as P
 
 import models_flax.kernels.mosaic as mosaic_module
 from models_flax import sharding
+from models_flax.kernels import dispatch
 from moshi_spec import LMConfig
 from parity.harness.lowering import (
     ATTENTION_SHAPES,
@@ -76,14 +77,24 @@ def _assert_sharded(exported: jax.export.Exported) -> None:
     assert '{"fsdp"}' in text and '{"dp", "fsdp"}' in text, "parameter or batch sharding missing from the program"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=NotImplementedError,
-    reason="Pallas kernels are not partitioned automatically ('Mosaic kernels cannot be automatically partitioned. "
-    "Please wrap the call in a shard_map.'): the sharded 7B runs attention=xla until the kernels get a shard_map",
-)
 def test_7b_forward_with_pallas_lowers_sharded_for_tpu():
-    lm_forward_export(MOSHI_7B, "pallas", "tpu", batch=8, mesh=sharding.abstract_mesh(2, 4))
+    """The same with the Mosaic kernels: XLA cannot partition a Pallas call ("Mosaic kernels cannot be automatically
+    partitioned. Please wrap the call in a shard_map.", the strict xfail this replaces), so in the mesh's context each
+    kernel runs in a shard_map over the batch (models_flax/kernels/dispatch.py). Its control: the same export with the
+    shard_map dropped raises that error."""
+    exported = lm_forward_export(MOSHI_7B, "pallas", "tpu", batch=8, mesh=sharding.abstract_mesh(2, 4))
+    _assert_sharded(exported)
+    assert kernel_custom_calls(exported)["mosaic"] > 0 and "manual_computation" in exported.mlir_module()
+
+
+def test_pallas_without_shard_map_does_not_lower_sharded(monkeypatch):
+    monkeypatch.setattr(dispatch, "per_batch_shard", lambda kernel: kernel)
+    jax.clear_caches()
+    try:
+        with pytest.raises(NotImplementedError, match="cannot be automatically partitioned"):
+            lm_forward_export(MOSHI_7B, "pallas", "tpu", batch=8, mesh=sharding.abstract_mesh(2, 4))
+    finally:
+        jax.clear_caches()
 
 
 def test_block_breaking_tpu_tiling_fails_to_lower(monkeypatch):

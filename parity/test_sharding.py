@@ -1,5 +1,6 @@
 """Sharding rules: every parameter has exactly one rule, bad rules fail loudly, the 7B plan divides by the mesh, and the
-tiny LM sharded over a (dp=2, fsdp=4) mesh of 8 CPU devices computes what it computes unsharded.
+tiny LM sharded over a (dp=2, fsdp=4) mesh of 8 CPU devices computes what it computes unsharded (with XLA attention,
+with the Pallas kernels in a shard_map over the batch, and its LoRA train step).
 
 The 8-device run is a subprocess (`parity.harness.sharding_check`): this process initialised jax with one device.
 """
@@ -47,6 +48,9 @@ def test_sharded_lm_matches_unsharded():
     assert measured["split"] >= 40  # every kernel and embedding of the tiny LM (49 params, 9 norms)
     for diffs in measured["max_diff_over_rms"].values():
         assert diffs["text"] <= measured["bound"]["text"] and diffs["audio"] <= measured["bound"]["audio"]
+    pallas = measured["pallas"]  # attention="pallas" sharded: the kernels in a shard_map over the batch
+    assert all(pallas["max_diff_over_rms"][k] <= measured["bound"][k] for k in ("text", "audio"))
+    assert pallas["shard_maps"] > 0 and "batch 4 is not divisible by the data axes" in pallas["indivisible_batch_error"]
     train = measured["train"]  # the sharded train step (parity/harness/train_sharding_check.py)
     assert train["split"] >= 100  # master, mu and nu leaves with a split axis
     assert all(train["max_diff_over_rms"][w] <= train["bound"][w] for w in train["bound"])

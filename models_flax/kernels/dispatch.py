@@ -3,15 +3,24 @@
 `run_kernel` is the one place the public kernels (`flash_attention`, `decode_attention`) choose: platform "tpu" runs the
 Mosaic source jitted with the window traced; otherwise one jitted `jax.lax.platform_dependent` carries both sources, so
 that a program exported for TPU from a CPU host holds the Mosaic kernel and one lowered for CUDA the Triton one.
+
+On a mesh (a `jax.set_mesh` / `jax.sharding.use_abstract_mesh` context with the data axes of models_flax.sharding),
+the kernel runs inside a `jax.shard_map` over the batch: XLA cannot partition a Pallas call ("Mosaic kernels cannot be
+automatically partitioned"), and attention needs nothing across rows, so each device attends its own rows. The batch
+must divide by the data axes' size (a ValueError names both); heads and everything else stay whole on each device.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
+from jax.sharding import AxisType
+from jax.sharding import PartitionSpec as P
 
 from models_flax.kernels.mosaic import MosaicBlockSizes, mosaic_attention, mosaic_call
+from models_flax.sharding import AXES  # the mesh axes the batch is split over (sharding.DATA_SPEC)
 
 KERNEL_PLATFORMS = ("gpu", "tpu")  # kernel sources: Triton (flash_attention.py, decode.py) and Mosaic (mosaic.py)
 
@@ -42,14 +51,43 @@ def run_kernel(
         interpret: True: interpret (the Triton source in the Pallas interpreter, the Mosaic source in TPU interpret
             mode); False: compile; None: interpret on CPU.
         decode: whether this is the decode call (the Mosaic source's default tiles differ).
+
+    Raises:
+        ValueError: on a mesh, a batch the data axes do not divide.
     """
     mosaic_tiles = tiles(block_sizes, MosaicBlockSizes, lambda: MosaicBlockSizes.for_chip(decode=decode))
-    if platform == "tpu":
-        return mosaic_call(
-            args, context, block_sizes=mosaic_tiles, precision=precision, kv_layout=kv_layout, interpret=interpret
-        )
-    return _by_platform(args, triton, triton_tiles, context, block_sizes, mosaic_tiles, precision, kv_layout,
-                        interpret, platform)  # fmt: skip
+
+    def kernel(*args):
+        if platform == "tpu":
+            return mosaic_call(
+                args, context, block_sizes=mosaic_tiles, precision=precision, kv_layout=kv_layout, interpret=interpret
+            )
+        return _by_platform(args, triton, triton_tiles, context, block_sizes, mosaic_tiles, precision, kv_layout,
+                            interpret, platform)  # fmt: skip
+
+    return per_batch_shard(kernel)(*args)
+
+
+def per_batch_shard(kernel):
+    """`kernel` (batch-leading arrays in, one batch-leading array out) as is without a mesh context, else inside a
+    `jax.shard_map` that gives each device its rows of every argument (the batch split over the context mesh's data
+    axes) and concatenates the outputs' rows."""
+    mesh = jax.sharding.get_abstract_mesh()
+    types = dict(zip(mesh.axis_names, mesh.axis_types, strict=True))  # inside a shard_map its axes are Manual: as is
+    axes = tuple(axis for axis in AXES if axis in types and types[axis] != AxisType.Manual)
+    if not axes:
+        return kernel
+
+    def sharded(*args):
+        devices = math.prod(mesh.shape[axis] for axis in axes)
+        if args[0].shape[0] % devices:
+            raise ValueError(
+                f"Pallas attention on mesh {dict(mesh.shape)}: batch {args[0].shape[0]} is not divisible by the data "
+                f"axes {axes} ({devices} devices); the kernels attend each device's rows (shard_map over the batch)"
+            )
+        return jax.shard_map(kernel, in_specs=P(axes), out_specs=P(axes), check_vma=False)(*args)
+
+    return sharded
 
 
 @functools.partial(jax.jit, static_argnums=tuple(range(1, 10)))

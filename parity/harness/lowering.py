@@ -84,7 +84,8 @@ def lm_forward_export(
     cfg: LMConfig, impl: str, platform: str, *, batch: int = 1, frames: int = 16, mesh=None
 ) -> jax.export.Exported:
     """The LM's full forward (text logits) on (batch, 1 + n_q, frames) codes; with an abstract ('dp', 'fsdp') mesh, the
-    parameters sharded by models_flax.sharding's rules and the batch over both axes."""
+    parameters sharded by models_flax.sharding's rules and the batch over both axes, traced in that mesh's context
+    (where the Pallas kernels run in a shard_map over the batch: models_flax/kernels/dispatch.py)."""
     graphdef, params, other = abstract_lm(cfg, impl)
     codes = jax.ShapeDtypeStruct((batch, 1 + cfg.n_q, frames), jnp.int32)
     if mesh is not None:
@@ -99,7 +100,10 @@ def lm_forward_export(
     def forward(params, other, codes):
         return nnx.merge(graphdef, params, other)(codes).text_logits
 
-    return export(forward, params, other, codes, platform=platform)
+    if mesh is None:
+        return export(forward, params, other, codes, platform=platform)
+    with jax.sharding.use_abstract_mesh(mesh):
+        return export(forward, params, other, codes, platform=platform)
 
 
 def stream_step_export(cfg: LMConfig, impl: str, platform: str, *, batch: int = 1) -> jax.export.Exported:

@@ -12,6 +12,8 @@ Checks, on a (dp=2, fsdp=4) mesh:
     (max |diff| / rms(reference)), for the batch split over ('dp', 'fsdp') (B=8) and over 'dp' only (B=4, the first
     four rows); masks are equal; the same comparison on batch rows rolled by one fails it (negative control);
     a batch the data axes do not divide raises;
+    with attention="pallas" in the mesh's context (the kernels in a shard_map over the batch), the sharded logits
+    equal the unsharded Pallas model's within `BOUND`, the kernels inside shard_map regions (`pallas_check`);
     the sharded train step equals the unsharded one (parity/harness/train_sharding_check.py).
 
 It also prints the unsharded model's own float32 noise: the first four rows of the unsharded B=8 run against the
@@ -69,6 +71,39 @@ def compare(ref, cand, name: str) -> dict[str, float]:
     }
 
 
+def pallas_check(cfg: LMConfig, mesh, codes: np.ndarray) -> dict:
+    """The tiny LM with attention="pallas" (interpreted on CPU), sharded and run in the mesh's context, where the
+    kernels run in a shard_map over the batch (XLA cannot partition a Pallas call: on TPU, NotImplementedError "Mosaic
+    kernels cannot be automatically partitioned"): its logits against the unsharded Pallas model's, within BOUND, and
+    the program holds shard_map regions; a batch the data axes do not divide raises."""
+    model = LM(cfg, precision=jax.lax.Precision.HIGHEST, impl="pallas", rngs=nnx.Rngs(0))
+    graphdef, _ = nnx.split(model)
+
+    @jax.jit
+    def forward(state, codes):
+        return nnx.merge(graphdef, state)(codes)
+
+    ref = forward(nnx.state(model), codes)  # unsharded, no mesh context: the kernels as they are
+    sharding.shard_model(model, mesh)
+    state = nnx.state(model)
+    batch = sharding.shard_batch(codes, mesh)
+    with jax.set_mesh(mesh):
+        out = forward(state, batch)
+        manual = forward.lower(state, batch).as_text().count("manual_computation")
+        try:
+            forward(state, sharding.shard_batch(codes[:4], mesh, spec=P("dp")))
+        except ValueError as e:
+            indivisible = str(e)
+        else:
+            raise AssertionError("the Pallas kernels' shard_map accepted B=4 on 8 devices")
+    diffs = compare(ref, out, "pallas dp_fsdp")
+    if any(diffs[k] > BOUND[k] for k in BOUND):
+        raise AssertionError(f"pallas: max diff / rms {diffs} > {BOUND}")
+    if manual == 0:
+        raise AssertionError("pallas: no shard_map region in the program: the kernels ran partitioned by XLA")
+    return {"max_diff_over_rms": diffs, "shard_maps": manual, "indivisible_batch_error": indivisible}
+
+
 def main() -> int:
     if jax.device_count() != DEVICES:
         print(f"sharding_check needs {DEVICES} devices, jax has {jax.device_count()}", file=sys.stderr)
@@ -120,6 +155,7 @@ def main() -> int:
             if not all(rolled[k] > BOUND[k] for k in BOUND):
                 raise AssertionError(f"negative control: batch rows rolled by one pass: {rolled} <= {BOUND}")
             result["rolled_rows_control"] = rolled
+    result["pallas"] = pallas_check(cfg, mesh, codes["dp_fsdp"])
     try:
         sharding.shard_batch(codes["dp_fsdp"][:3], mesh)
     except ValueError as e:
