@@ -227,6 +227,24 @@ def _torch_schedule(optim: OptimConfig, total: int) -> tuple[list[float], list[f
     return lrs, betas
 
 
+def test_trainer_refuses_what_it_cannot_train():
+    """Each refusal names the problem; its valid twin is accepted (the negative control)."""
+    from models_flax.lm import LM
+    from models_flax.training.step import Trainer
+
+    full, lora = TrainConfig(mode="full", total_steps=10), TrainConfig(mode="lora", total_steps=10)
+    Trainer(LM(CFG, rngs=nnx.Rngs(0)), full)
+    with pytest.raises(ValueError, match=r"attention is 'pallas' \(4 layers, first depth\.layers\.0\.self_attn\)"):
+        Trainer(LM(CFG, impl="pallas", rngs=nnx.Rngs(0)), full)
+    with pytest.raises(ValueError, match="mode 'lora' needs a model with adapters"):
+        Trainer(LM(CFG, rngs=nnx.Rngs(0)), lora)
+    adapted = LM(CFG, rngs=nnx.Rngs(0))
+    add_lora(adapted, lora.lora, rngs=nnx.Rngs(1))
+    Trainer(adapted, lora)
+    with pytest.raises(ValueError, match="mode 'full' on a model with LoRA adapters"):
+        Trainer(adapted, full)
+
+
 def test_schedule_torch_cannot_run_is_refused():
     with pytest.raises(ValueError, match=r"pct_start 0\.05 x total_steps 20 = 1"):
         TrainConfig(total_steps=20)
