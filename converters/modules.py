@@ -7,7 +7,7 @@ shapes and dtypes) before anything is written.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -52,8 +52,13 @@ def flax_state(module: Any) -> State:
     return {key: from_jax(variable.get_value()) for key, variable in _flat_params(module)}
 
 
-def load_flax(module: Any, state: Mapping[str, np.ndarray]) -> None:
+def load_flax(
+    module: Any, state: Mapping[str, np.ndarray], *, place: Callable[[str, np.ndarray], Any] | None = None
+) -> None:
     """Replaces the module's `nnx.Param`s with `state` (same keys as `flax_state`), bit for bit, via `nnx.update`.
+
+    place: (key, host array) -> the jax array the parameter holds; default `to_jax` (jax's default device). A loader
+    onto a mesh passes one that puts each array on its shards directly (models_flax.from_checkpoint(mesh=...)).
 
     Raises:
         ConversionError: any key missing, unexpected, of the wrong shape or of another dtype than the module's.
@@ -65,5 +70,6 @@ def load_flax(module: Any, state: Mapping[str, np.ndarray]) -> None:
     shapes = {key: tuple(v.get_value().shape) for key, _, v in keyed}
     dtypes = {key: np.dtype(v.get_value().dtype) for key, _, v in keyed}
     account(state, shapes, dtypes=dtypes, holder="module", what=f"load_flax into {type(module).__name__}")
-    new = [(path, variable.replace(to_jax(state[key]))) for key, path, variable in keyed]
+    put = place or (lambda _, array: to_jax(array))
+    new = [(path, variable.replace(put(key, state[key]))) for key, path, variable in keyed]
     nnx.update(module, nnx.from_flat_state(new))

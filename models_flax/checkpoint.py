@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding
 
 from models_flax.lm import LM
 
@@ -29,7 +30,12 @@ LOADERS = {"lm": "models_flax.from_checkpoint", "mimi": "models_flax.mimi.from_c
 
 
 def load_checkpoint(
-    path: str | Path, *, component: str, build: Callable[[Any, Any], nnx.Module], dtype: object = None
+    path: str | Path,
+    *,
+    component: str,
+    build: Callable[[Any, Any], nnx.Module],
+    dtype: object = None,
+    place: Callable[[nnx.Module], Callable[[str, Any], jax.Array]] | None = None,
 ) -> Any:
     """The model of `component` stored at `path`, with its parameters loaded bit for bit.
 
@@ -40,6 +46,7 @@ def load_checkpoint(
         dtype: compute and parameter dtype. None: the checkpoint's own, which must be one dtype, float32 or bfloat16.
             A dtype that differs from the stored one casts the weights, because it was asked for (floating weights
             only: an integer tensor is never cast).
+        place: (the abstract model) -> (key, host array) -> its jax array; None: jax's default device.
 
     Raises:
         FileNotFoundError: `path` is not a flax OUT; the message says what it holds and how to convert it.
@@ -101,7 +108,7 @@ def load_checkpoint(
         raise ConversionError(
             f"from_checkpoint: {params}: {len(bad)} weight(s) hold NaN or Inf (as {target}):\n  {lines}"
         )
-    load_flax(model, state)
+    load_flax(model, state, place=None if place is None else place(model))
     flat = nnx.to_flat_state(nnx.state(model))
     abstract = [".".join(map(str, p)) for p, v in flat if isinstance(v.get_value(), jax.ShapeDtypeStruct)]
     if abstract:
@@ -109,7 +116,9 @@ def load_checkpoint(
     return model
 
 
-def from_checkpoint(path: str | Path, *, dtype: object = None, precision: jax.lax.PrecisionLike = None) -> LM:
+def from_checkpoint(
+    path: str | Path, *, dtype: object = None, precision: jax.lax.PrecisionLike = None, mesh: Mesh | None = None
+) -> LM:
     """The LM (models_flax.lm.LM) stored at `path`, with its parameters loaded bit for bit (`load_checkpoint`).
 
     Args:
@@ -117,12 +126,23 @@ def from_checkpoint(path: str | Path, *, dtype: object = None, precision: jax.la
         dtype: compute and parameter dtype. None: the checkpoint's own, which must be one dtype, float32 or bfloat16.
             A dtype that differs from the stored one casts the weights, because it was asked for.
         precision: matmul precision passed to the LM.
+        mesh: a ('dp', 'fsdp') mesh (models_flax.sharding.make_mesh): each parameter goes from the host straight to
+            its shards by the rules of models_flax/sharding.py, so no device ever holds the whole model (7B in bf16 is
+            15.4 GB: a 16 GB chip could not take it whole). None: jax's default device.
 
     Raises:
-        As `load_checkpoint` (a Mimi directory: a ValueError naming models_flax.mimi.from_checkpoint).
+        As `load_checkpoint` (a Mimi directory: a ValueError naming models_flax.mimi.from_checkpoint); on a mesh, as
+        `sharding.param_specs` (a dimension the mesh does not divide, naming the parameter).
     """
 
     def build(cfg: Any, dt: Any) -> LM:
         return LM(cfg, dtype=dt, param_dtype=dt, precision=precision, rngs=nnx.Rngs(0))
 
-    return load_checkpoint(path, component="lm", build=build, dtype=dtype)
+    def on_mesh(model: LM) -> Callable[[str, Any], jax.Array]:
+        from models_flax import sharding
+
+        specs = nnx.to_flat_state(sharding.param_specs(model, mesh))
+        placed = {".".join(map(str, path)): NamedSharding(mesh, spec.get_value()) for path, spec in specs}
+        return lambda key, array: jax.device_put(array, placed[key])
+
+    return load_checkpoint(path, component="lm", build=build, dtype=dtype, place=None if mesh is None else on_mesh)

@@ -1,6 +1,7 @@
 """Sharding rules: every parameter has exactly one rule, bad rules fail loudly, the 7B plan divides by the mesh, and the
 tiny LM sharded over a (dp=2, fsdp=4) mesh of 8 CPU devices computes what it computes unsharded (with XLA attention,
-with the Pallas kernels in a shard_map over the batch, and its LoRA train step).
+with the Pallas kernels in a shard_map over the batch, loaded onto the mesh by from_checkpoint, and its LoRA train
+step).
 
 The 8-device run is a subprocess (`parity.harness.sharding_check`): this process initialised jax with one device.
 """
@@ -48,6 +49,7 @@ def test_sharded_lm_matches_unsharded():
     assert measured["split"] >= 40  # every kernel and embedding of the tiny LM (49 params, 9 norms)
     for diffs in measured["max_diff_over_rms"].values():
         assert diffs["text"] <= measured["bound"]["text"] and diffs["audio"] <= measured["bound"]["audio"]
+    assert measured["checkpoint"] == {"split": measured["split"], "bit_exact": True}  # from_checkpoint(mesh=)
     pallas = measured["pallas"]  # attention="pallas" sharded: the kernels in a shard_map over the batch
     assert all(pallas["max_diff_over_rms"][k] <= measured["bound"][k] for k in ("text", "audio"))
     assert pallas["shard_maps"] > 0 and "batch 4 is not divisible by the data axes" in pallas["indivisible_batch_error"]

@@ -75,7 +75,7 @@ def make_trainer(cfg: RunConfig, lm: LMConfig) -> Any:
     from train.model import build
 
     mesh = make_mesh(cfg.mesh.dp, cfg.mesh.fsdp) if cfg.mesh.devices > 1 else None
-    return Trainer(build(cfg, lm), cfg.train, mesh=mesh)
+    return Trainer(build(cfg, lm, mesh=mesh), cfg.train, mesh=mesh)
 
 
 def merged_weights(model: Any) -> dict[str, Any]:

@@ -5,7 +5,7 @@ mode "lora" (`models_flax.training.lora.add_lora`, initialised from the seed too
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from moshi_spec import LMConfig
 
@@ -40,8 +40,10 @@ def lm_config(*, preset: str | None = None, checkpoint: str | Path | None = None
     return cfg
 
 
-def build(run: RunConfig, cfg: LMConfig) -> LM:
-    """The LM to train: computing in `train.param_dtype`, with fresh adapters for mode "lora".
+def build(run: RunConfig, cfg: LMConfig, *, mesh: Any = None) -> LM:
+    """The LM to train: computing in `train.param_dtype`, with fresh adapters for mode "lora". A checkpoint is loaded
+    onto `mesh` when given (each parameter straight to its shards: no device holds the whole model); a preset's random
+    weights are drawn on one device (they are for tests and benchmarks).
 
     Raises:
         As `models_flax.from_checkpoint` for a checkpoint that does not load.
@@ -58,7 +60,7 @@ def build(run: RunConfig, cfg: LMConfig) -> LM:
     if run.model.preset is not None:  # initialised in float32, then cast to param_dtype by the Trainer (the recipe)
         model = LM(cfg, dtype=dtype, param_dtype=jnp.float32, rngs=nnx.Rngs(run.seed))
     else:
-        model = from_checkpoint(run.model.checkpoint, dtype=dtype)
+        model = from_checkpoint(run.model.checkpoint, dtype=dtype, mesh=mesh)
     if run.train.mode == "lora":
         key = jax.random.fold_in(jax.random.key(run.seed), LORA_STREAM)
         add_lora(model, run.train.lora, rngs=nnx.Rngs(params=key))

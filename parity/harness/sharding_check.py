@@ -14,6 +14,8 @@ Checks, on a (dp=2, fsdp=4) mesh:
     a batch the data axes do not divide raises;
     with attention="pallas" in the mesh's context (the kernels in a shard_map over the batch), the sharded logits
     equal the unsharded Pallas model's within `BOUND`, the kernels inside shard_map regions (`pallas_check`);
+    `from_checkpoint(path, mesh=mesh)` places every parameter by its rule, and its sharded logits are bit for bit the
+    sharded model's (`checkpoint_check`);
     the sharded train step equals the unsharded one (parity/harness/train_sharding_check.py).
 
 It also prints the unsharded model's own float32 noise: the first four rows of the unsharded B=8 run against the
@@ -24,17 +26,22 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
+from pathlib import Path
 
 import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+from converters import flax_state
 from models_flax import sharding
+from models_flax.checkpoint import from_checkpoint
 from models_flax.lm import LM
 from moshi_spec import LMConfig
 from parity.harness import train_sharding_check
 from parity.harness.policy import tolerance_for
+from train.export import write_merged
 
 DEVICES = 8
 DP, FSDP = 2, 4
@@ -69,6 +76,37 @@ def compare(ref, cand, name: str) -> dict[str, float]:
             ref.audio_logits, cand.audio_logits, ref.audio_mask, cand.audio_mask, f"{name} audio"
         ),
     }
+
+
+def check_placement(model: LM, mesh) -> int:
+    """Every parameter is placed with its rule's spec, and one with a split axis holds a smaller shard than its
+    global shape on each device; returns how many are split."""
+    specs = dict(nnx.to_flat_state(sharding.param_specs(model, mesh)))
+    split = 0
+    for parts, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        name, value, spec = ".".join(map(str, parts)), variable.get_value(), specs[parts].get_value()
+        if getattr(value.sharding, "spec", None) != spec:  # a SingleDeviceSharding has no spec
+            raise AssertionError(f"{name}: placed with {value.sharding}, rule says {spec}")
+        if any(entry is not None for entry in spec):
+            if value.addressable_shards[0].data.shape == value.shape:
+                raise AssertionError(f"{name}: spec {spec} but the shard has the global shape {value.shape}")
+            split += 1
+    return split
+
+
+def checkpoint_check(host: dict, mesh, forward, codes: jax.Array, expected) -> dict:
+    """`models_flax.from_checkpoint(path, mesh=mesh)` of a flax OUT holding the unsharded model's weights: every
+    parameter placed by its rule straight from the host, and the logits on the sharded `codes` bit for bit those of
+    the model sharded after it was built (`expected`: the same program on the same shards)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        write_merged(Path(tmp), host, LMConfig.tiny(), source="sharding_check", trained={}, progress=False)
+        loaded = from_checkpoint(tmp, precision=jax.lax.Precision.HIGHEST, mesh=mesh)
+    split = check_placement(loaded, mesh)
+    out = forward(nnx.state(loaded), codes)
+    for name in ("text_logits", "audio_logits"):
+        if not np.array_equal(np.asarray(getattr(expected, name)), np.asarray(getattr(out, name)), equal_nan=True):
+            raise AssertionError(f"from_checkpoint(mesh=): {name} differ from the model sharded after it was built")
+    return {"split": split, "bit_exact": True}
 
 
 def pallas_check(cfg: LMConfig, mesh, codes: np.ndarray) -> dict:
@@ -123,24 +161,15 @@ def main() -> int:
     floor = compare(jax.tree.map(lambda x: x[:4], refs["dp_fsdp"]), refs["dp"], "unsharded B=8 vs B=4")
 
     mesh = sharding.make_mesh(DP, FSDP)
+    host = flax_state(model)  # the unsharded weights, for the checkpoint loaded onto the mesh below
     sharding.shard_model(model, mesh)
     state = nnx.state(model)
-    specs = dict(nnx.to_flat_state(sharding.param_specs(model, mesh)))
-    split = 0
-    for parts, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        name, value, spec = ".".join(map(str, parts)), variable.get_value(), specs[parts].get_value()
-        if value.sharding.spec != spec:
-            raise AssertionError(f"{name}: placed with {value.sharding.spec}, rule says {spec}")
-        local = value.addressable_shards[0].data.shape
-        if any(entry is not None for entry in spec):
-            if local == value.shape:
-                raise AssertionError(f"{name}: spec {spec} but the shard has the global shape {value.shape}")
-            split += 1
+    split = check_placement(model, mesh)
     big = [p for p in sharding.describe(model, mesh) if p.bytes >= 1024]
     if not big or any(p.bytes_per_device >= p.bytes for p in big):
         raise AssertionError("a parameter of 1 KiB or more is not split")
 
-    result = {"params": len(specs), "split": split, "mesh": dict(mesh.shape), "bound": BOUND}
+    result = {"params": len(host), "split": split, "mesh": dict(mesh.shape), "bound": BOUND}
     result["unsharded_noise"] = floor
     result["max_diff_over_rms"] = {}
     for name, spec in layouts.items():
@@ -156,6 +185,8 @@ def main() -> int:
                 raise AssertionError(f"negative control: batch rows rolled by one pass: {rolled} <= {BOUND}")
             result["rolled_rows_control"] = rolled
     result["pallas"] = pallas_check(cfg, mesh, codes["dp_fsdp"])
+    sharded = sharding.shard_batch(codes["dp_fsdp"], mesh)
+    result["checkpoint"] = checkpoint_check(host, mesh, forward, sharded, forward(state, sharded))
     try:
         sharding.shard_batch(codes["dp_fsdp"][:3], mesh)
     except ValueError as e:
