@@ -205,12 +205,15 @@ def test_reset_restarts_rows_independently():
     """After `reset` of row 1 at step 12, row 1 generates what a fresh stream does with the same codes (greedy), and
     row 0 what it would have without the reset. Checked past the context (20 steps after the reset, context 8).
 
-    The whole session (three fresh states, 84 frames, a reset) runs one compiled step and one compiled commit: a
-    stream never compiles mid-conversation. Counted on a Streamer of its own (its jitted functions' cache sizes, a
-    private jax API): the cached ones are shared with other tests, which may have compiled any variant first."""
+    After its first frame, the whole session (three fresh states, 84 frames, a reset) compiles nothing: a stream
+    never compiles mid-conversation. Counted as the jitted functions' cache sizes (a private jax API) on a Streamer of
+    its own, whose step is its own (one program); its commit is jax.jit of a module-level function, whose cache every
+    Streamer shares, so only what the session adds to it is counted."""
     streamer = Streamer(_lms("float32", 0, "flax")["flax"], text=GREEDY, audio=GREEDY)
+    streamer.step(streamer.init_state(2), user_codes(CFG, 2, 1, seed=20)[:, :, 0])
+    compiled = (streamer._step._cache_size(), streamer._commit._cache_size())
     fresh, after, unreset = _reset_rows(streamer=streamer)
-    assert (streamer._step._cache_size(), streamer._commit._cache_size()) == (1, 1)
+    assert compiled[0] == 1 and (streamer._step._cache_size(), streamer._commit._cache_size()) == compiled
     _assert_tokens(fresh[1:], after[1:], "flax")
     _assert_tokens(unreset[:1], after[:1], "flax")
     assert not np.array_equal(unreset[1:], after[1:]), "the reset changed nothing: the check would prove little"
