@@ -88,21 +88,18 @@ def test_7b_forward_with_pallas_lowers_sharded_for_tpu():
 
 
 def test_pallas_without_shard_map_does_not_lower_sharded(monkeypatch):
+    # run_kernel calls per_batch_shard while the export traces the model (a fresh jit each export): no cache to clear
     monkeypatch.setattr(dispatch, "per_batch_shard", lambda kernel: kernel)
-    jax.clear_caches()
-    try:
-        with pytest.raises(NotImplementedError, match="cannot be automatically partitioned"):
-            lm_forward_export(MOSHI_7B, "pallas", "tpu", batch=8, mesh=sharding.abstract_mesh(2, 4))
-    finally:
-        jax.clear_caches()
+    with pytest.raises(NotImplementedError, match="cannot be automatically partitioned"):
+        lm_forward_export(MOSHI_7B, "pallas", "tpu", batch=8, mesh=sharding.abstract_mesh(2, 4))
 
 
-def test_block_breaking_tpu_tiling_fails_to_lower(monkeypatch):
+def test_block_breaking_tpu_tiling_fails_to_lower(patch):
     """Negative control, a TPU-only mistake: 4-row query blocks (not a multiple of 8 sublanes) run in both
     interpreters, yet Mosaic refuses them. The same export passes unpatched."""
     attention_export("prefill", "temporal", "tpu")
     layout = mosaic_module.MosaicBlockSizes.layout
-    monkeypatch.setattr(mosaic_module.MosaicBlockSizes, "layout", lambda self, *a: (4, layout(self, *a)[1]))
+    patch.setattr(mosaic_module.MosaicBlockSizes, "layout", lambda self, *a: (4, layout(self, *a)[1]))
     jax.clear_caches()
     try:
         with pytest.raises(ValueError, match="divisible by 8 and 128"):
@@ -111,11 +108,11 @@ def test_block_breaking_tpu_tiling_fails_to_lower(monkeypatch):
         jax.clear_caches()
 
 
-def test_kernel_source_switch_control_fails(monkeypatch):
+def test_kernel_source_switch_control_fails(patch):
     """Negative control of the kernel switch: with its TPU branch dropped, a TPU export takes the default branch, the
     Triton source (compiled, as the export asks), whose per-head blocks the TPU lowering refuses."""
     switch = jax.lax.platform_dependent
-    monkeypatch.setattr(jax.lax, "platform_dependent", lambda *args, tpu, **branches: switch(*args, **branches))
+    patch.setattr(jax.lax, "platform_dependent", lambda *args, tpu, **branches: switch(*args, **branches))
     jax.clear_caches()
     try:
         with pytest.raises(ValueError, match="Pallas TPU lowering"):
