@@ -150,3 +150,12 @@ class Attention(nnx.Module):
             (k, v, attention_mask(positions, positions, context), "BSHD"),
         ]
         return blockwise_attention(q, blocks, precision=self.precision)
+
+
+def pallas_layers(module: nnx.Module) -> list[str]:
+    """The paths of `module`'s attention layers that run the Pallas kernels (impl "pallas"), sorted."""
+    return sorted(
+        ".".join(map(str, path))
+        for path, node in nnx.iter_graph(module)
+        if isinstance(node, Attention) and node.impl == "pallas"
+    )

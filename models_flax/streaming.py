@@ -30,7 +30,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from models_flax import sharding
+from models_flax.attention import pallas_layers
 from models_flax.cache import KVCache
 from models_flax.checks import check_ids, check_int_array
 from models_flax.lm import DEPTH_STACKS, LM
@@ -227,9 +231,16 @@ class Streamer:
 
     `step` runs two programs: the step, which only reads the caches, and a commit that writes the step's new keys
     and values into them in place (donated). The state passed to `step` or `generate` is consumed.
+
+    mesh: a ('dp', 'fsdp') mesh (models_flax.sharding.make_mesh) to stream on several devices: the LM's parameters
+    are placed by the sharding rules (in place; a no-op for ones `from_checkpoint(mesh=)` placed), so each device
+    holds 1/fsdp of the weights and XLA splits the matmuls along them; the KV caches are split by kv heads over
+    'fsdp' (replicated where the heads do not divide), the rest of the state is replicated; every state a Streamer
+    returns is placed so, and the step compiles once. Attention runs on XLA here (the Pallas kernels split a batch,
+    not heads: refused by name).
     """
 
-    def __init__(self, lm: LM, *, text: Sampler = TEXT, audio: Sampler = AUDIO):
+    def __init__(self, lm: LM, *, text: Sampler = TEXT, audio: Sampler = AUDIO, mesh: Mesh | None = None):
         if not isinstance(lm, LM):
             raise TypeError(f"Streamer: expected a models_flax LM, got {type(lm).__name__}")
         for name, sampler in (("text", text), ("audio", audio)):
@@ -244,6 +255,15 @@ class Streamer:
         self.cfg = lm.cfg
         self.dtype = lm.dtype
         self.samplers = (text, audio)
+        self.mesh = mesh
+        if mesh is not None:
+            pallas = pallas_layers(lm)
+            if pallas:
+                raise ValueError(
+                    f"Streamer: on a mesh attention runs on XLA, but the LM's is 'pallas' ({len(pallas)} layers, first "
+                    f"{pallas[0]}): the kernels split a batch over devices, a stream's caches are split by heads"
+                )
+            sharding.shard_model(lm, mesh)
         graphdef, self.depth_weights, self.params = split_codebooks(lm)
         self._step = jax.jit(functools.partial(_step_reading, graphdef, text, audio))
         self._commit = jax.jit(_commit, donate_argnums=0)
@@ -270,7 +290,18 @@ class Streamer:
             for _ in range(t.num_layers)
         ]
         tokens = jnp.full((batch, 1 + cfg.n_q, cfg.max_delay + 2), UNGENERATED, jnp.int32)
-        return StreamState(caches, tokens, jnp.zeros((batch,), jnp.int32))
+        return self._placed(StreamState(caches, tokens, jnp.zeros((batch,), jnp.int32)))
+
+    def _placed(self, state: StreamState) -> StreamState:
+        """The state as this Streamer keeps it: unchanged without a mesh; on one, the caches' keys and values split
+        by kv heads over 'fsdp' (replicated when the heads do not divide) and the rest replicated."""
+        if self.mesh is None:
+            return state
+        heads = self.cfg.temporal.num_kv_heads
+        kv = NamedSharding(self.mesh, P(None, "fsdp") if heads % self.mesh.shape["fsdp"] == 0 else P())
+        whole = NamedSharding(self.mesh, P())
+        caches = [c.replace(keys=kv, values=kv, positions=whole) for c in state.caches]
+        return jax.device_put(state, StreamState(caches, whole, whole))
 
     def reset(self, state: StreamState, rows) -> StreamState:
         """Restarts the streams of `rows` ((B,) bool) from frame 0, as `init_state` would (a new user on a batch slot);
@@ -284,14 +315,14 @@ class Streamer:
             )
         mask = jnp.asarray(rows)
         tokens = jnp.where(mask[:, None, None], UNGENERATED, state.tokens)
-        return StreamState(forget_rows(state.caches, mask), tokens, jnp.where(mask, 0, state.offsets))
+        return self._placed(StreamState(forget_rows(state.caches, mask), tokens, jnp.where(mask, 0, state.offsets)))
 
     def step(self, state: StreamState, user_codes, key: jax.Array | None = None) -> tuple[StepOutput, StreamState]:
         """One frame: user_codes (B, n_q - dep_q) ints in [0, card) or -1 (the zero token). Consumes `state`."""
         codes = self._check_codes("Streamer.step", user_codes, state, frames=1)
         key = self._key("Streamer.step", key, None)
         out, pending, tokens, offsets = self._step(self.params, self.depth_weights, state, codes, key)
-        return out, StreamState(self._commit(state.caches, pending), tokens, offsets)
+        return out, self._placed(StreamState(self._commit(state.caches, pending), tokens, offsets))
 
     def generate(
         self, user_codes, key: jax.Array | None = None, *, state: StreamState | None = None
@@ -306,7 +337,8 @@ class Streamer:
             state = self.init_state(shape[0] if len(shape) == 3 and shape[0] >= 1 else 1)
         codes = self._check_codes("Streamer.generate", user_codes, state, frames=None)
         keys = self._key("Streamer.generate", key, codes.shape[2])
-        return self._generate(self.params, self.depth_weights, state, codes, keys)
+        out, state = self._generate(self.params, self.depth_weights, state, codes, keys)
+        return out, self._placed(state)
 
     def _key(self, where: str, key, frames: int | None):
         if key is None:

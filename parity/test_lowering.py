@@ -77,6 +77,13 @@ def _assert_sharded(exported: jax.export.Exported) -> None:
     assert '{"fsdp"}' in text and '{"dp", "fsdp"}' in text, "parameter or batch sharding missing from the program"
 
 
+def test_7b_stream_step_lowers_sharded_for_tpu():
+    """`Streamer(lm, mesh=)`'s step over 8 abstract TPU devices (fsdp 8: each holds 1/8 of the weights, the KV caches
+    split by kv heads), as a 7B stream on 16 GB chips runs: the program carries the placement."""
+    exported = stream_step_export(MOSHI_7B, "xla", "tpu", batch=1, mesh=sharding.abstract_mesh(1, 8))
+    assert exported.nr_devices == 8 and '{"fsdp"}' in exported.mlir_module()
+
+
 def test_7b_forward_with_pallas_lowers_sharded_for_tpu():
     """The same with the Mosaic kernels: XLA cannot partition a Pallas call ("Mosaic kernels cannot be automatically
     partitioned. Please wrap the call in a shard_map.", the strict xfail this replaces), so in the mesh's context each

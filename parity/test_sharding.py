@@ -1,7 +1,7 @@
 """Sharding rules: every parameter has exactly one rule, bad rules fail loudly, the 7B plan divides by the mesh, and the
 tiny LM sharded over a (dp=2, fsdp=4) mesh of 8 CPU devices computes what it computes unsharded (with XLA attention,
-with the Pallas kernels in a shard_map over the batch, loaded onto the mesh by from_checkpoint, and its LoRA train
-step).
+with the Pallas kernels in a shard_map over the batch, loaded onto the mesh by from_checkpoint, streaming
+(Streamer(mesh=)), and its LoRA train step).
 
 The 8-device run is a subprocess (`parity.harness.sharding_check`): this process initialised jax with one device.
 """
@@ -50,6 +50,7 @@ def test_sharded_lm_matches_unsharded():
     for diffs in measured["max_diff_over_rms"].values():
         assert diffs["text"] <= measured["bound"]["text"] and diffs["audio"] <= measured["bound"]["audio"]
     assert measured["checkpoint"] == {"split": measured["split"], "bit_exact": True}  # from_checkpoint(mesh=)
+    assert measured["stream"] == {"frames": 20, "tokens_equal": True, "split": measured["split"], "step_compiles": 1}
     pallas = measured["pallas"]  # attention="pallas" sharded: the kernels in a shard_map over the batch
     assert all(pallas["max_diff_over_rms"][k] <= measured["bound"][k] for k in ("text", "audio"))
     assert pallas["shard_maps"] > 0 and "batch 4 is not divisible by the data axes" in pallas["indivisible_batch_error"]
@@ -144,6 +145,17 @@ def test_rank_mismatch_and_unknown_axis_are_errors(tiny):
     tp = sharding.Rule(r"lm_head\.kernel", P(None, "tp"))
     with pytest.raises(ValueError, match=r"lm_head\.kernel: rule .* names mesh axes \['tp'\]"):
         sharding.param_specs(tiny, {"dp": 1, "fsdp": 4}, rules=_with(sharding.RULES, tp, drop=(r"lm_head\.kernel",)))
+
+
+def test_streamer_on_a_mesh_refuses_pallas():
+    """The Pallas kernels split a batch over devices (a shard_map); a stream's caches are split by heads: refused by
+    name, and the XLA twin is accepted (on a one-device mesh: this process has one device)."""
+    from models_flax.streaming import Streamer
+
+    mesh = sharding.make_mesh(1, 1)
+    Streamer(LM(LMConfig.tiny(), rngs=nnx.Rngs(0)), mesh=mesh)
+    with pytest.raises(ValueError, match=r"the LM's is 'pallas' \(4 layers, first depth\.layers\.0\.self_attn\)"):
+        Streamer(LM(LMConfig.tiny(), impl="pallas", rngs=nnx.Rngs(0)), mesh=mesh)
 
 
 def test_make_mesh_needs_every_device():

@@ -33,7 +33,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from models_flax import sharding
-from models_flax.attention import Attention
+from models_flax.attention import pallas_layers
 from models_flax.lm import LM
 from models_flax.loss import lm_loss
 from models_flax.training.lora import LoRAParam, has_lora
@@ -100,8 +100,7 @@ class Trainer:
             raise ValueError("Trainer: mode 'lora' needs a model with adapters (models_flax.training.lora.add_lora)")
         if cfg.mode == "full" and has_lora(model):
             raise ValueError("Trainer: mode 'full' on a model with LoRA adapters; merge them first (merge_lora)")
-        pallas = sorted({".".join(map(str, path)) for path, node in nnx.iter_graph(model)
-                         if isinstance(node, Attention) and node.impl == "pallas"})  # fmt: skip
+        pallas = pallas_layers(model)
         if pallas:
             raise ValueError(
                 f"Trainer: the model's attention is 'pallas' ({len(pallas)} layers, first {pallas[0]}): the Pallas "

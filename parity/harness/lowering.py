@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from models_flax import sharding, streaming
 from models_flax.kernels.decode import decode_attention
@@ -80,6 +81,16 @@ def abstract_lm(cfg: LMConfig, impl: str):
     return nnx.split(abstract_model(cfg, impl), nnx.Param, ...)
 
 
+def _on_mesh(params, mesh):
+    """Abstract parameters carrying their rule's sharding on `mesh`."""
+    specs = sharding.param_specs(params, mesh)
+    return jax.tree.map(
+        lambda leaf, spec: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=NamedSharding(mesh, spec)),
+        params,
+        specs,
+    )
+
+
 def lm_forward_export(
     cfg: LMConfig, impl: str, platform: str, *, batch: int = 1, frames: int = 16, mesh=None
 ) -> jax.export.Exported:
@@ -89,12 +100,7 @@ def lm_forward_export(
     graphdef, params, other = abstract_lm(cfg, impl)
     codes = jax.ShapeDtypeStruct((batch, 1 + cfg.n_q, frames), jnp.int32)
     if mesh is not None:
-        specs = sharding.param_specs(params, mesh)
-        params = jax.tree.map(
-            lambda leaf, spec: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=NamedSharding(mesh, spec)),
-            params,
-            specs,
-        )
+        params = _on_mesh(params, mesh)
         codes = jax.ShapeDtypeStruct(codes.shape, codes.dtype, sharding=NamedSharding(mesh, sharding.DATA_SPEC))
 
     def forward(params, other, codes):
@@ -106,13 +112,22 @@ def lm_forward_export(
         return export(forward, params, other, codes, platform=platform)
 
 
-def stream_step_export(cfg: LMConfig, impl: str, platform: str, *, batch: int = 1) -> jax.export.Exported:
+def stream_step_export(cfg: LMConfig, impl: str, platform: str, *, batch: int = 1, mesh=None) -> jax.export.Exported:
     """`Streamer.step`'s compiled program (`streaming._step_reading`: temporal step against full-size ring caches,
-    the depth transformer's dep_q steps, sampling) with kyutai's default samplers."""
+    the depth transformer's dep_q steps, sampling) with kyutai's default samplers; with an abstract ('dp', 'fsdp')
+    mesh, placed as `Streamer(mesh=)` places it (weights by the sharding rules, caches by kv heads)."""
     graphdef, _, _ = nnx.split(abstract_model(cfg, impl), streaming.is_depth_weight, ...)
     depth_weights, params = _stream_weights(cfg)
-    holder = SimpleNamespace(cfg=cfg, dtype=jnp.bfloat16)  # all that Streamer.init_state reads
+    holder = SimpleNamespace(cfg=cfg, dtype=jnp.bfloat16, mesh=mesh)  # all that Streamer.init_state reads
+    holder._placed = lambda state: state
     state = jax.eval_shape(lambda: streaming.Streamer.init_state(holder, batch))
+    if mesh is not None:
+        params, depth_weights = _on_mesh(params, mesh), [_on_mesh(w, mesh) for w in depth_weights]
+        kv = NamedSharding(mesh, P(None, "fsdp"))
+        whole = NamedSharding(mesh, P())
+        shardings = streaming.StreamState([c.replace(keys=kv, values=kv, positions=whole) for c in state.caches],
+                                          whole, whole)  # fmt: skip
+        state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shardings)
     codes = jax.ShapeDtypeStruct((batch, cfg.n_q - cfg.dep_q), jnp.int32)
     key = jax.eval_shape(lambda: jax.random.key(0))
     step = functools.partial(streaming._step_reading, graphdef, streaming.TEXT, streaming.AUDIO)

@@ -14,6 +14,7 @@ Checks, on a (dp=2, fsdp=4) mesh:
     a batch the data axes do not divide raises;
     with attention="pallas" in the mesh's context (the kernels in a shard_map over the batch), the sharded logits
     equal the unsharded Pallas model's within `BOUND`, the kernels inside shard_map regions (`pallas_check`);
+    `Streamer(lm, mesh=mesh)` streams the unsharded Streamer's greedy tokens, one compiled step (`stream_check`);
     `from_checkpoint(path, mesh=mesh)` places every parameter by its rule, and its sharded logits are bit for bit the
     sharded model's (`checkpoint_check`);
     the sharded train step equals the unsharded one (parity/harness/train_sharding_check.py).
@@ -38,9 +39,12 @@ from converters import flax_state
 from models_flax import sharding
 from models_flax.checkpoint import from_checkpoint
 from models_flax.lm import LM
+from models_flax.sampling import GREEDY
+from models_flax.streaming import Streamer
 from moshi_spec import LMConfig
 from parity.harness import train_sharding_check
 from parity.harness.policy import tolerance_for
+from parity.harness.streaming_runs import user_codes
 from train.export import write_merged
 
 DEVICES = 8
@@ -107,6 +111,40 @@ def checkpoint_check(host: dict, mesh, forward, codes: jax.Array, expected) -> d
         if not np.array_equal(np.asarray(getattr(expected, name)), np.asarray(getattr(out, name)), equal_nan=True):
             raise AssertionError(f"from_checkpoint(mesh=): {name} differ from the model sharded after it was built")
     return {"split": split, "bit_exact": True}
+
+
+def stream_check(cfg: LMConfig, mesh) -> dict:
+    """`Streamer(lm, mesh=mesh)`: greedy tokens over 14 frames of B=2, a reset of row 0 and 6 more frames, equal to
+    the unsharded Streamer's token for token; the weights placed by the rules, the caches split by kv heads; one
+    compiled step for the whole session (without the state's placement the second frame compiles again)."""
+
+    def run(streamer: Streamer) -> np.ndarray:
+        codes, tokens = user_codes(cfg, 2, 20, seed=3), []
+        state = streamer.init_state(2)
+        for t in range(codes.shape[2]):
+            if t == 14:
+                state = streamer.reset(state, np.array([True, False]))
+            out, state = streamer.step(state, codes[:, :, t])
+            tokens.append(np.asarray(out.tokens))
+        return np.stack(tokens, axis=-1), state
+
+    def build() -> LM:  # the same weights each time (a fresh Rngs(0))
+        return LM(cfg, precision=jax.lax.Precision.HIGHEST, rngs=nnx.Rngs(0))
+
+    expected, _ = run(Streamer(build(), text=GREEDY, audio=GREEDY))
+    lm = build()
+    streamer = Streamer(lm, text=GREEDY, audio=GREEDY, mesh=mesh)
+    got, state = run(streamer)
+    if not np.array_equal(expected, got):
+        first = np.argwhere(expected != got)[:3].tolist()
+        raise AssertionError(f"Streamer(mesh=): tokens differ from the unsharded ones at (row, stream, frame) {first}")
+    split = check_placement(lm, mesh)
+    specs = {getattr(c.keys.sharding, "spec", None) for c in state.caches}
+    if specs != {P(None, "fsdp")}:
+        raise AssertionError(f"Streamer(mesh=): caches placed with {specs}, expected P(None, 'fsdp') (kv heads)")
+    if streamer._step._cache_size() != 1:
+        raise AssertionError(f"Streamer(mesh=): the step compiled {streamer._step._cache_size()} times in one session")
+    return {"frames": int(got.shape[-1]), "tokens_equal": True, "split": split, "step_compiles": 1}
 
 
 def pallas_check(cfg: LMConfig, mesh, codes: np.ndarray) -> dict:
@@ -185,6 +223,7 @@ def main() -> int:
                 raise AssertionError(f"negative control: batch rows rolled by one pass: {rolled} <= {BOUND}")
             result["rolled_rows_control"] = rolled
     result["pallas"] = pallas_check(cfg, mesh, codes["dp_fsdp"])
+    result["stream"] = stream_check(cfg, mesh)
     sharded = sharding.shard_batch(codes["dp_fsdp"], mesh)
     result["checkpoint"] = checkpoint_check(host, mesh, forward, sharded, forward(state, sharded))
     try:
