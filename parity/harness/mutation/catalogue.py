@@ -40,6 +40,8 @@ from parity.harness.mutation.selections import (
 
 __all__ = ["CATALOGUE", "Mutation", "MutationError"]
 
+SHARDED = "parity/test_sharding.py::test_sharded_lm_matches_unsharded"  # the 8-device subprocess (about 25 s)
+
 FLAX: tuple[Mutation, ...] = (
     Mutation(
         "flax_norm_eps_hardcoded",
@@ -328,6 +330,34 @@ FLAX: tuple[Mutation, ...] = (
         "weights dropped",
         LM_HEADS_FLAX,
         "the text head's bias (kyutai's bias_proj) is left out",
+    ),
+    Mutation(
+        "flax_trainer_state_unplaced",
+        "models_flax/training/step.py",
+        "return jax.device_put(state, None if self._shardings is None else self._shardings[0])",
+        "return jax.device_put(state)",
+        "placement on a mesh",
+        (SHARDED,),
+        "the sharded trainer's fresh state is left where it was made (the step counter on one device): step 2 compiles "
+        "again",
+    ),
+    Mutation(
+        "flax_pallas_partitioned_by_xla",
+        "models_flax/kernels/dispatch.py",
+        "return per_batch_shard(kernel)(*args)",
+        "return kernel(*args)",
+        "placement on a mesh",
+        ("parity/test_lowering.py::test_7b_forward_with_pallas_lowers_sharded_for_tpu",),
+        "the Pallas call handed to XLA's partitioner on a mesh (which Mosaic refuses) instead of a shard_map",
+    ),
+    Mutation(
+        "flax_stream_state_unplaced",
+        "models_flax/streaming.py",
+        "return out, self._placed(StreamState(self._commit(state.caches, pending), tokens, offsets))",
+        "return out, StreamState(self._commit(state.caches, pending), tokens, offsets)",
+        "placement on a mesh",
+        (SHARDED,),
+        "a streamed state left as the step returned it on a mesh: the second frame compiles again",
     ),
 )
 
