@@ -150,22 +150,13 @@ def pytest_configure(config: pytest.Config) -> None:
 # Modules with single tests of 10-20 s (subprocesses, end-to-end runs) go first: last in alphabetical order, one xdist
 # worker finished them while the other had nothing left to run.
 RUN_FIRST = ("test_sharding.py", "test_readme.py", "test_train_cli.py", "test_training.py", "test_nightly_script.py")
-# Tests with the `patch` fixture (bugs planted in traced code) go last: it drops every compiled program of the worker
-# (jax.clear_caches), so each test after one compiles again what it shares with earlier ones.
-RUN_LAST_FIXTURE = "patch"
-
-
-def _order(item: pytest.Item) -> int:
-    if item.path.name in RUN_FIRST:
-        return 0
-    return 2 if RUN_LAST_FIXTURE in getattr(item, "fixturenames", ()) else 1
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The long modules first (RUN_FIRST) and the cache-clearing controls last (every worker sorts its collection the
-    same way, as xdist needs); tests marked `nightly` (longer twins of default-suite checks) run under the nightly
-    hypothesis profile only."""
-    items.sort(key=_order)  # stable: the order within each part is kept
+    """The long modules first (RUN_FIRST; every worker sorts its collection the same way, as xdist needs); tests
+    marked `nightly` (longer twins of default-suite checks) run under the nightly hypothesis profile only. (Collecting
+    the `patch` controls, which clear the worker's compiled programs, last was measured and saved nothing.)"""
+    items.sort(key=lambda item: item.path.name not in RUN_FIRST)  # stable: the order within each part is kept
     if records.hypothesis_profile() == "nightly":
         return
     skip = pytest.mark.skip(reason="nightly only (run with --hypothesis-profile nightly)")
