@@ -20,7 +20,6 @@ from converters.upstream_config import to_kyutai_kwargs
 from models_flax import sharding
 from moshi_spec import LMConfig, kyutai
 from parity.harness import adapters, lm_options, strategies
-from parity.harness.compare import ParityError
 from parity.harness.implementations import build
 
 TINY = LMConfig.tiny()
@@ -173,13 +172,12 @@ CONTROLS = {
 }
 
 
-@pytest.mark.parametrize("control", CONTROLS, ids=lambda f: f.__name__.strip("_"))
+@pytest.mark.parametrize("control", CONTROLS, ids=lm_options.control_name)
 def test_negative_control(control):
     models, expected = _ffn_runs()
     impl, cand = control(models)
-    with pytest.raises(ParityError):
-        lm_options.compare(FFN, expected, cand, ("kyutai", impl), "float32", components=(CONTROLS[control],),
-                 control=control.__name__.strip("_"))  # fmt: skip
+    lm_options.assert_control_fails(FFN, expected, cand, control=lm_options.control_name(control),
+                                    components=(CONTROLS[control],), impl=impl)  # fmt: skip
 
 
 def test_negative_control_hidden_width_off():

@@ -344,9 +344,8 @@ def test_negative_control(monkeypatch, control, components):
     else:
         control(monkeypatch)
     cand = models.run("flax", {"codes": lm_options.codes(HEADS)})
-    with pytest.raises(ParityError):
-        lm_options.compare(HEADS, runs["kyutai"], cand, ("kyutai", "flax"), "float32", components=components,
-                           control=control.__name__.strip("_"))  # fmt: skip
+    lm_options.assert_control_fails(HEADS, runs["kyutai"], cand, control=lm_options.control_name(control),
+                                    components=components)  # fmt: skip
 
 
 def test_negative_control_depth_biases_not_sliced(monkeypatch):

@@ -19,7 +19,6 @@ from converters.upstream_config import to_kyutai_kwargs
 from models_flax import sharding
 from moshi_spec import LMConfig
 from parity.harness import adapters, lm_options
-from parity.harness.compare import ParityError
 from parity.harness.implementations import build
 
 # layer norms (eps 1e-5) in both stacks and the final norm, a layer norm per codebook on the depth output (kyutai's
@@ -154,13 +153,12 @@ CONTROLS = {
 }
 
 
-@pytest.mark.parametrize("control", CONTROLS, ids=lambda f: f.__name__.strip("_"))
+@pytest.mark.parametrize("control", CONTROLS, ids=lm_options.control_name)
 def test_negative_control(control):
     models, expected = _layer_norm_runs()
     impl, cand = control(models)
-    with pytest.raises(ParityError):
-        lm_options.compare(LAYER_NORM, expected, cand, ("kyutai", impl), "float32", components=(CONTROLS[control],),
-                 control=control.__name__.strip("_"))  # fmt: skip
+    lm_options.assert_control_fails(LAYER_NORM, expected, cand, control=lm_options.control_name(control),
+                                    components=(CONTROLS[control],), impl=impl)  # fmt: skip
 
 
 def test_negative_control_wrong_eps():
@@ -171,9 +169,7 @@ def test_negative_control_wrong_eps():
     expected = models.run("kyutai", {"codes": lm_options.codes(cfg)})
     wrong = {name: getattr(cfg, name).replace(norm_eps=1e-8) for name in ("temporal", "depth")}
     cand = _run("flax", cfg.replace(**wrong), models.states["flax"])
-    with pytest.raises(ParityError):
-        lm_options.compare(cfg, expected, cand, ("kyutai", "flax"), "float32", components=("text_logits",),
-                           control="wrong_eps")  # fmt: skip
+    lm_options.assert_control_fails(cfg, expected, cand, control="wrong_eps", components=("text_logits",))
 
 
 def test_converting_to_hf_names_the_option():

@@ -29,7 +29,7 @@ from converters.upstream_config import to_kyutai_kwargs
 from models_ref.sin_embedding import sin_embedding as ref_sin_embedding
 from moshi_spec import LMConfig
 from parity.harness import adapters, lm_options
-from parity.harness.compare import ParityError, assert_parity
+from parity.harness.compare import assert_parity
 from parity.harness.implementations import build
 
 TINY = LMConfig.tiny()
@@ -219,10 +219,9 @@ CONTROLS = {  # the bug -> the logits it must disturb
 }
 
 
-@pytest.mark.parametrize("control", CONTROLS, ids=lambda f: f.__name__.strip("_"))
+@pytest.mark.parametrize("control", CONTROLS, ids=lm_options.control_name)
 def test_negative_control(control, monkeypatch):
     cfg, cand = control(monkeypatch)
     _, runs = _runs(cfg)
-    with pytest.raises(ParityError):
-        lm_options.compare(cfg, runs["kyutai"], cand, ("kyutai", "flax"), "float32", components=(CONTROLS[control],),
-                           control=control.__name__.strip("_"))  # fmt: skip
+    lm_options.assert_control_fails(cfg, runs["kyutai"], cand, control=lm_options.control_name(control),
+                                    components=(CONTROLS[control],))  # fmt: skip

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from jax import lax
 from safetensors.numpy import save_file
 
@@ -18,9 +19,9 @@ from models_flax.sampling import GREEDY
 from models_flax.streaming import Streamer
 from moshi_spec import LMConfig
 from parity.harness import adapters, strategies
-from parity.harness.compare import assert_parity
+from parity.harness.compare import ParityError, assert_parity
 from parity.harness.implementations import Models
-from parity.harness.lm_checks import compare_logits
+from parity.harness.lm_checks import LOGITS, compare_logits
 from parity.harness.policy import sized
 from parity.harness.streaming_runs import run_lmgen, run_steps, token_mismatch, user_codes
 
@@ -46,6 +47,21 @@ def compare(cfg: LMConfig, ref: dict, cand: dict, pair: tuple[str, str], dtype: 
                       expected_dtype=dtype, logits=True, config=config | {"what": "extra_logits"},
                       inputs={"codes": (extra.shape[0], 1 + cfg.n_q, extra.shape[2])},
                       control=kw.get("control"))  # fmt: skip
+
+
+def assert_control_fails(
+    cfg: LMConfig, expected: dict, cand: dict, *, control: str, components: tuple[str, ...] = LOGITS, impl: str = "flax"
+) -> None:
+    """A negative control: `cand`, the outputs of a planted bug, fail `compare` against kyutai's `expected` (float32)
+    on `components` (the logits the bug must disturb: `lm_checks.compare_logits`'s), recorded under the control's
+    name."""
+    with pytest.raises(ParityError):
+        compare(cfg, expected, cand, ("kyutai", impl), "float32", components=components, control=control)
+
+
+def control_name(bug: Any) -> str:
+    """A planted bug's name (its function's, without the leading underscore): the control's id and record name."""
+    return bug.__name__.strip("_")
 
 
 def assert_stream_tokens_match_lmgen(models: Models) -> None:
