@@ -1,6 +1,6 @@
 """The catalogue of planted porting bugs: one `Mutation` per bug, a source-level edit of models_flax, models_ref or
 converters and the fast tests that should catch it (the converter entries live in converter_mutations.py, the
-shared test selections in selections.py).
+refactored PyTorch's in ref_mutations.py, the shared test selections in selections.py).
 
 Each entry names the exact snippet it replaces (which must occur exactly once in its file: `parity/test_mutation.py`
 checks every entry against the current source, so the catalogue cannot rot silently), the replacement, the class of
@@ -18,22 +18,19 @@ from __future__ import annotations
 
 from parity.harness.mutation.converter_mutations import CONVERTERS
 from parity.harness.mutation.edit import Mutation, MutationError
+from parity.harness.mutation.ref_mutations import REF
 from parity.harness.mutation.selections import (
     ATTENTION_FLAX,
-    ATTENTION_REF,
     BF16_MATH,
     GREEDY_STREAM,
     LM_DEPTH_OPTIONS,
     LM_FLAX,
     LM_HEADS_FLAX,
-    LM_HEADS_REF,
     LM_NORMS,
     LM_POSITIONS,
-    LM_REF,
     MLP_FLAX,
     MOSAIC_INTERPRET,
     RMSNORM,
-    RMSNORM_HF_REF,
     ROPE_FLAX,
     STREAM_LAWS,
 )
@@ -360,117 +357,6 @@ FLAX: tuple[Mutation, ...] = (
         "a fresh stream's state left on one device on a mesh: the second frame compiles again (the step's own output "
         "keeps the caches' head split, so leaving that one unplaced changes nothing here: an equivalent mutant, not "
         "listed)",
-    ),
-)
-
-REF: tuple[Mutation, ...] = (
-    Mutation(
-        "ref_norm_eps_outside_sqrt",
-        "models_ref/norm.py",
-        "y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)",
-        "y = x32 / (x32.pow(2).mean(-1, keepdim=True).sqrt() + self.eps)",
-        "eps",
-        RMSNORM_HF_REF,
-        "eps added outside the square root (LayerNorm habits)",
-    ),
-    Mutation(
-        "ref_rope_first_row_positions",
-        "models_ref/rope.py",
-        "angles = positions.float()[..., None, None]",
-        "angles = positions[:1].float()[..., None, None]",
-        "per-row positions",
-        ("parity/test_rope.py::test_hf_half_split[hf->ref]", "parity/test_rope.py::test_kyutai_to_ref"),
-        "every batch row is rotated with the first row's positions",
-    ),
-    Mutation(
-        "ref_mask_window_inclusive",
-        "models_ref/attention.py",
-        "mask = mask & (delta < context)",
-        "mask = mask & (delta <= context)",
-        "mask off by one",
-        ATTENTION_REF,
-        "the context window lets a query see context + 1 keys",
-    ),
-    Mutation(
-        "ref_scores_in_input_dtype",
-        "models_ref/attention.py",
-        'torch.einsum("btkgd,bskd->bkgts", q.float(), k.float())',
-        'torch.einsum("btkgd,bskd->bkgts", q, k).float()',
-        "bf16 island dropped",
-        (*ATTENTION_REF, *ATTENTION_FLAX, "parity/test_attention.py::test_bf16_scores_stay_float32"),
-        "q.k computed in bf16 and only then widened",
-    ),
-    Mutation(
-        "ref_kv_heads_tiled",
-        "models_ref/attention.py",
-        "q = q.unflatten(2, (k.shape[2], groups))",
-        "q = q.unflatten(2, (groups, k.shape[2])).transpose(2, 3)",
-        "kv head grouping",
-        ATTENTION_REF,
-        "query head h uses key/value head h % Hkv (tile) instead of h // groups (repeat)",
-    ),
-    Mutation(
-        "ref_flexible_weight_transposed",
-        "models_ref/linear.py",
-        'torch.einsum("bsi,soi->bso"',
-        'torch.einsum("bsi,sio->bso"',
-        "transposed weight",
-        ("parity/test_flexible_linear.py::test_parity[hf->ref-none]",),
-        "per-codebook weights read as (in, out) instead of torch's (out, in)",
-    ),
-    Mutation(
-        "ref_cache_positions_shifted",
-        "models_ref/cache.py",
-        "pos[rows, slots] = k, v, positions.long()",
-        "pos[rows, slots] = k, v, positions.long() - 1",
-        "cache index",
-        ("parity/test_attention.py::test_cache_step_equals_full[ref]",),
-        "cached keys are recorded one position early",
-    ),
-    Mutation(
-        "ref_initial_token_one_step",
-        "models_ref/delays.py",
-        "out[:, k, :d] = initial[k]",
-        "out[:, k, :1] = initial[k]",
-        "delay off by one",
-        ("parity/test_lm_masks.py::test_delay_pattern_matches_kyutai[ref-spread]",),
-        "a stream delayed by d > 1 gets its initial token for one step only",
-    ),
-    Mutation(
-        "ref_depth_projections_reversed",
-        "models_ref/lm.py",
-        "layer_idx=torch.tensor(self.cfg.depth_in_sets[:steps]))",
-        "layer_idx=torch.tensor(self.cfg.depth_in_sets[:steps]).flip(0))",
-        "codebook indexing",
-        LM_REF,
-        "the depth transformer's input projections are applied in reverse codebook order",
-    ),
-    Mutation(
-        "ref_layer_shared_norm",
-        "models_ref/layer.py",
-        "self.mlp(self.post_attention_layernorm(x), layer_idx=layer_idx)",
-        "self.mlp(self.input_layernorm(x), layer_idx=layer_idx)",
-        "residual/norm wiring",
-        ("parity/test_decoder_layer.py::test_parity[hf-ref-16]",),
-        "the MLP block reuses the attention block's norm",
-    ),
-    Mutation(
-        "ref_text_mask_wrong_sentinel",
-        "models_ref/lm.py",
-        "text_mask &= codes[:, :1] != -1",
-        "text_mask &= codes[:, :1] != -2",
-        "zero token",
-        LM_REF,
-        "the text mask tests the ungenerated sentinel (-2) instead of the zero token (-1)",
-    ),
-    Mutation(
-        "ref_depth_head_bias_first_codebook",
-        "models_ref/linear.py",
-        "return y if b is None else y + b",
-        "return y if b is None else y + b[:1]",
-        "codebook indexing",
-        LM_HEADS_REF,
-        "every depth head adds the first codebook's bias (kyutai's bias_proj linears.{k})",
     ),
 )
 
