@@ -12,9 +12,9 @@ comparison can fail); the untrained model's logits differ from the checkpoint's;
 file's; each refused input's valid twin is accepted.
 
 The invocations share one compiled train step: each builds its own Trainer, and every Trainer of the same model
-structure and config calls the same jitted step (models_flax/training/step.py). The runs are session-scoped fixtures:
-xdist may hand this module's tests to its worker between other modules' tests, and a module-scoped fixture would then
-be built again (11 s each time).
+structure and config calls the same jitted step (models_flax/training/step.py). The runs are session-scoped fixtures,
+built once per worker (11 s) even if the module's tests reach a worker between other modules' tests, as they did
+while pytest 9.2 dropped xdist groups (parity/test_scheduling.py).
 """
 
 from __future__ import annotations

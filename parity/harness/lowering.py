@@ -118,8 +118,8 @@ def stream_step_export(cfg: LMConfig, impl: str, platform: str, *, batch: int = 
     mesh, placed as `Streamer(mesh=)` places it (weights by the sharding rules, caches by kv heads)."""
     graphdef, _, _ = nnx.split(abstract_model(cfg, impl), streaming.is_depth_weight, ...)
     depth_weights, params = _stream_weights(cfg)
-    holder = SimpleNamespace(cfg=cfg, dtype=jnp.bfloat16, mesh=mesh)  # all that Streamer.init_state reads
-    holder._placed = lambda state: state
+    # all that Streamer.init_state reads (the placement on a mesh is given to the abstract state below)
+    holder = SimpleNamespace(cfg=cfg, dtype=jnp.bfloat16, _placed=lambda state: state)
     state = jax.eval_shape(lambda: streaming.Streamer.init_state(holder, batch))
     if mesh is not None:
         params, depth_weights = _on_mesh(params, mesh), [_on_mesh(w, mesh) for w in depth_weights]
