@@ -40,7 +40,7 @@ from models_flax import sharding
 from models_flax.checkpoint import from_checkpoint
 from models_flax.lm import LM
 from models_flax.sampling import GREEDY
-from models_flax.streaming import Streamer
+from models_flax.streaming import Streamer, StreamState
 from moshi_spec import LMConfig
 from parity.harness import train_sharding_check
 from parity.harness.policy import tolerance_for
@@ -118,7 +118,7 @@ def stream_check(cfg: LMConfig, mesh) -> dict:
     the unsharded Streamer's token for token; the weights placed by the rules, the caches split by kv heads; one
     compiled step for the whole session (without the state's placement the second frame compiles again)."""
 
-    def run(streamer: Streamer) -> np.ndarray:
+    def run(streamer: Streamer) -> tuple[np.ndarray, StreamState]:
         codes, tokens = user_codes(cfg, 2, 20, seed=3), []
         state = streamer.init_state(2)
         for t in range(codes.shape[2]):
@@ -210,8 +210,11 @@ def main() -> int:
     result = {"params": len(host), "split": split, "mesh": dict(mesh.shape), "bound": BOUND}
     result["unsharded_noise"] = floor
     result["max_diff_over_rms"] = {}
+    batches, outs = {}, {}
     for name, spec in layouts.items():
-        out, ref = forward(state, sharding.shard_batch(codes[name], mesh, spec=spec)), refs[name]
+        batches[name] = sharding.shard_batch(codes[name], mesh, spec=spec)
+        out = outs[name] = forward(state, batches[name])
+        ref = refs[name]
         if out.text_logits.sharding.device_set != set(mesh.devices.flat):
             raise AssertionError(f"{name}: output not computed on the mesh: {out.text_logits.sharding}")
         diffs = result["max_diff_over_rms"][name] = compare(ref, out, name)
@@ -224,8 +227,7 @@ def main() -> int:
             result["rolled_rows_control"] = rolled
     result["pallas"] = pallas_check(cfg, mesh, codes["dp_fsdp"])
     result["stream"] = stream_check(cfg, mesh)
-    sharded = sharding.shard_batch(codes["dp_fsdp"], mesh)
-    result["checkpoint"] = checkpoint_check(host, mesh, forward, sharded, forward(state, sharded))
+    result["checkpoint"] = checkpoint_check(host, mesh, forward, batches["dp_fsdp"], outs["dp_fsdp"])
     try:
         sharding.shard_batch(codes["dp_fsdp"][:3], mesh)
     except ValueError as e:
