@@ -91,8 +91,9 @@ class Trainer:
     """The jitted train step of one model and one TrainConfig (see the module docstring).
 
     Raises (at construction):
-        ValueError: mode "lora" on a model without adapters, mode "full" on one with adapters, or a mesh the
-            parameters do not split on (naming the parameters).
+        ValueError: mode "lora" on a model without adapters, mode "full" on one with adapters, a model with Pallas
+            attention (forward-only kernels, naming its layers), or a mesh the parameters do not split on (naming the
+            parameters).
     """
 
     def __init__(self, model: LM, cfg: TrainConfig, *, mesh: Mesh | None = None):
