@@ -54,6 +54,7 @@ def test_sharded_lm_matches_unsharded():
     pallas = measured["pallas"]  # attention="pallas" sharded: the kernels in a shard_map over the batch
     assert all(pallas["max_diff_over_rms"][k] <= measured["bound"][k] for k in ("text", "audio"))
     assert pallas["shard_maps"] > 0 and "batch 4 is not divisible by the data axes" in pallas["indivisible_batch_error"]
+    assert all(pallas["rolled_rows_control"][k] > measured["bound"][k] for k in ("text", "audio"))
     train = measured["train"]  # the sharded train step (parity/harness/train_sharding_check.py)
     assert train["split"] >= 100  # master, mu and nu leaves with a split axis
     assert all(train["max_diff_over_rms"][w] <= train["bound"][w] for w in train["bound"])

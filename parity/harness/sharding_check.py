@@ -13,7 +13,8 @@ Checks, on a (dp=2, fsdp=4) mesh:
     four rows); masks are equal; the same comparison on batch rows rolled by one fails it (negative control);
     a batch the data axes do not divide raises;
     with attention="pallas" in the mesh's context (the kernels in a shard_map over the batch), the sharded logits
-    equal the unsharded Pallas model's within `BOUND`, the kernels inside shard_map regions (`pallas_check`);
+    equal the unsharded Pallas model's within `BOUND` (rows rolled by one fail it), the kernels inside shard_map
+    regions (`pallas_check`);
     `Streamer(lm, mesh=mesh)` streams the unsharded Streamer's greedy tokens, one compiled step (`stream_check`);
     `from_checkpoint(path, mesh=mesh)` places every parameter by its rule, and its sharded logits are bit for bit the
     sharded model's (`checkpoint_check`);
@@ -177,7 +178,11 @@ def pallas_check(cfg: LMConfig, mesh, codes: np.ndarray) -> dict:
         raise AssertionError(f"pallas: max diff / rms {diffs} > {BOUND}")
     if manual == 0:
         raise AssertionError("pallas: no shard_map region in the program: the kernels ran partitioned by XLA")
-    return {"max_diff_over_rms": diffs, "shard_maps": manual, "indivisible_batch_error": indivisible}
+    rolled = compare(ref, jax.tree.map(lambda x: np.roll(np.asarray(x), 1, axis=0), out), "pallas rolled rows")
+    if not all(rolled[k] > BOUND[k] for k in BOUND):  # negative control: devices' rows concatenated out of order
+        raise AssertionError(f"negative control: pallas rows rolled by one pass: {rolled} <= {BOUND}")
+    return {"max_diff_over_rms": diffs, "shard_maps": manual, "indivisible_batch_error": indivisible,
+            "rolled_rows_control": rolled}  # fmt: skip
 
 
 def main() -> int:
