@@ -12,7 +12,8 @@ checks, for the same reason.
 
 `--full-size-preset {tiny,small,moshi_7b}` sizes the tests marked `full_size` (parity/test_full_size.py): tiny in the
 default suite, moshi_7b in the nightly job (`pytest parity -m full_size --full-size-preset moshi_7b`), with the weights
-and codes drawn from `--full-size-seed` (default 0).
+and codes drawn from `--full-size-seed` (default 0), the Flax weights split over `--full-size-fsdp N` devices (default:
+one where it holds them, else all of the platform's).
 
 `--platform {cpu,gpu,cuda,rocm,tpu,auto}` (a comma-separated list is allowed, as for JAX_PLATFORMS) picks the jax
 backend: it sets `JAX_PLATFORMS` before any test module imports jax, and `jax_platforms` if jax is already imported.
@@ -112,6 +113,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type=int,
         default=0,
         help="seed of the full_size tests' weights (s) and codes (s + 1, s + 2) (default 0)",
+    )
+    parser.addoption(
+        "--full-size-fsdp",
+        type=int,
+        default=None,
+        help="devices the full_size tests split the Flax weights over (default: one where it holds them, else all of "
+        "the platform's, as a TPU v5e host needs at 7B; 1: one device)",
     )
 
 

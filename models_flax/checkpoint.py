@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from models_flax.lm import LM
 
@@ -141,8 +141,6 @@ def from_checkpoint(
     def on_mesh(model: LM) -> Callable[[str, Any], jax.Array]:
         from models_flax import sharding
 
-        specs = nnx.to_flat_state(sharding.param_specs(model, mesh))
-        placed = {".".join(map(str, path)): NamedSharding(mesh, spec.get_value()) for path, spec in specs}
-        return lambda key, array: jax.device_put(array, placed[key])
+        return sharding.placer(model, mesh)
 
     return load_checkpoint(path, component="lm", build=build, dtype=dtype, place=None if mesh is None else on_mesh)

@@ -30,7 +30,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -210,6 +211,19 @@ def shard_model(model: nnx.Module, mesh: Mesh, *, rules: Sequence[Rule] = RULES)
     shardings = jax.tree.map(lambda spec: NamedSharding(mesh, spec), param_specs(state, mesh, rules=rules))
     nnx.update(model, jax.device_put(state, shardings))
     return model
+
+
+def placer(model: nnx.Module, mesh: Mesh, *, rules: Sequence[Rule] = RULES) -> Callable[[str, Any], jax.Array]:
+    """(key, host array) -> the array on its shards of `mesh` by the rules, for `converters.load_flax(place=)`: a loader
+    puts each parameter of `model` (abstract: `nnx.eval_shape`) from the host straight onto its shards, so no device
+    ever holds the whole model. Keys are '.'-joined nnx paths, as `converters.flax_state` writes them.
+
+    Raises:
+        As `param_specs`, before anything is placed.
+    """
+    specs = nnx.to_flat_state(param_specs(model, mesh, rules=rules))
+    placed = {_path(parts): NamedSharding(mesh, spec.get_value()) for parts, spec in specs}
+    return lambda key, array: jax.device_put(array, placed[key])
 
 
 def shard_batch(x: jax.Array | np.ndarray, mesh: Mesh, *, spec: P = DATA_SPEC) -> jax.Array:

@@ -13,10 +13,16 @@ Over a sequence of a few dozen frames:
   between two near-equal logits is rounding, not a bug: tokens must agree up to the first difference, and the logits
   that token was sampled from must match kyutai's within the bf16 policy (a wrong model fails there).
 bfloat16 always; float32 where the host and the device hold it (`full_size.memory_shortfall`), else skipped saying why.
+Where one device cannot hold the Flax weights, they are split over all of the host's (`full_size.mesh_for`: a TPU
+v5e's 16 GB chips at 7B); `--full-size-fsdp N` forces N (1: one device).
 Bounds: the policy's rows for the preset (`policy.sized`), measured by bench/measure_full_size.py.
 """
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import jax
 import pytest
@@ -51,51 +57,59 @@ def size(request: pytest.FixtureRequest) -> tuple[str, int]:
     return request.config.getoption("full_size_preset"), request.config.getoption("full_size_seed")
 
 
+@pytest.fixture(scope="module")
+def fsdp(request: pytest.FixtureRequest) -> int | None:
+    """How many devices the Flax weights are split over (None: as `full_size.shards` decides)."""
+    return request.config.getoption("full_size_fsdp")
+
+
 @pytest.fixture(scope="module", params=DTYPES)
-def dtype(request: pytest.FixtureRequest, size: tuple[str, int]):
+def dtype(request: pytest.FixtureRequest, size: tuple[str, int], fsdp: int | None):
     """The run's dtype, module-scoped so that pytest runs every test of one dtype before the next dtype's, whose models
     are built only after the last one's are released (at 7B each pair holds tens of GB); skipped, saying why, where the
     machine cannot hold that dtype's pair."""
-    reason = full_size.memory_shortfall(LMConfig.preset(size[0]), request.param)
+    reason = full_size.memory_shortfall(LMConfig.preset(size[0]), request.param, fsdp)
     if reason:
         pytest.skip(f"{size[0]}: {reason}")
     yield request.param
     full_size.release()
 
 
-def _config(size: tuple[str, int], **extra) -> dict:
+def _config(size: tuple[str, int], dtype: str, fsdp: int | None, **extra) -> dict:
     preset, seed = size
     return {"preset": preset, "seed": seed, "frames": full_size.FRAMES, "batch": BATCH,
-            "platform": jax.default_backend(), "kyutai_device": full_size.kyutai_device(), **extra}  # fmt: skip
+            "platform": jax.default_backend(), "kyutai_device": full_size.kyutai_device(),
+            "fsdp": full_size.shards(LMConfig.preset(preset), dtype, fsdp), **extra}  # fmt: skip
 
 
-def test_logits(size, dtype):
-    models, runs = full_size.drift_runs(size[0], dtype, size[1])
-    compare_logits(models.cfg, runs["kyutai"], runs["flax"], PAIR, dtype, preset=size[0], config=_config(size))
+def test_logits(size, dtype, fsdp):
+    models, runs = full_size.drift_runs(size[0], dtype, size[1], fsdp)
+    config = _config(size, dtype, fsdp)
+    compare_logits(models.cfg, runs["kyutai"], runs["flax"], PAIR, dtype, preset=size[0], config=config)
 
 
-def test_layer_drift(size, dtype):
+def test_layer_drift(size, dtype, fsdp):
     """Every layer of both stacks, propagated and teacher-forced; the assertion names the first over budget."""
-    models, runs = full_size.drift_runs(size[0], dtype, size[1])
-    failures = layer_drift(models, runs, PAIR, dtype, preset=size[0], config=_config(size))
+    models, runs = full_size.drift_runs(size[0], dtype, size[1], fsdp)
+    failures = layer_drift(models, runs, PAIR, dtype, preset=size[0], config=_config(size, dtype, fsdp))
     assert not failures, f"{size[0]} {dtype} {PAIR} first diverging: {failures[0]}"
 
 
-def test_stream_logits_match_kyutai(size, dtype):
+def test_stream_logits_match_kyutai(size, dtype, fsdp):
     """Every frame's step logits against kyutai's full forward of the same history (whatever the tokens were)."""
-    _, run, reference = full_size.stream_runs(size[0], dtype, size[1])
+    _, run, reference = full_size.stream_runs(size[0], dtype, size[1], fsdp)
     cfg = LMConfig.preset(size[0])
     for component, (full, step) in aligned_logits(cfg, reference, run).items():
         # The step's logits are float32, upcast exactly from the model dtype, as kyutai_logits returns kyutai's.
         assert_parity(full, step, component=sized(component, size[0]), pair=("kyutai", "flax[step]"),
                       expected_dtype="float32", compute_dtype=dtype, logits=True,
-                      config=_config(size, frames=cfg.max_delay + STREAM_FRAMES))  # fmt: skip
+                      config=_config(size, dtype, fsdp, frames=cfg.max_delay + STREAM_FRAMES))  # fmt: skip
 
 
-def test_stream_tokens_match_lmgen(size, dtype):
+def test_stream_tokens_match_lmgen(size, dtype, fsdp):
     """float32: token for token. bfloat16: equal up to the first difference, which must be a near tie (its logits
     match kyutai's within the policy); the tokens after it follow a different history and are not compared."""
-    expected, got, reference = full_size.stream_runs(size[0], dtype, size[1])
+    expected, got, reference = full_size.stream_runs(size[0], dtype, size[1], fsdp)
     cfg = LMConfig.preset(size[0])
     assert got["tokens"].shape == expected.shape
     if first_token_mismatch(cfg, expected, got["tokens"]) is None:
@@ -113,7 +127,7 @@ def test_mimi(size):
     decoded audio. The assertion names the first stage over budget."""
     built, encoded, decoded = full_size.mimi_runs(*size)
     codec = full_size.MIMI_PRESETS[size[0]]
-    config = _config(size, codec=codec, frames=full_size.MIMI_FRAMES[codec])
+    config = _config(size, "float32", 1, codec=codec, frames=full_size.MIMI_FRAMES[codec])
     failures = []
     for layer, name, a, b in full_size.stage_cases(built.cfg, encoded, decoded):
         ok, _, why = check_parity(a, b, component=sized("mimi_stage", codec), pair=PAIR, expected_dtype="float32",
@@ -127,6 +141,23 @@ def test_mimi(size):
                  config=config)  # fmt: skip
     assert_parity(decoded["kyutai"]["audio"], decoded["flax"]["audio"], component=sized("mimi_audio", codec),
                   pair=PAIR, expected_dtype="float32", config=config)  # fmt: skip
+
+
+def test_checks_pass_on_a_mesh(size, tmp_path):
+    """The float32 checks above, rerun in a process with 8 CPU devices and the Flax weights split over 4 of them
+    (`--full-size-fsdp 4`, as a TPU v5e host splits 7B over its chips): every weight on its shards by its rule
+    (`full_size.models` checks it) and the same comparisons against kyutai. At the tiny preset only: above it this
+    process's platform decides (`full_size.mesh_for`)."""
+    if size[0] != "tiny":
+        pytest.skip(f"the mesh twin runs at the tiny preset; at {size[0]} full_size.mesh_for splits by memory")
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+    command = [sys.executable, "-m", "pytest", __file__, "-k", "float32 and not mesh", "--full-size-fsdp", "4",
+               "--full-size-seed", str(size[1]), "-n", "0", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
+               "--no-records"]  # fmt: skip
+    result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    assert result.returncode == 0 and summary.startswith("4 passed"), (result.stdout + result.stderr)[-4000:]
 
 
 def test_bf16_token_check_fails_on_a_wrong_model():

@@ -4,6 +4,11 @@ kyutai LMModel and our Flax LM at an LMConfig preset with one seed's random weig
 From a seed s: the weights (s), the forward's codes (s + 1) and the stream's user codes (s + 2). The Flax LM runs on the
 default jax device (the accelerator); kyutai runs in torch on the GPU when jax runs on one and torch sees CUDA
 (`kyutai_device`), else on the host CPU, as it must on a TPU host.
+
+Where one accelerator cannot hold the Flax weights but the host's together can (7B in bf16 is 15.4 GB; a TPU v5e chip
+has 16 GB), they are split over all of them: a (1, n) ('dp', 'fsdp') mesh, each weight going from the host straight
+onto its shards by the sharding rules (`mesh_for`; `fsdp` forces a mesh size, 1 none), and the streaming check runs
+`Streamer(mesh=)`. The comparisons are the same either way.
 """
 
 from __future__ import annotations
@@ -14,12 +19,15 @@ from functools import cache
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 
+from models_flax import sharding
 from models_flax.sampling import GREEDY
 from models_flax.streaming import Streamer
 from moshi_spec import LMConfig, MimiConfig
 from parity.harness.implementations import Models, build
 from parity.harness.lm_checks import CAPTURES
+from parity.harness.placement import check_placement
 from parity.harness.strategies import random_codes
 from parity.harness.streaming_runs import consumed_codes, kyutai_logits, run_lmgen, run_steps, user_codes
 
@@ -31,27 +39,58 @@ DTYPES = ("bfloat16", "float32")
 BYTES = {"float32": 4, "bfloat16": 2}
 
 
-def memory_shortfall(cfg: LMConfig, dtype: str) -> str | None:
-    """Why this machine cannot hold the runs in `dtype`, or None.
+def memory_shortfall(cfg: LMConfig, dtype: str, fsdp: int | None = None) -> str | None:
+    """Why this machine cannot hold the runs in `dtype` on `shards(cfg, dtype, fsdp)` devices, or None.
 
     Host: kyutai is built in float32 and cast (4 + b bytes per parameter at the peak), its state is read as numpy
     (shared with torch) and converted once for Flax (b): 4 + 2b bytes per parameter, plus a quarter for activations
-    and the allocator. Device: the Flax weights (b), plus a quarter. On a CPU-only run both live in host memory.
+    and the allocator. Device: the Flax weights (b), plus a quarter, over the devices they are split over (the rules
+    split every matrix and embedding; the norms, biases and layer scales they keep whole are under 0.1% at 7B). On a
+    CPU-only run both live in host memory.
     """
-    params, size = cfg.num_params(), BYTES[dtype]
-    host_need = 1.25 * params * (4 + 2 * size)
-    device_need = 1.25 * params * size
+    host_need, device_need = _needs(cfg, dtype)
     host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    device = jax.devices()[0]
-    stats = device.memory_stats() if device.platform != "cpu" else None
-    if stats is None or "bytes_limit" not in stats:
+    limit = _device_limit()
+    if limit is None:
         host_need += device_need
-    elif device_need > stats["bytes_limit"]:
-        limit = stats["bytes_limit"]
-        return f"{dtype}: the Flax weights need ~{device_need / 2**30:.0f} GiB, {device} has {limit / 2**30:.0f}"
+    else:
+        n = shards(cfg, dtype, fsdp)
+        if device_need / n > limit:
+            held = f"{jax.devices()[0]} has" if n == 1 else f"each of {n} {jax.default_backend()} devices has"
+            need = device_need / n / 2**30
+            return f"{dtype}: the Flax weights need ~{need:.0f} GiB per device, {held} {limit / 2**30:.0f}"
     if host_need > host:
         return f"{dtype}: kyutai on the host needs ~{host_need / 2**30:.0f} GiB, the host has {host / 2**30:.0f}"
     return None
+
+
+def _needs(cfg: LMConfig, dtype: str) -> tuple[float, float]:
+    params, size = cfg.num_params(), BYTES[dtype]
+    return 1.25 * params * (4 + 2 * size), 1.25 * params * size
+
+
+def _device_limit() -> int | None:
+    """The default device's memory in bytes; None on a CPU (host memory) or where the device does not say."""
+    device = jax.devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    return None if stats is None else stats.get("bytes_limit")
+
+
+def shards(cfg: LMConfig, dtype: str, fsdp: int | None = None) -> int:
+    """How many devices the Flax weights are split over: `fsdp` when given; else 1 where the default device holds
+    them (or is the host's CPU), every device of the default backend where it does not."""
+    if fsdp is not None:
+        if not 1 <= fsdp <= jax.device_count():
+            raise ValueError(f"full size: fsdp={fsdp}, but jax has {jax.device_count()} devices")
+        return fsdp
+    limit = _device_limit()
+    return 1 if limit is None or _needs(cfg, dtype)[1] <= limit else jax.device_count()
+
+
+def mesh_for(cfg: LMConfig, dtype: str, fsdp: int | None = None) -> Mesh | None:
+    """The (1, n) mesh over the first n = `shards(...)` devices the Flax weights are split over; None for one."""
+    n = shards(cfg, dtype, fsdp)
+    return None if n == 1 else sharding.make_mesh(1, n, devices=jax.devices()[:n])
 
 
 def kyutai_device() -> str:
@@ -62,32 +101,41 @@ def kyutai_device() -> str:
 
 
 @cache
-def models(preset: str, dtype: str, seed: int) -> Models:
-    """The pair, kyutai moved to `kyutai_device()` after its weights were drawn and converted, without the weight
-    states `build` keeps (two more copies of the weights on the host: 31 GB each for 7B in float32; nothing here
-    converts again)."""
-    built = build("lm", LMConfig.preset(preset), dtype, impls=PAIR, seed=seed)
+def models(preset: str, dtype: str, seed: int, fsdp: int | None = None) -> Models:
+    """The pair, Flax on `mesh_for(..., fsdp)` (every weight checked to be where its rule puts it), kyutai moved to
+    `kyutai_device()` after its weights were drawn and converted, without the weight states `build` keeps (two more
+    copies of the weights on the host: 31 GB each for 7B in float32; nothing here converts again)."""
+    cfg = LMConfig.preset(preset)
+    mesh = mesh_for(cfg, dtype, fsdp)
+    built = build("lm", cfg, dtype, impls=PAIR, seed=seed, mesh=mesh)
+    if mesh is not None:
+        check_placement(built.module("flax"), mesh)
     built.states.clear()
     built.module("kyutai").to(kyutai_device())
     return built
 
 
 @cache
-def drift_runs(preset: str, dtype: str, seed: int) -> tuple[Models, dict[str, dict[str, np.ndarray]]]:
+def drift_runs(
+    preset: str, dtype: str, seed: int, fsdp: int | None = None
+) -> tuple[Models, dict[str, dict[str, np.ndarray]]]:
     """(the models, each one's forward of the seed's codes with both stacks captured)."""
-    built = models(preset, dtype, seed)
+    built = models(preset, dtype, seed, fsdp)
     codes = random_codes(built.cfg, BATCH, FRAMES, seed=seed + 1, zero_fraction=0.1)
     return built, {impl: built.run(impl, {"codes": codes}, capture=CAPTURES) for impl in PAIR}
 
 
 @cache
-def stream_runs(preset: str, dtype: str, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+def stream_runs(
+    preset: str, dtype: str, seed: int, fsdp: int | None = None
+) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(LMGen's greedy tokens, our Streamer's greedy run, kyutai's full-forward logits of what our stream consumed)."""
-    built = models(preset, dtype, seed)
+    built = models(preset, dtype, seed, fsdp)
     cfg = built.cfg
     codes = user_codes(cfg, BATCH, cfg.max_delay + STREAM_FRAMES, seed=seed + 2)
     expected = run_lmgen(built.module("kyutai"), codes, use_sampling=False)
-    run = run_steps(Streamer(built.module("flax"), text=GREEDY, audio=GREEDY), codes)
+    streamer = Streamer(built.module("flax"), text=GREEDY, audio=GREEDY, mesh=mesh_for(cfg, dtype, fsdp))
+    run = run_steps(streamer, codes)
     return expected, run, kyutai_logits(built.module("kyutai"), consumed_codes(cfg, codes, run))
 
 

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import converters
 from parity.harness import adapters
 from parity.harness.adapters import Impl
 from parity.harness.adapters.base import Built, Inputs, Outputs, State
+
+if TYPE_CHECKING:
+    from jax.sharding import Mesh
 
 
 @dataclass
@@ -62,12 +65,22 @@ def weight_source(component: str, cfg: Any) -> str:
 
 
 def build(
-    component: str, cfg: Any, dtype: str, *, impls: Sequence[str | Impl] = ("hf", "ref", "flax"), seed: int = 0
+    component: str,
+    cfg: Any,
+    dtype: str,
+    *,
+    impls: Sequence[str | Impl] = ("hf", "ref", "flax"),
+    seed: int = 0,
+    mesh: Mesh | None = None,
 ) -> Models:
     """Builds `impls` of `component` for `cfg` in `dtype` with the same seeded weights (see the module docstring).
 
+    mesh: the JAX implementations' weights go from the host straight onto their shards of it, by the sharding rules
+    (models_flax/sharding.py), so that no device holds the whole model; the torch ones run where they are built.
+
     Raises:
-        ValueError: an implementation that cannot build the component for cfg (naming why), or bad options.
+        ValueError: an implementation that cannot build the component for cfg (naming why), bad options, or a mesh
+            for a component without weights or an implementation list without a JAX one.
     """
     specs = [Impl.parse(i) for i in impls]
     for spec in specs:
@@ -75,6 +88,11 @@ def build(
         if reason:
             raise ValueError(f"build({component}): {spec} cannot: {reason}")
     source = weight_source(component, cfg) if adapters.adapter(specs[0]).has_weights(component) else None
+    if mesh is not None and (source is None or not any(adapters.adapter(spec).placeable for spec in specs)):
+        raise ValueError(
+            f"build({component}, mesh=): the mesh places drawn weights of JAX implementations; "
+            + (f"{component} has none" if source is None else f"none of {[str(s) for s in specs]} is one")
+        )
     models = Models(component, cfg, dtype, source)
     if source is not None:
         upstream = adapters.adapter(source)
@@ -91,7 +109,10 @@ def build(
         if source is not None:
             weights = models.states[source]
             state = converters.convert(weights, src=source, dst=adapter.format, cfg=cfg, component=component)
-            adapter.load(built, state)
+            if mesh is not None and adapter.placeable:
+                adapter.load(built, state, mesh=mesh)
+            else:
+                adapter.load(built, state)
             models.states[label] = state
         models.built[label] = built
     return models

@@ -44,6 +44,7 @@ from models_flax.sampling import GREEDY
 from models_flax.streaming import Streamer, StreamState
 from moshi_spec import LMConfig
 from parity.harness import train_sharding_check
+from parity.harness.placement import check_placement
 from parity.harness.policy import tolerance_for
 from parity.harness.streaming_runs import user_codes
 from train.export import write_merged
@@ -81,22 +82,6 @@ def compare(ref, cand, name: str) -> dict[str, float]:
             ref.audio_logits, cand.audio_logits, ref.audio_mask, cand.audio_mask, f"{name} audio"
         ),
     }
-
-
-def check_placement(model: LM, mesh) -> int:
-    """Every parameter is placed with its rule's spec, and one with a split axis holds a smaller shard than its
-    global shape on each device; returns how many are split."""
-    specs = dict(nnx.to_flat_state(sharding.param_specs(model, mesh)))
-    split = 0
-    for parts, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        name, value, spec = ".".join(map(str, parts)), variable.get_value(), specs[parts].get_value()
-        if getattr(value.sharding, "spec", None) != spec:  # a SingleDeviceSharding has no spec
-            raise AssertionError(f"{name}: placed with {value.sharding}, rule says {spec}")
-        if any(entry is not None for entry in spec):
-            if value.addressable_shards[0].data.shape == value.shape:
-                raise AssertionError(f"{name}: spec {spec} but the shard has the global shape {value.shape}")
-            split += 1
-    return split
 
 
 def checkpoint_check(host: dict, mesh, forward, codes: jax.Array, expected) -> dict:

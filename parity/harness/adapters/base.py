@@ -83,6 +83,7 @@ class Adapter:
     name: str = ""
     format: str = ""
     bindings: ClassVar[Mapping[str, Binding]] = {}
+    placeable: ClassVar[bool] = False  # `load(built, state, mesh=)` puts the weights on a mesh's devices (JAX ones)
 
     def binding(self, component: str) -> Binding:
         try:

@@ -125,14 +125,21 @@ class FlaxAdapter(Adapter):
 
         return flax_state(built.module)
 
-    def load(self, built: Built, state: State) -> None:
-        """Loads the weights (into an abstract module too: every parameter is assigned, and nothing else is state)."""
+    placeable = True
+
+    def load(self, built: Built, state: State, *, mesh: Any = None) -> None:
+        """Loads the weights (into an abstract module too: every parameter is assigned, and nothing else is state).
+
+        mesh: each weight goes from the host straight onto its shards by the sharding rules (the LM's
+        models_flax/sharding.py table); None: jax's default device.
+        """
         import jax
         from flax import nnx
 
         from converters import load_flax
+        from models_flax import sharding
 
-        load_flax(built.module, state)
+        load_flax(built.module, state, place=None if mesh is None else sharding.placer(built.module, mesh))
         flat = nnx.to_flat_state(nnx.state(built.module))
         empty = [".".join(map(str, p)) for p, v in flat if isinstance(v.get_value(), jax.ShapeDtypeStruct)]
         if empty:

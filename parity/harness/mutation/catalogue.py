@@ -358,6 +358,16 @@ FLAX: tuple[Mutation, ...] = (
         "keeps the caches' head split, so leaving that one unplaced changes nothing here: an equivalent mutant, not "
         "listed)",
     ),
+    Mutation(
+        "flax_placer_ignores_mesh",
+        "models_flax/sharding.py",
+        "return lambda key, array: jax.device_put(array, placed[key])",
+        "return lambda key, array: jax.device_put(array)",
+        "placement on a mesh",
+        ("parity/test_full_size.py::test_checks_pass_on_a_mesh",),
+        "a loader's placement that puts every weight whole on the default device where a mesh was asked for (7B on a "
+        "TPU v5e host: out of memory)",
+    ),
 )
 
 CATALOGUE: tuple[Mutation, ...] = FLAX + REF + CONVERTERS
