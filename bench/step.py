@@ -8,6 +8,7 @@ product reaches it (the largest temporal weight, in the model dtype, times one v
     NO_TORCH_COMPILE=1 python bench/step.py                       # CPU: small preset, fp32, Flax vs kyutai (~2 min)
     python bench/step.py --preset moshi_7b --dtype bfloat16 --no-kyutai --impl xla pallas   # an accelerator
     ... --profile 5   # also trace 5 steps: device kernels per step, device busy time vs wall time, top kernels
+    ... --fsdp 8      # the weights and caches split over 8 devices (a TPU v5e-8: 7B in bf16 fills one 16 GB chip)
 
 Both run with kyutai's default sampling (text 0.7 / top 25, audio 0.8 / top 250), batch 1, random weights (timing
 does not depend on the values), the same random user codes. Each time is the median over --frames frames after
@@ -35,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from models_flax import sharding
 from models_flax.lm import LM
 from models_flax.streaming import Streamer
 from moshi_spec import LMConfig
@@ -115,10 +117,18 @@ def print_profile(trace_dir: str, steps: int, wall: float) -> None:
         print(f"    {ms:7.3f} ms  {calls:5.1f}x  {name}")
 
 
-def flax_stepper(cfg, dtype, impl, codes) -> tuple[Callable[[int], None], float]:
-    """step(t) runs frame t of a Flax stream (frame 0, the compile, is run here: its time is returned)."""
-    lm = LM(cfg, dtype=JAX_DTYPES[dtype], param_dtype=JAX_DTYPES[dtype], impl=impl, rngs=nnx.Rngs(0))
-    streamer = Streamer(lm)
+def flax_stepper(cfg, dtype, impl, codes, fsdp: int = 1) -> tuple[Callable[[int], None], float]:
+    """step(t) runs frame t of a Flax stream (frame 0, the compile, is run here: its time is returned); over fsdp > 1
+    devices the weights are drawn onto their shards and the stream runs on `Streamer(mesh=)`."""
+
+    def make() -> LM:
+        return LM(cfg, dtype=JAX_DTYPES[dtype], param_dtype=JAX_DTYPES[dtype], impl=impl, rngs=nnx.Rngs(0))
+
+    if fsdp == 1:
+        streamer = Streamer(lm := make())
+    else:
+        mesh = sharding.make_mesh(1, fsdp, devices=jax.devices()[:fsdp])
+        streamer = Streamer(lm := sharding.init_on_mesh(make, mesh), mesh=mesh)
     del lm
     box = {"state": streamer.init_state(1)}
     keys = jax.random.split(jax.random.key(0), codes.shape[2])
@@ -172,28 +182,38 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--no-kyutai", action="store_true", help="Flax only (e.g. on an accelerator without moshi)")
     parser.add_argument("--profile", type=int, default=0, help="trace this many more Flax steps; print device time")
+    parser.add_argument(
+        "--fsdp",
+        type=int,
+        default=1,
+        help="split the Flax weights and caches over this many devices "
+        "(Streamer(mesh=), XLA attention): 7B on 16 GB TPU v5e chips; the floors are per device",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    if not 1 <= args.fsdp <= jax.device_count() or (args.fsdp > 1 and "pallas" in args.impl):
+        parser().error(f"--fsdp {args.fsdp}: 1 to {jax.device_count()} devices, and XLA attention only above 1")
     cfg = getattr(LMConfig, args.preset)()
     total = args.frames + args.warmup + 1 + args.profile
     codes = np.random.default_rng(0).integers(0, cfg.card, (1, cfg.n_q - cfg.dep_q, total)).astype(np.int64)
     bandwidth = matvec_bandwidth(cfg, JAX_DTYPES[args.dtype])
-    print(f"{args.preset} {args.dtype} on {jax.devices()[0].device_kind} ({jax.default_backend()}), batch 1, "
-          f"{args.frames} frames; matrix-vector bandwidth {bandwidth / 1e9:.1f} GB/s", flush=True)  # fmt: skip
+    print(f"{args.preset} {args.dtype} on {args.fsdp} x {jax.devices()[0].device_kind} ({jax.default_backend()}), "
+          f"batch 1, {args.frames} frames; matrix-vector bandwidth {bandwidth / 1e9:.1f} GB/s", flush=True)  # fmt: skip
     dtype = JAX_DTYPES[args.dtype]
     nbytes = weight_bytes_per_frame(nnx.eval_shape(lambda: LM(cfg, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0))))
     context = cfg.temporal.context or total
-    floor_now = (nbytes + cache_bytes(cfg, dtype, min(total, context))) / bandwidth
-    floor_full = (nbytes + cache_bytes(cfg, dtype, context)) / bandwidth
+    # Split over fsdp devices, each reads its 1/fsdp of the weights and caches, all at once.
+    floor_now = (nbytes + cache_bytes(cfg, dtype, min(total, context))) / bandwidth / args.fsdp
+    floor_full = (nbytes + cache_bytes(cfg, dtype, context)) / bandwidth / args.fsdp
     print(f"weights read per frame {nbytes / 1e9:.3f} GB; floor {floor_now * 1e3:.2f} ms with this run's cache, "
           f"{floor_full * 1e3:.2f} ms with a full {context}-frame cache", flush=True)  # fmt: skip
     steps: dict[str, Callable[[int], None]] = {}
     with contextlib.ExitStack() as stack:
         for impl in args.impl:
-            steps[f"flax step ({impl})"], compile_s = flax_stepper(cfg, args.dtype, impl, codes)
+            steps[f"flax step ({impl})"], compile_s = flax_stepper(cfg, args.dtype, impl, codes, args.fsdp)
             print(f"  flax ({impl}): compiled in {compile_s:.1f} s", flush=True)
         if not args.no_kyutai:
             steps["kyutai LMGen.step"] = kyutai_stepper(cfg, args.dtype, codes, stack)

@@ -213,6 +213,29 @@ def shard_model(model: nnx.Module, mesh: Mesh, *, rules: Sequence[Rule] = RULES)
     return model
 
 
+def init_on_mesh(make: Callable[[], nnx.Module], mesh: Mesh, *, rules: Sequence[Rule] = RULES) -> nnx.Module:
+    """`make()`, a constructor that draws random weights (`lambda: LM(cfg, rngs=nnx.Rngs(seed))`), compiled with each
+    parameter's output on its shards by the rules: every device draws only its own shards, so no device ever holds the
+    whole model (a random 7B on 16 GB chips). With jax's partitionable threefry (the default) the weights are bit for
+    bit the ones `nnx.jit(make)()` draws on one device (an eager `make()` differs from both by an ulp in most kernels:
+    compiled, XLA fuses the initializers' scaling). State other than parameters is replicated.
+
+    Raises:
+        As `param_specs`, before anything is drawn.
+    """
+    abstract = nnx.eval_shape(make)
+    graphdef, _, _ = nnx.split(abstract, nnx.Param, ...)
+    specs = param_specs(abstract, mesh, rules=rules)
+    params = jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs)
+
+    def draw() -> tuple[nnx.State, nnx.State]:
+        _, drawn, rest = nnx.split(make(), nnx.Param, ...)
+        return drawn, rest
+
+    drawn, rest = jax.jit(draw, out_shardings=(params, NamedSharding(mesh, P())))()
+    return nnx.merge(graphdef, drawn, rest)
+
+
 def placer(model: nnx.Module, mesh: Mesh, *, rules: Sequence[Rule] = RULES) -> Callable[[str, Any], jax.Array]:
     """(key, host array) -> the array on its shards of `mesh` by the rules, for `converters.load_flax(place=)`: a loader
     puts each parameter of `model` (abstract: `nnx.eval_shape`) from the host straight onto its shards, so no device

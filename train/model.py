@@ -41,9 +41,10 @@ def lm_config(*, preset: str | None = None, checkpoint: str | Path | None = None
 
 
 def build(run: RunConfig, cfg: LMConfig, *, mesh: Any = None) -> LM:
-    """The LM to train: computing in `train.param_dtype`, with fresh adapters for mode "lora". A checkpoint is loaded
-    onto `mesh` when given (each parameter straight to its shards: no device holds the whole model); a preset's random
-    weights are drawn on one device (they are for tests and benchmarks).
+    """The LM to train: computing in `train.param_dtype`, with fresh adapters for mode "lora". On `mesh` when given,
+    each parameter goes straight to its shards (no device holds the whole model): a checkpoint's loaded there, a
+    preset's random weights (for tests and benchmarks) drawn there (`sharding.init_on_mesh`), the same weights a
+    one-device run draws.
 
     Raises:
         As `models_flax.from_checkpoint` for a checkpoint that does not load.
@@ -52,13 +53,18 @@ def build(run: RunConfig, cfg: LMConfig, *, mesh: Any = None) -> LM:
     import jax.numpy as jnp
     from flax import nnx
 
+    from models_flax import sharding
     from models_flax.checkpoint import from_checkpoint
     from models_flax.lm import LM
     from models_flax.training.lora import add_lora
 
     dtype = jnp.dtype(run.train.param_dtype)
     if run.model.preset is not None:  # initialised in float32, then cast to param_dtype by the Trainer (the recipe)
-        model = LM(cfg, dtype=dtype, param_dtype=jnp.float32, rngs=nnx.Rngs(run.seed))
+
+        def draw() -> LM:  # the Rngs made inside: the draw is traced
+            return LM(cfg, dtype=dtype, param_dtype=jnp.float32, rngs=nnx.Rngs(run.seed))
+
+        model = nnx.jit(draw)() if mesh is None else sharding.init_on_mesh(draw, mesh)
     else:
         model = from_checkpoint(run.model.checkpoint, dtype=dtype, mesh=mesh)
     if run.train.mode == "lora":

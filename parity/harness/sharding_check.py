@@ -18,6 +18,7 @@ Checks, on a (dp=2, fsdp=4) mesh:
     `Streamer(lm, mesh=mesh)` streams the unsharded Streamer's greedy tokens, one compiled step (`stream_check`);
     `from_checkpoint(path, mesh=mesh)` places every parameter by its rule, and its sharded logits are bit for bit the
     sharded model's (`checkpoint_check`);
+    `sharding.init_on_mesh` draws a random LM onto its shards, bit for bit the one-device compiled draw (`init_check`);
     the sharded train step equals the unsharded one (parity/harness/train_sharding_check.py).
 
 It also prints the unsharded model's own float32 noise: the first four rows of the unsharded B=8 run against the
@@ -133,6 +134,19 @@ def stream_check(cfg: LMConfig, mesh) -> dict:
     return {"frames": int(got.shape[-1]), "tokens_equal": True, "split": split, "step_compiles": 1}
 
 
+def init_check(cfg: LMConfig, mesh) -> dict:
+    """`sharding.init_on_mesh`: a random LM drawn straight onto its shards holds, bit for bit, the weights the same
+    constructor draws compiled on one device, every one placed by its rule."""
+    make = lambda: LM(cfg, precision=jax.lax.Precision.HIGHEST, rngs=nnx.Rngs(5))  # noqa: E731
+    whole = dict(nnx.to_flat_state(nnx.state(nnx.jit(make)())))
+    model = sharding.init_on_mesh(make, mesh)
+    split = check_placement(model, mesh)
+    for parts, variable in nnx.to_flat_state(nnx.state(model)):
+        if not np.array_equal(np.asarray(variable.get_value()), np.asarray(whole[parts].get_value())):
+            raise AssertionError(f"init_on_mesh: {'.'.join(map(str, parts))} differs from the one-device draw")
+    return {"split": split, "bit_exact": True}
+
+
 def pallas_check(cfg: LMConfig, mesh, codes: np.ndarray) -> dict:
     """The tiny LM with attention="pallas" (interpreted on CPU), sharded and run in the mesh's context, where the
     kernels run in a shard_map over the batch (XLA cannot partition a Pallas call: on TPU, NotImplementedError "Mosaic
@@ -217,6 +231,7 @@ def main() -> int:
             result["rolled_rows_control"] = rolled
     result["pallas"] = pallas_check(cfg, mesh, codes["dp_fsdp"])
     result["stream"] = stream_check(cfg, mesh)
+    result["init"] = init_check(cfg, mesh)
     result["checkpoint"] = checkpoint_check(host, mesh, forward, batches["dp_fsdp"], outs["dp_fsdp"])
     try:
         sharding.shard_batch(codes["dp_fsdp"][:3], mesh)
