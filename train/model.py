@@ -43,8 +43,8 @@ def lm_config(*, preset: str | None = None, checkpoint: str | Path | None = None
 def build(run: RunConfig, cfg: LMConfig, *, mesh: Any = None) -> LM:
     """The LM to train: computing in `train.param_dtype`, with fresh adapters for mode "lora". On `mesh` when given,
     each parameter goes straight to its shards (no device holds the whole model): a checkpoint's loaded there, a
-    preset's random weights (for tests and benchmarks) drawn there (`sharding.init_on_mesh`), the same weights a
-    one-device run draws.
+    preset's random weights (for tests and benchmarks) drawn there (`sharding.init_on_mesh`: compiled, so they are a
+    one-device run's eager draw up to an ulp where XLA fuses an initializer's scaling).
 
     Raises:
         As `models_flax.from_checkpoint` for a checkpoint that does not load.
@@ -61,10 +61,10 @@ def build(run: RunConfig, cfg: LMConfig, *, mesh: Any = None) -> LM:
     dtype = jnp.dtype(run.train.param_dtype)
     if run.model.preset is not None:  # initialised in float32, then cast to param_dtype by the Trainer (the recipe)
 
-        def draw() -> LM:  # the Rngs made inside: the draw is traced
+        def draw() -> LM:  # the Rngs made inside: on a mesh the draw is traced
             return LM(cfg, dtype=dtype, param_dtype=jnp.float32, rngs=nnx.Rngs(run.seed))
 
-        model = nnx.jit(draw)() if mesh is None else sharding.init_on_mesh(draw, mesh)
+        model = draw() if mesh is None else sharding.init_on_mesh(draw, mesh)
     else:
         model = from_checkpoint(run.model.checkpoint, dtype=dtype, mesh=mesh)
     if run.train.mode == "lora":

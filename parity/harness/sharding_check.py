@@ -5,7 +5,8 @@ devices.
 test process itself already initialised jax with one device). It prints one JSON line of measurements and exits
 non-zero, with the failure on stderr, when a check fails.
 
-Checks, on a (dp=2, fsdp=4) mesh:
+Checks, on a (dp=2, fsdp=4) mesh, of the tiny LM drawn onto it by `sharding.init_on_mesh`:
+    its weights are bit for bit the ones the same constructor draws compiled on one device;
     every parameter's `.sharding.spec` is the rule's spec, and every parameter with a split axis has a smaller
     addressable shard than its global shape;
     under jax.jit, text and audio logits at valid positions (masks True) equal the unsharded model's within `BOUND`
@@ -18,7 +19,6 @@ Checks, on a (dp=2, fsdp=4) mesh:
     `Streamer(lm, mesh=mesh)` streams the unsharded Streamer's greedy tokens, one compiled step (`stream_check`);
     `from_checkpoint(path, mesh=mesh)` places every parameter by its rule, and its sharded logits are bit for bit the
     sharded model's (`checkpoint_check`);
-    `sharding.init_on_mesh` draws a random LM onto its shards, bit for bit the one-device compiled draw (`init_check`);
     the sharded train step equals the unsharded one (parity/harness/train_sharding_check.py).
 
 It also prints the unsharded model's own float32 noise: the first four rows of the unsharded B=8 run against the
@@ -37,7 +37,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from converters import flax_state
+from converters import flax_state, load_flax
 from models_flax import sharding
 from models_flax.checkpoint import from_checkpoint
 from models_flax.lm import LM
@@ -100,7 +100,14 @@ def checkpoint_check(host: dict, mesh, forward, codes: jax.Array, expected) -> d
     return {"split": split, "bit_exact": True}
 
 
-def stream_check(cfg: LMConfig, mesh) -> dict:
+def loaded(cfg: LMConfig, host: dict, **options) -> LM:
+    """The tiny LM (with `options`) holding the host weights, on one device: no initializer runs (nor compiles)."""
+    model = nnx.eval_shape(lambda: LM(cfg, precision=jax.lax.Precision.HIGHEST, **options, rngs=nnx.Rngs(0)))
+    load_flax(model, host)
+    return model
+
+
+def stream_check(cfg: LMConfig, mesh, host: dict) -> dict:
     """`Streamer(lm, mesh=mesh)`: greedy tokens over 14 frames of B=2, a reset of row 0 and 6 more frames, equal to
     the unsharded Streamer's token for token; the weights placed by the rules, the caches split by kv heads; one
     compiled step for the whole session (without the state's placement the second frame compiles again)."""
@@ -115,11 +122,8 @@ def stream_check(cfg: LMConfig, mesh) -> dict:
             tokens.append(np.asarray(out.tokens))
         return np.stack(tokens, axis=-1), state
 
-    def build() -> LM:  # the same weights each time (a fresh Rngs(0))
-        return LM(cfg, precision=jax.lax.Precision.HIGHEST, rngs=nnx.Rngs(0))
-
-    expected, _ = run(Streamer(build(), text=GREEDY, audio=GREEDY))
-    lm = build()
+    expected, _ = run(Streamer(loaded(cfg, host), text=GREEDY, audio=GREEDY))
+    lm = loaded(cfg, host)
     streamer = Streamer(lm, text=GREEDY, audio=GREEDY, mesh=mesh)
     got, state = run(streamer)
     if not np.array_equal(expected, got):
@@ -134,25 +138,12 @@ def stream_check(cfg: LMConfig, mesh) -> dict:
     return {"frames": int(got.shape[-1]), "tokens_equal": True, "split": split, "step_compiles": 1}
 
 
-def init_check(cfg: LMConfig, mesh) -> dict:
-    """`sharding.init_on_mesh`: a random LM drawn straight onto its shards holds, bit for bit, the weights the same
-    constructor draws compiled on one device, every one placed by its rule."""
-    make = lambda: LM(cfg, precision=jax.lax.Precision.HIGHEST, rngs=nnx.Rngs(5))  # noqa: E731
-    whole = dict(nnx.to_flat_state(nnx.state(nnx.jit(make)())))
-    model = sharding.init_on_mesh(make, mesh)
-    split = check_placement(model, mesh)
-    for parts, variable in nnx.to_flat_state(nnx.state(model)):
-        if not np.array_equal(np.asarray(variable.get_value()), np.asarray(whole[parts].get_value())):
-            raise AssertionError(f"init_on_mesh: {'.'.join(map(str, parts))} differs from the one-device draw")
-    return {"split": split, "bit_exact": True}
-
-
-def pallas_check(cfg: LMConfig, mesh, codes: np.ndarray) -> dict:
+def pallas_check(cfg: LMConfig, mesh, codes: np.ndarray, host: dict) -> dict:
     """The tiny LM with attention="pallas" (interpreted on CPU), sharded and run in the mesh's context, where the
     kernels run in a shard_map over the batch (XLA cannot partition a Pallas call: on TPU, NotImplementedError "Mosaic
     kernels cannot be automatically partitioned"): its logits against the unsharded Pallas model's, within BOUND, and
     the program holds shard_map regions; a batch the data axes do not divide raises."""
-    model = LM(cfg, precision=jax.lax.Precision.HIGHEST, impl="pallas", rngs=nnx.Rngs(0))
+    model = loaded(cfg, host, impl="pallas")
     graphdef, _ = nnx.split(model)
 
     @jax.jit
@@ -189,7 +180,8 @@ def main() -> int:
         print(f"sharding_check needs {DEVICES} devices, jax has {jax.device_count()}", file=sys.stderr)
         return 2
     cfg = LMConfig.tiny()
-    model = LM(cfg, precision=jax.lax.Precision.HIGHEST, rngs=nnx.Rngs(0))
+    make = lambda: LM(cfg, precision=jax.lax.Precision.HIGHEST, rngs=nnx.Rngs(0))  # noqa: E731
+    model = nnx.jit(make)()  # the unsharded model: drawn compiled, as init_on_mesh draws it below
     graphdef, _ = nnx.split(model)
 
     @jax.jit
@@ -204,9 +196,13 @@ def main() -> int:
 
     mesh = sharding.make_mesh(DP, FSDP)
     host = flax_state(model)  # the unsharded weights, for the checkpoint loaded onto the mesh below
-    sharding.shard_model(model, mesh)
+    model = sharding.init_on_mesh(make, mesh)  # the same weights, drawn straight onto their shards
     state = nnx.state(model)
     split = check_placement(model, mesh)
+    drawn = flax_state(model)
+    differ = [key for key in host if not np.array_equal(host[key], drawn[key])]
+    if differ:
+        raise AssertionError(f"init_on_mesh: {len(differ)} weights differ from the one-device draw, first {differ[0]}")
     big = [p for p in sharding.describe(model, mesh) if p.bytes >= 1024]
     if not big or any(p.bytes_per_device >= p.bytes for p in big):
         raise AssertionError("a parameter of 1 KiB or more is not split")
@@ -229,9 +225,8 @@ def main() -> int:
             if not all(rolled[k] > BOUND[k] for k in BOUND):
                 raise AssertionError(f"negative control: batch rows rolled by one pass: {rolled} <= {BOUND}")
             result["rolled_rows_control"] = rolled
-    result["pallas"] = pallas_check(cfg, mesh, codes["dp_fsdp"])
-    result["stream"] = stream_check(cfg, mesh)
-    result["init"] = init_check(cfg, mesh)
+    result["pallas"] = pallas_check(cfg, mesh, codes["dp_fsdp"], host)
+    result["stream"] = stream_check(cfg, mesh, host)
     result["checkpoint"] = checkpoint_check(host, mesh, forward, batches["dp_fsdp"], outs["dp_fsdp"])
     try:
         sharding.shard_batch(codes["dp_fsdp"][:3], mesh)
