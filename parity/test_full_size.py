@@ -48,7 +48,7 @@ from parity.harness.streaming_runs import (
     user_codes,
 )
 
-pytestmark = [pytest.mark.full_size, pytest.mark.xdist_group("full_size")]
+pytestmark = pytest.mark.full_size
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,6 @@ def _nightly(*args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(SCRIPT), *args], cwd=ROOT, env=environ, capture_output=True, text=True)
 
 
-@pytest.mark.xdist_group("nightly_script")
 def test_cpu_job_end_to_end(tmp_path):
     """Records, junit, history, the gate against the previous night, the report and the job summary, from one run.
     The previous night's records hold a comparison this run lacks: the gate fails on it and so does the script, and

@@ -1,25 +1,40 @@
-"""The suite's own scheduling holds: `--dist loadgroup` (pyproject's addopts) keeps a module marked `xdist_group` on one
-worker, so that its module fixtures (training runs, compiled programs, cached results) are built once.
+"""The suite's own scheduling holds: `--dist loadfile` (pyproject's addopts) runs every module on one xdist worker, so
+that its module and session fixtures (training runs, built models, compiled programs, cached results) are built once
+and its tests share the worker's compiled programs.
 
-pytest 9.2 with pytest-xdist 3.8 loses the grouping without a word (pytest-dev/pytest-xdist#1386: xdist writes the
-group into `item._nodeid`, which pytest 9.2 no longer reads): the grouped modules were spread over both workers and
-test_train_cli's runs were built twice. pyproject pins pytest below 9.2; this test fails on a stack that drops groups
-again (the upstream watch floats pytest to its newest release).
+Measured on the 2-core CI machine: 646 s of worker time with `loadfile` against 705 s with the tests handed out one
+by one (`loadgroup`, which spreads every module not marked `xdist_group`): test_pallas alone 52 s against 69 s.
+
+Each test here records the worker it ran on; every later one checks that its module's earlier tests ran on its own
+worker. Under a scheduler that spreads a module (`--dist load`, `loadgroup`) the eight are split over the workers
+and a later test finds an earlier one's worker differ, or finds it not run yet.
 """
 
 import os
+from pathlib import Path
 
 import pytest
 
-GROUP = "scheduling_check"
+RUNS = 8
 
 
-@pytest.mark.xdist_group(GROUP)
-def test_xdist_groups_reach_the_scheduler(request):
-    if "PYTEST_XDIST_WORKER" not in os.environ or not request.config.getvalue("loadgroup"):  # xdist's own flag
-        pytest.skip("runs under xdist with --dist loadgroup only (pytest -n N)")
-    # the group travels to the scheduler as a node id suffix; without it the test is scheduled as ungrouped
-    assert request.node.nodeid.endswith(f"@{GROUP}"), (
-        f"{request.node.nodeid}: xdist_group({GROUP!r}) did not reach --dist loadgroup (pytest "
-        f"{pytest.__version__}); grouped modules run on several workers and build their fixtures on each"
+@pytest.fixture(scope="module")
+def ledger(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder every worker of this run sees (the parent of the workers' own temporary folders)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        pytest.skip("runs under xdist only (pytest -n N)")
+    folder = tmp_path_factory.getbasetemp().parent / "scheduling_check"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+@pytest.mark.parametrize("index", range(RUNS))
+def test_a_module_runs_on_one_worker(ledger: Path, index: int) -> None:
+    worker = os.environ["PYTEST_XDIST_WORKER"]
+    (ledger / str(index)).write_text(worker)
+    earlier = {i: (ledger / str(i)).read_text() if (ledger / str(i)).exists() else None for i in range(index)}
+    elsewhere = {i: w for i, w in earlier.items() if w != worker}
+    assert not elsewhere, (
+        f"test {index} ran on {worker}, earlier tests of its module on {elsewhere} (None: not run yet): the scheduler "
+        f"spreads a module over the workers (pyproject's addopts should say --dist loadfile)"
     )

@@ -41,8 +41,7 @@ from train import data as train_data
 from train.export import ADAPTERS_NAME, KYUTAI_CONFIG_NAME
 from train.rundir import METRIC_KEYS
 
-# One xdist worker runs this module (pyproject's --dist loadgroup): its runs (session fixtures) happen once.
-pytestmark = pytest.mark.xdist_group("train_cli")
+# One xdist worker runs this module (pyproject's --dist loadfile): its runs (session fixtures) happen once.
 
 CFG = LMConfig.tiny()
 TOTAL = 6

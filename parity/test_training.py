@@ -40,8 +40,7 @@ from parity.harness.compare import ParityError, assert_parity, judge
 from parity.harness.implementations import build
 from parity.harness.training import Pair, codes_batch, compare_parameters, flat, make_pair, single_key_queries, to_flax
 
-# One xdist worker runs this module (pyproject's --dist loadgroup): its models and compiled steps serve all its tests.
-pytestmark = pytest.mark.xdist_group("training")
+# One xdist worker runs this module (pyproject's --dist loadfile): its models and compiled steps serve all its tests.
 
 CFG = LMConfig.tiny()
 BATCH, LENGTH = 2, 12
