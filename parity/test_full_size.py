@@ -144,15 +144,16 @@ def test_mimi(size):
 
 
 def test_checks_pass_on_a_mesh(size, tmp_path):
-    """The float32 checks above, rerun in a process with 8 CPU devices and the Flax weights split over 4 of them
-    (`--full-size-fsdp 4`, as a TPU v5e host splits 7B over its chips): every weight on its shards by its rule
-    (`full_size.models` checks it) and the same comparisons against kyutai. At the tiny preset only: above it this
-    process's platform decides (`full_size.mesh_for`)."""
+    """The float32 checks above, rerun in a process with the Flax weights split over 8 CPU devices (`--full-size-fsdp
+    8`, as a TPU v5e-8 host splits 7B over its chips): every weight on its shards by its rule (`full_size.models`
+    checks it) and the same comparisons against kyutai. The tiny LM's 4 kv heads do not divide 8, so the stream's
+    caches are replicated (the other path of `Streamer(mesh=)`; parity/test_sharding.py splits them by heads). At the
+    tiny preset only: above it this process's platform decides (`full_size.mesh_for`)."""
     if size[0] != "tiny":
         pytest.skip(f"the mesh twin runs at the tiny preset; at {size[0]} full_size.mesh_for splits by memory")
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
     env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
-    command = [sys.executable, "-m", "pytest", __file__, "-k", "float32 and not mesh", "--full-size-fsdp", "4",
+    command = [sys.executable, "-m", "pytest", __file__, "-k", "float32 and not mesh", "--full-size-fsdp", "8",
                "--full-size-seed", str(size[1]), "-n", "0", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
                "--no-records"]  # fmt: skip
     result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)

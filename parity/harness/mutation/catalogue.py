@@ -359,6 +359,16 @@ FLAX: tuple[Mutation, ...] = (
         "listed)",
     ),
     Mutation(
+        "flax_stream_caches_always_split",
+        "models_flax/streaming.py",
+        'P(None, "fsdp") if heads % self.mesh.shape["fsdp"] == 0 else P()',
+        'P(None, "fsdp")',
+        "placement on a mesh",
+        ("parity/test_full_size.py::test_checks_pass_on_a_mesh",),
+        "a stream's caches split by kv heads over 'fsdp' even where the heads do not divide it (the tiny LM's 4 over "
+        "8 devices; Moshi 7B's 32 over a 64-chip slice)",
+    ),
+    Mutation(
         "flax_placer_ignores_mesh",
         "models_flax/sharding.py",
         "return lambda key, array: jax.device_put(array, placed[key])",
