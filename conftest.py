@@ -155,16 +155,32 @@ def pytest_configure(config: pytest.Config) -> None:
     jax.config.update("jax_platforms", None if platform == "auto" else platform)
 
 
-# Modules with single tests of 10-20 s (subprocesses, end-to-end runs) go first: last in alphabetical order, one xdist
-# worker finished them while the other had nothing left to run.
-RUN_FIRST = ("test_sharding.py", "test_readme.py", "test_train_cli.py", "test_training.py", "test_nightly_script.py")
+# The longest modules first, longest first (worker seconds on the 2-core CI machine, 2026-12-01): `--dist loadfile
+# --no-loadscope-reorder` hands whole modules to the workers in collection order, so the short ones, alphabetical
+# after these, fill the end and both workers finish together. (xdist's default order, most tests first, sent
+# test_readme's 13 tests and 63 s late: one worker ran it alone at the end.)
+RUN_FIRST = (
+    "test_readme.py",  # 63 s
+    "test_pallas.py",  # 54 s
+    "test_training.py",  # 40 s
+    "test_sharding.py",  # 40 s
+    "test_full_size.py",  # 33 s
+    "test_streaming.py",  # 31 s
+    "test_lm_family.py",  # 30 s
+    "test_decoder_layer.py",  # 25 s
+    "test_bf16_oracle.py",  # 24 s
+    "test_lowering.py",  # 22 s
+    "test_attention.py",  # 20 s
+    "test_mimi.py",  # 20 s
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The long modules first (RUN_FIRST; every worker sorts its collection the same way, as xdist needs); tests
     marked `nightly` (longer twins of default-suite checks) run under the nightly hypothesis profile only. (Collecting
     the `patch` controls, which clear the worker's compiled programs, last was measured and saved nothing.)"""
-    items.sort(key=lambda item: item.path.name not in RUN_FIRST)  # stable: the order within each part is kept
+    first = {name: rank for rank, name in enumerate(RUN_FIRST)}
+    items.sort(key=lambda item: first.get(item.path.name, len(RUN_FIRST)))  # stable: each module's order is kept
     if records.hypothesis_profile() == "nightly":
         return
     skip = pytest.mark.skip(reason="nightly only (run with --hypothesis-profile nightly)")
