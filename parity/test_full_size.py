@@ -152,7 +152,8 @@ def test_checks_pass_on_a_mesh(size, tmp_path):
     if size[0] != "tiny":
         pytest.skip(f"the mesh twin runs at the tiny preset; at {size[0]} full_size.mesh_for splits by memory")
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
-    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}  # not an xdist worker's child
+    env = {**inherited, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
     command = [sys.executable, "-m", "pytest", __file__, "-k", "float32 and not mesh", "--full-size-fsdp", "8",
                "--full-size-seed", str(size[1]), "-n", "0", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
                "--no-records"]  # fmt: skip
