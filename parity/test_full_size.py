@@ -27,6 +27,7 @@ import sys
 import jax
 import pytest
 
+from models_flax import sharding
 from models_flax.sampling import GREEDY
 from models_flax.streaming import Streamer
 from moshi_spec import LMConfig
@@ -176,6 +177,16 @@ def test_weights_are_split_only_where_one_device_cannot_hold_them(monkeypatch):
         full_size.shards(cfg, "bfloat16", 9)
     monkeypatch.setattr(full_size, "_device_limit", lambda: 2**30)
     assert "Flax weights need ~2 GiB per device, each of 8" in full_size.memory_shortfall(cfg, "bfloat16")
+
+
+def test_build_on_a_mesh_refuses_what_it_cannot_place():
+    """`build(mesh=)` places the drawn weights of JAX implementations: a component without weights, or a list without
+    a JAX implementation, is an error naming why, not a mesh silently ignored."""
+    mesh = sharding.make_mesh(1, 1)
+    with pytest.raises(ValueError, match=r"build\(rope, mesh=\).*rope has none"):
+        build("rope", LMConfig.tiny().temporal, "float32", impls=("kyutai", "flax"), mesh=mesh)
+    with pytest.raises(ValueError, match=r"none of \[.kyutai., .ref.\] is one"):
+        build("lm", LMConfig.tiny(), "float32", impls=("kyutai", "ref"), mesh=mesh)
 
 
 def test_bf16_token_check_fails_on_a_wrong_model():
