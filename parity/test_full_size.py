@@ -166,15 +166,18 @@ def test_checks_pass_on_a_mesh(size, tmp_path):
 def test_weights_are_split_only_where_one_device_cannot_hold_them(monkeypatch):
     """`full_size.shards` at 7B in bf16 (15.4 GB of weights) on a host of 8 devices: one device where it holds them
     (an 80 GB GPU) or is the host's CPU, all 8 where it does not (a 16 GB TPU v5e chip); a forced size is taken as is
-    (more than the host has is an error), and a shortfall names the memory per device."""
+    (more than the host has is an error, and so is a split above the tiny preset on CPU devices), and a shortfall
+    names the memory per device."""
     cfg = LMConfig.preset("moshi_7b")
     monkeypatch.setattr(jax, "device_count", lambda: 8)
     for limit, expected in ((None, 1), (80 * 2**30, 1), (16 * 2**30, 8)):
         monkeypatch.setattr(full_size, "_device_limit", lambda limit=limit: limit)
         assert full_size.shards(cfg, "bfloat16") == expected, limit
-    assert full_size.shards(cfg, "bfloat16", 2) == 2
     with pytest.raises(ValueError, match="fsdp=9, but jax has 8 devices"):
         full_size.shards(cfg, "bfloat16", 9)
+    with pytest.raises(ValueError, match="XLA:CPU's collectives deadlock"):  # this process's devices are CPUs
+        full_size.shards(LMConfig.preset("small"), "float32", 2)
+    assert full_size.shards(LMConfig.tiny(), "float32", 2) == 2
     monkeypatch.setattr(full_size, "_device_limit", lambda: 2**30)
     assert "Flax weights need ~2 GiB per device, each of 8" in full_size.memory_shortfall(cfg, "bfloat16")
 

@@ -77,11 +77,19 @@ def _device_limit() -> int | None:
 
 
 def shards(cfg: LMConfig, dtype: str, fsdp: int | None = None) -> int:
-    """How many devices the Flax weights are split over: `fsdp` when given; else 1 where the default device holds
-    them (or is the host's CPU), every device of the default backend where it does not."""
+    """How many devices the Flax weights are split over: `fsdp` when given (on CPU devices, above the tiny preset,
+    refused: see the error); else 1 where the default device holds them (or is the host's CPU), every device of the
+    default backend where it does not."""
     if fsdp is not None:
         if not 1 <= fsdp <= jax.device_count():
             raise ValueError(f"full size: fsdp={fsdp}, but jax has {jax.device_count()} devices")
+        if fsdp > 1 and jax.default_backend() == "cpu" and cfg.num_params() > LMConfig.tiny().num_params():
+            raise ValueError(
+                f"full size: fsdp={fsdp} on CPU devices above the tiny preset: the checks run the sharded LM eagerly, "
+                "op by op, and XLA:CPU's collectives deadlock then (measured at the small preset on 2 and 8 host "
+                "devices: a rendezvous that not every device reaches; jitted, the same forward runs). Split it on "
+                "an accelerator, or use --full-size-fsdp 1 here"
+            )
         return fsdp
     limit = _device_limit()
     return 1 if limit is None or _needs(cfg, dtype)[1] <= limit else jax.device_count()
