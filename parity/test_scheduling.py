@@ -2,8 +2,11 @@
 that its module and session fixtures (training runs, built models, compiled programs, cached results) are built once
 and its tests share the worker's compiled programs.
 
-Measured on the 2-core CI machine: 646 s of worker time with `loadfile` against 705 s with the tests handed out one
-by one (`loadgroup`, which spreads every module not marked `xdist_group`): test_pallas alone 52 s against 69 s.
+Measured on the 2-core CI machine, back to back: modules that compile many programs of their own gain (test_pallas 54 s
+against 63 s with the tests handed out one by one, test_mimi 21 against 28, test_lm 14 against 19), modules that
+reused programs another module had compiled on the same worker lose (test_lm_family, test_mimi_hf); over the whole
+suite the two are about even. What `loadfile` buys is that no module needs an `xdist_group` mark to build its
+fixtures once, and that it does not depend on how pytest and xdist pass a group (pytest 9.2 lost it).
 
 Each test here records the worker it ran on; every later one checks that its module's earlier tests ran on its own
 worker. Under a scheduler that spreads a module (`--dist load`, `loadgroup`) the eight are split over the workers
