@@ -125,11 +125,10 @@ def flax_stepper(cfg, dtype, impl, codes, fsdp: int = 1) -> tuple[Callable[[int]
         return LM(cfg, dtype=JAX_DTYPES[dtype], param_dtype=JAX_DTYPES[dtype], impl=impl, rngs=nnx.Rngs(0))
 
     if fsdp == 1:
-        streamer = Streamer(lm := make())
+        streamer = Streamer(make())
     else:
         mesh = sharding.make_mesh(1, fsdp, devices=jax.devices()[:fsdp])
-        streamer = Streamer(lm := sharding.init_on_mesh(make, mesh), mesh=mesh)
-    del lm
+        streamer = Streamer(sharding.init_on_mesh(make, mesh), mesh=mesh)
     box = {"state": streamer.init_state(1)}
     keys = jax.random.split(jax.random.key(0), codes.shape[2])
 

@@ -14,6 +14,7 @@ The checkpoint format belongs to `converters`, so this module imports it lazily,
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
+from models_flax import sharding
 from models_flax.lm import LM
 
 LOADERS = {"lm": "models_flax.from_checkpoint", "mimi": "models_flax.mimi.from_checkpoint"}
@@ -138,9 +140,5 @@ def from_checkpoint(
     def build(cfg: Any, dt: Any) -> LM:
         return LM(cfg, dtype=dt, param_dtype=dt, precision=precision, rngs=nnx.Rngs(0))
 
-    def on_mesh(model: LM) -> Callable[[str, Any], jax.Array]:
-        from models_flax import sharding
-
-        return sharding.placer(model, mesh)
-
-    return load_checkpoint(path, component="lm", build=build, dtype=dtype, place=None if mesh is None else on_mesh)
+    place = None if mesh is None else functools.partial(sharding.placer, mesh=mesh)
+    return load_checkpoint(path, component="lm", build=build, dtype=dtype, place=place)

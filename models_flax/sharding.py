@@ -205,11 +205,18 @@ def param_specs(
     return nnx.from_flat_state(flat)
 
 
+def param_shardings(
+    model: nnx.Module | nnx.State, mesh: Mesh | AbstractMesh, *, rules: Sequence[Rule] = RULES
+) -> nnx.State:
+    """The NamedSharding of every nnx.Param on `mesh` by the rules, shaped like `nnx.state(model, nnx.Param)`
+    (`param_specs` on the mesh itself). Raises as `param_specs`."""
+    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), param_specs(model, mesh, rules=rules))
+
+
 def shard_model(model: nnx.Module, mesh: Mesh, *, rules: Sequence[Rule] = RULES) -> nnx.Module:
     """Places every nnx.Param of `model` on `mesh` by the rules (in place, via nnx.update); returns the model."""
     state = nnx.state(model, nnx.Param)
-    shardings = jax.tree.map(lambda spec: NamedSharding(mesh, spec), param_specs(state, mesh, rules=rules))
-    nnx.update(model, jax.device_put(state, shardings))
+    nnx.update(model, jax.device_put(state, param_shardings(state, mesh, rules=rules)))
     return model
 
 
@@ -225,8 +232,7 @@ def init_on_mesh(make: Callable[[], nnx.Module], mesh: Mesh, *, rules: Sequence[
     """
     abstract = nnx.eval_shape(make)
     graphdef, _, _ = nnx.split(abstract, nnx.Param, ...)
-    specs = param_specs(abstract, mesh, rules=rules)
-    params = jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs)
+    params = param_shardings(abstract, mesh, rules=rules)
 
     def draw() -> tuple[nnx.State, nnx.State]:
         _, drawn, rest = nnx.split(make(), nnx.Param, ...)
@@ -244,8 +250,7 @@ def placer(model: nnx.Module, mesh: Mesh, *, rules: Sequence[Rule] = RULES) -> C
     Raises:
         As `param_specs`, before anything is placed.
     """
-    specs = nnx.to_flat_state(param_specs(model, mesh, rules=rules))
-    placed = {_path(parts): NamedSharding(mesh, spec.get_value()) for parts, spec in specs}
+    placed = {_path(parts): s.get_value() for parts, s in nnx.to_flat_state(param_shardings(model, mesh, rules=rules))}
     return lambda key, array: jax.device_put(array, placed[key])
 
 

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import AbstractMesh, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from models_flax import sharding
@@ -39,6 +39,7 @@ from models_flax.cache import KVCache
 from models_flax.checks import check_ids, check_int_array
 from models_flax.lm import DEPTH_STACKS, LM
 from models_flax.sampling import AUDIO, TEXT, Sampler, sample
+from moshi_spec import LMConfig
 
 UNGENERATED = -2  # kyutai LMModel.ungenerated_token_id: a buffer slot not written yet
 
@@ -222,6 +223,15 @@ def _generate(graphdef, text_sampler, audio_sampler, params, depth_weights, stat
     return jax.tree.map(lambda x: jnp.moveaxis(x, 0, -1), outs), state
 
 
+def state_shardings(cfg: LMConfig, mesh: Mesh | AbstractMesh, state: StreamState) -> StreamState:
+    """Where `Streamer(mesh=)` keeps a stream's state: the caches' keys and values split by kv heads over 'fsdp'
+    (replicated when the heads do not divide it), everything else replicated; shaped like `state`."""
+    heads = cfg.temporal.num_kv_heads
+    kv = NamedSharding(mesh, P(None, "fsdp") if heads % mesh.shape["fsdp"] == 0 else P())
+    whole = NamedSharding(mesh, P())
+    return StreamState([c.replace(keys=kv, values=kv, positions=whole) for c in state.caches], whole, whole)
+
+
 class Streamer:
     """Jitted streaming step and generate loop of one models_flax LM with fixed samplers.
 
@@ -293,15 +303,8 @@ class Streamer:
         return self._placed(StreamState(caches, tokens, jnp.zeros((batch,), jnp.int32)))
 
     def _placed(self, state: StreamState) -> StreamState:
-        """The state as this Streamer keeps it: unchanged without a mesh; on one, the caches' keys and values split
-        by kv heads over 'fsdp' (replicated when the heads do not divide) and the rest replicated."""
-        if self.mesh is None:
-            return state
-        heads = self.cfg.temporal.num_kv_heads
-        kv = NamedSharding(self.mesh, P(None, "fsdp") if heads % self.mesh.shape["fsdp"] == 0 else P())
-        whole = NamedSharding(self.mesh, P())
-        caches = [c.replace(keys=kv, values=kv, positions=whole) for c in state.caches]
-        return jax.device_put(state, StreamState(caches, whole, whole))
+        """The state as this Streamer keeps it: unchanged without a mesh, else placed by `state_shardings`."""
+        return state if self.mesh is None else jax.device_put(state, state_shardings(self.cfg, self.mesh, state))
 
     def reset(self, state: StreamState, rows) -> StreamState:
         """Restarts the streams of `rows` ((B,) bool) from frame 0, as `init_state` would (a new user on a batch slot);

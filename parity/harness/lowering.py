@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from models_flax import sharding, streaming
 from models_flax.kernels.decode import decode_attention
@@ -81,14 +80,14 @@ def abstract_lm(cfg: LMConfig, impl: str):
     return nnx.split(abstract_model(cfg, impl), nnx.Param, ...)
 
 
+def _placed(tree, shardings):
+    """Abstract arrays carrying the given shardings (a tree shaped like `tree`)."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
+
+
 def _on_mesh(params, mesh):
     """Abstract parameters carrying their rule's sharding on `mesh`."""
-    specs = sharding.param_specs(params, mesh)
-    return jax.tree.map(
-        lambda leaf, spec: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=NamedSharding(mesh, spec)),
-        params,
-        specs,
-    )
+    return _placed(params, sharding.param_shardings(params, mesh))
 
 
 def lm_forward_export(
@@ -123,11 +122,7 @@ def stream_step_export(cfg: LMConfig, impl: str, platform: str, *, batch: int = 
     state = jax.eval_shape(lambda: streaming.Streamer.init_state(holder, batch))
     if mesh is not None:
         params, depth_weights = _on_mesh(params, mesh), [_on_mesh(w, mesh) for w in depth_weights]
-        kv = NamedSharding(mesh, P(None, "fsdp"))
-        whole = NamedSharding(mesh, P())
-        shardings = streaming.StreamState([c.replace(keys=kv, values=kv, positions=whole) for c in state.caches],
-                                          whole, whole)  # fmt: skip
-        state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shardings)
+        state = _placed(state, streaming.state_shardings(cfg, mesh, state))
     codes = jax.ShapeDtypeStruct((batch, cfg.n_q - cfg.dep_q), jnp.int32)
     key = jax.eval_shape(lambda: jax.random.key(0))
     step = functools.partial(streaming._step_reading, graphdef, streaming.TEXT, streaming.AUDIO)

@@ -361,7 +361,7 @@ FLAX: tuple[Mutation, ...] = (
     Mutation(
         "flax_stream_caches_always_split",
         "models_flax/streaming.py",
-        'P(None, "fsdp") if heads % self.mesh.shape["fsdp"] == 0 else P()',
+        'P(None, "fsdp") if heads % mesh.shape["fsdp"] == 0 else P()',
         'P(None, "fsdp")',
         "placement on a mesh",
         ("parity/test_full_size.py::test_checks_pass_on_a_mesh",),
