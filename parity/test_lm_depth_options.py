@@ -27,7 +27,6 @@ from jax.sharding import PartitionSpec as P
 from converters import convert, transforms
 from converters.lm_config import from_kyutai_kwargs
 from converters.upstream_config import to_hf_config, to_kyutai_kwargs
-from models_flax import sharding
 from models_flax.sampling import GREEDY
 from models_flax.streaming import Streamer
 from moshi_spec import LMConfig, kyutai
@@ -35,6 +34,7 @@ from moshi_spec.validation import ConfigError
 from parity.harness import adapters, lm_options
 from parity.harness.compare import assert_parity
 from parity.harness.implementations import build
+from parity.harness.placement import rule_specs
 from parity.harness.streaming_runs import (
     aligned_logits,
     consumed_codes,
@@ -140,11 +140,9 @@ def test_new_parameters_have_sharding_rules():
     """Every parameter matches one rule: a low-rank projection splits depformer_dim, a shared depth stack's kernels
     split as the temporal stack's (rank 2), a flexible one's keep the weight-set axis replicated."""
     for name, spec in (("mixed", P(None, None, "fsdp")), ("shared", P(None, "fsdp"))):
-        specs = sharding.param_specs(_runs(name)[0].module("flax"), {"dp": 1, "fsdp": 2})
-        flat = {".".join(map(str, path)): s.get_value() for path, s in nnx.to_flat_state(specs)}
+        flat = rule_specs(_runs(name)[0].module("flax"), {"dp": 1, "fsdp": 2})
         assert flat["depth.layers.0.self_attn.q_proj.kernel"] == spec, name
-    specs = sharding.param_specs(_runs("mixed")[0].module("flax"), {"dp": 1, "fsdp": 2})
-    flat = {".".join(map(str, path)): s.get_value() for path, s in nnx.to_flat_state(specs)}
+    flat = rule_specs(_runs("mixed")[0].module("flax"), {"dp": 1, "fsdp": 2})
     assert flat["depth.embed_tokens.0.low_rank.kernel"] == P(None, "fsdp")
 
 

@@ -10,17 +10,16 @@ the converters refuse it, naming the option."""
 from functools import cache
 
 import pytest
-from flax import nnx
 from hypothesis import example, given, settings
 from jax.sharding import PartitionSpec as P
 
 from converters import ConversionError, convert
 from converters.lm_config import from_kyutai_kwargs
 from converters.upstream_config import to_kyutai_kwargs
-from models_flax import sharding
 from moshi_spec import LMConfig, kyutai
 from parity.harness import adapters, lm_options, strategies
 from parity.harness.implementations import build
+from parity.harness.placement import rule_specs
 
 TINY = LMConfig.tiny()
 # the temporal stack plain (gating="none", hidden_scale 2.5: dim_feedforward 80) with layer scales; the depth stack
@@ -86,8 +85,7 @@ def test_layer_scales_have_a_sharding_rule():
     """Every parameter matches one sharding rule; the layer scales are replicated, the plain FFN split like the
     gated one (on fsdp 2: the depth gating's hidden width, 26, does not split in 4, which param_specs refuses)."""
     models, _ = _ffn_runs()
-    specs = sharding.param_specs(models.module("flax"), {"dp": 1, "fsdp": 2})
-    flat = {".".join(map(str, path)): spec.get_value() for path, spec in nnx.to_flat_state(specs)}
+    flat = rule_specs(models.module("flax"), {"dp": 1, "fsdp": 2})
     for name in ("layers.1.self_attn_layer_scale.scale", "depth.layers.0.mlp_layer_scale.scale"):
         assert flat[name] == P(None), name
     assert (flat["layers.0.mlp.fc1.kernel"], flat["layers.0.mlp.fc2.kernel"]) == (P(None, "fsdp"), P("fsdp", None))

@@ -35,7 +35,6 @@ from converters import ConversionError, convert
 from converters.formats import hf_refuses
 from converters.lm_config import from_kyutai_kwargs
 from converters.upstream_config import to_hf_config, to_kyutai_kwargs, upstream_config
-from models_flax import sharding
 from models_flax.sampling import GREEDY
 from models_flax.streaming import UNGENERATED, Streamer
 from moshi_spec import LMConfig
@@ -43,6 +42,7 @@ from parity.harness import lm_options, strategies
 from parity.harness.arrays import to_numpy
 from parity.harness.compare import ParityError, assert_parity
 from parity.harness.implementations import build
+from parity.harness.placement import rule_specs
 from parity.harness.policy import sized
 from parity.harness.streaming_runs import run_steps, token_mismatch, user_codes
 from train.data import DataError, check_codes
@@ -374,8 +374,7 @@ def test_head_options_have_a_sharding_rule():
     """Every parameter of the heads model matches one sharding rule (fsdp 2): the biases and extra heads replicated,
     the demux linears split on their output like the embeddings."""
     models, _ = _runs("heads")
-    specs = sharding.param_specs(models.module("flax"), {"dp": 1, "fsdp": 2})
-    flat = {".".join(map(str, path)): spec.get_value() for path, spec in nnx.to_flat_state(specs)}
+    flat = rule_specs(models.module("flax"), {"dp": 1, "fsdp": 2})
     assert (flat["lm_head.bias"], flat["depth.lm_heads.bias"], flat["extra_heads.1.kernel"]) == (
         P(None), P(None, None), P(None, None),
     )  # fmt: skip

@@ -9,17 +9,16 @@ import json
 from functools import cache
 
 import pytest
-from flax import nnx
 from jax.sharding import PartitionSpec as P
 from safetensors.numpy import save_file
 
 from converters import convert
 from converters.cli import main as cli_main
 from converters.upstream_config import to_kyutai_kwargs
-from models_flax import sharding
 from moshi_spec import LMConfig
 from parity.harness import adapters, lm_options
 from parity.harness.implementations import build
+from parity.harness.placement import rule_specs
 
 # layer norms (eps 1e-5) in both stacks and the final norm, a layer norm per codebook on the depth output (kyutai's
 # depformer_norm="layer_norm_f32", eps 1e-8) and one in every embedding (norm_emb)
@@ -64,8 +63,7 @@ def test_layer_norm_parameter_count():
 def test_norms_have_a_sharding_rule():
     """Every parameter of the model matches one sharding rule; every norm's (weight and bias) is replicated."""
     models, _ = _layer_norm_runs()
-    specs = sharding.param_specs(models.module("flax"), {"dp": 1, "fsdp": 4})
-    flat = {".".join(map(str, path)): spec.get_value() for path, spec in nnx.to_flat_state(specs)}
+    flat = rule_specs(models.module("flax"), {"dp": 1, "fsdp": 4})
     norms = {name: spec for name, spec in flat.items() if "norm" in name}
     for name in ("norm.bias", "layers.1.post_attention_layernorm.bias", "depth.out_norms.3.bias",
                  "embed_tokens.7.norm.bias", "depth.text_embed_tokens.norm.weight"):  # fmt: skip

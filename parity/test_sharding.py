@@ -19,6 +19,7 @@ from jax.sharding import PartitionSpec as P
 from models_flax import sharding
 from models_flax.lm import LM
 from moshi_spec import LMConfig
+from parity.harness.placement import flat
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,7 +80,7 @@ def test_7b_plan_covers_every_param_and_splits_8_ways():
 
 
 def test_tiny_specs_follow_the_table(tiny):
-    specs = _flat(sharding.param_specs(tiny, {"dp": 2, "fsdp": 4}))
+    specs = flat(sharding.param_specs(tiny, {"dp": 2, "fsdp": 4}))
     assert specs["embed_tokens.0.weight"] == P(None, "fsdp")
     assert specs["layers.1.self_attn.q_proj.kernel"] == P(None, "fsdp")
     assert specs["layers.1.self_attn.o_proj.kernel"] == P("fsdp", None)
@@ -89,10 +90,6 @@ def test_tiny_specs_follow_the_table(tiny):
     assert specs["depth.layers.0.mlp.fc1.kernel"] == P(None, None, "fsdp")
     assert specs["depth.input_projections.kernel"] == P(None, "fsdp", None)
     assert specs["depth.lm_heads.kernel"] == P(None, None, "fsdp")
-
-
-def _flat(specs):
-    return {".".join(map(str, k)): v.get_value() for k, v in nnx.to_flat_state(specs)}
 
 
 def _with(rules, *extra, drop=()):
@@ -126,7 +123,7 @@ def test_indivisible_dimension_is_an_error_unless_the_rule_replicates(tiny):
         sharding.param_specs(tiny, {"dp": 1, "fsdp": 4}, rules=_with(sharding.RULES, rows, drop=(pattern,)))
     lenient = sharding.Rule(pattern, P("fsdp", None), replicate_if_indivisible=True)
     specs = sharding.param_specs(tiny, {"dp": 1, "fsdp": 4}, rules=_with(sharding.RULES, lenient, drop=(pattern,)))
-    assert _flat(specs)["embed_tokens.0.weight"] == P(None, None)
+    assert flat(specs)["embed_tokens.0.weight"] == P(None, None)
     # the final norm (D = 32) over dp x fsdp = 3: the only error (the other rules use fsdp = 1)
     norm = sharding.Rule(r"norm\.weight", P(("dp", "fsdp")))
     with pytest.raises(

@@ -114,10 +114,9 @@ def models(preset: str, dtype: str, seed: int, fsdp: int | None = None) -> Model
     `kyutai_device()` after its weights were drawn and converted, without the weight states `build` keeps (two more
     copies of the weights on the host: 31 GB each for 7B in float32; nothing here converts again)."""
     cfg = LMConfig.preset(preset)
-    mesh = mesh_for(cfg, dtype, fsdp)
-    built = build("lm", cfg, dtype, impls=PAIR, seed=seed, mesh=mesh)
-    if mesh is not None:
-        check_placement(built.module("flax"), mesh)
+    built = build("lm", cfg, dtype, impls=PAIR, seed=seed, mesh=mesh_for(cfg, dtype, fsdp))
+    if built.mesh is not None:
+        check_placement(built.module("flax"), built.mesh)
     built.states.clear()
     built.module("kyutai").to(kyutai_device())
     return built
@@ -142,7 +141,7 @@ def stream_runs(
     cfg = built.cfg
     codes = user_codes(cfg, BATCH, cfg.max_delay + STREAM_FRAMES, seed=seed + 2)
     expected = run_lmgen(built.module("kyutai"), codes, use_sampling=False)
-    streamer = Streamer(built.module("flax"), text=GREEDY, audio=GREEDY, mesh=mesh_for(cfg, dtype, fsdp))
+    streamer = Streamer(built.module("flax"), text=GREEDY, audio=GREEDY, mesh=built.mesh)
     run = run_steps(streamer, codes)
     return expected, run, kyutai_logits(built.module("kyutai"), consumed_codes(cfg, codes, run))
 

@@ -34,6 +34,7 @@ class Models:
     source: str | None
     built: dict[str, Built] = field(default_factory=dict)
     states: dict[str, State] = field(default_factory=dict)
+    mesh: Mesh | None = None  # where the JAX implementations' weights are split (`build(mesh=)`); None: one device
 
     def _built(self, impl: str | Impl) -> Built:
         label = str(Impl.parse(impl))
@@ -93,7 +94,7 @@ def build(
             f"build({component}, mesh=): the mesh places drawn weights of JAX implementations; "
             + (f"{component} has none" if source is None else f"none of {[str(s) for s in specs]} is one")
         )
-    models = Models(component, cfg, dtype, source)
+    models = Models(component, cfg, dtype, source, mesh=mesh)
     if source is not None:
         upstream = adapters.adapter(source)
         built = upstream.build(component, cfg, dtype=dtype)

@@ -24,6 +24,7 @@ from models_flax.training.step import Trainer
 from moshi_spec import LMConfig
 from moshi_spec.loss import LossWeights
 from moshi_spec.training import LoRAConfig, OptimConfig, TrainConfig
+from parity.harness.placement import check_leaves, flat, rule_specs
 from parity.harness.policy import tolerance_for
 
 DP, FSDP, BATCH, LENGTH, STEPS = 2, 4, 8, 12, 2
@@ -51,13 +52,9 @@ def _codes(cfg: LMConfig) -> np.ndarray:
     return np.concatenate([text, audio], axis=2).astype(np.int32)
 
 
-def _flat(tree) -> dict[str, np.ndarray]:
-    return {".".join(map(str, p)): v.get_value() for p, v in nnx.to_flat_state(tree)}
-
-
 def _leaves(state) -> dict[str, dict[str, jax.Array]]:
     inner = state.opt_state.inner_state[0]
-    return {"param": _flat(state.master), "mu": _flat(inner.mu), "nu": _flat(inner.nu)}
+    return {"param": flat(state.master), "mu": flat(inner.mu), "nu": flat(inner.nu)}
 
 
 def _worst(ref: dict, cand: dict) -> dict[str, float]:
@@ -87,17 +84,8 @@ def check() -> dict:
     trainer = Trainer(_model(cfg), TRAIN, mesh=mesh)
     state = _run(trainer, codes)
     got = _leaves(state)
-    rules = sharding.param_specs(state.master, mesh)
-    specs = {".".join(map(str, p)): v.get_value() for p, v in nnx.to_flat_state(rules)}
-    split = 0
-    for what, leaves in got.items():
-        for name, value in leaves.items():
-            if value.sharding.spec != specs[name]:
-                raise AssertionError(f"{what} {name}: placed with {value.sharding.spec}, rule says {specs[name]}")
-            if any(entry is not None for entry in specs[name]):
-                if value.addressable_shards[0].data.shape == value.shape:
-                    raise AssertionError(f"{what} {name}: spec {specs[name]} but its shard is the whole leaf")
-                split += 1
+    specs = rule_specs(state.master, mesh)
+    split = sum(check_leaves(leaves, specs, mesh, what) for what, leaves in got.items())
     worst = _worst(ref, got)
     if any(worst[w] > BOUND[w] for w in BOUND):
         raise AssertionError(f"sharded train step: max |d| / rms {worst} > {BOUND}")
