@@ -134,7 +134,8 @@ class Attention(nnx.Module):
                 view = updated.commit()
                 kernel = decode_attention if q.shape[1] <= MAX_STEPS else flash_attention
                 out = kernel(q, view.keys, view.values, q_positions=positions, k_positions=view.positions,
-                             context=cfg.context, kv_layout="BHSD", precision=self.precision)  # fmt: skip
+                             context=cfg.context, kv_layout="BHSD", precision=self.precision,
+                             split=view.split)  # fmt: skip
             else:
                 out = self._attend_cached(q, k, v, positions, cache)
             cache = updated

@@ -10,9 +10,27 @@ the score and value dots at every step (measured on CPU, S=3000, 8 heads of 128:
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import struct
+from jax.sharding import AbstractMesh, Mesh
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadSplit:
+    """Where a cache's keys and values live on a mesh: split by kv heads over `axis`, or whole on every device (axis
+    None). The Pallas kernels reading such a cache run in a `jax.shard_map` with this layout, each device on its own
+    heads (XLA cannot partition a Pallas call; models_flax/kernels/dispatch.py); the XLA path does not read it."""
+
+    mesh: Mesh | AbstractMesh
+    axis: str | None
+
+    @classmethod
+    def for_heads(cls, mesh: Mesh | AbstractMesh, kv_heads: int, axis: str = "fsdp") -> HeadSplit:
+        """Split over `axis` when it divides the kv heads, else whole on every device."""
+        return cls(mesh, axis if kv_heads % mesh.shape[axis] == 0 else None)
 
 
 @struct.dataclass
@@ -27,17 +45,31 @@ class KVCache:
     positions: jax.Array  # (B, S) int32, -1 where empty
     pending: tuple[jax.Array, jax.Array, jax.Array] | None = None  # (k (B, T, Hkv, D), v, positions (B, T))
     deferred: bool = struct.field(pytree_node=False, default=False)
+    split: HeadSplit | None = struct.field(pytree_node=False, default=None)  # on a mesh: how the heads are placed
 
     @classmethod
     def init(
-        cls, batch: int, capacity: int, num_kv_heads: int, head_dim: int, *, dtype: object, deferred: bool = False
+        cls,
+        batch: int,
+        capacity: int,
+        num_kv_heads: int,
+        head_dim: int,
+        *,
+        dtype: object,
+        deferred: bool = False,
+        split: HeadSplit | None = None,
     ) -> KVCache:
         if batch <= 0 or capacity <= 0:
             raise ValueError(f"KVCache: batch and capacity must be positive, got {batch}, {capacity}")
+        if split is not None and split.axis is not None and num_kv_heads % split.mesh.shape[split.axis]:
+            raise ValueError(
+                f"KVCache: {num_kv_heads} kv heads cannot split over mesh axis {split.axis!r} of size "
+                f"{split.mesh.shape[split.axis]}"
+            )
         shape = (batch, num_kv_heads, capacity, head_dim)
         # Two distinct buffers: a commit donates the cache, and one buffer cannot be donated twice.
         positions = jnp.full((batch, capacity), -1, jnp.int32)
-        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), positions, deferred=deferred)
+        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), positions, deferred=deferred, split=split)
 
     @property
     def capacity(self) -> int:

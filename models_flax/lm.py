@@ -9,8 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
+from jax.sharding import AbstractMesh, Mesh
 
-from models_flax.cache import KVCache
+from models_flax.cache import HeadSplit, KVCache
 from models_flax.checks import check_ids, check_int_array
 from models_flax.delays import delay, undelay
 from models_flax.embedding import Embedding
@@ -116,10 +117,13 @@ class DepthTransformer(nnx.Module):
         when the depth stack has one (kyutai's depformer_pos_emb "sin"))."""
         return add_sin_embedding(self.cfg.depth, x, positions)
 
-    def init_caches(self, batch: int, *, dtype: object) -> list[KVCache]:
-        """One frame's caches: dep_q slots per layer (the depth transformer restarts at every frame)."""
+    def init_caches(self, batch: int, *, dtype: object, mesh: Mesh | AbstractMesh | None = None) -> list[KVCache]:
+        """One frame's caches: dep_q slots per layer (the depth transformer restarts at every frame); on a mesh, split
+        by kv heads where 'fsdp' divides them (`HeadSplit.for_heads`)."""
         d = self.cfg.depth
-        return [KVCache.init(batch, self.cfg.dep_q, d.num_kv_heads, d.head_dim, dtype=dtype) for _ in self.layers]
+        split = None if mesh is None else HeadSplit.for_heads(mesh, d.num_kv_heads)
+        return [KVCache.init(batch, self.cfg.dep_q, d.num_kv_heads, d.head_dim, dtype=dtype, split=split)
+                for _ in self.layers]  # fmt: skip
 
     def step(
         self,

@@ -34,8 +34,7 @@ from jax.sharding import AbstractMesh, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from models_flax import sharding
-from models_flax.attention import pallas_layers
-from models_flax.cache import KVCache
+from models_flax.cache import HeadSplit, KVCache
 from models_flax.checks import check_ids, check_int_array
 from models_flax.lm import DEPTH_STACKS, LM
 from models_flax.sampling import AUDIO, TEXT, Sampler, sample
@@ -154,6 +153,7 @@ def _step(
     graphdef,
     text_sampler: Sampler,
     audio_sampler: Sampler,
+    mesh: Mesh | AbstractMesh | None,
     params,
     depth_weights,
     state: StreamState,
@@ -177,7 +177,7 @@ def _step(
     extra = [jax.nn.softmax(head(x), axis=-1).astype(jnp.float32) for head in lm.extra_heads]
     keys = jax.random.split(key, 1 + cfg.dep_q)
     text = sample(text_logits, keys[0], text_sampler)
-    token, depth_caches = text, lm.depth.init_caches(batch, dtype=lm.dtype)
+    token, depth_caches = text, lm.depth.init_caches(batch, dtype=lm.dtype, mesh=mesh)
     audio, audio_logits = [], []
     for codebook in range(cfg.dep_q):
         depth = nnx.merge(graphdef, depth_weights[codebook], params).depth  # this codebook's weight slices
@@ -200,10 +200,10 @@ def _step(
     return out, StreamState(caches, tokens, offsets)
 
 
-def _step_reading(graphdef, text_sampler, audio_sampler, params, depth_weights, state, codes, key):
+def _step_reading(graphdef, text_sampler, audio_sampler, mesh, params, depth_weights, state, codes, key):
     """The jitted step: reads the caches, returns (output, their pending entries, delay buffer, offsets), never the
     caches themselves (`_commit`, a second program, writes the entries in place)."""
-    out, new = _step(graphdef, text_sampler, audio_sampler, params, depth_weights, state, codes, key)
+    out, new = _step(graphdef, text_sampler, audio_sampler, mesh, params, depth_weights, state, codes, key)
     return out, [c.pending for c in new.caches], new.tokens, new.offsets
 
 
@@ -211,12 +211,12 @@ def _commit(caches: list[KVCache], pending: list[tuple]) -> list[KVCache]:
     return [c.replace(pending=p).commit() for c, p in zip(caches, pending, strict=True)]
 
 
-def _generate(graphdef, text_sampler, audio_sampler, params, depth_weights, state, codes, keys):
+def _generate(graphdef, text_sampler, audio_sampler, mesh, params, depth_weights, state, codes, keys):
     """codes (B, U, T), keys (T, ...) -> StepOutput with a trailing time axis, final state."""
 
     def body(state, inputs):
         codes_t, key = inputs
-        out, new = _step(graphdef, text_sampler, audio_sampler, params, depth_weights, state, codes_t, key)
+        out, new = _step(graphdef, text_sampler, audio_sampler, mesh, params, depth_weights, state, codes_t, key)
         return new.replace(caches=[c.commit() for c in new.caches]), out  # a loop carry updates in place
 
     state, outs = jax.lax.scan(body, state, (jnp.moveaxis(codes, 2, 0), keys))
@@ -226,8 +226,8 @@ def _generate(graphdef, text_sampler, audio_sampler, params, depth_weights, stat
 def state_shardings(cfg: LMConfig, mesh: Mesh | AbstractMesh, state: StreamState) -> StreamState:
     """Where `Streamer(mesh=)` keeps a stream's state: the caches' keys and values split by kv heads over 'fsdp'
     (replicated when the heads do not divide it), everything else replicated; shaped like `state`."""
-    heads = cfg.temporal.num_kv_heads
-    kv = NamedSharding(mesh, P(None, "fsdp") if heads % mesh.shape["fsdp"] == 0 else P())
+    split = HeadSplit.for_heads(mesh, cfg.temporal.num_kv_heads)
+    kv = NamedSharding(mesh, P() if split.axis is None else P(None, split.axis))
     whole = NamedSharding(mesh, P())
     return StreamState([c.replace(keys=kv, values=kv, positions=whole) for c in state.caches], whole, whole)
 
@@ -246,8 +246,9 @@ class Streamer:
     are placed by the sharding rules (in place; a no-op for ones `from_checkpoint(mesh=)` placed), so each device
     holds 1/fsdp of the weights and XLA splits the matmuls along them; the KV caches are split by kv heads over
     'fsdp' (replicated where the heads do not divide), the rest of the state is replicated; every state a Streamer
-    returns is placed so, and the step compiles once. Attention runs on XLA here (the Pallas kernels split a batch,
-    not heads: refused by name).
+    returns is placed so, and the step compiles once. With attention "pallas" the kernels run per device on the
+    caches' heads (`KVCache.split`: a shard_map, as XLA cannot partition a Pallas call), the depth transformer's
+    likewise (whole on every device where 'fsdp' does not divide its kv heads).
     """
 
     def __init__(self, lm: LM, *, text: Sampler = TEXT, audio: Sampler = AUDIO, mesh: Mesh | None = None):
@@ -267,17 +268,11 @@ class Streamer:
         self.samplers = (text, audio)
         self.mesh = mesh
         if mesh is not None:
-            pallas = pallas_layers(lm)
-            if pallas:
-                raise ValueError(
-                    f"Streamer: on a mesh attention runs on XLA, but the LM's is 'pallas' ({len(pallas)} layers, first "
-                    f"{pallas[0]}): the kernels split a batch over devices, a stream's caches are split by heads"
-                )
             sharding.shard_model(lm, mesh)
         graphdef, self.depth_weights, self.params = split_codebooks(lm)
-        self._step = jax.jit(functools.partial(_step_reading, graphdef, text, audio))
+        self._step = jax.jit(functools.partial(_step_reading, graphdef, text, audio, mesh))
         self._commit = jax.jit(_commit, donate_argnums=0)
-        self._generate = jax.jit(functools.partial(_generate, graphdef, text, audio), donate_argnums=2)
+        self._generate = jax.jit(functools.partial(_generate, graphdef, text, audio, mesh), donate_argnums=2)
 
     @property
     def user_streams(self) -> int:
@@ -295,8 +290,9 @@ class Streamer:
         if context is not None and capacity < context:
             raise ValueError(f"Streamer.init_state: capacity {capacity} < context {context} would forget visible keys")
         t = cfg.temporal
+        split = None if self.mesh is None else HeadSplit.for_heads(self.mesh, t.num_kv_heads)  # as `_placed` puts them
         caches = [
-            KVCache.init(batch, capacity, t.num_kv_heads, t.head_dim, dtype=self.dtype, deferred=True)
+            KVCache.init(batch, capacity, t.num_kv_heads, t.head_dim, dtype=self.dtype, deferred=True, split=split)
             for _ in range(t.num_layers)
         ]
         tokens = jnp.full((batch, 1 + cfg.n_q, cfg.max_delay + 2), UNGENERATED, jnp.int32)

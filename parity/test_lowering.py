@@ -84,6 +84,20 @@ def test_7b_stream_step_lowers_sharded_for_tpu():
     assert exported.nr_devices == 8 and '{"fsdp"}' in exported.mlir_module()
 
 
+def test_7b_stream_step_with_pallas_lowers_sharded_for_tpu():
+    """The same with the Mosaic kernels: a stream's caches are split by kv heads (`KVCache.split`), and each kernel
+    runs in a shard_map over them. Its control: the same export without that shard_map raises Mosaic's refusal."""
+    exported = stream_step_export(MOSHI_7B, "pallas", "tpu", batch=1, mesh=sharding.abstract_mesh(1, 8))
+    assert exported.nr_devices == 8 and '{"fsdp"}' in exported.mlir_module()
+    assert kernel_custom_calls(exported)["mosaic"] > 0 and "manual_computation" in exported.mlir_module()
+
+
+def test_stream_pallas_without_head_shard_map_does_not_lower_sharded(monkeypatch):
+    monkeypatch.setattr(dispatch, "per_head_shard", lambda kernel, split, kv_layout: kernel)
+    with pytest.raises(NotImplementedError, match="cannot be automatically partitioned"):
+        stream_step_export(MOSHI_7B, "pallas", "tpu", batch=1, mesh=sharding.abstract_mesh(1, 8))
+
+
 def test_7b_forward_with_pallas_lowers_sharded_for_tpu():
     """The same with the Mosaic kernels: XLA cannot partition a Pallas call ("Mosaic kernels cannot be automatically
     partitioned. Please wrap the call in a shard_map.", the strict xfail this replaces), so in the mesh's context each

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax.numpy as jnp
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
@@ -51,7 +52,8 @@ def test_sharded_lm_matches_unsharded():
     for diffs in measured["max_diff_over_rms"].values():
         assert diffs["text"] <= measured["bound"]["text"] and diffs["audio"] <= measured["bound"]["audio"]
     assert measured["checkpoint"] == {"split": measured["split"], "bit_exact": True}  # from_checkpoint(mesh=)
-    assert measured["stream"] == {"frames": 20, "tokens_equal": True, "split": measured["split"], "step_compiles": 1}
+    assert measured["stream"] == {"frames": 20, "tokens_equal": True, "pallas_tokens_equal": True,
+                                  "split": measured["split"], "step_compiles": 1}  # fmt: skip
     pallas = measured["pallas"]  # attention="pallas" sharded: the kernels in a shard_map over the batch
     assert all(pallas["max_diff_over_rms"][k] <= measured["bound"][k] for k in ("text", "audio"))
     assert pallas["shard_maps"] > 0 and "batch 4 is not divisible by the data axes" in pallas["indivisible_batch_error"]
@@ -145,15 +147,21 @@ def test_rank_mismatch_and_unknown_axis_are_errors(tiny):
         sharding.param_specs(tiny, {"dp": 1, "fsdp": 4}, rules=_with(sharding.RULES, tp, drop=(r"lm_head\.kernel",)))
 
 
-def test_streamer_on_a_mesh_refuses_pallas():
-    """The Pallas kernels split a batch over devices (a shard_map); a stream's caches are split by heads: refused by
-    name, and the XLA twin is accepted (on a one-device mesh: this process has one device)."""
-    from models_flax.streaming import Streamer
+def test_head_split_refuses_heads_its_axis_does_not_divide():
+    """A cache split by kv heads over 'fsdp' (what `Streamer(mesh=)` gives the Pallas kernels) needs the heads to divide
+    it: the cache and the kernel both refuse by name (an abstract mesh of 8: this process has one device);
+    `for_heads` keeps such heads whole on every device."""
+    from models_flax.cache import HeadSplit, KVCache
+    from models_flax.kernels.decode import decode_attention
 
-    mesh = sharding.make_mesh(1, 1)
-    Streamer(LM(LMConfig.tiny(), rngs=nnx.Rngs(0)), mesh=mesh)
-    with pytest.raises(ValueError, match=r"the LM's is 'pallas' \(4 layers, first depth\.layers\.0\.self_attn\)"):
-        Streamer(LM(LMConfig.tiny(), impl="pallas", rngs=nnx.Rngs(0)), mesh=mesh)
+    mesh = sharding.abstract_mesh(1, 8)
+    assert HeadSplit.for_heads(mesh, 16) == HeadSplit(mesh, "fsdp") and HeadSplit.for_heads(mesh, 4).axis is None
+    with pytest.raises(ValueError, match=r"4 kv heads cannot split over mesh axis 'fsdp' of size 8"):
+        KVCache.init(1, 8, 4, 16, dtype=jnp.float32, split=HeadSplit(mesh, "fsdp"))
+    q, kv, pos = jnp.zeros((1, 1, 8, 16)), jnp.zeros((1, 4, 8, 16)), jnp.zeros((1, 1), jnp.int32)
+    with pytest.raises(ValueError, match=r"over mesh axis 'fsdp' \(8 devices\): 8 query and 4 kv heads do not both"):
+        decode_attention(q, kv, kv, q_positions=pos, k_positions=jnp.zeros((1, 8), jnp.int32), context=None,
+                         kv_layout="BHSD", split=HeadSplit(mesh, "fsdp"))  # fmt: skip
 
 
 def test_make_mesh_needs_every_device():

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from models_flax.cache import HeadSplit
 from models_flax.kernels.dispatch import run_kernel
 from models_flax.kernels.flash_attention import (
     attend_blocks,
@@ -145,6 +146,7 @@ def decode_attention(
     kv_layout: str = "BSHD",
     interpret: bool | None = None,
     platform: str | None = None,
+    split: HeadSplit | None = None,
 ) -> jax.Array:
     """q (B, T, H, D) with 1 <= T <= 4, cache k/v (B, S, Hkv, D), positions (B, T) / (B, S) -> (B, T, H, D).
 
@@ -152,7 +154,7 @@ def decode_attention(
         block_sizes: tiles, `DecodeBlockSizes` (Triton source) or `MosaicBlockSizes` (TPU); default per platform.
         precision: as `flash_attention` (None: exact float32 dots; jax.lax.Precision.DEFAULT: TF32 on GPU).
         kv_layout: "BSHD", or "BHSD" for k/v (B, Hkv, S, D) as KVCache holds them.
-        interpret, platform: as `flash_attention` (the Mosaic source serves prefill and decode alike).
+        interpret, platform, split: as `flash_attention` (the Mosaic source serves prefill and decode alike).
 
     Raises:
         ValueError/TypeError: as `flash_attention`, and for T outside 1..4.
@@ -166,7 +168,7 @@ def decode_attention(
     return run_kernel(
         (q, k, v, q_positions, k_positions), _triton_decode, DecodeBlockSizes, context=context,
         block_sizes=block_sizes, precision=precision, kv_layout=kv_layout, interpret=interpret, platform=platform,
-        decode=True,
+        decode=True, split=split,
     )  # fmt: skip
 
 

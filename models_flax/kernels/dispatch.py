@@ -8,6 +8,11 @@ On a mesh (a `jax.set_mesh` / `jax.sharding.use_abstract_mesh` context with the 
 the kernel runs inside a `jax.shard_map` over the batch: XLA cannot partition a Pallas call ("Mosaic kernels cannot be
 automatically partitioned"), and attention needs nothing across rows, so each device attends its own rows. The batch
 must divide by the data axes' size (a ValueError names both); heads and everything else stay whole on each device.
+
+A cache's `HeadSplit` (what `Streamer(mesh=)` gives its caches: a stream's batch is one or two rows, its caches are
+split by kv heads) takes precedence: the kernel runs in a shard_map over that mesh with the queries, keys, values and
+output split by heads over its axis (every device whole where the axis is None) and the positions whole. Query head h
+reads kv head h // (H / Hkv), so the contiguous head blocks of one device hold exactly the kv heads its queries read.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import jax
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
+from models_flax.cache import HeadSplit
 from models_flax.kernels.mosaic import MosaicBlockSizes, mosaic_attention, mosaic_call
 from models_flax.sharding import AXES  # the mesh axes the batch is split over (sharding.DATA_SPEC)
 
@@ -37,6 +43,7 @@ def run_kernel(
     interpret: bool | None,
     platform: str | None,
     decode: bool,
+    split: HeadSplit | None = None,
 ) -> jax.Array:
     """Runs the kernel source that `platform` and `interpret` pick on args (q, k, v, q_positions, k_positions).
 
@@ -51,9 +58,11 @@ def run_kernel(
         interpret: True: interpret (the Triton source in the Pallas interpreter, the Mosaic source in TPU interpret
             mode); False: compile; None: interpret on CPU.
         decode: whether this is the decode call (the Mosaic source's default tiles differ).
+        split: the keys' and values' `HeadSplit`: the kernel runs per device on its heads (`per_head_shard`); None:
+            per device on its rows in a mesh context (`per_batch_shard`), else as is.
 
     Raises:
-        ValueError: on a mesh, a batch the data axes do not divide.
+        ValueError: on a mesh, a batch the data axes do not divide, or heads the split's axis does not divide.
     """
     mosaic_tiles = tiles(block_sizes, MosaicBlockSizes, lambda: MosaicBlockSizes.for_chip(decode=decode))
 
@@ -65,7 +74,28 @@ def run_kernel(
         return _by_platform(args, triton, triton_tiles, context, block_sizes, mosaic_tiles, precision, kv_layout,
                             interpret, platform)  # fmt: skip
 
-    return per_batch_shard(kernel)(*args)
+    return per_batch_shard(kernel)(*args) if split is None else per_head_shard(kernel, split, kv_layout)(*args)
+
+
+def per_head_shard(kernel, split: HeadSplit, kv_layout: str):
+    """`kernel` (q (B, T, H, D), k, v in `kv_layout`, q and k positions) inside a `jax.shard_map` over `split.mesh`
+    that gives each device its block of query heads and the block of kv heads they read (all of them where
+    `split.axis` is None), and concatenates the outputs' heads."""
+    heads = P(None, None, split.axis)
+    kv = P(None, split.axis) if kv_layout == "BHSD" else heads
+
+    def sharded(q, k, v, q_positions, k_positions):
+        devices = 1 if split.axis is None else split.mesh.shape[split.axis]
+        kv_heads = k.shape[1] if kv_layout == "BHSD" else k.shape[2]
+        if q.shape[2] % devices or kv_heads % devices:
+            raise ValueError(
+                f"Pallas attention split by heads over mesh axis {split.axis!r} ({devices} devices): {q.shape[2]} "
+                f"query and {kv_heads} kv heads do not both divide"
+            )
+        return jax.shard_map(kernel, mesh=split.mesh, in_specs=(heads, kv, kv, P(), P()), out_specs=heads,
+                             check_vma=False)(q, k, v, q_positions, k_positions)  # fmt: skip
+
+    return sharded
 
 
 def per_batch_shard(kernel):

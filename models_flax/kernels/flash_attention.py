@@ -36,6 +36,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from models_flax.cache import HeadSplit
 from models_flax.kernels.dispatch import KERNEL_PLATFORMS, run_kernel
 from models_flax.kernels.positions import live_block_ranges, pad_axis, softmax_scale, visible
 
@@ -310,6 +311,7 @@ def flash_attention(
     kv_layout: str = "BSHD",
     interpret: bool | None = None,
     platform: str | None = None,
+    split: HeadSplit | None = None,
 ) -> jax.Array:
     """Flash attention forward: q (B, T, H, D), k/v (B, S, Hkv, D), positions (B, T) / (B, S) -> (B, T, H, D).
 
@@ -323,6 +325,7 @@ def flash_attention(
         interpret: True: the Pallas interpreter (TPU interpret mode for the Mosaic source); None: on CPU only.
         platform: the kernel source, "gpu" (Triton) or "tpu" (Mosaic); None: the one of the platform the program is
             lowered for (see `run_kernel`).
+        split: the caches' `HeadSplit` on a mesh: the kernel runs per device on its kv heads (`run_kernel`).
 
     Raises:
         ValueError/TypeError: bad ranks, mismatched shapes, heads not a multiple of kv heads, a dtype other than
@@ -335,7 +338,7 @@ def flash_attention(
     )  # fmt: skip
     return run_kernel(
         (q, k, v, q_positions, k_positions), _triton_prefill, BlockSizes, context=context, block_sizes=block_sizes,
-        precision=precision, kv_layout=kv_layout, interpret=interpret, platform=platform, decode=False,
+        precision=precision, kv_layout=kv_layout, interpret=interpret, platform=platform, decode=False, split=split,
     )  # fmt: skip
 
 

@@ -114,18 +114,19 @@ def lm_forward_export(
 def stream_step_export(cfg: LMConfig, impl: str, platform: str, *, batch: int = 1, mesh=None) -> jax.export.Exported:
     """`Streamer.step`'s compiled program (`streaming._step_reading`: temporal step against full-size ring caches,
     the depth transformer's dep_q steps, sampling) with kyutai's default samplers; with an abstract ('dp', 'fsdp')
-    mesh, placed as `Streamer(mesh=)` places it (weights by the sharding rules, caches by kv heads)."""
+    mesh, placed as `Streamer(mesh=)` places it (weights by the sharding rules, caches by kv heads, the Pallas
+    kernels in shard_maps over the caches' heads)."""
     graphdef, _, _ = nnx.split(abstract_model(cfg, impl), streaming.is_depth_weight, ...)
     depth_weights, params = _stream_weights(cfg)
     # all that Streamer.init_state reads (the placement on a mesh is given to the abstract state below)
-    holder = SimpleNamespace(cfg=cfg, dtype=jnp.bfloat16, _placed=lambda state: state)
+    holder = SimpleNamespace(cfg=cfg, dtype=jnp.bfloat16, mesh=mesh, _placed=lambda state: state)
     state = jax.eval_shape(lambda: streaming.Streamer.init_state(holder, batch))
     if mesh is not None:
         params, depth_weights = _on_mesh(params, mesh), [_on_mesh(w, mesh) for w in depth_weights]
         state = _placed(state, streaming.state_shardings(cfg, mesh, state))
     codes = jax.ShapeDtypeStruct((batch, cfg.n_q - cfg.dep_q), jnp.int32)
     key = jax.eval_shape(lambda: jax.random.key(0))
-    step = functools.partial(streaming._step_reading, graphdef, streaming.TEXT, streaming.AUDIO)
+    step = functools.partial(streaming._step_reading, graphdef, streaming.TEXT, streaming.AUDIO, mesh)
     return export(step, params, depth_weights, state, codes, key, platform=platform)
 
 

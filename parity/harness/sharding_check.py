@@ -16,7 +16,8 @@ Checks, on a (dp=2, fsdp=4) mesh, of the tiny LM drawn onto it by `sharding.init
     with attention="pallas" in the mesh's context (the kernels in a shard_map over the batch), the sharded logits
     equal the unsharded Pallas model's within `BOUND` (rows rolled by one fail it), the kernels inside shard_map
     regions (`pallas_check`);
-    `Streamer(lm, mesh=mesh)` streams the unsharded Streamer's greedy tokens, one compiled step (`stream_check`);
+    `Streamer(lm, mesh=mesh)` streams the unsharded Streamer's greedy tokens, one compiled step, and so does the
+    Pallas LM's, its kernels per device on the caches' kv heads (`stream_check`);
     `from_checkpoint(path, mesh=mesh)` places every parameter by its rule, and its sharded logits are bit for bit the
     sharded model's (`checkpoint_check`);
     the sharded train step equals the unsharded one (parity/harness/train_sharding_check.py).
@@ -135,7 +136,12 @@ def stream_check(cfg: LMConfig, mesh, host: dict) -> dict:
         raise AssertionError(f"Streamer(mesh=): caches placed with {specs}, expected P(None, 'fsdp') (kv heads)")
     if streamer._step._cache_size() != 1:
         raise AssertionError(f"Streamer(mesh=): the step compiled {streamer._step._cache_size()} times in one session")
-    return {"frames": int(got.shape[-1]), "tokens_equal": True, "split": split, "step_compiles": 1}
+    pallas, _ = run(Streamer(loaded(cfg, host, impl="pallas"), text=GREEDY, audio=GREEDY, mesh=mesh))
+    if not np.array_equal(expected, pallas):
+        first = np.argwhere(expected != pallas)[:3].tolist()
+        raise AssertionError(f"Streamer(mesh=) with Pallas attention: tokens differ at (row, stream, frame) {first}")
+    return {"frames": int(got.shape[-1]), "tokens_equal": True, "pallas_tokens_equal": True, "split": split,
+            "step_compiles": 1}  # fmt: skip
 
 
 def pallas_check(cfg: LMConfig, mesh, codes: np.ndarray, host: dict) -> dict:

@@ -341,8 +341,8 @@ FLAX: tuple[Mutation, ...] = (
     Mutation(
         "flax_pallas_partitioned_by_xla",
         "models_flax/kernels/dispatch.py",
-        "return per_batch_shard(kernel)(*args)",
-        "return kernel(*args)",
+        "return per_batch_shard(kernel)(*args) if split",
+        "return kernel(*args) if split",
         "placement on a mesh",
         ("parity/test_lowering.py::test_7b_forward_with_pallas_lowers_sharded_for_tpu",),
         "the Pallas call handed to XLA's partitioner on a mesh (which Mosaic refuses) instead of a shard_map",
@@ -360,13 +360,33 @@ FLAX: tuple[Mutation, ...] = (
     ),
     Mutation(
         "flax_stream_caches_always_split",
-        "models_flax/streaming.py",
-        'P(None, "fsdp") if heads % mesh.shape["fsdp"] == 0 else P()',
-        'P(None, "fsdp")',
+        "models_flax/cache.py",
+        "return cls(mesh, axis if kv_heads % mesh.shape[axis] == 0 else None)",
+        "return cls(mesh, axis)",
         "placement on a mesh",
         ("parity/test_full_size.py::test_checks_pass_on_a_mesh",),
         "a stream's caches split by kv heads over 'fsdp' even where the heads do not divide it (the tiny LM's 4 over "
         "8 devices; Moshi 7B's 32 over a 64-chip slice)",
+    ),
+    Mutation(
+        "flax_pallas_stream_kv_heads_whole",
+        "models_flax/kernels/dispatch.py",
+        'kv = P(None, split.axis) if kv_layout == "BHSD" else heads',
+        "kv = P()",
+        "placement on a mesh",
+        (SHARDED,),
+        "the Pallas kernels of a stream on a mesh give each device its query heads but every kv head: its queries then "
+        "read the first kv heads, not their own",
+    ),
+    Mutation(
+        "flax_pallas_stream_split_dropped",
+        "models_flax/attention.py",
+        "split=view.split)",
+        "split=None)",
+        "placement on a mesh",
+        ("parity/test_lowering.py::test_7b_stream_step_with_pallas_lowers_sharded_for_tpu",),
+        "a stream's Pallas kernels handed to XLA's partitioner on a mesh (which Mosaic refuses; on CPU the interpreted "
+        "kernel is partitioned like any XLA op and streams the same tokens)",
     ),
     Mutation(
         "flax_placer_ignores_mesh",
