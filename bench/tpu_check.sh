@@ -10,8 +10,8 @@
 #      the XLA path and jax.nn.dot_product_attention (bench/attention.py --moshi; a Pallas error over 2x XLA's fails);
 #   3. the 7B streaming step in bf16, XLA then Pallas attention, in ms per frame and as a ratio to its HBM floor
 #      (weights + KV cache read once per frame at the measured bandwidth; bench/step.py). $STEP_FSDP=N (default 1)
-#      splits the weights and caches over N chips instead, XLA attention only: 7B in bf16 (15.4 GB) does not leave
-#      room for its caches on one 16 GB TPU v5e chip, so a v5e-8 runs STEP_FSDP=8.
+#      splits the weights and caches over N chips instead (the Pallas kernels per chip on the caches' kv heads): 7B in
+#      bf16 (15.4 GB) does not leave room for its caches on one 16 GB TPU v5e chip, so a v5e-8 runs STEP_FSDP=8.
 # Usage (repo root): bash bench/tpu_check.sh   -- output also lands in $OUT (or ./device_check_out). Exit status 1 when
 # any step fails. Timeouts: $SUITE_TIMEOUT (default 900 s), 120 s for the kernels, 300 s for the 7B step.
 set -uo pipefail
@@ -41,10 +41,7 @@ timeout "${SUITE_TIMEOUT:-900}" python3 -m pytest ${SUITE:-parity} --platform "$
     -p no:randomly -p no:cacheprovider --durations=15 2>&1 \
     | tee "$out/suite.txt" || rc=1
 timeout 120 python3 bench/attention.py --moshi --dtype bfloat16 2>&1 | tee "$out/kernels_bf16.txt" || rc=1
-step_fsdp="${STEP_FSDP:-1}"
-step_impl=$([ "$step_fsdp" = 1 ] && echo "xla pallas" || echo xla)
-# shellcheck disable=SC2086  # $step_impl is a list of implementations
-timeout 300 python3 bench/step.py --preset moshi_7b --dtype bfloat16 --no-kyutai --impl $step_impl --frames 30 \
-    --fsdp "$step_fsdp" 2>&1 | tee "$out/step_7b.txt" || rc=1
+timeout 300 python3 bench/step.py --preset moshi_7b --dtype bfloat16 --no-kyutai --impl xla pallas --frames 30 \
+    --fsdp "${STEP_FSDP:-1}" 2>&1 | tee "$out/step_7b.txt" || rc=1
 echo "device check on $platform: rc=$rc"
 exit $rc
