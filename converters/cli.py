@@ -1,10 +1,11 @@
-"""Convert a whole Moshi LM checkpoint (Mimi excluded) between kyutai, hf, ref and flax layouts.
+"""Convert a whole Moshi LM or Mimi checkpoint between kyutai, hf, ref and flax layouts.
 
     python -m converters --src kyutai --dst flax [--preset NAME | --config FILE] IN OUT
 
 IN: a safetensors file or a directory of *.safetensors shards (src flax: an OUT directory of this tool, or an Orbax
-checkpoint directory). FILE: kyutai LMModel kwargs JSON, an HF MoshiConfig config.json, or a moshi_parity_config.json;
-without either, IN's own moshi_parity_config.json or config.json.
+checkpoint directory). FILE: kyutai LMModel kwargs JSON, an HF MoshiConfig config.json, kyutai's get_mimi config, an
+HF MimiConfig config.json, or a moshi_parity_config.json; without either, IN's own moshi_parity_config.json or
+config.json.
 
 Before any weight is read: OUT may not be IN, lie inside it or contain it; IN's headers are checked against its file
 sizes; its keys and shapes are checked in its own names (and the conversion dry-run on zero-byte placeholders); its
@@ -14,8 +15,9 @@ error, and so is a kyutai Mimi codebook never initialised (its `_initialized` fl
 which becomes OUT only once complete (on any failure it is removed and OUT is left as it was). OUT holds
 `model.safetensors` (kyutai, hf, ref) or the Orbax checkpoint `params/` (flax), `moshi_parity_config.json` (the
 component, its config as `lm_config` or `mimi_config`, the formats, the tool version) and the `config.json` that
-upstream's loader reads: for an LM, kyutai's LMModel kwargs or HF's MoshiConfig; for a kyutai Mimi, get_mimi's config
-dict. Exit status: 0 done, 1 input or conversion error, 2 usage error.
+upstream's loader reads: for an LM, kyutai's LMModel kwargs or HF's MoshiConfig; for a Mimi, get_mimi's config dict
+or HF's MimiConfig (`transformers.MimiModel.from_pretrained(OUT)` loads an hf OUT). Exit status: 0 done, 1
+input or conversion error, 2 usage error.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from converters.inputs import (
     resolve_config,
 )
 from converters.mimi_config import to_kyutai_mimi_config
+from converters.mimi_hf_config import to_hf_mimi_config
 from converters.outdir import (
     CONFIG_NAME,
     ORBAX_NAME,
@@ -94,7 +97,8 @@ def parser() -> argparse.ArgumentParser:
     which.add_argument(
         "--config",
         type=Path,
-        help="kyutai LM kwargs JSON, HF config.json, kyutai get_mimi config JSON (Mimi) or moshi_parity_config.json",
+        help="kyutai LM kwargs JSON, HF config.json (MoshiConfig or MimiConfig), kyutai get_mimi config JSON or "
+        "moshi_parity_config.json",
     )
     p.add_argument(
         "--dtype",
@@ -149,15 +153,16 @@ def dtype_counts(items: Any) -> dict[str, int]:
 
 def upstream_for(fmt: str, cfg: Any) -> dict[str, Any] | None:
     """The config.json an OUT of format `fmt` carries for its upstream loader: an LM's (converters/upstream_config.py)
-    or, for a kyutai Mimi, get_mimi's config dict; None for a format of ours, and for an hf Mimi (HF's MimiConfig is
-    not written here).
+    or, for a Mimi, kyutai's get_mimi config dict or HF's MimiConfig (converters/mimi_hf_config.py); None for a format
+    of ours.
 
     Raises:
         ValueError: the upstream config cannot express cfg, naming each field it would lose.
     """
     if kind_of(cfg).component == "lm":
         return upstream_config(fmt, cfg)
-    return to_kyutai_mimi_config(cfg) if fmt == "kyutai" else None
+    writers = {"kyutai": to_kyutai_mimi_config, "hf": to_hf_mimi_config}
+    return writers[fmt](cfg) if fmt in writers else None
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -109,3 +109,16 @@ def building(where: str, names: Mapping[str, str]) -> Iterator[None]:
             key = names.get(p.field, names.get(p.field.split(".")[0].split("[")[0]))
             lines.append(f"{key} ({p.message})" if key else p.message)
         raise ValueError(f"{where}: " + "; ".join(lines)) from err
+
+
+def differences(a: Mapping[str, Any], b: Mapping[str, Any], at: str = "", *, ignore: Collection[str] = ()) -> list[str]:
+    """`{dotted key}={a's value!r} (it would read back as {b's!r})` for every leaf where two config dicts of one
+    layout differ, but the keys in `ignore`: what writing `a` to an upstream's config and reading it back would
+    lose."""
+    found = []
+    for key, value in a.items():
+        if isinstance(value, Mapping):
+            found += differences(value, b[key], f"{at}{key}.", ignore=ignore)
+        elif value != b[key] and key not in ignore:
+            found.append(f"{at}{key}={value!r} (it would read back as {b[key]!r})")
+    return found

@@ -42,7 +42,7 @@ def _hf_names(at: str, theta_key: str) -> dict[str, str]:
     }  # fmt: skip
 
 
-def _hf_rope(d: Mapping[str, Any]) -> tuple[float, str, list[str]]:
+def hf_rope(d: Mapping[str, Any]) -> tuple[float, str, list[str]]:
     """(rope theta, the key it is read from, problems) of an HF config, read as transformers 5 reads every layout
     (`RotaryEmbeddingConfigMixin.convert_rope_params_to_dict`): a non-empty `rope_scaling` (4.x's name, there beside a
     top-level `rope_theta`) replaces `rope_parameters` (5.x); a theta neither holds is the top-level `rope_theta`, else
@@ -89,7 +89,7 @@ def _hf_stack(h: Mapping[str, Any], at: str, *, theta_key: str = "rope_theta", *
 def from_hf_config(config: Mapping[str, Any]) -> LMConfig:
     """The LMConfig of an HF `MoshiConfig.to_dict()` (a `config.json` of MoshiForConditionalGeneration).
 
-    Every layout transformers wrote reads as transformers 5 reads it: rope theta as `_hf_rope` says; a
+    Every layout transformers wrote reads as transformers 5 reads it: rope theta as `hf_rope` says; a
     `head_dim` or `num_key_value_heads` absent or null is derived; an absent `sliding_window` is MoshiConfig's 3000,
     a null one (4.x's "no window") or one of UNBOUNDED or more is none; the depth config may leave out the fields its
     parent sets (audio_vocab_size, input_size, vocab_size, num_codebooks).
@@ -109,7 +109,7 @@ def from_hf_config(config: Mapping[str, Any]) -> LMConfig:
     at = "depth_decoder_config."
     problems = field_problems(d, HF_FIELDS)
     problems += field_problems(depth_cfg, HF_STACK_FIELDS | {"sliding_window": "int?"}, where=at)
-    theta, theta_key, rope_problems = _hf_rope(d)
+    theta, theta_key, rope_problems = hf_rope(d)
     problems += rope_problems
     if not isinstance(mimi or {}, Mapping):
         problems.append(f"audio_encoder_config={mimi!r} is not a JSON object")

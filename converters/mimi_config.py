@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from converters.config_fields import building, dataclass_problems, field_problems
+from converters.config_fields import building, dataclass_problems, differences, field_problems
 from moshi_spec.config import TransformerConfig
 from moshi_spec.mimi import MimiConfig, SEANetConfig
 
@@ -250,20 +250,10 @@ def to_kyutai_mimi_config(cfg: MimiConfig) -> dict[str, Any]:
         },
     }  # fmt: skip
     back = from_kyutai_mimi_config(written).replace(num_codebooks=cfg.num_codebooks)
-    lost = _differences(mimi_config_to_dict(cfg), mimi_config_to_dict(back))
+    lost = differences(mimi_config_to_dict(cfg), mimi_config_to_dict(back))
     if lost:
         raise ValueError("kyutai's get_mimi config cannot express this MimiConfig: " + "; ".join(lost))
     return written
-
-
-def _differences(a: Mapping[str, Any], b: Mapping[str, Any], at: str = "") -> list[str]:
-    found = []
-    for key, value in a.items():
-        if isinstance(value, Mapping):
-            found += _differences(value, b[key], f"{at}{key}.")
-        elif value != b[key]:
-            found.append(f"{at}{key}={value!r} (it would read back as {b[key]!r})")
-    return found
 
 
 def mimi_config_to_dict(cfg: MimiConfig) -> dict[str, Any]:
@@ -320,7 +310,7 @@ def mimi_config_from_json(d: object) -> tuple[MimiConfig, str]:
     """(MimiConfig, kind) of a parsed Mimi config JSON of a kind `mimi_config_kind` recognizes.
 
     Raises:
-        ValueError: no Mimi config, a kind this module does not read (HF's), or the config's problems.
+        ValueError: no Mimi config, or the config's problems.
     """
     kind = mimi_config_kind(d)
     if kind == "kyutai_mimi":
@@ -329,8 +319,9 @@ def mimi_config_from_json(d: object) -> tuple[MimiConfig, str]:
     if kind == "mimi_config":
         return mimi_config_from_dict(d), kind
     if kind == "hf_mimi":
-        raise ValueError(
-            "an HF MimiConfig (model_type 'mimi') is not read here: pass --preset mimi or kyutai's get_mimi config"
-        )
+        from converters.mimi_hf_config import from_hf_mimi_config  # it imports this module
+
+        assert isinstance(d, Mapping)
+        return from_hf_mimi_config(d), kind
     raise ValueError("not a Mimi config: kyutai's get_mimi config has 'seanet' and 'quantizer', a moshi_parity "
                      "MimiConfig dict 'seanet' and 'codebook_dim'")  # fmt: skip

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from converters.config_fields import differences
 from converters.formats import hf_refuses
 from converters.lm_config import UNBOUNDED, from_hf_config, from_kyutai_kwargs, lm_config_to_dict
 from converters.outdir import SAFETENSORS_NAME
@@ -141,16 +142,6 @@ def to_hf_config(cfg: LMConfig, *, audio_encoder: Mapping[str, Any] | None = Non
     }
 
 
-def _differences(a: Mapping[str, Any], b: Mapping[str, Any], at: str = "") -> list[str]:
-    found = []
-    for key, value in a.items():
-        if isinstance(value, Mapping):
-            found += _differences(value, b[key], f"{at}{key}.")
-        elif value != b[key] and key not in LAYOUT_ONLY:
-            found.append(f"{at}{key}={value!r} (it would read back as {b[key]!r})")
-    return found
-
-
 def upstream_config(fmt: str, cfg: LMConfig) -> dict[str, Any] | None:
     """The config.json a `fmt` checkpoint of cfg comes with for its upstream loader (kyutai: LM kwargs naming the
     weights file as `moshi_name`; hf: a MoshiConfig), or None for a format of ours (ref, flax).
@@ -166,7 +157,7 @@ def upstream_config(fmt: str, cfg: LMConfig) -> dict[str, Any] | None:
         back, what = from_hf_config(written), "an HF MoshiConfig"
     else:
         return None
-    lost = _differences(lm_config_to_dict(cfg), lm_config_to_dict(back))
+    lost = differences(lm_config_to_dict(cfg), lm_config_to_dict(back), ignore=LAYOUT_ONLY)
     if lost:
         raise ValueError(f"{what} cannot express this LMConfig: " + "; ".join(lost))
     return written

@@ -31,67 +31,30 @@ from typing import Any
 
 import numpy as np
 
+from converters.mimi_hf_config import to_hf_mimi_config
 from moshi_spec import MimiConfig
 from parity.harness import adapters
 from parity.harness.adapters.base import Binding, Built, Inputs, Outputs, numpy_outputs, torch_dtype
 from parity.harness.mimi import CALIBRATION_FRAMES, _chunks
 
-HF_CODEBOOK_EPS = 1e-5
-"""MimiEuclideanCodebook's epsilon (MimiVectorQuantization builds it with the default; no config field)."""
-
 
 def hf_config(cfg: MimiConfig) -> Any:
-    """transformers' MimiConfig for cfg (attention "eager"); `supports` says which configs it cannot express.
-
-    `frame_rate` is passed explicitly: transformers otherwise derives it assuming a downsampling stride of 2.
-    """
+    """transformers' MimiConfig for cfg, from the config.json the converters write for it (attention "eager");
+    `hf_support` says which configs it cannot express."""
     from transformers import MimiConfig as HFMimiConfig
 
-    s, t = cfg.seanet, cfg.transformer
-    hf = HFMimiConfig(
-        sampling_rate=cfg.sample_rate, frame_rate=cfg.frame_rate, audio_channels=s.channels, hidden_size=s.dimension,
-        num_filters=s.n_filters, num_residual_layers=s.n_residual_layers, upsampling_ratios=list(s.ratios),
-        kernel_size=s.kernel_size, last_kernel_size=s.last_kernel_size, residual_kernel_size=s.residual_kernel_size,
-        dilation_growth_rate=s.dilation_base, use_causal_conv=True, pad_mode=s.pad_mode, compress=s.compress,
-        trim_right_ratio=1.0, codebook_size=cfg.bins, codebook_dim=cfg.codebook_dim,
-        vector_quantization_hidden_dimension=cfg.codebook_dim, num_quantizers=cfg.n_q,
-        num_semantic_quantizers=cfg.n_q_semantic, upsample_groups=s.dimension, use_conv_shortcut=False,
-        num_hidden_layers=t.num_layers, intermediate_size=t.ffn_dim, num_attention_heads=t.num_heads,
-        num_key_value_heads=t.num_kv_heads, head_dim=t.head_dim, hidden_act=t.activation, norm_eps=t.norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": float(t.rope_theta)}, sliding_window=t.context,
-        layer_scale_initial_scale=cfg.layer_scale, attention_bias=False, use_cache=False, use_streaming=False,
-    )  # fmt: skip
+    hf = HFMimiConfig(**to_hf_mimi_config(cfg))
     hf._attn_implementation = "eager"
     return hf
 
 
 def hf_support(cfg: MimiConfig) -> str | None:
-    """None, or why transformers' MimiModel cannot be built as cfg's Mimi."""
-    s, t = cfg.seanet, cfg.transformer
-    reasons = []
-    if s.channels not in (1, 2):
-        reasons.append(f"HF Mimi takes 1 or 2 audio channels, got {s.channels}")
-    if cfg.bins & (cfg.bins - 1):
-        reasons.append(f"HF Mimi's codebook_size must be a power of 2, got bins {cfg.bins}")
-    if cfg.codebook_dim == cfg.dim:
-        reasons.append(
-            f"HF's residual VQs drop their projections when codebook_dim == dim ({cfg.dim}); kyutai and ours keep "
-            "them (force_projection)"
-        )
-    if cfg.codebook_eps != HF_CODEBOOK_EPS:
-        reasons.append(
-            f"HF's codebooks clamp the cluster usage at {HF_CODEBOOK_EPS}, got codebook_eps {cfg.codebook_eps}"
-        )
-    if t.context is None:
-        reasons.append("HF Mimi's attention always has a sliding window (an int); context None is unbounded")
-    if cfg.resample_stride < 2:
-        reasons.append("HF Mimi builds no down/upsampling convolution when the frame rate equals the encoder's")
-    if cfg.sample_rate % cfg.hop_length:
-        reasons.append(
-            f"HF rounds the encoder frame rate up (ceil(sample_rate / hop) = ceil({cfg.sample_rate} / "
-            f"{cfg.hop_length})); it must be whole"
-        )
-    return "; ".join(reasons) or None
+    """None, or why transformers' MimiModel cannot be built as cfg's Mimi (converters/mimi_hf_config.py)."""
+    try:
+        to_hf_mimi_config(cfg)
+    except ValueError as err:
+        return str(err)
+    return None
 
 
 def _build(cfg: MimiConfig, dtype: str, options: dict, init: bool) -> Any:

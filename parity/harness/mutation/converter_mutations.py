@@ -123,4 +123,32 @@ CONVERTERS: tuple[Mutation, ...] = (
         ("parity/test_converters_upstream.py::test_arrays_move_every_bfloat16_bit_pattern",),
         "bf16 weights moved through float32 (NaN payloads and signalling bits are not kept)",
     ),
+    Mutation(
+        "conv_hf_mimi_frame_rate_derived",
+        "converters/mimi_hf_config.py",
+        'frame_rate = config.get("frame_rate", config.get("_frame_rate"))',
+        'frame_rate = config.get("frame_rate")',
+        "config reader",
+        ("parity/test_mimi_hf_config.py::test_written_config_reads_back_through_transformers[stride_4]",),
+        "the frame rate transformers' own to_dict writes (`_frame_rate`) not read: HF's derivation assumes a "
+        "downsampling stride of 2",
+    ),
+    Mutation(
+        "conv_hf_mimi_kv_heads_written_as_heads",
+        "converters/mimi_hf_config.py",
+        '"num_key_value_heads": t.num_kv_heads,',
+        '"num_key_value_heads": t.num_heads,',
+        "config reader",
+        ("parity/test_mimi_hf_config.py::test_written_config_reads_back_through_transformers[kv_heads]",),
+        "an HF Mimi config.json written with as many kv heads as query heads (grouped kv heads lost)",
+    ),
+    Mutation(
+        "conv_hf_mimi_default_pad_mode",
+        "converters/mimi_hf_config.py",
+        '"use_causal_conv": True, "pad_mode": "constant",',
+        '"use_causal_conv": True, "pad_mode": "replicate",',
+        "config reader",
+        ("parity/test_mimi_hf_config.py::test_hf_defaults_are_the_released_mimi",),
+        "an HF Mimi config that leaves pad_mode out read with the wrong default padding",
+    ),
 )
