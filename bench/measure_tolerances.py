@@ -6,6 +6,7 @@ diff it saw, then the worst per (component, dtype, pair class): the policy's key
 
     python bench/measure_tolerances.py --examples 25
     python bench/measure_tolerances.py --components lm --examples 3
+    python bench/measure_tolerances.py --components mimi --examples 3   # seeds of the tiny Mimi, 4 signals each
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from moshi_spec import LMConfig
+from moshi_spec import LMConfig, MimiConfig
 from parity.harness.adapters import pair_class
 from parity.harness.checks import SHORT_OFFSET
 from parity.harness.implementations import build
@@ -45,6 +46,8 @@ SUITES = {
     "decoder_layer_kyutai": (configs(kyutai=True), ("none",), (("kyutai", "hf"),), {"zero_offsets": True}),
 }
 LM_PAIRS = (("kyutai", "ref"), ("ref", "flax"), ("kyutai", "flax"), ("kyutai", "flax[attention=pallas]"))
+MIMI_IMPLS = ("kyutai", "hf", "ref", "flax")
+MIMI_PAIRS = tuple((a, b) for i, a in enumerate(MIMI_IMPLS) for b in MIMI_IMPLS[i + 1 :])
 
 
 def _errors(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
@@ -89,16 +92,45 @@ def measure_lm(examples: int, worst: dict) -> None:
                     worst[key] = np.maximum(worst.get(key, 0), _errors(a, b))
 
 
+def measure_mimi(examples: int, worst: dict) -> None:
+    """The tiny Mimi (test_mimi's: 8 frames, batch 2), seeds 0..examples-1, every signal: each encode stage of every
+    pair that can encode (kyutai cannot in bf16 on CPU: torch.cdist), each decode stage and the audio of every pair
+    decoding one set of codes (kyutai's, in bf16 ref's)."""
+    from parity.harness import mimi, mimi_hf  # noqa: F401  (they bind the component to every implementation)
+    from parity.harness.strategies import SIGNALS, audio
+
+    cfg = MimiConfig.tiny()
+    encode_names, decode_names = cfg.stage_names()
+    for dtype in ("float32", "bfloat16"):
+        encoders = MIMI_IMPLS if dtype == "float32" else MIMI_IMPLS[1:]
+        for seed in range(examples):
+            models = build("mimi", cfg, dtype, impls=MIMI_IMPLS, seed=seed)
+            for signal in SIGNALS:
+                x = audio(signal, cfg, frames=8, batch=2, seed=seed)
+                enc = {i: models.run(i, {"audio": x, "num_codebooks": cfg.num_codebooks}, capture=("stages",))
+                       for i in encoders}  # fmt: skip
+                codes = {"codes": enc[encoders[0]]["codes"]}
+                dec = {i: models.run(i, codes, entry="decode", capture=("stages",)) for i in MIMI_IMPLS}
+                for pair in MIMI_PAIRS:
+                    parts = [(n, "mimi_stage", dec) for n in decode_names] + [("audio", "mimi_audio", dec)]
+                    if all(i in enc for i in pair):
+                        parts += [(n, "mimi_stage", enc) for n in encode_names]
+                    for name, component, runs in parts:
+                        a, b = (np.asarray(runs[i][name], np.float32) for i in pair)
+                        key = (component, "->".join(pair), dtype)
+                        worst[key] = np.maximum(worst.get(key, 0), _errors(a, b))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=20)
-    parser.add_argument("--components", nargs="*", default=[*SUITES, "lm"])
+    parser.add_argument("--components", nargs="*", default=[*SUITES, "lm", "mimi"])
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     worst: dict[tuple[str, str, str], np.ndarray] = {}
     for component in args.components:
-        if component == "lm":
-            measure_lm(args.examples, worst)
+        if component in ("lm", "mimi"):
+            (measure_lm if component == "lm" else measure_mimi)(args.examples, worst)
         else:
             measure_layers(component, args.examples, worst)
     print(f"{'component':16} {'pair':28} {'dtype':9} {'max|d|/rms':>11} {'mae/rms':>10} {'max rel':>9}")

@@ -1,6 +1,7 @@
 """HF transformers' Mimi (parity/harness/mimi_hf.py) against kyutai's and our Flax port: encode (every stage, the
-latent, the codes with tie analysis) on noise, sines, silence and speech, decode (every stage, the audio), HF's own
-streaming against its full pass, what HF cannot build, HF as the weight source, and a negative control.
+latent, the codes with tie analysis) on noise, sines, silence and speech, decode (every stage, the audio), the same in
+bf16 against ours, HF's own streaming against its full pass, what HF cannot build, HF as the weight source, and
+negative controls in both dtypes.
 
 The weights are parity/test_mimi.py's (kyutai draws them with the same seed; checked bit for bit), converted
 kyutai -> hf by converters/mimi_hf.py; kyutai's and flax's outputs are test_mimi's own (its `encoded` and `models`).
@@ -159,7 +160,58 @@ def test_hf_draws_the_weights_kyutai_cannot_build():
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Negative control
+# bf16: HF encodes in bf16 on CPU (kyutai cannot: test_mimi.test_kyutai_cannot_encode_bfloat16) and decodes
+
+
+@functools.cache
+def bf16_models():
+    """kyutai and hf in bf16 with test_mimi's bf16 weights (checked in test_bf16_weights_are_test_mimis)."""
+    return build("mimi", TINY, "bfloat16", impls=("kyutai", "hf"))
+
+
+@functools.cache
+def bf16_encoded() -> dict[str, np.ndarray]:
+    """HF's bf16 encode of test_mimi's bf16 speech clip."""
+    audio = strategies.audio("speech", TINY, frames=FRAMES, batch=2)
+    return bf16_models().run("hf", {"audio": audio, "num_codebooks": TINY.num_codebooks}, capture=("stages",))
+
+
+def test_bf16_weights_are_test_mimis():
+    assert_bit_equal(bf16_models().states["kyutai"], test_mimi.models(TINY, "bfloat16").states["kyutai"])
+
+
+def compare_bf16_stages(ref: dict, cand: dict, names: tuple[str, ...], pair: tuple[str, str], **kw) -> None:
+    for name in names:
+        assert_parity(ref[name], cand[name], component="mimi_audio" if name == "audio" else "mimi_stage", pair=pair,
+                      expected_dtype="bfloat16", config={"stage": name}, **kw)  # fmt: skip
+
+
+@pytest.mark.parametrize("impl", ("ref", "flax"))
+def test_encode_bfloat16(impl):
+    """hf -> ours in bf16, speech: every encode stage and the codes (ties explained by the bf16 latents)."""
+    pair, ours = ("hf", impl), test_mimi._bf16_encoded(impl, "speech")
+    compare_bf16_stages(bf16_encoded(), ours, TINY.stage_names()[0], pair)
+    states = {k: v.astype(np.float32) for k, v in test_mimi.models(TINY, "bfloat16").states["ref"].items()}
+    assert_codes(bf16_encoded()["codes"], ours["codes"], pair=pair, dtype="bfloat16",
+                 ref_latent=bf16_encoded()["latent"].astype(np.float32), cand_latent=ours["latent"].astype(np.float32),
+                 quantizers=mimi.quantizer_tables(states, TINY))  # fmt: skip
+
+
+@pytest.mark.parametrize("pair", (("kyutai", "hf"), ("hf", "ref"), ("hf", "flax")), ids="->".join)
+def test_decode_bfloat16(pair):
+    """Every decode stage and the audio in bf16, of ref's bf16 codes of speech."""
+    codes = {"codes": test_mimi._bf16_encoded("ref", "speech")["codes"]}
+    ref, cand = (
+        (bf16_models() if impl in ("kyutai", "hf") else test_mimi.models(TINY, "bfloat16")).run(
+            impl, codes, entry="decode", capture=("stages",)
+        )
+        for impl in pair
+    )
+    compare_bf16_stages(ref, cand, (*TINY.stage_names()[1], "audio"), pair)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Negative controls
 
 
 def test_negative_control_rope_not_permuted(monkeypatch):
@@ -176,3 +228,14 @@ def test_negative_control_rope_not_permuted(monkeypatch):
         compare_stages(
             encoded("kyutai", "speech"), cand, names[first : first + 1], pair, control="hf_rope_not_permuted"
         )
+
+
+def test_negative_control_rope_not_permuted_bfloat16(monkeypatch):
+    """The same bug in bf16 against ref: bf16's wider bound still lets no unpermuted rope through."""
+    monkeypatch.setitem(transforms.TRANSFORMS, "unfuse_qkv", transforms.TRANSFORMS["split_qkv"])
+    bad = build("mimi", TINY, "bfloat16", impls=("kyutai", "hf"))
+    audio = strategies.audio("speech", TINY, frames=FRAMES, batch=2)
+    cand = bad.run("hf", {"audio": audio, "num_codebooks": TINY.num_codebooks}, capture=("stages",))
+    with pytest.raises(ParityError):
+        compare_bf16_stages(test_mimi._bf16_encoded("ref", "speech"), cand, ("encoder_transformer.layers.0",),
+                            ("ref", "hf"), control="hf_rope_not_permuted_bf16")  # fmt: skip
