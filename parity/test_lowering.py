@@ -84,12 +84,14 @@ def test_7b_stream_step_lowers_sharded_for_tpu():
     assert exported.nr_devices == 8 and '{"fsdp"}' in exported.mlir_module()
 
 
-def test_7b_stream_step_with_pallas_lowers_sharded_for_tpu():
-    """The same with the Mosaic kernels: a stream's caches are split by kv heads (`KVCache.split`), and each kernel
-    runs in a shard_map over them. Its control: the same export without that shard_map raises Mosaic's refusal."""
-    exported = stream_step_export(MOSHI_7B, "pallas", "tpu", batch=1, mesh=sharding.abstract_mesh(1, 8))
+@pytest.mark.parametrize("platform", ["tpu", pytest.param("cuda", marks=NIGHTLY)])
+def test_7b_stream_step_with_pallas_lowers_sharded(platform):
+    """The same with the Pallas kernels: a stream's caches are split by kv heads (`KVCache.split`), and each kernel
+    runs in a shard_map over them. Its control: the same TPU export without that shard_map raises Mosaic's refusal."""
+    exported = stream_step_export(MOSHI_7B, "pallas", platform, batch=1, mesh=sharding.abstract_mesh(1, 8))
     assert exported.nr_devices == 8 and '{"fsdp"}' in exported.mlir_module()
-    assert kernel_custom_calls(exported)["mosaic"] > 0 and "manual_computation" in exported.mlir_module()
+    source = "mosaic" if platform == "tpu" else "triton"
+    assert kernel_custom_calls(exported)[source] > 0 and "manual_computation" in exported.mlir_module()
 
 
 def test_stream_pallas_without_head_shard_map_does_not_lower_sharded(monkeypatch):

@@ -384,7 +384,7 @@ FLAX: tuple[Mutation, ...] = (
         "split=view.split)",
         "split=None)",
         "placement on a mesh",
-        ("parity/test_lowering.py::test_7b_stream_step_with_pallas_lowers_sharded_for_tpu",),
+        ("parity/test_lowering.py::test_7b_stream_step_with_pallas_lowers_sharded[tpu]",),
         "a stream's Pallas kernels handed to XLA's partitioner on a mesh (which Mosaic refuses; on CPU the interpreted "
         "kernel is partitioned like any XLA op and streams the same tokens)",
     ),
