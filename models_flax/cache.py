@@ -27,10 +27,15 @@ class HeadSplit:
     mesh: Mesh | AbstractMesh
     axis: str | None
 
+    def __post_init__(self) -> None:
+        if self.axis is not None and self.axis not in self.mesh.axis_names:
+            raise ValueError(f"HeadSplit: axis {self.axis!r} is not one of the mesh's {self.mesh.axis_names}")
+
     @classmethod
     def for_heads(cls, mesh: Mesh | AbstractMesh, kv_heads: int, axis: str = "fsdp") -> HeadSplit:
         """Split over `axis` when it divides the kv heads, else whole on every device."""
-        return cls(mesh, axis if kv_heads % mesh.shape[axis] == 0 else None)
+        split = cls(mesh, axis)  # an axis the mesh does not have: a ValueError
+        return split if kv_heads % mesh.shape[axis] == 0 else cls(mesh, None)
 
 
 @struct.dataclass

@@ -156,6 +156,8 @@ def test_head_split_refuses_heads_its_axis_does_not_divide():
 
     mesh = sharding.abstract_mesh(1, 8)
     assert HeadSplit.for_heads(mesh, 16) == HeadSplit(mesh, "fsdp") and HeadSplit.for_heads(mesh, 4).axis is None
+    with pytest.raises(ValueError, match=r"axis 'tp' is not one of the mesh's \('dp', 'fsdp'\)"):
+        HeadSplit(mesh, "tp")
     with pytest.raises(ValueError, match=r"4 kv heads cannot split over mesh axis 'fsdp' of size 8"):
         KVCache.init(1, 8, 4, 16, dtype=jnp.float32, split=HeadSplit(mesh, "fsdp"))
     q, kv, pos = jnp.zeros((1, 1, 8, 16)), jnp.zeros((1, 4, 8, 16)), jnp.zeros((1, 1), jnp.int32)
