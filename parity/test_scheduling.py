@@ -41,3 +41,12 @@ def test_a_module_runs_on_one_worker(ledger: Path, index: int) -> None:
         f"test {index} ran on {worker}, earlier tests of its module on {elsewhere} (None: not run yet): the scheduler "
         f"spreads a module over the workers (pyproject's addopts should say --dist loadfile)"
     )
+
+
+def test_run_first_names_existing_modules() -> None:
+    """conftest.RUN_FIRST orders modules by file name: a renamed or misspelt one would silently lose its place."""
+    import conftest
+
+    here = Path(__file__).parent
+    assert not [name for name in conftest.RUN_FIRST if not (here / name).is_file()]
+    assert len(set(conftest.RUN_FIRST)) == len(conftest.RUN_FIRST)
