@@ -361,8 +361,8 @@ FLAX: tuple[Mutation, ...] = (
     Mutation(
         "flax_stream_caches_always_split",
         "models_flax/cache.py",
-        "return cls(mesh, axis if kv_heads % mesh.shape[axis] == 0 else None)",
-        "return cls(mesh, axis)",
+        "return split if kv_heads % mesh.shape[axis] == 0 else cls(mesh, None)",
+        "return split",
         "placement on a mesh",
         ("parity/test_full_size.py::test_checks_pass_on_a_mesh",),
         "a stream's caches split by kv heads over 'fsdp' even where the heads do not divide it (the tiny LM's 4 over "
