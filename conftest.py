@@ -155,33 +155,23 @@ def pytest_configure(config: pytest.Config) -> None:
     jax.config.update("jax_platforms", None if platform == "auto" else platform)
 
 
-# Every module of 9 s or more, longest first (worker seconds on the 2-core CI machine, 2026-12-01): `--dist loadfile
-# --no-loadscope-reorder` hands whole modules to the workers in collection order (greedy, longest first), so the
-# short ones, alphabetical after these, fill the end and both workers finish within a few seconds of each other.
-# (xdist's default order, most tests first, sent test_readme's 13 tests and 63 s late: one worker ran it alone at the
-# end; with only the twelve longest listed, modules of 15 s, test_sampling's, could still come last.)
+# The longest modules first, longest first (worker seconds on the 2-core CI machine, 2026-12-01): `--dist loadfile
+# --no-loadscope-reorder` hands whole modules to the workers in collection order, so the short ones, alphabetical
+# after these, fill the end and both workers finish together. (xdist's default order, most tests first, sent
+# test_readme's 13 tests and 63 s late: one worker ran it alone at the end.)
 RUN_FIRST = (
-    "test_readme.py",  # 69 s
-    "test_pallas.py",  # 52 s
-    "test_sharding.py",  # 45 s
-    "test_training.py",  # 42 s
-    "test_full_size.py",  # 34 s
-    "test_streaming.py",  # 34 s
-    "test_lm_family.py",  # 32 s
-    "test_lowering.py",  # 27 s
-    "test_decoder_layer.py",  # 24 s
-    "test_bf16_oracle.py",  # 20 s
+    "test_readme.py",  # 63 s
+    "test_pallas.py",  # 54 s
+    "test_training.py",  # 40 s
+    "test_sharding.py",  # 40 s
+    "test_full_size.py",  # 33 s
+    "test_streaming.py",  # 31 s
+    "test_lm_family.py",  # 30 s
+    "test_decoder_layer.py",  # 25 s
+    "test_bf16_oracle.py",  # 24 s
+    "test_lowering.py",  # 22 s
+    "test_attention.py",  # 20 s
     "test_mimi.py",  # 20 s
-    "test_attention.py",  # 18 s
-    "test_sampling.py",  # 17 s
-    "test_mimi_streaming.py",  # 15 s
-    "test_lm.py",  # 14 s
-    "test_rope.py",  # 14 s
-    "test_flexible_linear.py",  # 14 s
-    "test_lm_converters.py",  # 12 s
-    "test_records.py",  # 11 s
-    "test_mutation.py",  # 10 s
-    "test_train_cli.py",  # 9 s
 )
 
 
