@@ -23,10 +23,11 @@ from parity.harness.adapters import pair_class
 from parity.harness.checks import SHORT_OFFSET
 from parity.harness.implementations import build
 from parity.harness.lm_checks import CAPTURES
-from parity.harness.strategies import cases, configs, random_codes
+from parity.harness.strategies import ATTENTION_MAGNITUDES, cases, configs, random_codes
 
 os.environ.setdefault("NO_TORCH_COMPILE", "1")  # kyutai's eager code, as the suite runs it (see conftest.py)
 LAYER_PAIRS = (("hf", "ref"), ("ref", "flax"), ("hf", "flax"))
+ATTENTION = {"magnitudes": ATTENTION_MAGNITUDES}
 SUITES = {
     # component: (config strategy, layer_idx modes, pairs, case options)
     "flexible_linear": (configs(flexible=True), ("none", "int", "0d", "1d", "broadcast"), LAYER_PAIRS, {}),
@@ -40,8 +41,10 @@ SUITES = {
         (("kyutai", "ref"), ("kyutai", "flax"), ("ref", "flax")),
         {"width": "head"},
     ),
-    "attention": (configs(), ("none", "int", "0d", "1d"), (*LAYER_PAIRS, ("ref", "flax[cached]")), {}),
-    "attention_kyutai": (configs(kyutai=True), ("none",), (("kyutai", "hf"),), {"zero_offsets": True}),
+    # a standalone attention layer draws the suite's ATTENTION_MAGNITUDES (at rms 30 its scores reach ~1e3: softmax
+    # conditioning moves every pair, ours-ours too, by up to 6e-5 x rms; strategies.layers says why)
+    "attention": (configs(), ("none", "int", "0d", "1d"), (*LAYER_PAIRS, ("ref", "flax[cached]")), ATTENTION),
+    "attention_kyutai": (configs(kyutai=True), ("none",), (("kyutai", "hf"),), {"zero_offsets": True, **ATTENTION}),
     "decoder_layer": (configs(), ("none", "int", "0d", "1d"), (*LAYER_PAIRS, ("ref", "flax[cached]")), {}),
     "decoder_layer_kyutai": (configs(kyutai=True), ("none",), (("kyutai", "hf"),), {"zero_offsets": True}),
 }

@@ -16,7 +16,7 @@ Policy:
 - bfloat16 is compared bf16-vs-bf16: reference and candidate both run in bfloat16 and both outputs must be bfloat16
   (`parity.harness.compare` refuses a silent upcast or downcast); the bounds reflect bf16 rounding, not porting slack.
 - Numbers are measured, and each entry's `why` states the measurement behind it (XLA's default CPU optimisation;
-  repeated under the suite's `--xla_backend_optimization_level=0`, conftest.py, within every bound). A tolerance is
+  repeated under the suite's CPU compile flags, conftest.py's CPU_COMPILE_FLAGS, within every bound). A tolerance is
   never widened to make a failing comparison pass: a failure is either a bug to fix or a documented upstream
   divergence (`assert_parity(..., expected_divergence=...)`).
 """
