@@ -39,7 +39,7 @@ the margins the policy states (fp32 layers <= 1.0e-6 against 5e-6, LM audio logi
 
 On CPU it also compiles with `--xla_cpu_use_fusion_emitters=false`: XLA:CPU's loop emitters instead of its newer
 MLIR fusion emitters, which cost more compile time than the few runs of each program win back. Measured on the 2-core
-CI machine, 2026-12-01, back to back: test_decoder_layer.py 28.7 s -> 22.2 s; the whole suite 367-375 s -> 278 s
+CI machine, 2026-12-01, back to back: test_decoder_layer.py 28.7 s -> 22.2 s; the whole suite 355-375 s -> 256-278 s
 (worker CPU 680 s -> 508 s; XLA's backend compile was 288 s of the 680, jax's trace and lowering 145 s). Results stay
 within every bound with the same margins: bench/measure_tolerances.py --examples 8, paired with and without the flag
 (fp32 layers <= 1.5e-6 against 5e-6, LM audio logits 1.07e-5 against 8.7e-6 without (bound 4e-5), Mimi stages 3.4e-6
