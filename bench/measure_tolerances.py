@@ -124,16 +124,19 @@ def measure_mimi(examples: int, worst: dict) -> None:
                         worst[key] = np.maximum(worst.get(key, 0), _errors(a, b))
 
 
+MODELS = {"lm": measure_lm, "mimi": measure_mimi}  # whole models: measured by seed, not drawn from SUITES
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=20)
-    parser.add_argument("--components", nargs="*", default=[*SUITES, "lm", "mimi"])
+    parser.add_argument("--components", nargs="*", default=[*SUITES, *MODELS])
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     worst: dict[tuple[str, str, str], np.ndarray] = {}
     for component in args.components:
-        if component in ("lm", "mimi"):
-            (measure_lm if component == "lm" else measure_mimi)(args.examples, worst)
+        if component in MODELS:
+            MODELS[component](args.examples, worst)
         else:
             measure_layers(component, args.examples, worst)
     print(f"{'component':16} {'pair':28} {'dtype':9} {'max|d|/rms':>11} {'mae/rms':>10} {'max rel':>9}")

@@ -15,7 +15,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 from flax import struct
-from jax.sharding import AbstractMesh, Mesh
+from jax.sharding import AbstractMesh, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +37,11 @@ class HeadSplit:
         """Split over `axis` when it divides the kv heads, else whole on every device."""
         split = cls(mesh, axis)  # an axis the mesh does not have: a ValueError
         return split if kv_heads % mesh.shape[axis] == 0 else cls(mesh, None)
+
+    @property
+    def sharding(self) -> NamedSharding:
+        """Where (B, Hkv, S, D) keys or values with this split are placed."""
+        return NamedSharding(self.mesh, P() if self.axis is None else P(None, self.axis))
 
 
 @struct.dataclass

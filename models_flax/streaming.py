@@ -38,7 +38,6 @@ from models_flax.cache import HeadSplit, KVCache
 from models_flax.checks import check_ids, check_int_array
 from models_flax.lm import DEPTH_STACKS, LM
 from models_flax.sampling import AUDIO, TEXT, Sampler, sample
-from moshi_spec import LMConfig
 
 UNGENERATED = -2  # kyutai LMModel.ungenerated_token_id: a buffer slot not written yet
 
@@ -223,13 +222,17 @@ def _generate(graphdef, text_sampler, audio_sampler, mesh, params, depth_weights
     return jax.tree.map(lambda x: jnp.moveaxis(x, 0, -1), outs), state
 
 
-def state_shardings(cfg: LMConfig, mesh: Mesh | AbstractMesh, state: StreamState) -> StreamState:
-    """Where `Streamer(mesh=)` keeps a stream's state: the caches' keys and values split by kv heads over 'fsdp'
-    (replicated when the heads do not divide it), everything else replicated; shaped like `state`."""
-    split = HeadSplit.for_heads(mesh, cfg.temporal.num_kv_heads)
-    kv = NamedSharding(mesh, P() if split.axis is None else P(None, split.axis))
+def state_shardings(mesh: Mesh | AbstractMesh, state: StreamState) -> StreamState:
+    """Where `Streamer(mesh=)` keeps a stream's state: each cache's keys and values as its `split` says (by kv heads
+    over 'fsdp', or whole where the heads do not divide it: `init_state`), everything else replicated; shaped like
+    `state`."""
     whole = NamedSharding(mesh, P())
-    return StreamState([c.replace(keys=kv, values=kv, positions=whole) for c in state.caches], whole, whole)
+
+    def placed(cache: KVCache) -> KVCache:
+        kv = whole if cache.split is None else cache.split.sharding
+        return cache.replace(keys=kv, values=kv, positions=whole)
+
+    return StreamState([placed(c) for c in state.caches], whole, whole)
 
 
 class Streamer:
@@ -290,7 +293,7 @@ class Streamer:
         if context is not None and capacity < context:
             raise ValueError(f"Streamer.init_state: capacity {capacity} < context {context} would forget visible keys")
         t = cfg.temporal
-        split = None if self.mesh is None else HeadSplit.for_heads(self.mesh, t.num_kv_heads)  # as `_placed` puts them
+        split = None if self.mesh is None else HeadSplit.for_heads(self.mesh, t.num_kv_heads)  # `_placed` follows it
         caches = [
             KVCache.init(batch, capacity, t.num_kv_heads, t.head_dim, dtype=self.dtype, deferred=True, split=split)
             for _ in range(t.num_layers)
@@ -300,7 +303,7 @@ class Streamer:
 
     def _placed(self, state: StreamState) -> StreamState:
         """The state as this Streamer keeps it: unchanged without a mesh, else placed by `state_shardings`."""
-        return state if self.mesh is None else jax.device_put(state, state_shardings(self.cfg, self.mesh, state))
+        return state if self.mesh is None else jax.device_put(state, state_shardings(self.mesh, state))
 
     def reset(self, state: StreamState, rows) -> StreamState:
         """Restarts the streams of `rows` ((B,) bool) from frame 0, as `init_state` would (a new user on a batch slot);

@@ -40,10 +40,19 @@ def encoded(impl: str, signal: str) -> dict[str, np.ndarray]:
     return models().run(impl, {"audio": audio, "num_codebooks": cfg.num_codebooks}, capture=("stages",))
 
 
-def compare_stages(ref: dict, cand: dict, names: tuple[str, ...], pair: tuple[str, str], *, control: str | None = None):
+def compare_stages(
+    ref: dict,
+    cand: dict,
+    names: tuple[str, ...],
+    pair: tuple[str, str],
+    *,
+    dtype: str = "float32",
+    control: str | None = None,
+) -> None:
+    """Each named stage of two runs ("audio": the decoded audio) under the policy's Mimi rows."""
     for name in names:
-        assert_parity(ref[name], cand[name], component="mimi_stage", pair=pair, expected_dtype="float32",
-                      config={"stage": name}, control=control)  # fmt: skip
+        assert_parity(ref[name], cand[name], component="mimi_audio" if name == "audio" else "mimi_stage", pair=pair,
+                      expected_dtype=dtype, config={"stage": name}, control=control)  # fmt: skip
 
 
 @pytest.mark.parametrize("signal", strategies.SIGNALS)
@@ -255,22 +264,23 @@ def test_encode_bfloat16(signal):
     """ref -> flax in bf16 (kyutai cannot encode in bf16 on CPU: test_kyutai_cannot_encode_bfloat16)."""
     pair = ("ref", "flax")
     ref, cand = (_bf16_encoded(impl, signal) for impl in pair)
-    for name in TINY.stage_names()[0]:
-        assert_parity(ref[name], cand[name], component="mimi_stage", pair=pair, expected_dtype="bfloat16",
-                      config={"stage": name})  # fmt: skip
-    tables = mimi.quantizer_tables({k: v.astype(np.float32) for k, v in models(TINY, "bfloat16").states["ref"].items()},
-                                   TINY)  # fmt: skip
+    compare_stages(ref, cand, TINY.stage_names()[0], pair, dtype="bfloat16")
     assert_codes(ref["codes"], cand["codes"], pair=pair, dtype="bfloat16", ref_latent=ref["latent"].astype(np.float32),
-                 cand_latent=cand["latent"].astype(np.float32), quantizers=tables)  # fmt: skip
+                 cand_latent=cand["latent"].astype(np.float32), quantizers=bf16_quantizers())  # fmt: skip
+
+
+@functools.cache
+def bf16_quantizers() -> list:
+    """The quantizer tables of the bf16 weights (widened to float32), for the bf16 code agreement checks."""
+    states = models(TINY, "bfloat16").states["ref"]
+    return mimi.quantizer_tables({k: v.astype(np.float32) for k, v in states.items()}, TINY)
 
 
 @pytest.mark.parametrize("pair", PAIRS, ids="->".join)
 def test_decode_bfloat16(pair):
     codes = _bf16_encoded("ref", "speech")["codes"]
     ref, cand = (models(TINY, "bfloat16").run(i, {"codes": codes}, entry="decode", capture=("stages",)) for i in pair)
-    for name in (*TINY.stage_names()[1], "audio"):
-        assert_parity(ref[name], cand[name], component="mimi_audio" if name == "audio" else "mimi_stage", pair=pair,
-                      expected_dtype="bfloat16", config={"stage": name})  # fmt: skip
+    compare_stages(ref, cand, (*TINY.stage_names()[1], "audio"), pair, dtype="bfloat16")
 
 
 @pytest.mark.xfail(strict=True, raises=RuntimeError, reason="kyutai's codebooks use torch.cdist: no bf16 CPU kernel")

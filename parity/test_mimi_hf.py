@@ -34,32 +34,34 @@ HF_DECODE_STREAM = (
 
 
 @functools.cache
-def models():
+def models(dtype: str = "float32"):
     """kyutai and hf with test_mimi's weights (kyutai draws them from the same seed)."""
-    return build("mimi", TINY, "float32", impls=("kyutai", "hf"))
+    return build("mimi", TINY, dtype, impls=("kyutai", "hf"))
 
 
 @functools.cache
-def encoded(impl: str, signal: str) -> dict[str, np.ndarray]:
+def encoded(impl: str, signal: str, dtype: str = "float32") -> dict[str, np.ndarray]:
+    """An encode of test_mimi's clip (every stage): test_mimi's own for its implementations, this module's HF."""
     if impl != "hf":
-        return test_mimi.encoded(impl, signal)
+        return test_mimi.encoded(impl, signal) if dtype == "float32" else test_mimi._bf16_encoded(impl, signal)
     audio = strategies.audio(signal, TINY, frames=FRAMES, batch=2)
-    return models().run("hf", {"audio": audio, "num_codebooks": TINY.num_codebooks}, capture=("stages",))
+    return run("hf", {"audio": audio, "num_codebooks": TINY.num_codebooks}, dtype=dtype, capture=("stages",))
 
 
-def run(impl: str, inputs: dict, **kwargs) -> dict[str, np.ndarray]:
-    return (models() if impl == "hf" else test_mimi.models()).run(impl, inputs, **kwargs)
+def run(impl: str, inputs: dict, *, dtype: str = "float32", **kwargs) -> dict[str, np.ndarray]:
+    return (models(dtype) if impl == "hf" else test_mimi.models(TINY, dtype)).run(impl, inputs, **kwargs)
 
 
 def quantizers() -> list:
     return mimi.quantizer_tables(test_mimi.models().states["ref"], TINY)
 
 
-def test_weights_are_test_mimis():
+@pytest.mark.parametrize("dtype", ("float32", "bfloat16"))
+def test_weights_are_test_mimis(dtype):
     """The comparisons below mix this module's hf with test_mimi's kyutai and flax: one set of weights."""
-    assert_bit_equal(models().states["kyutai"], test_mimi.models().states["kyutai"])
-    want = convert(models().states["kyutai"], src="kyutai", dst="hf", cfg=TINY, component="mimi")
-    assert_bit_equal(models().states["hf"], want)
+    assert_bit_equal(models(dtype).states["kyutai"], test_mimi.models(TINY, dtype).states["kyutai"])
+    want = convert(models(dtype).states["kyutai"], src="kyutai", dst="hf", cfg=TINY, component="mimi")
+    assert_bit_equal(models(dtype).states["hf"], want)
 
 
 @pytest.mark.parametrize("signal", strategies.SIGNALS)
@@ -163,79 +165,40 @@ def test_hf_draws_the_weights_kyutai_cannot_build():
 # bf16: HF encodes in bf16 on CPU (kyutai cannot: test_mimi.test_kyutai_cannot_encode_bfloat16) and decodes
 
 
-@functools.cache
-def bf16_models():
-    """kyutai and hf in bf16 with test_mimi's bf16 weights (checked in test_bf16_weights_are_test_mimis)."""
-    return build("mimi", TINY, "bfloat16", impls=("kyutai", "hf"))
-
-
-@functools.cache
-def bf16_encoded() -> dict[str, np.ndarray]:
-    """HF's bf16 encode of test_mimi's bf16 speech clip."""
-    audio = strategies.audio("speech", TINY, frames=FRAMES, batch=2)
-    return bf16_models().run("hf", {"audio": audio, "num_codebooks": TINY.num_codebooks}, capture=("stages",))
-
-
-def test_bf16_weights_are_test_mimis():
-    assert_bit_equal(bf16_models().states["kyutai"], test_mimi.models(TINY, "bfloat16").states["kyutai"])
-
-
-def compare_bf16_stages(ref: dict, cand: dict, names: tuple[str, ...], pair: tuple[str, str], **kw) -> None:
-    for name in names:
-        assert_parity(ref[name], cand[name], component="mimi_audio" if name == "audio" else "mimi_stage", pair=pair,
-                      expected_dtype="bfloat16", config={"stage": name}, **kw)  # fmt: skip
-
-
 @pytest.mark.parametrize("impl", ("ref", "flax"))
 def test_encode_bfloat16(impl):
     """hf -> ours in bf16, speech: every encode stage and the codes (ties explained by the bf16 latents)."""
-    pair, ours = ("hf", impl), test_mimi._bf16_encoded(impl, "speech")
-    compare_bf16_stages(bf16_encoded(), ours, TINY.stage_names()[0], pair)
-    states = {k: v.astype(np.float32) for k, v in test_mimi.models(TINY, "bfloat16").states["ref"].items()}
-    assert_codes(bf16_encoded()["codes"], ours["codes"], pair=pair, dtype="bfloat16",
-                 ref_latent=bf16_encoded()["latent"].astype(np.float32), cand_latent=ours["latent"].astype(np.float32),
-                 quantizers=mimi.quantizer_tables(states, TINY))  # fmt: skip
+    pair = ("hf", impl)
+    ref, cand = (encoded(i, "speech", "bfloat16") for i in pair)
+    compare_stages(ref, cand, TINY.stage_names()[0], pair, dtype="bfloat16")
+    assert_codes(ref["codes"], cand["codes"], pair=pair, dtype="bfloat16", ref_latent=ref["latent"].astype(np.float32),
+                 cand_latent=cand["latent"].astype(np.float32), quantizers=test_mimi.bf16_quantizers())  # fmt: skip
 
 
 @pytest.mark.parametrize("pair", (("kyutai", "hf"), ("hf", "ref"), ("hf", "flax")), ids="->".join)
 def test_decode_bfloat16(pair):
     """Every decode stage and the audio in bf16, of ref's bf16 codes of speech."""
-    codes = {"codes": test_mimi._bf16_encoded("ref", "speech")["codes"]}
-    ref, cand = (
-        (bf16_models() if impl in ("kyutai", "hf") else test_mimi.models(TINY, "bfloat16")).run(
-            impl, codes, entry="decode", capture=("stages",)
-        )
-        for impl in pair
-    )
-    compare_bf16_stages(ref, cand, (*TINY.stage_names()[1], "audio"), pair)
+    codes = {"codes": encoded("ref", "speech", "bfloat16")["codes"]}
+    ref, cand = (run(impl, codes, dtype="bfloat16", entry="decode", capture=("stages",)) for impl in pair)
+    compare_stages(ref, cand, (*TINY.stage_names()[1], "audio"), pair, dtype="bfloat16")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Negative controls
 
 
-def test_negative_control_rope_not_permuted(monkeypatch):
+@pytest.mark.parametrize("dtype", ("float32", "bfloat16"))
+def test_negative_control_rope_not_permuted(monkeypatch, dtype):
     """HF loaded with kyutai's q/k rows unpermuted (interleaved pairs read as rotate_half's): SEANet still agrees,
-    the encoder transformer's first layer leaves kyutai's."""
+    the encoder transformer's first layer leaves kyutai's (in bf16 ref's, kyutai cannot encode there: bf16's wider
+    bound still lets no unpermuted rope through)."""
     monkeypatch.setitem(transforms.TRANSFORMS, "unfuse_qkv", transforms.TRANSFORMS["split_qkv"])
-    bad = build("mimi", TINY, "float32", impls=("kyutai", "hf"))
+    bad = build("mimi", TINY, dtype, impls=("kyutai", "hf"))
     audio = strategies.audio("speech", TINY, frames=FRAMES, batch=2)
     cand = bad.run("hf", {"audio": audio, "num_codebooks": TINY.num_codebooks}, capture=("stages",))
-    names, pair = TINY.stage_names()[0], ("kyutai", "hf")
-    first = names.index("encoder_transformer.layers.0")
-    compare_stages(encoded("kyutai", "speech"), cand, names[:first], pair)
+    names, pair = TINY.stage_names()[0], ("kyutai" if dtype == "float32" else "ref", "hf")
+    first, ref = names.index("encoder_transformer.layers.0"), encoded(pair[0], "speech", dtype)
+    compare_stages(ref, cand, names[:first], pair, dtype=dtype)
+    control = "hf_rope_not_permuted" + ("" if dtype == "float32" else "_bf16")
     with pytest.raises(ParityError):
-        compare_stages(
-            encoded("kyutai", "speech"), cand, names[first : first + 1], pair, control="hf_rope_not_permuted"
-        )
-
-
-def test_negative_control_rope_not_permuted_bfloat16(monkeypatch):
-    """The same bug in bf16 against ref: bf16's wider bound still lets no unpermuted rope through."""
-    monkeypatch.setitem(transforms.TRANSFORMS, "unfuse_qkv", transforms.TRANSFORMS["split_qkv"])
-    bad = build("mimi", TINY, "bfloat16", impls=("kyutai", "hf"))
-    audio = strategies.audio("speech", TINY, frames=FRAMES, batch=2)
-    cand = bad.run("hf", {"audio": audio, "num_codebooks": TINY.num_codebooks}, capture=("stages",))
-    with pytest.raises(ParityError):
-        compare_bf16_stages(test_mimi._bf16_encoded("ref", "speech"), cand, ("encoder_transformer.layers.0",),
-                            ("ref", "hf"), control="hf_rope_not_permuted_bf16")  # fmt: skip
+        compare_stages(ref, cand, names[first : first + 1], pair, dtype=dtype, control=control)

@@ -29,12 +29,11 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from models_flax.cache import HeadSplit
-from models_flax.kernels.dispatch import run_kernel
+from models_flax.kernels.dispatch import kv_shape, run_kernel
 from models_flax.kernels.flash_attention import (
     attend_blocks,
     compiler_params,
     kv_block_spec,
-    kv_shape,
     reference_attention,
     resolve,
     sum_rows,

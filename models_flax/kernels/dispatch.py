@@ -29,6 +29,15 @@ from models_flax.kernels.mosaic import MosaicBlockSizes, mosaic_attention, mosai
 from models_flax.sharding import AXES  # the mesh axes the batch is split over (sharding.DATA_SPEC)
 
 KERNEL_PLATFORMS = ("gpu", "tpu")  # kernel sources: Triton (flash_attention.py, decode.py) and Mosaic (mosaic.py)
+KV_LAYOUTS = ("BSHD", "BHSD")  # keys/values (B, S, Hkv, D), or (B, Hkv, S, D) as models_flax.cache.KVCache holds them
+
+
+def kv_shape(x, kv_layout: str) -> tuple[int, ...]:
+    """The (B, S, Hkv, D) shape of a key/value array laid out as `kv_layout` ("BSHD", or "BHSD" as KVCache holds)."""
+    if kv_layout not in KV_LAYOUTS:
+        raise ValueError(f"kv_layout must be one of {KV_LAYOUTS}, got {kv_layout!r}")
+    shape = tuple(x.shape)
+    return shape if kv_layout == "BSHD" or len(shape) != 4 else (shape[0], shape[2], shape[1], shape[3])
 
 
 def run_kernel(
@@ -86,7 +95,7 @@ def per_head_shard(kernel, split: HeadSplit, kv_layout: str):
 
     def sharded(q, k, v, q_positions, k_positions):
         devices = 1 if split.axis is None else split.mesh.shape[split.axis]
-        kv_heads = k.shape[1] if kv_layout == "BHSD" else k.shape[2]
+        kv_heads = kv_shape(k, kv_layout)[2]
         if q.shape[2] % devices or kv_heads % devices:
             raise ValueError(
                 f"Pallas attention split by heads over mesh axis {split.axis!r} ({devices} devices): {q.shape[2]} "

@@ -37,12 +37,11 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from models_flax.cache import HeadSplit
-from models_flax.kernels.dispatch import KERNEL_PLATFORMS, run_kernel
+from models_flax.kernels.dispatch import KERNEL_PLATFORMS, KV_LAYOUTS, kv_shape, run_kernel
 from models_flax.kernels.positions import live_block_ranges, pad_axis, softmax_scale, visible
 
 DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 COMPILED_HEAD_DIMS = (64, 128)  # head dims supported when lowered (not interpreted); interpret mode takes any
-KV_LAYOUTS = ("BSHD", "BHSD")  # keys/values (B, S, Hkv, D), or (B, Hkv, S, D) as models_flax.cache.KVCache holds them
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -227,14 +226,6 @@ def _prefill_kernel(
     )
     out = jnp.where(den[:, None] > 0, acc / jnp.where(den > 0, den, 1.0)[:, None], (total / kv_len)[None, :])
     o_ref[...] = out.astype(o_ref.dtype)
-
-
-def kv_shape(x, kv_layout: str) -> tuple[int, ...]:
-    """The (B, S, Hkv, D) shape of a key/value array laid out as `kv_layout` ("BSHD", or "BHSD" as KVCache holds)."""
-    if kv_layout not in KV_LAYOUTS:
-        raise ValueError(f"kv_layout must be one of {KV_LAYOUTS}, got {kv_layout!r}")
-    shape = tuple(x.shape)
-    return shape if kv_layout == "BSHD" or len(shape) != 4 else (shape[0], shape[2], shape[1], shape[3])
 
 
 def kv_block_spec(kv_layout: str, kv_len: int, head_dim: int, kv_head) -> pl.BlockSpec:

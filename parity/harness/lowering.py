@@ -123,7 +123,7 @@ def stream_step_export(cfg: LMConfig, impl: str, platform: str, *, batch: int = 
     state = jax.eval_shape(lambda: streaming.Streamer.init_state(holder, batch))
     if mesh is not None:
         params, depth_weights = _on_mesh(params, mesh), [_on_mesh(w, mesh) for w in depth_weights]
-        state = _placed(state, streaming.state_shardings(cfg, mesh, state))
+        state = _placed(state, streaming.state_shardings(mesh, state))
     codes = jax.ShapeDtypeStruct((batch, cfg.n_q - cfg.dep_q), jnp.int32)
     key = jax.eval_shape(lambda: jax.random.key(0))
     step = functools.partial(streaming._step_reading, graphdef, streaming.TEXT, streaming.AUDIO, mesh)

@@ -33,6 +33,7 @@ from models_ref.training import TorchTrainer
 from models_ref.training import add_lora as torch_add_lora
 from moshi_spec import LMConfig
 from moshi_spec.training import TrainConfig
+from parity.harness import placement
 from parity.harness.compare import assert_parity
 from parity.harness.implementations import build
 
@@ -41,7 +42,7 @@ B_STD = 0.05  # LoRA B's random start in tests (A: Kaiming-uniform, as the recip
 
 def flat(state: nnx.State) -> dict[str, np.ndarray]:
     """An nnx.State as {'.'-joined path: numpy array}."""
-    return {".".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(state)}
+    return {name: np.asarray(value) for name, value in placement.flat(state).items()}
 
 
 @dataclass
